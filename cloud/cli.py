@@ -1,0 +1,192 @@
+"""The `hybrid-router` command line.
+
+hybrid-router serve [--config FILE] [--host H] [--port P]
+hybrid-router demo                     # stand-in GPU endpoint + router, as `make run` does
+hybrid-router route "<prompt>" --tier T [--config FILE]
+hybrid-router schema                   # JSON Schema of the config, for editors
+hybrid-router hash-key KEY             # the sha256 to store for an API key
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from router import ConfigError, RouterConfig, RouterError, config_json_schema, hash_api_key, load_config
+
+DEMO_KEYS = {"free": "demo-free-key", "standard": "demo-standard-key", "premium": "demo-premium-key"}
+
+
+def _load(args: argparse.Namespace) -> RouterConfig:
+    config = load_config(args.config)
+    server_update = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if server_update:
+        config = config.model_copy(update={"server": config.server.model_copy(update=server_update)})
+    return config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the router over HTTP until interrupted."""
+    import uvicorn
+
+    from cloud.app import create_app
+
+    config = _load(args)
+    uvicorn.run(
+        create_app(config),
+        host=config.server.host,
+        port=config.server.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start the stand-in GPU endpoint (unless HYBRID_ROUTER_CLOUD_URL is set) and serve the demo config."""
+    from cloud.standin import start_standin
+
+    standin = None
+    if not os.environ.get("HYBRID_ROUTER_CLOUD_URL"):
+        print(
+            f"starting the stand-in GPU endpoint (llama-cpp-python server) on 127.0.0.1:{args.cloud_port} ...",
+            flush=True,
+        )
+        standin = start_standin(port=args.cloud_port, log_file=Path(args.cloud_log))
+        os.environ["HYBRID_ROUTER_CLOUD_URL"] = standin.url
+    try:
+        config = _load(args)
+        print(_demo_banner(config), flush=True)
+        return cmd_serve(args)
+    finally:
+        if standin is not None:
+            standin.stop()
+
+
+def _demo_banner(config: RouterConfig) -> str:
+    base = f"http://{config.server.host}:{config.server.port}"
+    return f"""
+hybrid-router on {base}  (cloud endpoint: {config.cloud.url}, model {config.cloud.model})
+DEMO keys (public; replace them before any real use): {", ".join(f"{t}={k}" for t, k in DEMO_KEYS.items())}
+
+  curl -s {base}/v1/chat/completions -H 'Authorization: Bearer demo-free-key' \\
+       -H 'Content-Type: application/json' -i \\
+       -d '{{"model": "{config.served_model_name}", "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
+
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='demo-premium-key'); \\
+r = c.chat.completions.with_raw_response.create(model='{config.served_model_name}', \\
+messages=[{{'role': 'user', 'content': 'Say hello'}}]); \\
+print(r.headers['x-route-target'], r.headers['x-route-reason'], r.parse().choices[0].message.content)"
+
+  hybrid-router route "Prove that sqrt(2) is irrational" --tier standard   # the decision, no generation
+Ctrl-C stops both servers.
+"""
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    """Print the routing decision for a prompt as JSON, without generating."""
+    from cloud.runtime import build_engine
+    from router import ChatCompletionRequest, Tenant
+
+    config = load_config(args.config)
+    if args.tier not in config.tiers:
+        raise ConfigError(f"unknown tier {args.tier!r}; the config has {', '.join(sorted(config.tiers))}")
+    engine = build_engine(config)
+    request = ChatCompletionRequest.model_validate(
+        {
+            "model": config.served_model_name,
+            "max_tokens": args.max_tokens,
+            "messages": [{"role": "user", "content": args.prompt}],
+        }
+    )
+    plan = engine.plan(request, Tenant(name="cli", tier=args.tier))
+    d = plan.decision
+    print(
+        json.dumps(
+            {
+                "target": d.target,
+                "reason": str(d.reason),
+                "score": round(d.score, 4),
+                "threshold": d.threshold,
+                "tier": d.tier,
+                "estimator": d.estimator,
+                "prompt_tokens": plan.prompt_tokens,
+                "model": engine.backend(d.target).model_id,
+                "fallback": d.fallback,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the config's JSON Schema."""
+    print(json.dumps(config_json_schema(), indent=2))
+    return 0
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    """Print the SHA-256 digest to store in the config for an API key."""
+    print(hash_api_key(args.key))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `hybrid-router`."""
+    parser = argparse.ArgumentParser(
+        prog="hybrid-router", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", help="tier config (YAML or JSON); default: the embedded demo config")
+        return p
+
+    for name, func, help_text in (
+        ("serve", cmd_serve, "serve the router over HTTP"),
+        ("demo", cmd_demo, "start the stand-in GPU endpoint and serve the router"),
+    ):
+        p = with_config(sub.add_parser(name, help=help_text))
+        p.add_argument("--host")
+        p.add_argument("--port", type=int)
+        p.add_argument("--log-level", default="info")
+        p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
+        p.set_defaults(func=func)
+    demo = sub.choices["demo"]
+    demo.add_argument("--cloud-port", type=int, default=8081)
+    demo.add_argument("--cloud-log", default="standin-endpoint.log")
+
+    route = with_config(sub.add_parser("route", help="print the decision for a prompt, without generating"))
+    route.add_argument("prompt")
+    route.add_argument("--tier", required=True)
+    route.add_argument("--max-tokens", type=int)
+    route.set_defaults(func=cmd_route)
+
+    sub.add_parser("schema", help="print the config JSON Schema").set_defaults(func=cmd_schema)
+    hk = sub.add_parser("hash-key", help="print the sha256 to store for an API key")
+    hk.add_argument("key")
+    hk.set_defaults(func=cmd_hash_key)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `hybrid-router`."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return int(args.func(args))
+    except RouterError as exc:
+        print(f"hybrid-router: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Assembles a `RoutingEngine` from a config: estimator, edge model, cloud endpoint client.
+
+Shared by the HTTP app, the CLI and the benchmarks so that every entry point routes the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from router import ChatBackend, RouterConfig, RoutingEngine, load_estimator
+
+logger = logging.getLogger("hybrid_router")
+
+
+def build_engine(config: RouterConfig, *, load_edge: bool = True) -> RoutingEngine:
+    """A ready engine: the estimator loaded, the edge model loaded (when enabled), the cloud client made.
+
+    Loading the edge model takes a fraction of a second for SmolLM2; `load_edge=False` leaves the
+    edge backend unloaded (it then reports itself unavailable and counts tokens approximately).
+    """
+    estimator = load_estimator(config.estimator.name, config.estimator.version)
+    edge: ChatBackend | None = None
+    if config.edge.enabled:
+        from edge.llama_cpp_backend import LlamaCppBackend
+
+        edge_backend = LlamaCppBackend(config.edge)
+        if load_edge:
+            edge_backend.load()
+        edge = edge_backend
+    cloud: ChatBackend | None = None
+    if config.cloud.url:
+        from cloud.endpoint import CloudEndpointClient
+
+        cloud = CloudEndpointClient(config.cloud)
+    else:
+        logger.warning("no cloud endpoint configured: every request is answered on the edge")
+    return RoutingEngine(config, estimator=estimator, edge=edge, cloud=cloud)
+
+
+async def close_engine(engine: RoutingEngine) -> None:
+    """Release the engine's backends."""
+    for backend in (engine.edge, engine.cloud):
+        if backend is not None:
+            await backend.aclose()

@@ -1,0 +1,1 @@
+"""Estimator artefacts and their build (filled by the estimator issue)."""

@@ -1,0 +1,77 @@
+"""The interface every answering backend implements: the edge model and the cloud endpoint."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatMessage
+
+Target = Literal["edge", "cloud"]
+
+# Tokens a chat template adds around each message (ChatML: "<|im_start|>role\n ... <|im_end|>\n").
+TOKENS_PER_MESSAGE = 4
+# Tokens a template adds to open the assistant's turn.
+TOKENS_PER_REPLY = 3
+
+
+@dataclass(frozen=True)
+class BackendHealth:
+    """What the policy needs to know about a backend right now.
+
+    `available` is false when the backend cannot answer at all (model not loaded, breaker open,
+    endpoint not configured); `busy` is true when it could answer but would make the caller wait
+    (edge queue at its bound).
+    """
+
+    available: bool
+    busy: bool = False
+    detail: str = ""
+
+
+def approximate_tokens(messages: Sequence[ChatMessage]) -> int:
+    """A fast upper-leaning token estimate (about 3.5 characters a token) for any tokenizer."""
+    chars = sum(len(m.text) for m in messages)
+    return int(chars / 3.5) + 1 + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REPLY
+
+
+class ChatBackend(abc.ABC):
+    """A place a chat completion can be answered: the CPU model here or the GPU endpoint.
+
+    Implementations raise `router.BackendError` subclasses for every failure to answer, so that the
+    engine can fall back; a streamed answer raises before its first chunk when it cannot start.
+    """
+
+    #: "edge" or "cloud"
+    target: Target
+    #: the model id reported in responses and `x-route-model`
+    model_id: str
+    #: the context window in tokens (prompt and completion together)
+    context_window: int
+
+    @abc.abstractmethod
+    def health(self) -> BackendHealth:
+        """The backend's state now; cheap, no I/O."""
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Prompt tokens of `messages` with the chat template; exact where the backend can tell."""
+        return approximate_tokens(messages)
+
+    @abc.abstractmethod
+    async def complete(self, request: ChatCompletionRequest, *, max_tokens: int) -> ChatCompletionResponse:
+        """Answer `request` in one response of at most `max_tokens` completion tokens."""
+
+    @abc.abstractmethod
+    def stream(
+        self, request: ChatCompletionRequest, *, max_tokens: int
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """Answer `request` as chunks; the first chunk carries `role`, the last `finish_reason`.
+
+        When the request has `stream_options.include_usage`, a final chunk with empty `choices`
+        carries the usage, as OpenAI does.
+        """
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections, threads and the model."""

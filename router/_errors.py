@@ -1,0 +1,142 @@
+"""The one exception hierarchy of hybrid-router.
+
+Every error that can reach a caller maps to an HTTP status and an OpenAI error body::
+
+    RouterError                      500 server_error
+    ├── ConfigError                  500 (raised at start-up; never mid-request)
+    ├── RequestError                 400 invalid_request_error
+    │   ├── ContextLengthExceeded    400 context_length_exceeded
+    │   ├── ModelNotFound            404 model_not_found
+    │   └── PayloadTooLarge          413 request_too_large
+    ├── AuthenticationError          401 invalid_api_key
+    ├── EstimatorError               500 (the runtime scores 0.5 instead; see the engine)
+    └── BackendError                 502/503 upstream failures
+        ├── EdgeBackendError         503 edge_unavailable
+        │   └── EdgeBusy             503 edge_busy (queue full or wait deadline passed)
+        ├── CloudBackendError        502 cloud_error
+        │   ├── CloudTimeout         504 cloud_timeout
+        │   └── CloudUnavailable     503 cloud_unavailable (breaker open, not configured)
+        └── NoBackendAvailable       503 no_backend_available
+
+Callers catch the branch they mean: the engine falls back on `BackendError`, the HTTP app
+turns any `RouterError` into an error response.
+"""
+
+from __future__ import annotations
+
+from router._wire import ErrorDetail, ErrorResponse
+
+
+class RouterError(Exception):
+    """Base of every hybrid-router error."""
+
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_response(self) -> ErrorResponse:
+        """The OpenAI-style error body for this error."""
+        return ErrorResponse(
+            error=ErrorDetail(message=self.message, type=self.error_type, param=self.param, code=self.code)
+        )
+
+
+class ConfigError(RouterError):
+    """The configuration is invalid or cannot be read."""
+
+    code = "config_error"
+
+
+class RequestError(RouterError):
+    """The request is malformed or asks for something the router cannot do."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class ContextLengthExceeded(RequestError):
+    """The prompt is longer than every backend the tier may use allows."""
+
+    code = "context_length_exceeded"
+
+
+class ModelNotFound(RequestError):
+    """The requested model is not served here."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(RequestError):
+    """The request body is over the configured size limit."""
+
+    status_code = 413
+    code = "request_too_large"
+
+
+class AuthenticationError(RouterError):
+    """The API key is missing or unknown."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class EstimatorError(RouterError):
+    """The complexity estimator could not be loaded or failed to score."""
+
+    code = "estimator_error"
+
+
+class BackendError(RouterError):
+    """A backend could not produce an answer."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "backend_error"
+
+
+class EdgeBackendError(BackendError):
+    """The on-CPU model failed or is not loaded."""
+
+    status_code = 503
+    code = "edge_unavailable"
+
+
+class EdgeBusy(EdgeBackendError):
+    """The edge model's queue is full, or the wait for it passed its deadline."""
+
+    code = "edge_busy"
+
+
+class CloudBackendError(BackendError):
+    """The GPU endpoint answered with an error or an unreadable body."""
+
+    code = "cloud_error"
+
+
+class CloudTimeout(CloudBackendError):
+    """The GPU endpoint did not answer within its timeouts."""
+
+    status_code = 504
+    code = "cloud_timeout"
+
+
+class CloudUnavailable(CloudBackendError):
+    """The GPU endpoint cannot be reached, is not configured, or its breaker is open."""
+
+    status_code = 503
+    code = "cloud_unavailable"
+
+
+class NoBackendAvailable(BackendError):
+    """No backend the tier allows can answer now."""
+
+    status_code = 503
+    code = "no_backend_available"

@@ -1,0 +1,112 @@
+"""Complexity estimators: `score(messages) -> float` in [0, 1].
+
+The score is the estimated probability that the edge model's answer is not good enough, so that
+escalating to the cloud pays. Estimators are registered by name and version; the config names one.
+The learned ONNX estimator registers itself here from its own module; the heuristic below is the
+dependency-free default.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+from router._errors import EstimatorError
+from router._wire import ChatMessage
+
+
+@runtime_checkable
+class ComplexityEstimator(Protocol):
+    """Scores a conversation: the probability that the edge answer is not good enough."""
+
+    name: str
+    version: str
+
+    def score(self, messages: Sequence[ChatMessage]) -> float:
+        """A score in [0, 1]; higher means escalate."""
+        ...
+
+
+EstimatorFactory = Callable[[], ComplexityEstimator]
+_REGISTRY: dict[tuple[str, str], EstimatorFactory] = {}
+
+
+def register_estimator(name: str, version: str, factory: EstimatorFactory) -> None:
+    """Make an estimator available to configs under `name` and `version`."""
+    _REGISTRY[(name, version)] = factory
+
+
+def available_estimators() -> list[str]:
+    """`name@version` of every registered estimator, sorted."""
+    return sorted(f"{name}@{version}" for name, version in _REGISTRY)
+
+
+def load_estimator(name: str, version: str | None = None) -> ComplexityEstimator:
+    """Build the registered estimator `name` at `version` (None: the newest registered)."""
+    versions = sorted((v for n, v in _REGISTRY if n == name), key=_version_key)
+    if not versions:
+        raise EstimatorError(f"unknown estimator {name!r}; available: {', '.join(available_estimators())}")
+    chosen = version or versions[-1]
+    if (name, chosen) not in _REGISTRY:
+        raise EstimatorError(
+            f"estimator {name!r} has no version {chosen!r}; available: {', '.join(versions)}"
+        )
+    return _REGISTRY[(name, chosen)]()
+
+
+def _version_key(version: str) -> tuple[int | str, ...]:
+    return tuple(int(p) if p.isdigit() else p for p in version.split("."))
+
+
+# Signals that a request needs more than a 135M-parameter model: reasoning, math, code, long output.
+_HARD_PATTERNS: tuple[tuple[re.Pattern[str], float], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE), weight)
+    for pattern, weight in (
+        (r"\b(prove|proof|derive|theorem|lemma)\b", 1.6),
+        (r"\b(step[- ]by[- ]step|reason(ing)?|justify|explain|analy[sz]e|compar(e|ing)|evaluate)\b", 1.0),
+        (r"\b(integral|derivative|equation|matrix|probability|eigen\w*|polynomial)\b", 1.2),
+        (r"\b(implement|function|algorithm|refactor|debug|complexity|regex|sql|python|javascript)\b", 1.0),
+        (r"```|def |class |\breturn\b|[{};]\s*$", 1.0),
+        (r"\b(essay|report|detailed|comprehensive|in depth|thorough)\b", 0.8),
+        (r"\d+\s*[-+*/^%]\s*\d+.*[-+*/^%]", 0.8),
+        (r"\b(translate|summari[sz]e)\b", 0.4),
+    )
+)
+
+
+class HeuristicEstimator:
+    """A dependency-free estimator from prompt length, turns and keyword signals.
+
+    It is the default until a learned estimator is configured: cheap (tens of microseconds) and
+    monotone in the obvious signals, but blind to meaning.
+    """
+
+    name = "heuristic"
+    version = "1.0.0"
+
+    def __init__(
+        self,
+        *,
+        bias: float = -2.5,
+        per_100_words: float = 0.35,
+        per_turn: float = 0.15,
+        signal_gain: float = 1.6,
+    ) -> None:
+        self._bias = bias
+        self._signal_gain = signal_gain
+        self._per_100_words = per_100_words
+        self._per_turn = per_turn
+
+    def score(self, messages: Sequence[ChatMessage]) -> float:
+        """A logistic score of the conversation's length and keyword signals."""
+        user_text = "\n".join(m.text for m in messages if m.role in ("user", "system", "developer"))
+        words = len(user_text.split())
+        logit = self._bias + self._per_100_words * min(words, 2000) / 100.0
+        logit += self._per_turn * max(0, sum(1 for m in messages if m.role == "user") - 1)
+        logit += self._signal_gain * sum(w for pattern, w in _HARD_PATTERNS if pattern.search(user_text))
+        return 1.0 / (1.0 + math.exp(-logit))
+
+
+register_estimator(HeuristicEstimator.name, HeuristicEstimator.version, HeuristicEstimator)

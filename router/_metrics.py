@@ -1,0 +1,117 @@
+"""The metrics interface and the one structured log line per routing decision.
+
+The local server keeps counters in memory (served on `/metrics` as JSON); the Lambda handler plugs
+in a powertools EMF implementation of the same protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Protocol
+
+from router._policy import Decision
+
+DECISION_LOGGER = logging.getLogger("hybrid_router.decisions")
+
+
+@dataclass(frozen=True)
+class RequestOutcome:
+    """What happened to one request after its decision, for metrics and the decision log."""
+
+    decision: Decision
+    model: str
+    status: int
+    stream: bool
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimator_ms: float = 0.0
+    upstream_ms: float = 0.0
+    cost_usd: float = 0.0
+    cost_saved_usd: float = 0.0
+    error_code: str | None = None
+
+
+class RouterMetrics(Protocol):
+    """Where the engine reports each finished request."""
+
+    def record(self, outcome: RequestOutcome) -> None:
+        """Count one finished request."""
+        ...
+
+
+class InMemoryMetrics:
+    """Counters of decisions by target, tier and reason, plus token and cost totals."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.decisions: Counter[tuple[str, str, str]] = Counter()
+        self.fallbacks = 0
+        self.errors: Counter[str] = Counter()
+        self.tokens: Counter[str] = Counter()
+        self.cost_usd = 0.0
+        self.cost_saved_usd = 0.0
+
+    def record(self, outcome: RequestOutcome) -> None:
+        """Count one finished request."""
+        d = outcome.decision
+        with self._lock:
+            self.decisions[(d.target, d.tier, str(d.reason))] += 1
+            self.fallbacks += int(d.fallback)
+            if outcome.error_code:
+                self.errors[outcome.error_code] += 1
+            self.tokens[f"{d.target}_prompt"] += outcome.prompt_tokens
+            self.tokens[f"{d.target}_completion"] += outcome.completion_tokens
+            self.cost_usd += outcome.cost_usd
+            self.cost_saved_usd += outcome.cost_saved_usd
+
+    def snapshot(self) -> dict[str, object]:
+        """The counters as JSON-ready data."""
+        with self._lock:
+            return {
+                "decisions": [
+                    {"target": t, "tier": tier, "reason": r, "count": n}
+                    for (t, tier, r), n in sorted(self.decisions.items())
+                ],
+                "fallbacks": self.fallbacks,
+                "errors": dict(self.errors),
+                "tokens": dict(self.tokens),
+                "cost_usd": round(self.cost_usd, 8),
+                "cost_saved_usd": round(self.cost_saved_usd, 8),
+            }
+
+
+def log_decision(outcome: RequestOutcome) -> None:
+    """Write the one structured line for this request's decision (no prompt text)."""
+    if not DECISION_LOGGER.isEnabledFor(logging.INFO):
+        return
+    d = outcome.decision
+    DECISION_LOGGER.info(
+        json.dumps(
+            {
+                "event": "route_decision",
+                "target": d.target,
+                "reason": str(d.reason),
+                "original_reason": str(d.original_reason) if d.original_reason else None,
+                "fallback": d.fallback,
+                "score": round(d.score, 4),
+                "threshold": d.threshold,
+                "tier": d.tier,
+                "tenant": d.tenant,
+                "estimator": d.estimator,
+                "model": outcome.model,
+                "status": outcome.status,
+                "stream": outcome.stream,
+                "prompt_tokens": outcome.prompt_tokens,
+                "completion_tokens": outcome.completion_tokens,
+                "estimator_ms": round(outcome.estimator_ms, 3),
+                "upstream_ms": round(outcome.upstream_ms, 1),
+                "cost_usd": round(outcome.cost_usd, 8),
+                "cost_saved_usd": round(outcome.cost_saved_usd, 8),
+                "error_code": outcome.error_code,
+            }
+        )
+    )

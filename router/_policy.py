@@ -1,0 +1,132 @@
+"""The routing policy: (score, tier, request facts, backend health) → `Decision`.
+
+Pure and synchronous: no I/O, no clock, so every branch is a unit test.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+from router._backend import BackendHealth, Target
+from router._config import TierConfig
+from router._errors import ContextLengthExceeded, NoBackendAvailable
+
+
+class RouteReason(enum.StrEnum):
+    """Why a request went where it went; the value of `x-route-reason`."""
+
+    TIER_FORCES_CLOUD = "tier_forces_cloud"
+    TIER_FORBIDS_CLOUD = "tier_forbids_cloud"
+    SCORE_ABOVE_THRESHOLD = "score_above_threshold"
+    SCORE_BELOW_THRESHOLD = "score_below_threshold"
+    CONTEXT_TOO_LONG = "context_too_long"
+    EDGE_UNAVAILABLE = "edge_unavailable"
+    EDGE_BUSY = "edge_busy"
+    CLOUD_UNAVAILABLE = "cloud_unavailable"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What the policy knows about one request besides its score."""
+
+    prompt_tokens: int
+    max_tokens: int
+    edge: BackendHealth
+    cloud: BackendHealth
+    edge_context_window: int
+    cloud_context_window: int
+    budget_left_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where one request is answered and why; carried by every response and logged once."""
+
+    target: Target
+    reason: RouteReason
+    score: float
+    threshold: float | None
+    tier: str
+    tenant: str
+    estimator: str
+    fallback: bool = False
+    #: the decision this one replaced when the first target failed
+    original_reason: RouteReason | None = None
+
+    def fall_back(self, target: Target, reason: RouteReason) -> Decision:
+        """This decision redirected to `target` after its own target failed."""
+        return replace(self, target=target, reason=reason, fallback=True, original_reason=self.reason)
+
+
+def decide(
+    *, score: float, tier_name: str, tier: TierConfig, tenant: str, estimator: str, facts: RequestFacts
+) -> Decision:
+    """Apply the tier's policy.
+
+    Order: what the tier forces or forbids; whether the prompt fits the edge model; whether the edge
+    can take it now; the budget; then the score against the threshold. A cloud target whose
+    endpoint is down becomes a degraded edge answer where the tier allows it.
+    """
+    needed = facts.prompt_tokens + facts.max_tokens
+    fits_edge = facts.edge.available and needed <= facts.edge_context_window
+    fits_cloud = needed <= facts.cloud_context_window
+
+    def make(target: Target, reason: RouteReason) -> Decision:
+        return Decision(
+            target=target,
+            reason=reason,
+            score=score,
+            threshold=tier.threshold,
+            tier=tier_name,
+            tenant=tenant,
+            estimator=estimator,
+        )
+
+    def too_long(where: str, window: int) -> ContextLengthExceeded:
+        return ContextLengthExceeded(
+            f"This request needs {needed} tokens ({facts.prompt_tokens} in the messages, {facts.max_tokens} "
+            f"for the completion), more than {where} allows ({window}). Shorten the messages or lower "
+            "max_tokens.",
+            param="messages",
+        )
+
+    if tier.cloud == "never":
+        if needed > facts.edge_context_window:
+            raise too_long("the edge model", facts.edge_context_window)
+        if not facts.edge.available:
+            raise NoBackendAvailable(
+                f"The edge model is unavailable ({facts.edge.detail}) and this tier may not use the cloud."
+            )
+        return make("edge", RouteReason.TIER_FORBIDS_CLOUD)
+
+    if tier.cloud == "forced":
+        wanted = make("cloud", RouteReason.TIER_FORCES_CLOUD)
+    elif needed > facts.edge_context_window:
+        wanted = make("cloud", RouteReason.CONTEXT_TOO_LONG)
+    elif not facts.edge.available:
+        wanted = make("cloud", RouteReason.EDGE_UNAVAILABLE)
+    elif facts.edge.busy and tier.fallback_to_cloud:
+        wanted = make("cloud", RouteReason.EDGE_BUSY)
+    elif score >= tier.threshold:
+        wanted = make("cloud", RouteReason.SCORE_ABOVE_THRESHOLD)
+    else:
+        return make("edge", RouteReason.SCORE_BELOW_THRESHOLD)
+
+    if not fits_cloud and fits_edge and tier.fallback_to_edge:
+        return replace(wanted, target="edge", reason=RouteReason.CONTEXT_TOO_LONG)
+    if not fits_cloud:
+        raise too_long(
+            "every backend this tier may use", max(facts.cloud_context_window, facts.edge_context_window)
+        )
+    if facts.budget_left_usd is not None and facts.budget_left_usd <= 0 and fits_edge:
+        return replace(wanted, target="edge", reason=RouteReason.BUDGET_EXHAUSTED)
+    if not facts.cloud.available:
+        if fits_edge and tier.fallback_to_edge:
+            return wanted.fall_back("edge", RouteReason.CLOUD_UNAVAILABLE)
+        raise NoBackendAvailable(
+            f"The cloud endpoint is unavailable ({facts.cloud.detail}) and this request "
+            "cannot be answered on the edge."
+        )
+    return wanted

@@ -1,0 +1,167 @@
+"""Real servers on loopback for the functional tests: the router, and upstreams that misbehave."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from router import hash_api_key, load_config
+
+KEYS = {
+    "free": "test-free-key",
+    "standard": "test-standard-key",
+    "premium": "test-premium-key",
+    "strict": "test-strict-key",
+    "edge-only": "test-edge-only-key",
+}
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_router_config(cloud_url: str | None, **overrides: Any) -> dict[str, Any]:
+    """The demo config made small and quick for tests: short timeouts, a 512-token edge context."""
+    data = load_config(apply_env=False).model_dump(mode="json")
+    data["edge"].update(n_ctx=512, n_threads=2, max_tokens=16, queue_timeout_s=20)
+    data["cloud"].update(
+        url=cloud_url,
+        context_window=2048,
+        max_tokens=16,
+        timeouts={"connect": 0.5, "read": 15.0, "total": 30.0},
+        retries={"max_attempts": 2, "backoff_base_s": 0.05, "backoff_max_s": 0.2},
+        breaker={"failure_threshold": 2, "cooldown_s": 60.0},
+    )
+    data["tiers"]["strict"] = {"cloud": "forced", "fallback_to_edge": False}
+    data["tiers"]["edge-only"] = {"cloud": "never"}
+    data["api_keys"] = [
+        {"sha256": hash_api_key(key), "tenant": f"t-{tier}", "tier": tier} for tier, key in KEYS.items()
+    ]
+    for section, values in overrides.items():
+        data[section].update(values)
+    return data
+
+
+@contextlib.contextmanager
+def running_router(config: dict[str, Any], tmp_path: Path, *, startup_s: float = 120.0) -> Iterator[str]:
+    """`hybrid-router serve` in a subprocess on a free port; yields its base URL."""
+    port = free_port()
+    config_file = tmp_path / f"router-{port}.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    log = (tmp_path / f"router-{port}.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cloud.cli",
+            "serve",
+            "--config",
+            str(config_file),
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"router exited: {(tmp_path / f'router-{port}.log').read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/healthz", timeout=1.0).status_code in (200, 503):
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("router did not start")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+class MisbehavingUpstream:
+    """An HTTP server on loopback that answers every request with a 500, or never answers at all."""
+
+    def __init__(self, mode: str) -> None:
+        assert mode in ("error", "hang")
+        self.mode = mode
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.requests = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server
+
+    def __enter__(self) -> MisbehavingUpstream:
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        )
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _shutdown(self) -> None:
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            self.requests += 1
+            if self.mode == "hang":
+                await asyncio.sleep(3600)
+            body = b'{"error": {"message": "upstream exploded", "type": "server_error"}}'
+            writer.write(
+                b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
