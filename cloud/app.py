@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -122,11 +122,12 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
-async def _sse(chunks: AsyncIterator[Any]) -> AsyncIterator[str]:
+async def _sse(chunks: AsyncGenerator[Any, None]) -> AsyncIterator[str]:
     """Server-sent events: one `data:` line per chunk, an error event on failure, then `[DONE]`."""
     try:
-        async for chunk in chunks:
-            yield f"data: {json.dumps(dump(chunk), separators=(',', ':'))}\n\n"
+        async with aclosing(chunks):  # a client that disconnects must release the edge model at once
+            async for chunk in chunks:
+                yield f"data: {json.dumps(dump(chunk), separators=(',', ':'))}\n\n"
     except RouterError as exc:  # the status line is gone: report in-band, as vLLM and OpenAI do
         yield f"data: {json.dumps(dump(exc.to_response()))}\n\n"
     yield "data: [DONE]\n\n"

@@ -54,7 +54,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     standin = None
     if not os.environ.get("HYBRID_ROUTER_CLOUD_URL"):
         print(
-            f"starting the stand-in GPU endpoint (llama-cpp-python server) on 127.0.0.1:{args.cloud_port} ...",
+            f"starting the stand-in GPU endpoint (llama-cpp-python) on 127.0.0.1:{args.cloud_port} ...",
             flush=True,
         )
         standin = start_standin(port=args.cloud_port, log_file=Path(args.cloud_log))
@@ -76,7 +76,8 @@ DEMO keys (public; replace them before any real use): {", ".join(f"{t}={k}" for 
 
   curl -s {base}/v1/chat/completions -H 'Authorization: Bearer demo-free-key' \\
        -H 'Content-Type: application/json' -i \\
-       -d '{{"model": "{config.served_model_name}", "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
+       -d '{{"model": "{config.served_model_name}",
+            "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
 
   python -c "from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='demo-premium-key'); \\
 r = c.chat.completions.with_raw_response.create(model='{config.served_model_name}', \\
@@ -179,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `hybrid-router`."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise here
     try:
         return int(args.func(args))
     except RouterError as exc:

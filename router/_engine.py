@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from router._accounting import CostLedger, cloud_cost_usd
@@ -54,7 +54,7 @@ class RoutedStream:
     """A streamed answer whose route is known before the first byte is sent."""
 
     route: RouteInfo
-    chunks: AsyncIterator[ChatCompletionChunk]
+    chunks: AsyncGenerator[ChatCompletionChunk, None]
 
 
 class RoutingEngine:
@@ -237,7 +237,7 @@ class RoutingEngine:
         chunks: AsyncIterator[ChatCompletionChunk],
         first: ChatCompletionChunk | None,
         want_usage: bool,
-    ) -> AsyncIterator[ChatCompletionChunk]:
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
         usage: Usage | None = None
         pieces = 0
         status, error = 200, None
@@ -253,8 +253,11 @@ class RoutingEngine:
                 yield chunk
             if want_usage and usage is None and last is not None:
                 # Some upstreams (llama.cpp's server) ignore stream_options: the client still gets usage.
-                usage = Usage(prompt_tokens=plan.prompt_tokens, completion_tokens=pieces,
-                              total_tokens=plan.prompt_tokens + pieces)
+                usage = Usage(
+                    prompt_tokens=plan.prompt_tokens,
+                    completion_tokens=pieces,
+                    total_tokens=plan.prompt_tokens + pieces,
+                )
                 yield ChatCompletionChunk(id=last.id, model=route.model, choices=[], usage=usage)
         except RouterError as exc:
             status, error = exc.status_code, exc

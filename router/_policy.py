@@ -78,7 +78,7 @@ def decide(
             target=target,
             reason=reason,
             score=score,
-            threshold=tier.threshold,
+            threshold=tier.threshold if tier.cloud == "allowed" else None,  # else the score decided nothing
             tier=tier_name,
             tenant=tenant,
             estimator=estimator,

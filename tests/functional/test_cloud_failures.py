@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.servers import KEYS, MisbehavingUpstream, free_port, running_router, make_router_config
+from tests.servers import KEYS, MisbehavingUpstream, free_port, make_router_config, running_router
 
 pytestmark = pytest.mark.functional
 
@@ -45,7 +45,9 @@ def assert_degraded_edge_answer(response: httpx.Response, elapsed: float) -> Non
 
 
 def test_nothing_listening_falls_back_opens_the_breaker_and_503s_strict_tiers(tmp_path: Path) -> None:
-    with running_router(make_router_config(f"http://127.0.0.1:{free_port()}/v1", cloud=FAST_FAIL), tmp_path) as base:
+    with running_router(
+        make_router_config(f"http://127.0.0.1:{free_port()}/v1", cloud=FAST_FAIL), tmp_path
+    ) as base:
         for _ in range(2):  # the breaker's threshold in the test config
             response, elapsed = ask(base, "standard")
             assert_degraded_edge_answer(response, elapsed)
@@ -83,7 +85,10 @@ def test_upstream_returning_500s_falls_back_after_retries(tmp_path: Path) -> Non
 
 
 def test_hanging_upstream_falls_back_within_the_deadline(tmp_path: Path) -> None:
-    with MisbehavingUpstream("hang") as upstream, running_router(make_router_config(upstream.url, cloud=FAST_FAIL), tmp_path) as base:
+    with (
+        MisbehavingUpstream("hang") as upstream,
+        running_router(make_router_config(upstream.url, cloud=FAST_FAIL), tmp_path) as base,
+    ):
         response, elapsed = ask(base, "standard")
         assert_degraded_edge_answer(response, elapsed)
         streamed, elapsed = ask(base, "premium", stream=True)

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.servers import KEYS, running_router, make_router_config
+from tests.servers import KEYS, make_router_config, running_router
 
 pytestmark = pytest.mark.functional
 

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints JSON and writes it under bench/results/; never part of `make test`."""

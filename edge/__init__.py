@@ -1,0 +1,1 @@
+"""What runs on a CPU next to the user: the llama.cpp backend."""

@@ -1,0 +1,290 @@
+"""The edge backend: a small GGUF chat model run on the CPU by llama.cpp (llama-cpp-python).
+
+`llama_cpp` is imported only by `LlamaCppBackend.load()`, so that the router (and the cloud-only
+deployment) can import this module without the compiled extension installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from edge.model_files import resolve_model_path
+from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
+from router._config import EdgeConfig
+from router._errors import EdgeBackendError, EdgeBusy
+from router._wire import (
+    AssistantMessage,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessage,
+    Choice,
+    ChunkChoice,
+    Delta,
+    Usage,
+    new_completion_id,
+)
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+T = TypeVar("T")
+
+# The empty system turn llama-cpp-python's "chatml" format writes when a conversation has none.
+_EMPTY_SYSTEM_TURN = "<|im_start|>system\n<|im_end|>\n"
+_DONE = object()  # end-of-stream marker the worker thread puts on the queue
+
+
+def render_chatml(messages: Sequence[dict[str, str]]) -> str:
+    """The ChatML prompt of `messages` as llama-cpp-python's "chatml" format writes it."""
+    head = "" if any(m["role"] == "system" for m in messages) else _EMPTY_SYSTEM_TURN
+    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return head + turns + "<|im_start|>assistant\n"
+
+
+def _plain_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    # "chatml" silently drops roles it does not know; "developer" is OpenAI's new name for system.
+    plain = [m.to_plain() for m in messages]
+    return [{**m, "role": "system"} if m["role"] == "developer" else m for m in plain]
+
+
+async def _join(future: asyncio.Future[T]) -> T:
+    """Await a worker thread, and when cancelled still wait for it to return before re-raising.
+
+    A llama.cpp call cannot be interrupted, and the model lock must stay held until the thread
+    stops using the model, or the next request would run on it concurrently.
+    """
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # retrieved: the caller was cancelled and will not see it
+        raise
+
+
+class LlamaCppBackend(ChatBackend):
+    """A GGUF chat model on the CPU, one request at a time, behind a bounded wait queue.
+
+    A `llama_cpp.Llama` decodes one sequence at a time and is not thread-safe, so every use of it
+    holds an `asyncio.Lock` and runs in a worker thread. A request that would have to wait is
+    refused with `EdgeBusy` when `config.max_queue` requests already wait, or when it waited
+    `config.queue_timeout_s` seconds, so the engine can send it to the cloud instead.
+    """
+
+    target: Target = "edge"
+
+    def __init__(self, config: EdgeConfig) -> None:
+        """Configure the backend; the model is loaded by `load()`."""
+        self.config = config
+        self.model_id = config.model_id
+        self.context_window = config.n_ctx
+        self._llm: Llama | None = None
+        self._load_lock = threading.Lock()
+        self._lock = asyncio.Lock()
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._waiting = 0
+        self._running = 0
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is loaded."""
+        return self._llm is not None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for the model plus the one running on it."""
+        return self._waiting + self._running
+
+    def load(self) -> None:
+        """Load the GGUF model (blocking; a no-op when loaded). Raises `EdgeBackendError`."""
+        with self._load_lock:
+            if self._llm is not None:
+                return
+            path = resolve_model_path(self.config)
+            try:
+                import llama_cpp  # lazy: a compiled extension that cloud-only installs lack
+
+                self._llm = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=self.config.n_ctx,
+                    n_threads=self.config.n_threads or os.cpu_count(),
+                    n_batch=self.config.n_batch,
+                    # Not the GGUF's embedded template: it injects a "You are ... SmolLM" system
+                    # prompt that derails this small model's answers.
+                    chat_format=self.config.chat_format,
+                    seed=self.config.seed if self.config.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
+                    verbose=False,
+                )
+            except Exception as exc:  # ImportError, ValueError (bad GGUF), RuntimeError, ...
+                raise EdgeBackendError(f"cannot load edge model {path}: {exc}") from exc
+
+    def health(self) -> BackendHealth:
+        """Available iff loaded; busy iff a request arriving now would be refused as the queue is full."""
+        if self._llm is None:
+            return BackendHealth(available=False, detail="not loaded")
+        busy = self.queue_depth > 0 and self._waiting >= self.config.max_queue
+        return BackendHealth(available=True, busy=busy, detail=f"queue {self.queue_depth}")
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Prompt tokens of `messages`: exact (the model's tokenizer on ChatML) once loaded."""
+        llm = self._llm
+        if llm is None:
+            return approximate_tokens(messages)
+        # Tokenizing reads only the vocabulary, so it is safe while a generation runs.
+        prompt = render_chatml(_plain_messages(messages)).encode("utf-8")
+        return len(llm.tokenize(prompt, add_bos=False, special=True))
+
+    def _loop_lock(self) -> asyncio.Lock:
+        # An asyncio.Lock binds to the first loop that waits on it, and the backend may outlive a
+        # loop (asyncio.run per event, test runners): an idle backend takes a fresh lock per loop.
+        loop = asyncio.get_running_loop()
+        if self._lock_loop is not loop and self.queue_depth == 0:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        return self._lock
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[Llama]:
+        """Hold the model: admission control, the bounded wait, then the lock."""
+        if self._llm is None:
+            raise EdgeBackendError("edge model not loaded")
+        lock = self._loop_lock()
+        if self.queue_depth > 0 and self._waiting >= self.config.max_queue:
+            raise EdgeBusy(f"edge model busy: {self._waiting} requests already waiting")
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(self.config.queue_timeout_s):
+                await lock.acquire()
+        except TimeoutError:
+            raise EdgeBusy(f"edge model busy: no turn within {self.config.queue_timeout_s:g}s") from None
+        finally:
+            self._waiting -= 1
+        self._running += 1
+        try:
+            llm = self._llm  # aclose() may have run while this request waited
+            if llm is None:
+                raise EdgeBackendError("edge model closed")
+            yield llm
+        finally:
+            self._running -= 1
+            lock.release()
+
+    def _params(self, request: ChatCompletionRequest, max_tokens: int) -> dict[str, Any]:
+        params: dict[str, Any] = {"messages": _plain_messages(request.messages), "max_tokens": max_tokens}
+        # Unset sampling fields keep llama-cpp-python's defaults.
+        for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
+            if (value := getattr(request, name)) is not None:
+                params[name] = value
+        if request.stop_list:
+            params["stop"] = request.stop_list
+        return params
+
+    async def complete(self, request: ChatCompletionRequest, *, max_tokens: int) -> ChatCompletionResponse:
+        """Answer in one response; raises `EdgeBusy` when refused, `EdgeBackendError` on failure."""
+        params = self._params(request, max_tokens)
+        async with self._slot() as llm:
+            work = asyncio.to_thread(llm.create_chat_completion, **params, stream=False)
+            try:
+                result: Any = await _join(asyncio.ensure_future(work))
+            except Exception as exc:
+                raise EdgeBackendError(f"edge model failed: {exc}") from exc
+        choice = result["choices"][0]
+        message = AssistantMessage(content=choice["message"].get("content") or "")
+        return ChatCompletionResponse(
+            model=self.model_id,
+            choices=[Choice(message=message, finish_reason=choice.get("finish_reason") or "stop")],
+            usage=Usage.model_validate(result.get("usage") or {}),
+        )
+
+    @staticmethod
+    def _produce(
+        llm: Llama, params: dict[str, Any], cancel: threading.Event, emit: Callable[[Any], None]
+    ) -> None:
+        """Worker thread: run llama's token generator, handing chunks to the loop until cancelled."""
+        try:
+            chunks: Any = llm.create_chat_completion(**params, stream=True)
+            try:
+                for chunk in chunks:
+                    if cancel.is_set():  # checked between tokens: the client went away
+                        break
+                    emit(chunk)
+            finally:
+                chunks.close()
+        except Exception as exc:
+            emit(exc)
+        emit(_DONE)
+
+    async def stream(
+        self, request: ChatCompletionRequest, *, max_tokens: int
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
+        """Answer as chunks: role first, then content, then `finish_reason`, then usage if asked.
+
+        Refusals and failures before the first token raise before the first chunk. Closing the
+        generator early stops the generation at the next token.
+        """
+        params = self._params(request, max_tokens)
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        completion_id = new_completion_id()
+
+        def chunk(delta: Delta, finish_reason: str | None = None) -> ChatCompletionChunk:
+            choice = ChunkChoice(delta=delta, finish_reason=finish_reason)
+            return ChatCompletionChunk(id=completion_id, model=self.model_id, choices=[choice])
+
+        async with self._slot() as llm:
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[Any] = asyncio.Queue()  # unbounded: at most max_tokens chunks
+            cancel = threading.Event()
+
+            def emit(item: Any) -> None:
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+                except RuntimeError:  # the loop is closed: nobody is listening any more
+                    cancel.set()
+
+            worker = asyncio.ensure_future(asyncio.to_thread(self._produce, llm, params, cancel, emit))
+            try:
+                text, finish_reason, started = [], None, False
+                while (item := await queue.get()) is not _DONE:
+                    if isinstance(item, Exception):
+                        raise EdgeBackendError(f"edge model failed: {item}") from item
+                    choice = item["choices"][0]
+                    if not started:
+                        started = True
+                        yield chunk(Delta(role="assistant", content=""))
+                    if content := choice["delta"].get("content"):
+                        text.append(content)
+                        yield chunk(Delta(content=content))
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
+                if not started:
+                    yield chunk(Delta(role="assistant", content=""))
+                yield chunk(Delta(), finish_reason or "stop")
+                if include_usage:
+                    prompt = self.count_tokens(request.messages)
+                    # The output re-tokenized, as chunks do not map 1:1 to tokens (llama holds
+                    # back text that may start a stop string).
+                    completion = len(llm.tokenize("".join(text).encode("utf-8"), add_bos=False))
+                    usage = Usage(
+                        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+                    )
+                    yield ChatCompletionChunk(id=completion_id, model=self.model_id, choices=[], usage=usage)
+            finally:
+                cancel.set()
+                await _join(worker)  # the lock is released only once llama is idle
+
+    async def aclose(self) -> None:
+        """Free the model once the running generation (and any queued request) is done."""
+        llm, self._llm = self._llm, None  # new and queued requests now fail fast
+        if llm is None:
+            return
+        async with self._loop_lock():
+            close = getattr(llm, "close", None)
+            if callable(close):
+                await asyncio.to_thread(close)

@@ -1,0 +1,70 @@
+"""Fake backends for unit tests of the engine and the app (no model, no network)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from router import (
+    BackendError,
+    BackendHealth,
+    ChatBackend,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Choice,
+    ChunkChoice,
+    Delta,
+    Target,
+    Usage,
+)
+from router._wire import AssistantMessage
+
+
+class FakeBackend(ChatBackend):
+    """Answers with a fixed text, or raises `fail` on every call."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        model_id: str = "",
+        context_window: int = 1024,
+        reply: str = "ok",
+        fail: BackendError | None = None,
+        health: BackendHealth | None = None,
+    ) -> None:
+        self.target = target
+        self.model_id = model_id or f"{target}-model"
+        self.context_window = context_window
+        self.reply = reply
+        self.fail = fail
+        self._health = health or BackendHealth(available=True)
+        self.calls: list[int] = []
+
+    def health(self) -> BackendHealth:
+        return self._health
+
+    async def complete(self, request: ChatCompletionRequest, *, max_tokens: int) -> ChatCompletionResponse:
+        self.calls.append(max_tokens)
+        if self.fail:
+            raise self.fail
+        return ChatCompletionResponse(
+            model=self.model_id,
+            choices=[Choice(message=AssistantMessage(content=self.reply))],
+            usage=Usage(prompt_tokens=10, completion_tokens=2, total_tokens=12),
+        )
+
+    async def stream(
+        self, request: ChatCompletionRequest, *, max_tokens: int
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        self.calls.append(max_tokens)
+        if self.fail:
+            raise self.fail
+        yield ChatCompletionChunk(
+            id="c1", model=self.model_id, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))]
+        )
+        for word in self.reply.split():
+            yield ChatCompletionChunk(
+                id="c1", model=self.model_id, choices=[ChunkChoice(delta=Delta(content=word))]
+            )
+        yield ChatCompletionChunk(id="c1", model=self.model_id, choices=[ChunkChoice(finish_reason="stop")])

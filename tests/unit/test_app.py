@@ -1,0 +1,101 @@
+"""The HTTP app with fake backends: headers, error objects, in-band stream errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from cloud.app import create_app
+from router import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChunkChoice,
+    CloudBackendError,
+    Delta,
+    HeuristicEstimator,
+    RouterConfig,
+    RoutingEngine,
+    hash_api_key,
+    parse_config,
+)
+from tests.fakes import FakeBackend
+
+CONFIG = parse_config(
+    {
+        "tiers": {"free": {"threshold": 0.7}, "premium": {"cloud": "forced", "fallback_to_edge": False}},
+        "api_keys": [
+            {"sha256": hash_api_key("k-free"), "tenant": "a", "tier": "free"},
+            {"sha256": hash_api_key("k-prem"), "tenant": "b", "tier": "premium"},
+        ],
+    }
+)
+BODY = {"model": "hybrid-router", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class DiesMidStream(FakeBackend):
+    async def stream(
+        self, request: ChatCompletionRequest, *, max_tokens: int
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        yield ChatCompletionChunk(
+            id="x", model="m", choices=[ChunkChoice(delta=Delta(role="assistant", content="a"))]
+        )
+        raise CloudBackendError("connection dropped mid-stream")
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    async def factory(config: RouterConfig) -> RoutingEngine:
+        return RoutingEngine(
+            config,
+            estimator=HeuristicEstimator(),
+            edge=FakeBackend("edge", reply="hello there"),
+            cloud=DiesMidStream("cloud"),
+        )
+
+    with TestClient(create_app(CONFIG, engine_factory=factory), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_route_headers_and_body(client: TestClient) -> None:
+    r = client.post("/v1/chat/completions", json=BODY, headers={"authorization": "Bearer k-free"})
+    assert r.status_code == 200
+    assert r.headers["x-route-target"] == "edge" and r.headers["x-route-tier"] == "free"
+    assert (
+        r.headers["x-route-model"] == "edge-model" and r.headers["x-route-reason"] == "score_below_threshold"
+    )
+    assert r.json()["route"]["target"] == "edge"
+    assert r.json()["choices"][0]["message"]["content"] == "hello there"
+
+
+def test_stream_error_after_first_chunk_is_reported_in_band(client: TestClient) -> None:
+    r = client.post(
+        "/v1/chat/completions", json={**BODY, "stream": True}, headers={"authorization": "Bearer k-prem"}
+    )
+    assert r.status_code == 200 and r.headers["x-route-target"] == "cloud"
+    events = [line for line in r.text.splitlines() if line.startswith("data: ")]
+    assert '"error"' in events[-2] and "mid-stream" in events[-2]
+    assert events[-1] == "data: [DONE]"
+
+
+def test_bearer_scheme_is_required(client: TestClient) -> None:
+    r = client.post("/v1/chat/completions", json=BODY, headers={"authorization": "Basic k-free"})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+
+
+def test_unexpected_errors_become_500_objects_without_a_trace(client: TestClient) -> None:
+    engine: RoutingEngine = client.app.state.engine  # type: ignore[attr-defined]
+
+    def explode(*args: object) -> float:
+        raise ZeroDivisionError("boom")
+
+    engine.authenticate = explode  # type: ignore[method-assign,assignment]
+    r = client.post("/v1/chat/completions", json=BODY, headers={"authorization": "Bearer k-free"})
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "internal_error" and "boom" not in r.text
+
+
+def test_models_and_health(client: TestClient) -> None:
+    assert client.get("/v1/models").json()["data"][0]["id"] == "hybrid-router"
+    assert client.get("/healthz").json()["status"] == "ok"

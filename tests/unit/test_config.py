@@ -1,0 +1,64 @@
+"""The tier config: loading, validation errors, env overrides, the exported JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from router import ConfigError, config_json_schema, hash_api_key, load_config, parse_config
+
+SCHEMA_FILE = Path(__file__).parents[2] / "router" / "config.schema.json"
+
+
+def test_demo_config_loads_with_three_tiers() -> None:
+    config = load_config(apply_env=False)
+    assert set(config.tiers) == {"free", "standard", "premium"}
+    assert config.tiers["premium"].cloud == "forced"
+    tiers = {entry.tier for entry in config.api_keys}
+    assert tiers == {"free", "standard", "premium"}
+    assert any(entry.sha256 == hash_api_key("demo-free-key") for entry in config.api_keys)
+
+
+def test_env_overrides_the_cloud_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYBRID_ROUTER_CLOUD_URL", "https://gpu.example/v1")
+    monkeypatch.setenv("HYBRID_ROUTER_CLOUD_MODEL", "meta-llama/Llama-3.1-70B-Instruct")
+    config = load_config()
+    assert config.cloud.url == "https://gpu.example/v1"
+    assert config.cloud.model == "meta-llama/Llama-3.1-70B-Instruct"
+    monkeypatch.setenv("HYBRID_ROUTER_CLOUD_API_KEY", "sekrit")
+    assert config.cloud.api_key == "sekrit"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"tiers": {"free": {"threshold": 1.5}}}, "tiers.free.threshold"),
+        ({"tiers": {"free": {"cloud": "sometimes"}}}, "tiers.free.cloud"),
+        ({"tiers": {}, "api_keys": [{"sha256": "0" * 64, "tenant": "a", "tier": "gold"}]}, "unknown tier"),
+        ({"api_keys": [{"sha256": "not-a-digest", "tenant": "a", "tier": "x"}]}, "api_keys.0.sha256"),
+        ({"edge": {"n_ctx": 16}}, "edge.n_ctx"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_invalid_config_is_a_clear_error(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert message in str(info.value)
+
+
+def test_unreadable_or_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiers: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    as_json = tmp_path / "c.json"
+    as_json.write_text(json.dumps({"tiers": {"free": {"threshold": 0.3}}}))
+    assert load_config(as_json).tiers["free"].threshold == 0.3
+
+
+def test_committed_json_schema_is_current() -> None:
+    assert json.loads(SCHEMA_FILE.read_text()) == config_json_schema(), "run `make schema`"

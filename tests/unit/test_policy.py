@@ -1,0 +1,99 @@
+"""Every branch of the routing policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from router import (
+    BackendHealth,
+    ContextLengthExceeded,
+    NoBackendAvailable,
+    RequestFacts,
+    RouteReason,
+    TierConfig,
+    decide,
+)
+
+UP = BackendHealth(available=True)
+DOWN = BackendHealth(available=False, detail="circuit open")
+BUSY = BackendHealth(available=True, busy=True)
+
+
+def facts(**kw: object) -> RequestFacts:
+    base: dict[str, object] = dict(
+        prompt_tokens=100,
+        max_tokens=50,
+        edge=UP,
+        cloud=UP,
+        edge_context_window=512,
+        cloud_context_window=4096,
+    )
+    base.update(kw)
+    return RequestFacts(**base)  # type: ignore[arg-type]
+
+
+def run(score: float, tier: TierConfig, **kw: object):  # type: ignore[no-untyped-def]
+    return decide(score=score, tier_name="t", tier=tier, tenant="x", estimator="h@1", facts=facts(**kw))
+
+
+ALLOWED = TierConfig(threshold=0.5)
+
+
+@pytest.mark.parametrize(
+    ("score", "target", "reason"),
+    [
+        (0.1, "edge", RouteReason.SCORE_BELOW_THRESHOLD),
+        (0.5, "cloud", RouteReason.SCORE_ABOVE_THRESHOLD),
+        (0.9, "cloud", RouteReason.SCORE_ABOVE_THRESHOLD),
+    ],
+)
+def test_score_against_threshold(score: float, target: str, reason: RouteReason) -> None:
+    d = run(score, ALLOWED)
+    assert (d.target, d.reason, d.threshold, d.fallback) == (target, reason, 0.5, False)
+
+
+def test_forced_tier_goes_to_cloud_even_for_easy_prompts() -> None:
+    d = run(0.0, TierConfig(cloud="forced"))
+    assert (d.target, d.reason) == ("cloud", RouteReason.TIER_FORCES_CLOUD)
+
+
+def test_never_tier_stays_on_edge_and_rejects_what_does_not_fit() -> None:
+    assert run(0.99, TierConfig(cloud="never")).reason == RouteReason.TIER_FORBIDS_CLOUD
+    with pytest.raises(ContextLengthExceeded):
+        run(0.1, TierConfig(cloud="never"), prompt_tokens=500)
+    with pytest.raises(NoBackendAvailable):
+        run(0.1, TierConfig(cloud="never"), edge=DOWN)
+
+
+def test_too_long_for_edge_goes_to_cloud() -> None:
+    d = run(0.0, ALLOWED, prompt_tokens=480)
+    assert (d.target, d.reason) == ("cloud", RouteReason.CONTEXT_TOO_LONG)
+
+
+def test_too_long_for_every_backend_is_an_error() -> None:
+    with pytest.raises(ContextLengthExceeded) as info:
+        run(0.0, ALLOWED, prompt_tokens=5000)
+    assert info.value.status_code == 400 and info.value.param == "messages"
+
+
+def test_edge_down_or_busy_prefers_cloud() -> None:
+    assert run(0.0, ALLOWED, edge=DOWN).reason == RouteReason.EDGE_UNAVAILABLE
+    assert run(0.0, ALLOWED, edge=BUSY).reason == RouteReason.EDGE_BUSY
+    assert run(0.0, TierConfig(fallback_to_cloud=False), edge=BUSY).target == "edge"
+
+
+def test_cloud_down_degrades_to_edge_or_fails_clearly() -> None:
+    d = run(0.9, ALLOWED, cloud=DOWN)
+    assert (d.target, d.reason, d.fallback) == ("edge", RouteReason.CLOUD_UNAVAILABLE, True)
+    assert d.original_reason == RouteReason.SCORE_ABOVE_THRESHOLD
+    with pytest.raises(NoBackendAvailable) as info:
+        run(0.9, TierConfig(cloud="forced", fallback_to_edge=False), cloud=DOWN)
+    assert info.value.status_code == 503
+    with pytest.raises(NoBackendAvailable):
+        run(0.9, ALLOWED, cloud=DOWN, prompt_tokens=480)  # does not fit the edge either
+
+
+def test_spent_budget_keeps_requests_on_the_edge() -> None:
+    d = run(0.9, ALLOWED, budget_left_usd=0.0)
+    assert (d.target, d.reason) == ("edge", RouteReason.BUDGET_EXHAUSTED)
+    assert run(0.9, ALLOWED, budget_left_usd=0.01).target == "cloud"
