@@ -17,7 +17,7 @@ import httpx
 import yaml
 
 from bench.common import report
-from tests.servers import KEYS, free_port, make_router_config
+from tests.servers import KEYS, free_port, make_router_config, spawn_router
 
 BODY = {"model": "hybrid-router", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
 
@@ -31,21 +31,7 @@ def time_command(code: str) -> float:
 def first_answer_ms(config_file: Path) -> float:
     port = free_port()
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cloud.cli",
-            "serve",
-            "--config",
-            str(config_file),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ]
-    )
+    process = spawn_router(config_file, port)
     try:
         while True:
             try:

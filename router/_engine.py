@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from router._accounting import CostLedger, cloud_cost_usd
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
@@ -27,6 +28,7 @@ from router._policy import Decision, RequestFacts, RouteReason, decide
 from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, RouteInfo, Usage
 
 logger = logging.getLogger("hybrid_router")
+T = TypeVar("T")
 
 _NOT_CONFIGURED = BackendHealth(available=False, detail="not configured")
 
@@ -147,17 +149,12 @@ class RoutingEngine:
     async def complete(self, request: ChatCompletionRequest, tenant: Tenant) -> ChatCompletionResponse:
         """Answer `request` for `tenant` in one response carrying its `route`."""
         plan = self.plan(request, tenant)
-        decision = plan.decision
         started = time.perf_counter()
-        try:
-            try:
-                response = await self._complete_on(decision.target, request, plan)
-            except BackendError as exc:
-                decision = self._fallback(plan, decision, exc)
-                response = await self._complete_on(decision.target, request, plan)
-        except RouterError as exc:
-            self._record(plan, decision, started, status=exc.status_code, stream=False, error=exc)
-            raise
+
+        async def run(target: Target) -> ChatCompletionResponse:
+            return await self.backend(target).complete(request, max_tokens=self._max_tokens(target, plan))
+
+        decision, response = await self._run_with_fallback(plan, started, run, stream=False)
         route = self._record(plan, decision, started, status=200, stream=False, usage=response.usage)
         response.route = route
         response.model = route.model
@@ -166,41 +163,42 @@ class RoutingEngine:
     async def stream(self, request: ChatCompletionRequest, tenant: Tenant) -> RoutedStream:
         """Start a streamed answer; it raises here, before any byte is sent, when it cannot start."""
         plan = self.plan(request, tenant)
-        decision = plan.decision
         started = time.perf_counter()
-        try:
+
+        async def start(
+            target: Target,
+        ) -> tuple[AsyncIterator[ChatCompletionChunk], ChatCompletionChunk | None]:
+            chunks = self.backend(target).stream(request, max_tokens=self._max_tokens(target, plan))
             try:
-                chunks, first = await self._open_stream(decision.target, request, plan)
-            except BackendError as exc:
-                decision = self._fallback(plan, decision, exc)
-                chunks, first = await self._open_stream(decision.target, request, plan)
-        except RouterError as exc:
-            self._record(plan, decision, started, status=exc.status_code, stream=True, error=exc)
-            raise
+                return chunks, await anext(chunks)
+            except StopAsyncIteration:
+                return chunks, None
+
+        decision, (chunks, first) = await self._run_with_fallback(plan, started, start, stream=True)
         route = self._route_info(decision)
         want_usage = bool(request.stream_options and request.stream_options.include_usage)
         return RoutedStream(route, self._relay(plan, decision, started, route, chunks, first, want_usage))
+
+    async def _run_with_fallback(
+        self, plan: RoutePlan, started: float, run: Callable[[Target], Awaitable[T]], *, stream: bool
+    ) -> tuple[Decision, T]:
+        """`run` on the decided target, then on the other one if the tier allows; failures are recorded."""
+        decision = plan.decision
+        try:
+            try:
+                return decision, await run(decision.target)
+            except BackendError as exc:
+                decision = self._fallback(plan, decision, exc)
+                return decision, await run(decision.target)
+        except RouterError as exc:
+            self._record(plan, decision, started, status=exc.status_code, stream=stream, error=exc)
+            raise
 
     def _max_tokens(self, target: Target, plan: RoutePlan) -> int:
         backend = self.backend(target)
         default = self.config.edge.max_tokens if target == "edge" else self.config.cloud.max_tokens
         room = max(1, backend.context_window - plan.prompt_tokens)
         return min(plan.requested_max_tokens or default, room)
-
-    async def _complete_on(
-        self, target: Target, request: ChatCompletionRequest, plan: RoutePlan
-    ) -> ChatCompletionResponse:
-        return await self.backend(target).complete(request, max_tokens=self._max_tokens(target, plan))
-
-    async def _open_stream(
-        self, target: Target, request: ChatCompletionRequest, plan: RoutePlan
-    ) -> tuple[AsyncIterator[ChatCompletionChunk], ChatCompletionChunk | None]:
-        chunks = self.backend(target).stream(request, max_tokens=self._max_tokens(target, plan))
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            first = None
-        return chunks, first
 
     def _fallback(self, plan: RoutePlan, decision: Decision, exc: BackendError) -> Decision:
         """The decision to retry on the other backend, or `exc` re-raised when the tier forbids it."""

@@ -21,3 +21,9 @@ def standin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield endpoint.url
     finally:
         endpoint.stop()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Run `@pytest.mark.anyio` tests on asyncio only."""
+    return "asyncio"

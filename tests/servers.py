@@ -56,6 +56,16 @@ def make_router_config(cloud_url: str | None, **overrides: Any) -> dict[str, Any
     return data
 
 
+def spawn_router(config_file: Path, port: int, *, stdout: Any = None) -> subprocess.Popen[bytes]:
+    """Start `hybrid-router serve` on `config_file` and `port`, without waiting for it."""
+    command = [sys.executable, "-m", "cloud.cli", "serve", "--config", str(config_file), "--port", str(port)]
+    return subprocess.Popen(
+        [*command, "--no-access-log", "--log-level", "warning"],
+        stdout=stdout,
+        stderr=subprocess.STDOUT if stdout is not None else None,
+    )
+
+
 @contextlib.contextmanager
 def running_router(config: dict[str, Any], tmp_path: Path, *, startup_s: float = 120.0) -> Iterator[str]:
     """`hybrid-router serve` in a subprocess on a free port; yields its base URL."""
@@ -63,23 +73,7 @@ def running_router(config: dict[str, Any], tmp_path: Path, *, startup_s: float =
     config_file = tmp_path / f"router-{port}.yaml"
     config_file.write_text(yaml.safe_dump(config))
     log = (tmp_path / f"router-{port}.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cloud.cli",
-            "serve",
-            "--config",
-            str(config_file),
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process = spawn_router(config_file, port, stdout=log)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_s
