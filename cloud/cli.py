@@ -10,6 +10,7 @@ hybrid-router hash-key KEY             # the sha256 to store for an API key
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     hk = sub.add_parser("hash-key", help="print the sha256 to store for an API key")
     hk.add_argument("key")
     hk.set_defaults(func=cmd_hash_key)
+    # Commands of the other packages (`eval` from models/, ...), registered as entry points.
+    for entry_point in importlib.metadata.entry_points(group="hybrid_router.commands"):
+        entry_point.load()(sub)
     return parser
 
 

@@ -1,1 +1,1 @@
-"""Estimator artefacts and their build (filled by the estimator issue)."""
+"""Estimator artefacts, their build, and router-quality evaluation on held-out routing data."""
