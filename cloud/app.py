@@ -6,6 +6,7 @@ Every error leaves as an OpenAI-style error object with its status; none leaves 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -13,21 +14,19 @@ from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import anyio
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cloud._http import error_body, parse_chat_request, route_headers
 from router import (
-    ChatCompletionRequest,
     InMemoryMetrics,
     ModelCard,
     ModelList,
     PayloadTooLarge,
     RequestError,
-    RouteInfo,
     RouterConfig,
     RouterError,
     RoutingEngine,
@@ -39,21 +38,9 @@ logger = logging.getLogger("hybrid_router")
 EngineFactory = Callable[[RouterConfig], Awaitable[RoutingEngine]]
 
 
-def route_headers(route: RouteInfo) -> dict[str, str]:
-    """The `x-route-*` headers that say where and why a request was answered."""
-    return {
-        "x-route-target": route.target,
-        "x-route-reason": route.reason,
-        "x-route-score": f"{route.score:.4f}",
-        "x-route-tier": route.tier,
-        "x-route-model": route.model,
-        "x-route-fallback": "true" if route.fallback else "false",
-    }
-
-
 def error_response(exc: RouterError) -> JSONResponse:
     """An OpenAI-style error body with the error's status."""
-    return JSONResponse(dump(exc.to_response()), status_code=exc.status_code)
+    return JSONResponse(error_body(exc), status_code=exc.status_code)
 
 
 async def _default_engine(config: RouterConfig) -> RoutingEngine:
@@ -87,6 +74,7 @@ def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default
         Route("/healthz", healthz, methods=["GET"]),
         Route("/health", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/edge/config", edge_config, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
@@ -105,11 +93,7 @@ async def chat_completions(request: Request) -> Response:
     """`POST /v1/chat/completions`, streamed or not."""
     engine: RoutingEngine = request.app.state.engine
     tenant = engine.authenticate(_bearer_token(request))
-    payload = _parse_json(await _read_body(request, engine.config.server.max_body_bytes))
-    try:
-        chat = ChatCompletionRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise _validation_error(exc) from None
+    chat = parse_chat_request(await _read_body(request, engine.config.server.max_body_bytes))
     if not chat.stream:
         response = await engine.complete(chat, tenant)
         assert response.route is not None
@@ -129,7 +113,7 @@ async def _sse(chunks: AsyncGenerator[Any, None]) -> AsyncIterator[str]:
             async for chunk in chunks:
                 yield f"data: {json.dumps(dump(chunk), separators=(',', ':'))}\n\n"
     except RouterError as exc:  # the status line is gone: report in-band, as vLLM and OpenAI do
-        yield f"data: {json.dumps(dump(exc.to_response()))}\n\n"
+        yield f"data: {json.dumps(error_body(exc))}\n\n"
     yield "data: [DONE]\n\n"
 
 
@@ -167,6 +151,22 @@ async def metrics(request: Request) -> Response:
     return JSONResponse(snapshot)
 
 
+async def edge_config(request: Request) -> Response:
+    """`GET /v1/edge/config`: the calling device's tier policy, for the edge SDK's config sync (ETag)."""
+    engine: RoutingEngine = request.app.state.engine
+    tenant = engine.authenticate(_bearer_token(request))
+    routing = engine.config.tiers[tenant.tier].model_dump(mode="json")
+    body = json.dumps(
+        {"tier": tenant.tier, "policy": {"routing": routing}}, sort_keys=True, separators=(",", ":")
+    ).encode()
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers={"etag": etag})
+    return Response(
+        body, media_type="application/json", headers={"etag": etag, "cache-control": "private, no-cache"}
+    )
+
+
 def _bearer_token(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -186,25 +186,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:  # a chunked body declares no length: count as it arrives
             raise PayloadTooLarge(f"Request body is over the limit of {limit} bytes.")
     return bytes(body)
-
-
-def _parse_json(body: bytes) -> Any:
-    if not body:
-        raise RequestError("The request body is empty; send a JSON chat completion request.")
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(f"The request body is not valid JSON: {exc}.") from None
-    if not isinstance(payload, dict):
-        raise RequestError("The request body must be a JSON object.")
-    return payload
-
-
-def _validation_error(exc: ValidationError) -> RequestError:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
-    extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-    return RequestError(f"Invalid request: {where}: {first['msg']}{extra}.", param=where or None)
 
 
 async def _router_error(request: Request, exc: Exception) -> Response:

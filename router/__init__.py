@@ -8,6 +8,7 @@ from router._backend import BackendHealth, ChatBackend, Target, approximate_toke
 from router._config import (
     DEMO_CONFIG_PATH,
     ApiKeyEntry,
+    ApiKeyIdEntry,
     CircuitBreakerConfig,
     CloudConfig,
     CloudPrice,
@@ -69,6 +70,7 @@ from router._wire import (
 __all__ = [
     "DEMO_CONFIG_PATH",
     "ApiKeyEntry",
+    "ApiKeyIdEntry",
     "AuthenticationError",
     "BackendError",
     "BackendHealth",

@@ -143,6 +143,14 @@ class ApiKeyEntry(_Strict):
     note: str = ""
 
 
+class ApiKeyIdEntry(_Strict):
+    """The tenant and tier of one API Gateway key, found by its key id (the key itself is never stored)."""
+
+    tenant: str
+    tier: str
+    note: str = ""
+
+
 class RouterConfig(_Strict):
     """The whole routing configuration."""
 
@@ -153,12 +161,19 @@ class RouterConfig(_Strict):
     cloud: CloudConfig = CloudConfig()
     tiers: dict[str, TierConfig] = Field(default_factory=dict)
     api_keys: list[ApiKeyEntry] = Field(default_factory=list)
+    api_key_ids: dict[str, ApiKeyIdEntry] = Field(
+        default_factory=dict,
+        description="API Gateway key id -> tenant and tier (the key's value is never stored).",
+    )
 
     @model_validator(mode="after")
     def _keys_name_known_tiers(self) -> RouterConfig:
         for entry in self.api_keys:
             if entry.tier not in self.tiers:
                 raise ValueError(f"api key for tenant {entry.tenant!r} names unknown tier {entry.tier!r}")
+        for key_id, id_entry in self.api_key_ids.items():
+            if id_entry.tier not in self.tiers:
+                raise ValueError(f"api_key_ids.{key_id} names unknown tier {id_entry.tier!r}")
         digests = [entry.sha256 for entry in self.api_keys]
         if len(set(digests)) != len(digests):
             raise ValueError("the same api key is listed twice")

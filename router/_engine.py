@@ -79,6 +79,7 @@ class RoutingEngine:
         self.metrics: RouterMetrics = metrics if metrics is not None else InMemoryMetrics()
         self.ledger = ledger if ledger is not None else CostLedger()
         self._keys = {entry.sha256: Tenant(entry.tenant, entry.tier) for entry in config.api_keys}
+        self._key_ids = {key_id: Tenant(e.tenant, e.tier) for key_id, e in config.api_key_ids.items()}
         self._estimator_id = f"{estimator.name}@{estimator.version}"
 
     # -- who and where -------------------------------------------------------------------------
@@ -91,6 +92,24 @@ class RoutingEngine:
         if tenant is None:
             raise AuthenticationError("Incorrect API key provided.")
         return tenant
+
+    def authenticate_key_id(self, key_id: str | None, api_key: str | None) -> Tenant:
+        """The tenant of an API Gateway key: by its id in `api_key_ids`, else by its sha256 in `api_keys`.
+
+        API Gateway has checked that the key exists; its tier still comes from the config, never the request.
+        """
+        tenant = self._key_ids.get(key_id) if key_id else None
+        if tenant is None and api_key:
+            tenant = self._keys.get(hash_api_key(api_key))
+        if tenant is not None:
+            return tenant
+        if key_id or api_key:
+            raise AuthenticationError(
+                "This API key is not mapped to a tier; ask the platform team to add it."
+            )
+        raise AuthenticationError(
+            "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+        )
 
     def backend(self, target: Target) -> ChatBackend:
         """The backend that serves `target`."""

@@ -82,6 +82,7 @@ def test_stream_error_after_first_chunk_is_reported_in_band(client: TestClient) 
 def test_bearer_scheme_is_required(client: TestClient) -> None:
     r = client.post("/v1/chat/completions", json=BODY, headers={"authorization": "Basic k-free"})
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert "param" in r.json()["error"]  # `param: null` included, as OpenAI sends it
 
 
 def test_unexpected_errors_become_500_objects_without_a_trace(client: TestClient) -> None:
@@ -99,3 +100,15 @@ def test_unexpected_errors_become_500_objects_without_a_trace(client: TestClient
 def test_models_and_health(client: TestClient) -> None:
     assert client.get("/v1/models").json()["data"][0]["id"] == "hybrid-router"
     assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_edge_config_sync_with_etag(client: TestClient) -> None:
+    first = client.get("/v1/edge/config", headers={"authorization": "Bearer k-free"})
+    assert first.status_code == 200
+    assert first.json() == {"tier": "free", "policy": {"routing": first.json()["policy"]["routing"]}}
+    assert first.json()["policy"]["routing"]["threshold"] == 0.7
+    again = client.get(
+        "/v1/edge/config", headers={"authorization": "Bearer k-free", "if-none-match": first.headers["etag"]}
+    )
+    assert again.status_code == 304
+    assert client.get("/v1/edge/config").status_code == 401

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from router import ConfigError, config_json_schema, hash_api_key, load_config, parse_config
+from router import ApiKeyIdEntry, ConfigError, config_json_schema, hash_api_key, load_config, parse_config
 
 SCHEMA_FILE = Path(__file__).parents[2] / "router" / "config.schema.json"
 
@@ -38,6 +38,9 @@ def test_env_overrides_the_cloud_endpoint(monkeypatch: pytest.MonkeyPatch) -> No
         ({"tiers": {"free": {"cloud": "sometimes"}}}, "tiers.free.cloud"),
         ({"tiers": {}, "api_keys": [{"sha256": "0" * 64, "tenant": "a", "tier": "gold"}]}, "unknown tier"),
         ({"api_keys": [{"sha256": "not-a-digest", "tenant": "a", "tier": "x"}]}, "api_keys.0.sha256"),
+        ({"tiers": {}, "api_key_ids": {"id-x": {"tenant": "a", "tier": "gold"}}}, "unknown tier 'gold'"),
+        ({"tiers": {"free": {}}, "api_key_ids": {"id-x": {"tier": "free"}}}, "api_key_ids.id-x.tenant"),
+        ({"api_key_ids": ["id-x"]}, "api_key_ids: Input should be a valid dictionary"),
         ({"edge": {"n_ctx": 16}}, "edge.n_ctx"),
         ({"surprise": 1}, "surprise"),
     ],
@@ -46,6 +49,14 @@ def test_invalid_config_is_a_clear_error(data: dict[str, object], message: str) 
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     assert message in str(info.value)
+
+
+def test_api_key_ids_map_gateway_key_ids_to_tenants() -> None:
+    config = parse_config(
+        {"tiers": {"premium": {}}, "api_key_ids": {"a1b2c3d4e5": {"tenant": "acme", "tier": "premium"}}}
+    )
+    assert config.api_key_ids == {"a1b2c3d4e5": ApiKeyIdEntry(tenant="acme", tier="premium")}
+    assert load_config(apply_env=False).api_key_ids == {}  # optional: the demo config has none
 
 
 def test_unreadable_or_malformed_files(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ CONFIG = parse_config(
             "strict": {"cloud": "forced", "fallback_to_edge": False},
         },
         "api_keys": [{"sha256": hash_api_key("k-free"), "tenant": "acme", "tier": "free"}],
+        "api_key_ids": {"id-prem": {"tenant": "globex", "tier": "premium"}},
     }
 )
 EASY = "What is the capital of France?"
@@ -62,6 +63,22 @@ def test_authenticate_maps_a_key_to_its_tier_and_rejects_others() -> None:
     for key in (None, "", "nope"):
         with pytest.raises(AuthenticationError):
             e.authenticate(key)
+
+
+def test_authenticate_key_id_tries_the_key_id_then_the_keys_sha256() -> None:
+    e = engine()
+    assert e.authenticate_key_id("id-prem", "k-free") == Tenant("globex", "premium")  # the id wins
+    assert e.authenticate_key_id("unmapped-id", "k-free") == Tenant("acme", "free")
+    assert e.authenticate_key_id(None, "k-free") == Tenant("acme", "free")
+    assert e.authenticate_key_id("id-prem", None) == Tenant("globex", "premium")
+    for key_id, key in (("unmapped-id", "nope"), ("unmapped-id", None), (None, "nope")):
+        with pytest.raises(AuthenticationError, match="not mapped to a tier"):
+            e.authenticate_key_id(key_id, key)
+    for key_id, key in ((None, None), ("", "")):
+        with pytest.raises(AuthenticationError, match="Missing API key"):
+            e.authenticate_key_id(key_id, key)
+    with pytest.raises(AuthenticationError):
+        e.authenticate("id-prem")  # a key id is no secret: it never works as a bearer key
 
 
 @pytest.mark.anyio

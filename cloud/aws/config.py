@@ -1,0 +1,115 @@
+"""The tier config in Lambda: fetched through powertools parameters, cached for `max_age` seconds.
+
+The document is the router's config (see `router/demo-config.yaml`); its `api_key_ids` section maps
+API Gateway key ids to a tenant and tier::
+
+    api_key_ids:
+      a1b2c3d4e5: {tenant: acme, tier: premium}
+
+Where it comes from is set by the environment (the template sets one of them):
+
+    HYBRID_ROUTER_CONFIG_PARAMETER   an SSM parameter name (String or SecureString, YAML or JSON)
+    HYBRID_ROUTER_CONFIG_APPCONFIG   "application/environment/profile" in AWS AppConfig
+    HYBRID_ROUTER_CONFIG_FILE        a file (local runs, benchmarks); none of them: the demo config
+    HYBRID_ROUTER_CONFIG_MAX_AGE_S   seconds a fetched document is reused (default 60)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from router import DEMO_CONFIG_PATH, ConfigError, RouterConfig, parse_config
+
+ENV_CONFIG_PARAMETER = "HYBRID_ROUTER_CONFIG_PARAMETER"
+ENV_CONFIG_APPCONFIG = "HYBRID_ROUTER_CONFIG_APPCONFIG"
+ENV_CONFIG_FILE = "HYBRID_ROUTER_CONFIG_FILE"
+ENV_CONFIG_MAX_AGE = "HYBRID_ROUTER_CONFIG_MAX_AGE_S"
+DEFAULT_MAX_AGE_S = 60
+
+SourceKind = Literal["ssm", "appconfig", "file"]
+
+
+@dataclass(frozen=True)
+class LambdaRouterConfig:
+    """The router config parsed from one document, and that document's digest."""
+
+    router: RouterConfig
+    #: sha256 of the document's text: a changed document makes a new engine, an unchanged one does not
+    digest: str = ""
+
+
+def parse_lambda_config(data: Any, *, source: str, digest: str = "") -> LambdaRouterConfig:
+    """Validate a Lambda config document (the router's config) and apply the env overrides."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {source}: the document must be a mapping")
+    return LambdaRouterConfig(router=parse_config(data, source=source).with_env_overrides(), digest=digest)
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where the tier config document lives, and how long a fetched copy may be reused."""
+
+    kind: SourceKind
+    name: str
+    max_age_s: int = DEFAULT_MAX_AGE_S
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ConfigSource:
+        """The source the environment names; the embedded demo config when it names none."""
+        env = os.environ if env is None else env
+        try:
+            max_age = int(env.get(ENV_CONFIG_MAX_AGE, DEFAULT_MAX_AGE_S))
+        except ValueError:
+            raise ConfigError(f"{ENV_CONFIG_MAX_AGE} must be a whole number of seconds") from None
+        if env.get(ENV_CONFIG_PARAMETER):
+            return cls("ssm", env[ENV_CONFIG_PARAMETER], max_age)
+        if env.get(ENV_CONFIG_APPCONFIG):
+            if env[ENV_CONFIG_APPCONFIG].count("/") != 2:
+                raise ConfigError(f"{ENV_CONFIG_APPCONFIG} must be 'application/environment/profile'")
+            return cls("appconfig", env[ENV_CONFIG_APPCONFIG], max_age)
+        return cls("file", env.get(ENV_CONFIG_FILE) or str(DEMO_CONFIG_PATH), max_age)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    def fetch_text(self) -> str:
+        """The document's text; powertools serves it from its cache until `max_age_s` has passed."""
+        if self.kind == "file":
+            try:
+                return Path(self.name).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"cannot read config {self.name}: {exc.strerror}") from None
+        from aws_lambda_powertools.utilities import parameters  # lazy: boto3 is not needed for files
+
+        try:
+            if self.kind == "ssm":
+                value: Any = parameters.get_parameter(self.name, decrypt=True, max_age=self.max_age_s)
+            else:
+                application, environment, profile = self.name.split("/")
+                value = parameters.get_app_config(
+                    name=profile, environment=environment, application=application, max_age=self.max_age_s
+                )
+        except parameters.exceptions.GetParameterError as exc:
+            raise ConfigError(f"cannot fetch config {self}: {exc}") from None
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    def load(self) -> LambdaRouterConfig:
+        """Fetch (or reuse) and validate the document."""
+        return parse_text(self.fetch_text(), source=str(self))
+
+
+def parse_text(text: str, *, source: str) -> LambdaRouterConfig:
+    """Parse a YAML or JSON document (JSON is YAML) into a `LambdaRouterConfig`."""
+    import yaml  # lazy, as in router's own loader
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {source} is not valid YAML or JSON: {exc}") from None
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return parse_lambda_config(data, source=source, digest=digest)

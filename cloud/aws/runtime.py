@@ -1,0 +1,178 @@
+"""The engine of one Lambda execution environment, kept current with the tier config.
+
+Every invocation asks for the engine; the config document is fetched through powertools parameters,
+which serve a cached copy until `max_age` has passed, so a changed parameter reaches every warm
+environment within that time and no deploy is needed. A new document with the same backend sections
+(edge, cloud, estimator) keeps the loaded model and the open connections; one that changes them
+builds new backends. A document that does not validate is logged and the last good one stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from cloud.aws.config import ConfigSource, LambdaRouterConfig, parse_text
+from cloud.aws.telemetry import EmfRouterMetrics
+from router import ConfigError, CostLedger, RouterConfig, RouterMetrics, RoutingEngine
+
+logger = logging.getLogger("hybrid_router")
+T = TypeVar("T")
+
+#: Secrets Manager id of the GPU endpoint's API key, copied into the env var the config names.
+ENV_CLOUD_SECRET = "HYBRID_ROUTER_CLOUD_API_KEY_SECRET"
+#: "sagemaker": sign calls to `cloud.url` (a SageMaker runtime endpoint URL) with SigV4.
+ENV_CLOUD_AUTH = "HYBRID_ROUTER_CLOUD_AUTH"
+
+EngineFactory = Callable[[RouterConfig], RoutingEngine]
+
+
+def lambda_engine(config: RouterConfig) -> RoutingEngine:
+    """`cloud.runtime.build_engine`, with the GPU endpoint's key from Secrets Manager or SigV4 signing."""
+    from cloud.runtime import build_engine
+
+    _load_cloud_secret(config)
+    engine = build_engine(config)
+    if os.environ.get(ENV_CLOUD_AUTH) == "sagemaker" and config.cloud.url:
+        from cloud.aws.sagemaker import SageMakerTransport
+        from cloud.endpoint import CloudEndpointClient
+
+        cloud = CloudEndpointClient(config.cloud, transport=SageMakerTransport.from_env())
+        engine = RoutingEngine(config, estimator=engine.estimator, edge=engine.edge, cloud=cloud)
+    return engine
+
+
+def _load_cloud_secret(config: RouterConfig) -> None:
+    secret_id = os.environ.get(ENV_CLOUD_SECRET)
+    if not secret_id:
+        return
+    from aws_lambda_powertools.utilities import parameters
+
+    try:
+        value = parameters.get_secret(secret_id, max_age=300)
+    except parameters.exceptions.GetParameterError as exc:
+        raise ConfigError(f"cannot read the GPU endpoint's API key from {secret_id}: {exc}") from None
+    # CloudConfig reads the key from this env var at call time; it is never logged.
+    os.environ[config.cloud.api_key_env] = value if isinstance(value, str) else str(value)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The engine and config one invocation runs on."""
+
+    engine: RoutingEngine
+    config: LambdaRouterConfig
+
+
+class LambdaRouter:
+    """Owns the event loop, the engine and the config of this execution environment."""
+
+    def __init__(
+        self,
+        source: ConfigSource,
+        *,
+        engine_factory: EngineFactory = lambda_engine,
+        metrics: RouterMetrics | None = None,
+    ) -> None:
+        self.source = source
+        self._factory = engine_factory
+        self.metrics: RouterMetrics = metrics if metrics is not None else EmfRouterMetrics()
+        self.ledger = CostLedger()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._snapshot: Snapshot | None = None
+        self._text_digest = ""
+        self._retired: list[RoutingEngine] = []
+        self.init_ms: dict[str, float] = {}
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run an engine coroutine to completion (the buffered handler; the ASGI app has its own loop).
+
+        One loop for the life of the environment: the cloud client's connections belong to it.
+        """
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        """Release the backends and the loop."""
+        if self._snapshot is not None:
+            self._retired.append(self._snapshot.engine)
+            self._snapshot = None
+        if self._retired:
+            self.run(self.close_retired())
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+    async def close_retired(self) -> None:
+        """Close the backends of engines a config change replaced (their requests have finished)."""
+        from cloud.runtime import close_engine
+
+        while self._retired:
+            await close_engine(self._retired.pop())
+
+    def current(self) -> Snapshot:
+        """The engine for this invocation; refreshed when the config document has changed."""
+        started = time.perf_counter()
+        try:
+            text = self.source.fetch_text()
+        except ConfigError:
+            if self._snapshot is None:
+                raise
+            logger.exception("config source %s failed; keeping the last good config", self.source)
+            return self._snapshot
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if self._snapshot is not None and digest == self._text_digest:
+            return self._snapshot
+        fetched_ms = (time.perf_counter() - started) * 1000.0
+        try:
+            config = parse_text(text, source=str(self.source))
+        except ConfigError:
+            if self._snapshot is None:
+                raise
+            logger.exception("config %s is invalid; keeping the last good config", self.source)
+            self._text_digest = digest  # log once per bad document, not once per invocation
+            return self._snapshot
+        self._snapshot = self._swap(config)
+        self._text_digest = digest
+        self.init_ms.setdefault("config_ms", round(fetched_ms, 3))
+        return self._snapshot
+
+    def _swap(self, config: LambdaRouterConfig) -> Snapshot:
+        old = self._snapshot
+        if old is not None and _same_backends(old.config.router, config.router):
+            engine = RoutingEngine(
+                config.router,
+                estimator=old.engine.estimator,
+                edge=old.engine.edge,
+                cloud=old.engine.cloud,
+                metrics=self.metrics,
+                ledger=self.ledger,
+            )
+            logger.info("tier config changed: tiers %s", sorted(config.router.tiers))
+            return Snapshot(engine, config)
+        started = time.perf_counter()
+        built = self._factory(config.router)
+        engine = RoutingEngine(
+            config.router,
+            estimator=built.estimator,
+            edge=built.edge,
+            cloud=built.cloud,
+            metrics=self.metrics,
+            ledger=self.ledger,
+        )
+        self.init_ms.setdefault("engine_ms", round((time.perf_counter() - started) * 1000.0, 3))
+        if old is not None:
+            self._retired.append(old.engine)
+            logger.info("backend config changed: backends rebuilt")
+        return Snapshot(engine, config)
+
+
+def _same_backends(a: RouterConfig, b: RouterConfig) -> bool:
+    return a.edge == b.edge and a.cloud == b.cloud and a.estimator == b.estimator

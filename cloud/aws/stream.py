@@ -1,0 +1,69 @@
+"""The streaming entry point: the local ASGI app (`cloud.app`) behind a Lambda Function URL.
+
+Python Lambdas cannot stream a response themselves, so the container runs uvicorn and the Lambda
+Web Adapter (an extension) relays each invocation to it with `AWS_LWA_INVOKE_MODE=response_stream`;
+the Function URL (`InvokeMode: RESPONSE_STREAM`) passes the SSE bytes to the caller as they come::
+
+    uvicorn --factory cloud.aws.stream:create_stream_app --host 127.0.0.1 --port 8080
+
+Callers authenticate as they do locally (`Authorization: Bearer <key>`, looked up by sha256 in
+`api_keys`). The tier config is refreshed as in the buffered handler; metrics are EMF.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import anyio
+from aws_lambda_powertools import Logger
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cloud.app import create_app
+from cloud.aws.config import ConfigSource
+from cloud.aws.runtime import EngineFactory, LambdaRouter, lambda_engine
+from cloud.aws.telemetry import emit_cold_start, route_core_logs, service_name
+from router import RouterConfig, RoutingEngine
+
+logger = Logger(service=service_name())
+
+
+def create_stream_app(
+    source: ConfigSource | None = None, *, engine_factory: EngineFactory = lambda_engine
+) -> ASGIApp:
+    """The ASGI app for the Function URL: `cloud.app` on an engine kept current with the config."""
+    route_core_logs(logger)
+    router = LambdaRouter(source or ConfigSource.from_env(), engine_factory=engine_factory)
+    first = router.current()  # at init: config, estimator and edge model, before the first request
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        emit_cold_start(os.environ["AWS_LAMBDA_FUNCTION_NAME"])
+
+    async def built(config: RouterConfig) -> RoutingEngine:
+        return first.engine
+
+    inner = create_app(first.engine.config, engine_factory=built)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            # A cached fetch costs microseconds; a refetch (every max_age seconds) does blocking I/O.
+            snapshot = await anyio.to_thread.run_sync(router.current)
+            inner.state.engine = snapshot.engine
+            inner.state.config = snapshot.engine.config
+            await router.close_retired()
+            logger.set_correlation_id(_request_id(scope))
+        await inner(scope, receive, send)
+
+    return app
+
+
+def _request_id(scope: Scope) -> str | None:
+    """The Lambda request id the Web Adapter forwards in `x-amzn-request-context`."""
+    for name, value in scope.get("headers", []):
+        if name == b"x-amzn-request-context":
+            try:
+                context = json.loads(value)
+            except ValueError:
+                return None
+            request_id = context.get("requestId") if isinstance(context, dict) else None
+            return str(request_id) if request_id else None
+    return None

@@ -1,0 +1,102 @@
+"""Telemetry in Lambda: EMF metrics for every routed request, and the decision line as structured JSON.
+
+`EmfRouterMetrics` is the `router.RouterMetrics` the engine reports to. Each finished request becomes
+one EMF record (one stdout line) with the same metrics under four dimension sets, so that alarms can
+read the service as a whole, a tier, a tier's target, and a tier's target and reason:
+
+    Decisions, CloudDecisions, EdgeDecisions, Fallbacks, ServerErrors        Count
+    EstimatorLatency, UpstreamLatency                                         Milliseconds
+    PromptTokens, CompletionTokens                                            Count
+    CostUSD, CostSavedUSD (against always-cloud)                              None
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit, single_metric
+
+from router import RequestOutcome
+
+ENV_NAMESPACE = "POWERTOOLS_METRICS_NAMESPACE"
+DEFAULT_NAMESPACE = "HybridRouter"
+DEFAULT_SERVICE = "hybrid-router"
+
+
+def metrics_namespace() -> str:
+    """The CloudWatch namespace: POWERTOOLS_METRICS_NAMESPACE, else `HybridRouter`."""
+    return os.environ.get(ENV_NAMESPACE) or DEFAULT_NAMESPACE
+
+
+def service_name() -> str:
+    """The service dimension: POWERTOOLS_SERVICE_NAME, else `hybrid-router`."""
+    return os.environ.get("POWERTOOLS_SERVICE_NAME") or DEFAULT_SERVICE
+
+
+class EmfRouterMetrics:
+    """A `router.RouterMetrics` that writes one EMF record per finished request (powertools metrics)."""
+
+    def __init__(self, *, namespace: str | None = None, service: str | None = None) -> None:
+        self.namespace = namespace or metrics_namespace()
+        self.service = service or service_name()
+
+    def record(self, outcome: RequestOutcome) -> None:
+        """Emit the request's metrics now: one record, flushed at once (no state between requests)."""
+        d = outcome.decision
+        # Ephemeral: powertools' `Metrics` shares its metric set across instances; this one does not,
+        # so that a request's record never mixes with the handler's own per-invocation metrics.
+        m = EphemeralMetrics(namespace=self.namespace, service=self.service)
+        m.add_dimensions(service=self.service, tier=d.tier)
+        m.add_dimensions(service=self.service, tier=d.tier, target=d.target)
+        m.add_dimensions(service=self.service, tier=d.tier, target=d.target, reason=str(d.reason))
+        count = MetricUnit.Count
+        m.add_metric(name="Decisions", unit=count, value=1)
+        m.add_metric(name="CloudDecisions", unit=count, value=int(d.target == "cloud"))
+        m.add_metric(name="EdgeDecisions", unit=count, value=int(d.target == "edge"))
+        m.add_metric(name="Fallbacks", unit=count, value=int(d.fallback))
+        m.add_metric(name="ServerErrors", unit=count, value=int(outcome.status >= 500))
+        m.add_metric(name="EstimatorLatency", unit=MetricUnit.Milliseconds, value=outcome.estimator_ms)
+        m.add_metric(name="UpstreamLatency", unit=MetricUnit.Milliseconds, value=outcome.upstream_ms)
+        m.add_metric(name="PromptTokens", unit=count, value=outcome.prompt_tokens)
+        m.add_metric(name="CompletionTokens", unit=count, value=outcome.completion_tokens)
+        m.add_metric(name="CostUSD", unit=MetricUnit.NoUnit, value=outcome.cost_usd)
+        m.add_metric(name="CostSavedUSD", unit=MetricUnit.NoUnit, value=outcome.cost_saved_usd)
+        m.add_metadata(key="estimator", value=d.estimator)
+        m.add_metadata(key="stream", value=outcome.stream)
+        m.flush_metrics()
+
+
+def emit_cold_start(function_name: str, *, namespace: str | None = None, service: str | None = None) -> None:
+    """The `ColdStart` metric, in the record powertools' `capture_cold_start_metric` writes."""
+    with single_metric(
+        name="ColdStart", unit=MetricUnit.Count, value=1, namespace=namespace or metrics_namespace()
+    ) as metric:
+        metric.add_dimension(name="function_name", value=function_name)
+        metric.add_dimension(name="service", value=service or service_name())
+
+
+class _JsonMessage(logging.Filter):
+    """Turns the core's decision line (a JSON string) into a dict, which powertools logs as fields."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("{"):
+            with contextlib.suppress(ValueError):
+                record.msg = json.loads(record.msg)
+        return True
+
+
+def route_core_logs(logger: Logger) -> None:
+    """Send the core's logs (`hybrid_router`, incl. the decision line) through `logger`'s JSON handler.
+
+    The decision line then carries the invocation's correlation id and Lambda context like every other
+    line; it never contains prompt text (see `router.log_decision`).
+    """
+    decisions = logging.getLogger("hybrid_router.decisions")
+    if not any(isinstance(f, _JsonMessage) for f in decisions.filters):
+        decisions.addFilter(_JsonMessage())
+    copy_config_to_registered_loggers(source_logger=logger, include={"hybrid_router"})

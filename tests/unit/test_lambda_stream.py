@@ -1,0 +1,117 @@
+"""The Function URL app (what the Lambda Web Adapter serves): the local ASGI app on a refreshed config."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from starlette.testclient import TestClient
+
+from cloud.aws.config import ConfigSource
+from cloud.aws.stream import create_stream_app
+from router import HeuristicEstimator, RouterConfig, RoutingEngine, hash_api_key
+from tests.fakes import FakeBackend
+
+CONFIG: dict[str, Any] = {
+    "edge": {"enabled": False},
+    "tiers": {"free": {"threshold": 0.7}, "premium": {"cloud": "forced"}},
+    "api_keys": [
+        {"sha256": hash_api_key("mobile-free"), "tenant": "app", "tier": "free"},
+        {"sha256": hash_api_key("mobile-premium"), "tenant": "app-pro", "tier": "premium"},
+    ],
+}
+BODY = {"model": "hybrid-router", "stream": True, "messages": [{"role": "user", "content": "Say hi"}]}
+
+
+def fake_engine(config: RouterConfig) -> RoutingEngine:
+    return RoutingEngine(
+        config,
+        estimator=HeuristicEstimator(),
+        edge=FakeBackend("edge", reply="hi from the edge"),
+        cloud=FakeBackend("cloud", reply="hi from the cloud"),
+    )
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiers.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    return path
+
+
+@pytest.fixture
+def client(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "hybrid-router-StreamFunction-XYZ")
+    core = logging.getLogger("hybrid_router")
+    saved = (core.handlers[:], core.propagate, core.level)
+    app = create_stream_app(ConfigSource("file", str(config_file)), engine_factory=fake_engine)
+    try:
+        with TestClient(app) as test_client:
+            yield test_client
+    finally:
+        core.handlers, core.propagate = saved[0], saved[1]
+        core.setLevel(saved[2])
+
+
+def events(text: str) -> list[str]:
+    return [line.removeprefix("data: ") for line in text.splitlines() if line.startswith("data: ")]
+
+
+def test_streams_sse_with_route_headers(client: TestClient) -> None:
+    r = client.post("/v1/chat/completions", json=BODY, headers={"authorization": "Bearer mobile-free"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert r.headers["x-route-tier"] == "free" and r.headers["x-route-target"] == "edge"
+    chunks = events(r.text)
+    assert chunks[-1] == "[DONE]"
+    assert json.loads(chunks[0])["route"]["target"] == "edge"
+    assert (
+        "".join(c["delta"].get("content") or "" for e in chunks[:-1] for c in json.loads(e)["choices"])
+        == "hifromtheedge"
+    )
+
+
+def test_bearer_key_sets_the_tier_and_bad_key_is_401(client: TestClient) -> None:
+    r = client.post("/v1/chat/completions", json=BODY, headers={"authorization": "Bearer mobile-premium"})
+    assert r.headers["x-route-tier"] == "premium" and r.headers["x-route-target"] == "cloud"
+    bad = client.post("/v1/chat/completions", json=BODY, headers={"authorization": "Bearer nope"})
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_emf_record_per_streamed_request_and_cold_start(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "hybrid-router-StreamFunction-XYZ")
+    core = logging.getLogger("hybrid_router")
+    saved = (core.handlers[:], core.propagate, core.level)
+    try:
+        app = create_stream_app(ConfigSource("file", str(config_file)), engine_factory=fake_engine)
+        with TestClient(app) as c:
+            c.post("/v1/chat/completions", json=BODY, headers={"authorization": "Bearer mobile-free"})
+    finally:
+        core.handlers, core.propagate = saved[0], saved[1]
+        core.setLevel(saved[2])
+    records = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"_aws"')]
+    names = [m["Name"] for r in records for m in r["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
+    assert names.count("ColdStart") == 1 and names.count("Decisions") == 1
+    decision = next(r for r in records if "Decisions" in r)
+    assert decision["tier"] == "free" and decision["stream"] is True
+
+
+def test_config_change_reaches_the_running_app(client: TestClient, config_file: Path) -> None:
+    headers = {"authorization": "Bearer mobile-free"}
+    assert client.post("/v1/chat/completions", json=BODY, headers=headers).headers["x-route-target"] == "edge"
+    changed = json.loads(json.dumps(CONFIG))
+    changed["tiers"]["free"] = {"cloud": "forced"}
+    config_file.write_text(yaml.safe_dump(changed))  # a file source has no cache: the next call sees it
+    r = client.post("/v1/chat/completions", json=BODY, headers=headers)
+    assert r.headers["x-route-target"] == "cloud" and r.headers["x-route-reason"] == "tier_forces_cloud"
+
+
+def test_models_for_the_adapter_readiness_check(client: TestClient) -> None:
+    r = client.get("/v1/models")
+    assert r.status_code == 200 and r.json()["data"][0]["id"] == "hybrid-router"
