@@ -108,7 +108,7 @@ class RouteInfo(BaseModel):
     target: Literal["edge", "cloud"]
     reason: str
     score: float
-    threshold: float | None
+    threshold: float | None = None
     tier: str
     tenant: str
     model: str

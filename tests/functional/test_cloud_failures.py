@@ -59,8 +59,10 @@ def test_nothing_listening_falls_back_opens_the_breaker_and_503s_strict_tiers(tm
         response, elapsed = ask(base, "premium")
         assert_degraded_edge_answer(response, elapsed)
         # A tier that must not fall back gets a clear 503 error object.
-        strict = openai.OpenAI(base_url=f"{base}/v1", api_key=KEYS["strict"], max_retries=0)
-        with pytest.raises(openai.APIStatusError) as info:
+        with (
+            openai.OpenAI(base_url=f"{base}/v1", api_key=KEYS["strict"], max_retries=0) as strict,
+            pytest.raises(openai.APIStatusError) as info,
+        ):
             strict.chat.completions.create(
                 model="hybrid-router", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
             )

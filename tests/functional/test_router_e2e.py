@@ -23,8 +23,23 @@ def router_url(standin_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         yield base
 
 
+_CLIENTS: dict[tuple[str, str], openai.OpenAI] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Close the module's openai clients: an unclosed one leaks a socket that a later test's GC reports."""
+    yield
+    for c in _CLIENTS.values():
+        c.close()
+    _CLIENTS.clear()
+
+
 def client(base: str, tier: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base}/v1", api_key=KEYS[tier], max_retries=0, timeout=60)
+    key = (base, tier)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = openai.OpenAI(base_url=f"{base}/v1", api_key=KEYS[tier], max_retries=0, timeout=60)
+    return _CLIENTS[key]
 
 
 def chat(base: str, tier: str, content: str, **kwargs: Any) -> tuple[httpx.Headers, Any]:

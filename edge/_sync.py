@@ -1,0 +1,132 @@
+"""Config sync: the device's tier policy, fetched from the cloud with ETag / If-None-Match.
+
+The document is a `SyncedPolicy` as JSON: the tier the device's key belongs to and that tier's policy.
+A new document is validated before anything else; an invalid one is refused and the current policy
+stays. The last good document and its ETag are written atomically to `state_file`, so a device that
+restarts offline routes with the policy it last had. A 304 costs a round trip and no parsing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edge._sdk_config import ConfigSyncSettings, DeviceTierPolicy
+
+logger = logging.getLogger("hybrid_router.edge")
+
+
+class SyncedPolicy(BaseModel):
+    """The document the cloud serves to a device: its key's tier and that tier's policy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tier: str
+    policy: DeviceTierPolicy
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one sync did: `updated`, `unchanged` (304 or same ETag), `rejected` (invalid), `failed`."""
+
+    outcome: Literal["updated", "unchanged", "rejected", "failed"]
+    etag: str | None
+    detail: str = ""
+
+
+class PolicySync:
+    """Fetches the policy document and keeps the last good one in memory and on disk."""
+
+    def __init__(
+        self,
+        settings: ConfigSyncSettings,
+        *,
+        api_key: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.settings = settings
+        self._api_key = api_key
+        self._transport = transport
+        self.current: SyncedPolicy | None = None
+        self.etag: str | None = None
+        self._load_state()
+
+    def _load_state(self) -> None:
+        """The last good document from `state_file`, if there is a valid one (else it is ignored)."""
+        if self.settings.state_file is None:
+            return
+        path = Path(self.settings.state_file)
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            self.current = SyncedPolicy.model_validate(state["policy"])
+            self.etag = state.get("etag")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
+            logger.warning("ignoring unreadable config sync state %s: %s", path, exc)
+
+    def _save_state(self) -> None:
+        if self.settings.state_file is None or self.current is None:
+            return
+        path = Path(self.settings.state_file)
+        state = {"etag": self.etag, "policy": self.current.model_dump(mode="json")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside the target and renamed over it: a crash leaves the old file or the new one.
+        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                json.dump(state, file, indent=2)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    async def refresh(self) -> SyncResult:
+        """One conditional GET of the document; applies it only when valid."""
+        if self.settings.url is None:
+            return SyncResult("unchanged", self.etag, "no sync url configured")
+        headers = {"Accept": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        if self.etag and self.current is not None:
+            headers["If-None-Match"] = self.etag
+        try:
+            async with httpx.AsyncClient(
+                timeout=self.settings.timeout_s, transport=self._transport
+            ) as client:
+                response = await client.get(self.settings.url, headers=headers)
+        except httpx.HTTPError as exc:
+            return SyncResult("failed", self.etag, f"cannot fetch {self.settings.url}: {exc!r}")
+        if response.status_code == 304:
+            return SyncResult("unchanged", self.etag, "not modified")
+        if response.status_code != 200:
+            return SyncResult("failed", self.etag, f"{self.settings.url} answered {response.status_code}")
+        etag = response.headers.get("etag")
+        try:
+            document = SyncedPolicy.model_validate_json(response.content)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+            )
+            logger.warning("refusing invalid policy from %s: %s", self.settings.url, problems)
+            return SyncResult("rejected", self.etag, problems)
+        if document == self.current:
+            self.etag = etag
+            self._save_state()
+            return SyncResult("unchanged", etag, "same document")
+        self.current, self.etag = document, etag
+        self._save_state()
+        logger.info("applied policy for tier %s (etag %s)", document.tier, etag)
+        return SyncResult("updated", etag)
