@@ -54,7 +54,7 @@ def _user(text: str) -> list[ChatMessage]:
 
 def _contaminated(data_dir: Path, name: str) -> list[dict[str, object]]:
     path = data_dir / "routellm-mixtral-gpt4" / "contaminated_prompts" / f"{name}.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def load_mmlu(data_dir: Path) -> RoutingBenchmark:
@@ -98,12 +98,12 @@ def load_mt_bench(data_dir: Path) -> RoutingBenchmark:
     """MT-Bench (80 two-turn questions): GPT-4 judge scores (1-10) averaged over turns, scaled to [0, 1]."""
     questions = [
         json.loads(line)
-        for line in (data_dir / "mt-bench" / "question.jsonl").read_text(encoding="utf-8").splitlines()
+        for line in (data_dir / "mt-bench" / "question.jsonl").read_text(encoding="utf-8").split("\n")
         if line
     ]
     scores: defaultdict[tuple[int, str], list[float]] = defaultdict(list)
     path = data_dir / "routellm-mixtral-gpt4" / "mt_bench_judgements.jsonl"
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").split("\n"):
         if line.strip():
             j = json.loads(line)
             scores[(int(j["question_id"]), j["model"])].append(float(j["score"]))

@@ -29,6 +29,20 @@ class ComplexityEstimator(Protocol):
         ...
 
 
+def conversation_text(messages: Sequence[ChatMessage]) -> str:
+    """The text an estimator reads for a conversation: the latest user turn first, then earlier turns.
+
+    Estimators truncate from the end, so the request being answered now always survives and the
+    most recent context is kept before older context (RouteLLM routers see only the last turn).
+    """
+    turns = [m for m in messages if m.role in ("user", "system", "developer", "assistant") and m.text]
+    last_user = max((i for i, m in enumerate(turns) if m.role == "user"), default=len(turns) - 1)
+    if last_user < 0:
+        return ""
+    rest = [f"{m.role}: {m.text}" for m in reversed(turns[:last_user])]
+    return "\n\n".join([turns[last_user].text, *rest])
+
+
 EstimatorFactory = Callable[[], ComplexityEstimator]
 _REGISTRY: dict[tuple[str, str], EstimatorFactory] = {}
 

@@ -1,0 +1,221 @@
+"""Label generation for our own edge pair: where the edge model (SmolLM2-135M on llama.cpp) is right.
+
+    hybrid-router labels --benchmark mmlu --per-subject 40
+    hybrid-router labels --benchmark gsm8k --limit 400
+
+MMLU is scored by the log-likelihood of each option's text after the question (normalised by its
+length in characters, lm-eval's `acc_norm`): letter scoring is at chance for models this small.
+GSM8K is scored by greedy generation and the last number of the answer. Results are appended to a
+JSONL file one item at a time, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.routing_data import default_data_dir
+
+LABELS_DIR = Path(__file__).with_name("data") / "edge-labels"
+EDGE_MODEL_NAME = "smollm2-135m-instruct-q4_1"
+GSM8K_INSTRUCTION = "Solve the problem step by step. End with the final answer as a number after '####'."
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def last_number(text: str) -> str | None:
+    """The last number in `text`, without thousands separators or a trailing '.0'."""
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    value = str(found[-1]).replace(",", "")
+    return value[:-2] if value.endswith(".0") else value
+
+
+def mmlu_items(data_dir: Path, per_subject: int | None) -> list[dict[str, Any]]:
+    """MMLU test rows (global index, subject, question, options, answer), the first N per subject."""
+    with (data_dir / "mmlu" / "mmlu_test.csv").open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    taken: defaultdict[str, int] = defaultdict(int)
+    items = []
+    for idx, row in enumerate(rows):
+        if per_subject is not None and taken[row["subject"]] >= per_subject:
+            continue
+        taken[row["subject"]] += 1
+        items.append(
+            {
+                "idx": idx,
+                "subject": row["subject"],
+                "mmlu_idx": int(row["idx"]),
+                "question": row["question"],
+                "options": [row[k] for k in "ABCD"],
+                "answer": row["answer"],
+            }
+        )
+    return items
+
+
+def gsm8k_items(data_dir: Path, limit: int | None) -> list[dict[str, Any]]:
+    """GSM8K test rows (index, question, gold answer), the first `limit`."""
+    lines = (data_dir / "gsm8k" / "test.jsonl").read_text(encoding="utf-8").split("\n")
+    items = []
+    for idx, line in enumerate(lines[:limit] if limit else lines):
+        row = json.loads(line)
+        items.append(
+            {"idx": idx, "question": row["question"], "gold": last_number(row["answer"].split("####")[-1])}
+        )
+    return items
+
+
+class EdgeLabeler:
+    """Runs the edge model over benchmark items: option log-likelihoods and greedy answers."""
+
+    def __init__(
+        self, model_path: Path, *, logits_all: bool, n_ctx: int = 1024, n_threads: int | None = None
+    ) -> None:
+        import llama_cpp
+
+        # logits_all (for option log-likelihoods) costs n_ctx x vocab x 4 bytes (200 MB for SmolLM2 at
+        # 1024) and slows generation several times: only the MMLU labeler asks for it.
+        self.llm: Any = llama_cpp.Llama(
+            model_path=str(model_path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            logits_all=logits_all,
+            chat_format="chatml",
+            verbose=False,
+        )
+
+    def option_logprobs(self, prompt: str, options: Sequence[str]) -> list[float]:
+        """Summed log-probability of each option's tokens after `prompt` (the prompt is evaluated once)."""
+        llm = self.llm
+        prefix = llm.tokenize(prompt.encode("utf-8"), add_bos=True)
+        llm.reset()
+        llm.eval(prefix)
+        n = len(prefix)
+        out = []
+        for option in options:
+            tokens = llm.tokenize(f" {option}".encode(), add_bos=False)
+            llm.n_tokens = n  # rewind to the shared prefix; eval() drops the KV cache past it
+            llm.eval(tokens)
+            logits = np.asarray(llm.scores[n - 1 : n - 1 + len(tokens)], dtype=np.float64)
+            logits -= logits.max(axis=1, keepdims=True)
+            logprobs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+            out.append(float(logprobs[np.arange(len(tokens)), tokens].sum()))
+        return out
+
+    def label_mmlu(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Whether the edge model picks the right option of an MMLU item (acc_norm)."""
+        lls = self.option_logprobs(f"Question: {item['question']}\nAnswer:", item["options"])
+        norm = [ll / max(1, len(opt)) for ll, opt in zip(lls, item["options"], strict=True)]
+        pred = "ABCD"[int(np.argmax(norm))]
+        return {
+            "idx": item["idx"],
+            "subject": item["subject"],
+            "mmlu_idx": item["mmlu_idx"],
+            "answer": item["answer"],
+            "pred": pred,
+            "correct": pred == item["answer"],
+            "ll": [round(x, 3) for x in lls],
+        }
+
+    def label_gsm8k(self, item: dict[str, Any], max_tokens: int = 256) -> dict[str, Any]:
+        """Whether the edge model's greedy answer to a GSM8K problem ends with the right number."""
+        self.llm.reset()
+        out = self.llm.create_chat_completion(
+            messages=[{"role": "user", "content": f"{item['question']}\n{GSM8K_INSTRUCTION}"}],
+            max_tokens=max_tokens,
+            temperature=0.0,
+        )
+        text = out["choices"][0]["message"]["content"] or ""
+        pred = last_number(text.split("####")[-1])
+        return {
+            "idx": item["idx"],
+            "gold": item["gold"],
+            "pred": pred,
+            "correct": pred == item["gold"],
+            "completion_tokens": out["usage"]["completion_tokens"],
+            "output": text,
+        }
+
+
+def pending(items: list[dict[str, Any]], out_file: Path) -> Iterator[dict[str, Any]]:
+    """The items not yet in `out_file` (resume)."""
+    done = set()
+    if out_file.exists():
+        for line in out_file.read_text(encoding="utf-8").split("\n"):
+            if line.strip():
+                done.add(json.loads(line)["idx"])
+    return (item for item in items if item["idx"] not in done)
+
+
+def run_labels(
+    benchmark: str,
+    *,
+    out_dir: Path = LABELS_DIR,
+    data_dir: Path | None = None,
+    per_subject: int | None = None,
+    limit: int | None = None,
+    n_threads: int | None = None,
+    model_path: Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Label `benchmark` with the edge model, appending to `<out_dir>/<model>/<benchmark>.jsonl`."""
+    from tqdm import tqdm
+
+    from edge.model_files import default_model_path
+
+    data_dir = data_dir or default_data_dir()
+    items = mmlu_items(data_dir, per_subject) if benchmark == "mmlu" else gsm8k_items(data_dir, limit)
+    if benchmark == "mmlu" and limit:
+        items = items[:limit]
+    out_file = out_dir / EDGE_MODEL_NAME / f"{benchmark}.jsonl"
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    todo = list(pending(items, out_file))
+    labeler = EdgeLabeler(
+        model_path or default_model_path(), logits_all=benchmark == "mmlu", n_threads=n_threads
+    )
+    label = labeler.label_mmlu if benchmark == "mmlu" else labeler.label_gsm8k
+    with out_file.open("a", encoding="utf-8") as fh:
+        for item in tqdm(
+            todo,
+            desc=f"{EDGE_MODEL_NAME} {benchmark}",
+            initial=len(items) - len(todo),
+            total=len(items),
+            disable=not progress,
+        ):
+            fh.write(json.dumps(label(item)) + "\n")
+            fh.flush()  # one line per item: a killed run loses at most the item in flight
+    return out_file
+
+
+def add_labels_command(subparsers: Any) -> None:
+    """Register `hybrid-router labels`."""
+    p = subparsers.add_parser("labels", help="record where the edge model is right (resumable, long)")
+    p.add_argument("--benchmark", choices=("mmlu", "gsm8k"), required=True)
+    p.add_argument("--per-subject", type=int, help="MMLU: the first N items of each subject")
+    p.add_argument("--limit", type=int, help="at most N items")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out-dir", type=Path, default=LABELS_DIR)
+    p.add_argument("--data-dir", type=Path)
+    p.set_defaults(
+        func=lambda a: (
+            print(
+                run_labels(
+                    a.benchmark,
+                    out_dir=a.out_dir,
+                    data_dir=a.data_dir,
+                    per_subject=a.per_subject,
+                    limit=a.limit,
+                    n_threads=a.threads,
+                )
+            )
+            or 0
+        )
+    )

@@ -1,0 +1,106 @@
+"""Training examples for the estimator: a conversation, its source, and how much escalation pays.
+
+The target is the probability that the strong model is right where the weak one is not (for 0/1
+tasks) or the strong model's score margin (for judge scores), so that a high score means
+"escalation pays here". Sources:
+
+- `routellm:<benchmark>`: Mixtral-8x7B (weak) vs GPT-4 (strong) on MMLU, GSM8K, MT-Bench;
+- `llmrouter:<task>`: the mean over every (7-9B, 49-51B) model pair in llmrouter-9model, on 13 tasks
+  (GPQA is never used; the ChatQA models are left out: their scores reflect format, not ability).
+
+Evaluation always holds out the reported benchmark: `held_out_for(benchmark)` says which sources a
+model reported on that benchmark may not see (the benchmark itself and tasks built from its items).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from models.routing_data import BENCHMARKS, default_data_dir, load_benchmark
+from router import ChatMessage
+
+SMALL_MODELS = ("qwen2.5-7b-instruct", "llama-3.1-8b-instruct", "mistral-7b-instruct-v0.3", "gemma-2-9b-it")
+LARGE_MODELS = ("llama-3.1-nemotron-51b-instruct", "llama-3.3-nemotron-super-49b-v1")
+NEVER_USED_TASKS = frozenset({"gpqa"})  # its authors ask that items not be published; not in any artefact
+
+# Sources a model evaluated on a benchmark must not have trained on: the benchmark and its derivatives.
+_HELD_OUT = {
+    "mmlu": {"routellm:mmlu", "llmrouter:mmlu"},
+    "gsm8k": {"routellm:gsm8k", "llmrouter:gsm8k", "llmrouter:agentverse-mgsm"},  # MGSM translates GSM8K
+    "mt-bench": {"routellm:mt-bench"},
+}
+
+
+@dataclass
+class TrainingSet:
+    """Conversations with a target in [0, 1] and the source each came from."""
+
+    conversations: list[list[ChatMessage]]
+    targets: npt.NDArray[np.float64]
+    sources: list[str]
+
+    def __len__(self) -> int:
+        return len(self.conversations)
+
+    def without(self, sources: set[str]) -> TrainingSet:
+        """The examples whose source is not in `sources`."""
+        keep = [i for i, s in enumerate(self.sources) if s not in sources]
+        return TrainingSet(
+            [self.conversations[i] for i in keep], self.targets[keep], [self.sources[i] for i in keep]
+        )
+
+
+def held_out_for(benchmark: str) -> set[str]:
+    """The training sources a model reported on `benchmark` must not see."""
+    return set(_HELD_OUT[benchmark])
+
+
+def routellm_examples(data_dir: Path) -> TrainingSet:
+    """Every RouteLLM benchmark item as an example: target = strong beats weak (or the score margin)."""
+    conversations: list[list[ChatMessage]] = []
+    targets: list[npt.NDArray[np.float64]] = []
+    sources: list[str] = []
+    for name in BENCHMARKS:
+        bench = load_benchmark(name, data_dir)
+        conversations += bench.conversations
+        if name == "mt-bench":  # judge scores in [0, 1]: the margin, floored at zero
+            targets.append(np.clip(bench.strong - bench.weak, 0.0, 1.0))
+        else:
+            targets.append(((bench.strong == 1) & (bench.weak == 0)).astype(np.float64))
+        sources += [f"routellm:{name}"] * len(bench)
+    return TrainingSet(conversations, np.concatenate(targets), sources)
+
+
+def llmrouter_examples(data_dir: Path) -> TrainingSet:
+    """llmrouter-9model queries: target = the share of (small, large) pairs where only the large is right."""
+    conversations, targets, sources = [], [], []
+    for line in (data_dir / "llmrouter-9model" / "scores.jsonl").read_text(encoding="utf-8").split("\n"):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row["task_name"] in NEVER_USED_TASKS or (row["in_train_too"] and row["split"] == "test"):
+            continue
+        scores = row["scores"]
+        wins = [
+            max(0.0, float(scores[big]) - float(scores[small]))
+            for big in LARGE_MODELS
+            for small in SMALL_MODELS
+        ]
+        conversations.append([ChatMessage(role="user", content=row["query"])])
+        targets.append(float(np.mean(wins)))
+        sources.append(f"llmrouter:{row['task_name']}")
+    return TrainingSet(conversations, np.array(targets), sources)
+
+
+def all_examples(data_dir: Path | None = None) -> TrainingSet:
+    """Every training example from every source."""
+    data_dir = data_dir or default_data_dir()
+    a, b = routellm_examples(data_dir), llmrouter_examples(data_dir)
+    return TrainingSet(
+        a.conversations + b.conversations, np.concatenate([a.targets, b.targets]), a.sources + b.sources
+    )

@@ -1,0 +1,27 @@
+"""The edge label job on a few real items with the real edge model: labels, and resuming."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from models.edge_labels import EDGE_MODEL_NAME, mmlu_items, run_labels
+from models.routing_data import default_data_dir
+
+
+def test_mmlu_labels_are_written_once_and_resume(tmp_path: Path) -> None:
+    out = run_labels("mmlu", out_dir=tmp_path, per_subject=1, limit=3, n_threads=2, progress=False)
+    assert out == tmp_path / EDGE_MODEL_NAME / "mmlu.jsonl"
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    first_three = [item["idx"] for item in mmlu_items(default_data_dir(), per_subject=1)[:3]]
+    assert [r["idx"] for r in rows] == first_three == [0, 100, 235]  # abstract_algebra, anatomy, astronomy
+    assert all(len(r["ll"]) == 4 and r["pred"] in "ABCD" and isinstance(r["correct"], bool) for r in rows)
+    run_labels("mmlu", out_dir=tmp_path, per_subject=1, limit=4, n_threads=2, progress=False)
+    assert len(out.read_text().splitlines()) == 4  # only the new item was labelled
+
+
+def test_gsm8k_label_has_the_parsed_answer(tmp_path: Path) -> None:
+    out = run_labels("gsm8k", out_dir=tmp_path, limit=1, n_threads=2, progress=False)
+    row = json.loads(out.read_text())
+    assert row["gold"] == "18" and row["correct"] == (row["pred"] == "18")
+    assert row["completion_tokens"] > 0 and row["output"]
