@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from router._errors import ConfigError, RouterError
@@ -197,22 +195,3 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m edge.cli edge ask ...`: the edge commands on their own."""
-    parser = argparse.ArgumentParser(prog="hybrid-router")
-    add_edge_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
-    try:
-        return int(args.func(args))
-    except RouterError as exc:
-        print(f"hybrid-router: {exc.message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

