@@ -146,10 +146,14 @@ class EdgeLabeler:
 
 
 def pending(items: list[dict[str, Any]], out_file: Path) -> Iterator[dict[str, Any]]:
-    """The items not yet in `out_file` (resume)."""
+    """The items not yet in `out_file` (resume); a last line cut short by a kill is dropped."""
     done = set()
     if out_file.exists():
-        for line in out_file.read_text(encoding="utf-8").split("\n"):
+        text = out_file.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+            out_file.write_text(text, encoding="utf-8")
+        for line in text.split("\n"):
             if line.strip():
                 done.add(json.loads(line)["idx"])
     return (item for item in items if item["idx"] not in done)

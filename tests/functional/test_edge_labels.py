@@ -16,8 +16,11 @@ def test_mmlu_labels_are_written_once_and_resume(tmp_path: Path) -> None:
     first_three = [item["idx"] for item in mmlu_items(default_data_dir(), per_subject=1)[:3]]
     assert [r["idx"] for r in rows] == first_three == [0, 100, 235]  # abstract_algebra, anatomy, astronomy
     assert all(len(r["ll"]) == 4 and r["pred"] in "ABCD" and isinstance(r["correct"], bool) for r in rows)
+    with out.open("a") as fh:
+        fh.write('{"idx": 3')  # a line cut short by a killed run
     run_labels("mmlu", out_dir=tmp_path, per_subject=1, limit=4, n_threads=2, progress=False)
-    assert len(out.read_text().splitlines()) == 4  # only the new item was labelled
+    lines = out.read_text().splitlines()
+    assert len(lines) == 4 and all(json.loads(line) for line in lines)  # only the new item was labelled
 
 
 def test_gsm8k_label_has_the_parsed_answer(tmp_path: Path) -> None:
