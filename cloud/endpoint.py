@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import json
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import httpx
@@ -23,6 +20,7 @@ from cloud.breaker import BreakerState, CircuitBreaker
 from router._backend import BackendHealth, ChatBackend, Target
 from router._config import CloudConfig
 from router._errors import CloudBackendError, CloudTimeout, CloudUnavailable
+from router._openai_http import error_body_message, next_sse_event, retry_after_seconds, retry_delay
 from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 
 #: Statuses worth another attempt: overload and gateway errors, which are usually short-lived.
@@ -223,13 +221,10 @@ class CloudEndpointClient(ChatBackend):
                 )
                 if response.status_code not in RETRYABLE_STATUS:
                     raise failure
-                retry_after = _retry_after(response.headers.get("retry-after"))
+                retry_after = retry_after_seconds(response.headers.get("retry-after"))
             if attempt >= retries.max_attempts:
                 self._give_up(failure, attempt)
-            if retry_after is None:
-                retry_after = self._rng.uniform(
-                    0, min(retries.backoff_max_s, retries.backoff_base_s * 2 ** (attempt - 1))
-                )
+            retry_after = retry_delay(attempt, retry_after, retries, self._rng)
             if self._clock() - started + retry_after > self.config.timeouts.total:
                 self._give_up(failure, attempt)  # the wait alone would pass the deadline
             await self._sleep(retry_after)
@@ -248,58 +243,18 @@ class CloudEndpointClient(ChatBackend):
     async def _next_chunk(self, lines: AsyncIterator[str]) -> ChatCompletionChunk | None:
         """The next chunk of the SSE body, or None at `data: [DONE]` or the end of the body."""
         try:
-            async for line in lines:
-                if not line.startswith("data:"):
-                    continue  # blank lines, `: keep-alive` comments, `event:`/`id:` fields
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return None
-                return self._parse_chunk(data)
+            event = await next_sse_event(lines, describe=self._err, default_model=self.config.model)
         except httpx.TimeoutException:
             raise CloudTimeout(self._err("stalled mid-stream")) from None
         except httpx.HTTPError as exc:
             raise CloudBackendError(self._err(f"broke off the stream: {exc!r}")) from None
-        return None
-
-    def _parse_chunk(self, data: str) -> ChatCompletionChunk:
-        try:
-            event = json.loads(data)
-            if isinstance(event, dict):
-                if "error" in event:
-                    raise CloudBackendError(self._err(f"sent an error: {_describe_error(event['error'])}"))
-                event.setdefault("model", self.config.model)
-            return ChatCompletionChunk.model_validate(event)
-        except (ValueError, pydantic.ValidationError) as exc:
-            raise CloudBackendError(self._err(f"sent an invalid chunk: {exc}")) from None
-
-
-def _describe_error(error: Any) -> str:
-    return str(error.get("message") or error) if isinstance(error, dict) else str(error)
+        return event if isinstance(event, ChatCompletionChunk) else None
 
 
 def _error_message(response: httpx.Response) -> str:
     """The message of an OpenAI error body (`{"error": {"message": ...}}`), else the body's start."""
     try:
-        data = response.json()
+        message, _ = error_body_message(response.json())
     except ValueError:
-        return response.text[:200] or response.reason_phrase
-    if isinstance(data, dict):
-        for key in ("error", "detail", "message"):
-            if data.get(key):
-                return _describe_error(data[key])
-    return response.text[:200]
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date); None if absent."""
-    if not value:
-        return None
-    with contextlib.suppress(ValueError):
-        return max(0.0, float(value))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+        message = None
+    return message or response.text[:200] or response.reason_phrase

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -32,6 +31,7 @@ from router._errors import (
     RequestError,
     RouterError,
 )
+from router._openai_http import error_body_message, next_sse_event, retry_after_seconds, retry_delay
 from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
@@ -124,7 +124,7 @@ class CloudRouterClient:
             finally:
                 await response.aclose()
         try:
-            return ChatCompletionResponse.model_validate(_with_route_defaults(response.json()))
+            return ChatCompletionResponse.model_validate(response.json())
         except (ValueError, pydantic.ValidationError) as exc:
             raise CloudBackendError(self._err(f"sent an invalid response: {exc}")) from None
 
@@ -206,62 +206,32 @@ class CloudRouterClient:
                 failure = error_from_response(response, self._err(f"answered {response.status_code}"))
                 if response.status_code not in RETRYABLE_STATUS:
                     raise failure
-                retry_after = _seconds(response.headers.get("retry-after"))
+                retry_after = retry_after_seconds(response.headers.get("retry-after"))
             if attempt >= retries.max_attempts:
                 raise failure
-            wait = retry_after
-            if wait is None:
-                wait = self._rng.uniform(
-                    0, min(retries.backoff_max_s, retries.backoff_base_s * 2 ** (attempt - 1))
-                )
+            wait = retry_delay(attempt, retry_after, retries, self._rng)
             if self._clock() - started + wait > self.link.deadline_s:
                 raise failure
             await self._sleep(wait)
 
     async def _next_chunk(self, lines: AsyncIterator[str]) -> ChatCompletionChunk | None:
         try:
-            async for line in lines:
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return None
-                return self._parse_chunk(data)
+            event = await next_sse_event(lines, describe=self._err)
         except LINK_ERRORS as exc:
             raise CloudUnreachable(self._err(f"broke off the stream: {exc!r}")) from None
-        # The cloud router ends every stream with [DONE], errors included: a body that just stops
-        # was cut in the network.
-        raise CloudUnreachable(self._err("cut the stream off before data: [DONE]"))
-
-    def _parse_chunk(self, data: str) -> ChatCompletionChunk:
-        try:
-            event = json.loads(data)
-            if isinstance(event, dict) and "error" in event:
-                error = event["error"]
-                message = error.get("message") if isinstance(error, dict) else str(error)
-                raise CloudBackendError(self._err(f"failed mid-stream: {message}"))
-            return ChatCompletionChunk.model_validate(_with_route_defaults(event))
-        except (ValueError, pydantic.ValidationError) as exc:
-            raise CloudBackendError(self._err(f"sent an invalid chunk: {exc}")) from None
-
-
-def _with_route_defaults(data: Any) -> Any:
-    # The router writes its bodies without None members, and `RouteInfo.threshold` has no default:
-    # a forced or never tier's route arrives without `threshold`.
-    if isinstance(data, dict) and isinstance(data.get("route"), dict):
-        data["route"].setdefault("threshold", None)
-    return data
+        if event is None:
+            # The cloud router ends every stream with [DONE], errors included: a body that just stops
+            # was cut in the network.
+            raise CloudUnreachable(self._err("cut the stream off before data: [DONE]"))
+        return event if isinstance(event, ChatCompletionChunk) else None
 
 
 def error_from_response(response: httpx.Response, prefix: str) -> RouterError:
     """The router error for an error answer of the cloud router, with its OpenAI message and code."""
-    message, code = response.text[:200] or response.reason_phrase, None
+    message, code = None, None
     with contextlib.suppress(ValueError):
-        data = response.json()
-        if isinstance(data, dict) and isinstance(data.get("error"), dict):
-            message = str(data["error"].get("message") or message)
-            code = data["error"].get("code")
-    text = f"{prefix}: {message}"
+        message, code = error_body_message(response.json())
+    text = f"{prefix}: {message or response.text[:200] or response.reason_phrase}"
     status = response.status_code
     if status == 401:
         return AuthenticationError(f"{text} (check the device's API key)")
@@ -276,12 +246,3 @@ def error_from_response(response: httpx.Response, prefix: str) -> RouterError:
     if status == 503:
         return CloudUnavailable(text)
     return CloudBackendError(text)
-
-
-def _seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: the backoff decides instead

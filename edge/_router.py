@@ -430,18 +430,11 @@ class EdgeRouter:
             else 0.0
         )
         decision = replace(decision, offline=self.link.offline)
-        return EdgeRoute(
-            target=decision.target,
-            reason=str(decision.reason),
-            score=round(decision.score, 4),
-            threshold=decision.threshold,
-            tier=decision.tier,
-            tenant=decision.tenant,
+        return EdgeRoute.from_decision(
+            decision,
             model=model,
-            estimator=decision.estimator,
-            fallback=decision.fallback,
             cost_usd=upstream.cost_usd if upstream else 0.0,
-            cost_saved_usd=round(saved, 8),
+            cost_saved_usd=saved,
             offline=decision.offline,
             signals=list(decision.signals),
             personal_data=list(decision.personal_data),

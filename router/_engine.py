@@ -293,19 +293,8 @@ class RoutingEngine:
 
     def _route_info(self, decision: Decision, cost: float = 0.0, saved: float = 0.0) -> RouteInfo:
         backend = self.edge if decision.target == "edge" else self.cloud
-        return RouteInfo(
-            target=decision.target,
-            reason=str(decision.reason),
-            score=round(decision.score, 4),
-            threshold=decision.threshold,
-            tier=decision.tier,
-            tenant=decision.tenant,
-            model=backend.model_id if backend else "",
-            estimator=decision.estimator,
-            fallback=decision.fallback,
-            cost_usd=round(cost, 8),
-            cost_saved_usd=round(saved, 8),
-        )
+        model = backend.model_id if backend else ""
+        return RouteInfo.from_decision(decision, model=model, cost_usd=cost, cost_saved_usd=saved)
 
     def _record(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -102,6 +102,27 @@ class Usage(BaseModel):
     total_tokens: int = 0
 
 
+class DecisionFacts(Protocol):
+    """What a routing decision says about a request: the router's `Decision`, the SDK's `DeviceDecision`."""
+
+    @property
+    def target(self) -> Literal["edge", "cloud"]: ...
+    @property
+    def reason(self) -> object: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def threshold(self) -> float | None: ...
+    @property
+    def tier(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def estimator(self) -> str: ...
+    @property
+    def fallback(self) -> bool: ...
+
+
 class RouteInfo(BaseModel):
     """Where a request was answered and why: the `route` object of every response."""
 
@@ -116,6 +137,32 @@ class RouteInfo(BaseModel):
     fallback: bool = False
     cost_usd: float = 0.0
     cost_saved_usd: float = 0.0
+
+    @classmethod
+    def from_decision(
+        cls,
+        decision: DecisionFacts,
+        *,
+        model: str,
+        cost_usd: float = 0.0,
+        cost_saved_usd: float = 0.0,
+        **extra: Any,
+    ) -> Self:
+        """The route of an answer decided by `decision` and given by `model`."""
+        return cls(
+            target=decision.target,
+            reason=str(decision.reason),
+            score=round(decision.score, 4),
+            threshold=decision.threshold,
+            tier=decision.tier,
+            tenant=decision.tenant,
+            model=model,
+            estimator=decision.estimator,
+            fallback=decision.fallback,
+            cost_usd=round(cost_usd, 8),
+            cost_saved_usd=round(cost_saved_usd, 8),
+            **extra,
+        )
 
 
 class AssistantMessage(BaseModel):

@@ -14,9 +14,10 @@ import httpx
 import pytest
 
 from cloud.breaker import BreakerState
-from cloud.endpoint import CloudEndpointClient, CloudHTTPError, _retry_after
+from cloud.endpoint import CloudEndpointClient, CloudHTTPError
 from router._config import CircuitBreakerConfig, CloudConfig, CloudRetries, CloudTimeouts
 from router._errors import CloudBackendError, CloudTimeout, CloudUnavailable
+from router._openai_http import retry_after_seconds as _retry_after
 from router._wire import ChatCompletionChunk, ChatCompletionRequest
 
 pytestmark = pytest.mark.anyio
