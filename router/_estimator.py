@@ -2,8 +2,10 @@
 
 The score is the estimated probability that the edge model's answer is not good enough, so that
 escalating to the cloud pays. Estimators are registered by name and version; the config names one.
-The learned ONNX estimator registers itself here from its own module; the heuristic below is the
-dependency-free default.
+Other packages add estimators through the entry-point group `hybrid_router.estimators` (each entry
+is a function that calls `register_estimator`; `models/` registers its committed ONNX artefacts that
+way), discovered the first time an estimator is looked up. The heuristic below is the dependency-free
+fallback.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def conversation_text(messages: Sequence[ChatMessage]) -> str:
 
 EstimatorFactory = Callable[[], ComplexityEstimator]
 _REGISTRY: dict[tuple[str, str], EstimatorFactory] = {}
+ENTRY_POINT_GROUP = "hybrid_router.estimators"
+_discovered = False
 
 
 def register_estimator(name: str, version: str, factory: EstimatorFactory) -> None:
@@ -54,11 +58,13 @@ def register_estimator(name: str, version: str, factory: EstimatorFactory) -> No
 
 def available_estimators() -> list[str]:
     """`name@version` of every registered estimator, sorted."""
+    _discover()
     return sorted(f"{name}@{version}" for name, version in _REGISTRY)
 
 
 def load_estimator(name: str, version: str | None = None) -> ComplexityEstimator:
     """Build the registered estimator `name` at `version` (None: the newest registered)."""
+    _discover()
     versions = sorted((v for n, v in _REGISTRY if n == name), key=_version_key)
     if not versions:
         raise EstimatorError(f"unknown estimator {name!r}; available: {', '.join(available_estimators())}")
@@ -68,6 +74,23 @@ def load_estimator(name: str, version: str | None = None) -> ComplexityEstimator
             f"estimator {name!r} has no version {chosen!r}; available: {', '.join(versions)}"
         )
     return _REGISTRY[(name, chosen)]()
+
+
+def _discover() -> None:
+    """Run each `hybrid_router.estimators` entry point once, so that plugins register their estimators."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()()
+        except Exception as exc:  # a broken plugin must say so, not hide the others
+            raise EstimatorError(
+                f"estimator plugin {ep.name!r} ({ep.value}) failed to register: {exc}"
+            ) from exc
 
 
 def _version_key(version: str) -> tuple[int | str, ...]:

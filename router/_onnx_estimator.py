@@ -1,0 +1,128 @@
+"""The learned estimator at run time: a manifest-checked ONNX artefact, run with onnxruntime and tokenizers.
+
+An artefact registry is a folder holding `registry.json` (the manifest) and one sub-folder per
+estimator version. Each manifest entry names its files with their sha256; `OnnxEstimator` refuses a
+file whose digest does not match (a clear `EstimatorError`, never a silent fallback to another
+estimator). The model takes the token ids of `conversation_text(messages)` as `input_ids`
+(int64, shape [1, n]) and returns the score as `score` (float, shape [1]).
+
+onnxruntime, tokenizers and numpy are imported when an estimator is loaded, not when `router` is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from router._errors import EstimatorError
+from router._estimator import conversation_text, register_estimator
+from router._wire import ChatMessage
+
+MANIFEST_NAME = "registry.json"
+MANIFEST_FORMAT = 1
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The manifest of the artefact registry in `root`, checked for shape (not yet for digests)."""
+    path = root / MANIFEST_NAME
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise EstimatorError(f"estimator registry manifest {path} is missing") from exc
+    except (OSError, ValueError) as exc:
+        raise EstimatorError(f"estimator registry manifest {path} is unreadable: {exc}") from exc
+    if manifest.get("format") != MANIFEST_FORMAT or not isinstance(manifest.get("estimators"), list):
+        raise EstimatorError(f"estimator registry manifest {path} is not format {MANIFEST_FORMAT}")
+    return manifest
+
+
+def verified_file(root: Path, entry: dict[str, Any], role: str) -> Path:
+    """The path of file `role` of a manifest entry, after checking that its sha256 matches."""
+    ident = f"{entry.get('name')}@{entry.get('version')}"
+    spec = entry.get("files", {}).get(role)
+    if not isinstance(spec, dict) or "path" not in spec or "sha256" not in spec:
+        raise EstimatorError(f"estimator {ident}: the manifest lists no {role!r} file")
+    path = root / str(spec["path"])
+    if not path.is_file():
+        raise EstimatorError(f"estimator {ident}: {role} file {path} is missing")
+    actual = file_sha256(path)
+    if actual != spec["sha256"]:
+        raise EstimatorError(
+            f"estimator {ident}: {role} file {path} has sha256 {actual}, the manifest says "
+            f"{spec['sha256']}; rebuild it (make models) or restore the file"
+        )
+    return path
+
+
+class OnnxEstimator:
+    """A learned estimator: tokenizer + ONNX model from a verified registry entry, one thread."""
+
+    def __init__(self, root: Path, entry: dict[str, Any], *, threads: int = 1) -> None:
+        self.name = str(entry["name"])
+        self.version = str(entry["version"])
+        self.max_tokens = int(entry.get("max_tokens", 256))
+        self.entry = entry
+        model_path = verified_file(root, entry, "model")
+        tokenizer_path = verified_file(root, entry, "tokenizer")
+        try:
+            import numpy as np
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise EstimatorError(
+                f"estimator {self.name}@{self.version} needs onnxruntime and tokenizers: {exc}"
+            ) from exc
+        self._np = np
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=self.max_tokens)
+        self._tokenizer = tokenizer
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+    def token_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The (truncated) token ids the model reads for a conversation."""
+        ids: list[int] = self._tokenizer.encode(conversation_text(messages)).ids
+        return ids
+
+    def score_ids(self, ids: Sequence[int]) -> float:
+        """The model's score for already-tokenized input."""
+        feed = {"input_ids": self._np.asarray([ids], dtype=self._np.int64)}
+        (out,) = self._session.run(["score"], feed)
+        return float(out.reshape(-1)[0])
+
+    def score(self, messages: Sequence[ChatMessage]) -> float:
+        """The probability that escalating this conversation to the cloud pays."""
+        return self.score_ids(self.token_ids(messages))
+
+
+def register_artefacts(root: Path) -> list[str]:
+    """Register every estimator in the registry at `root`; each is verified when it is loaded.
+
+    Returns the `name@version` of each. A missing or malformed manifest raises `EstimatorError`.
+    """
+    registered = []
+    for entry in read_manifest(root)["estimators"]:
+        name, version = str(entry["name"]), str(entry["version"])
+
+        def factory(entry: dict[str, Any] = entry) -> OnnxEstimator:
+            return OnnxEstimator(root, entry)
+
+        register_estimator(name, version, factory)
+        registered.append(f"{name}@{version}")
+    return registered
