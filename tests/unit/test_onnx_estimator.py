@@ -85,6 +85,18 @@ def test_long_input_is_truncated_to_the_manifest_length(estimator: OnnxEstimator
     assert 0.0 <= estimator.score(long) <= 1.0
 
 
+def test_text_past_the_token_limit_is_not_tokenized_and_changes_nothing(estimator: OnnxEstimator) -> None:
+    from models.routing_data import load_benchmark
+
+    # Real long prompts: the character cut before tokenizing keeps every token the model reads.
+    long = sorted(load_benchmark("mmlu").conversations, key=lambda c: -len(c[0].text))[:20]
+    for conversation in long:
+        full = estimator._tokenizer.encode(conversation[0].text).ids
+        assert estimator.token_ids(conversation) == full
+    huge = user("word " * 200_000)  # a megabyte: tokenizing it all would take tens of milliseconds
+    assert len(estimator.token_ids(huge)) == estimator.max_tokens
+
+
 def test_a_tampered_model_is_refused_with_a_clear_error(registry_copy: Path) -> None:
     entry = only_entry(registry_copy)
     model = registry_copy / f"{NAME}-1.0.0" / "model.onnx"
