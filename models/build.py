@@ -2,6 +2,7 @@
 
     hybrid-router models build [--output models/artefacts] [--dims 256] [--version 1.0.0]
     hybrid-router models verify [--root models/artefacts]
+    hybrid-router models compare [--json bench/results/estimator_candidates.json]   # vs MiniLM int8
 
 Steps (each with a progress bar where it takes time): tokenize the training conversations with the
 teacher's tokenizer; distil static token vectors from the MiniLM teacher (`models/student.py`);
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from models.candidates import add_compare_command
 from models.quality import quality_curve, summarize
 from models.routing_data import BENCHMARKS, default_data_dir, load_benchmark
 from models.training_data import all_examples, held_out_for
@@ -229,6 +231,7 @@ def add_models_command(subparsers: Any) -> None:
     v = sub.add_parser("verify", help="check every artefact against the manifest's sha256")
     v.add_argument("--root", type=Path, default=DEFAULT_OUTPUT, help="artefact registry folder")
     v.set_defaults(func=_cmd_verify)
+    add_compare_command(sub)
 
 
 def _cmd_build(args: Any) -> int:
