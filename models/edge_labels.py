@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from models.routing_data import default_data_dir
+from models.routing_data import EDGE_LABELS_DIR, default_data_dir
+from models.routing_data import EDGE_MODEL_NAME as EDGE_MODEL_NAME
 
-LABELS_DIR = Path(__file__).with_name("data") / "edge-labels"
-EDGE_MODEL_NAME = "smollm2-135m-instruct-q4_1"
+LABELS_DIR = EDGE_LABELS_DIR  # read back by routing_data's edge benchmarks (mmlu-edge, gsm8k-edge)
 GSM8K_INSTRUCTION = "Solve the problem step by step. End with the final answer as a number after '####'."
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -63,7 +63,8 @@ def mmlu_items(data_dir: Path, per_subject: int | None) -> list[dict[str, Any]]:
 
 def gsm8k_items(data_dir: Path, limit: int | None) -> list[dict[str, Any]]:
     """GSM8K test rows (index, question, gold answer), the first `limit`."""
-    lines = (data_dir / "gsm8k" / "test.jsonl").read_text(encoding="utf-8").split("\n")
+    text = (data_dir / "gsm8k" / "test.jsonl").read_text(encoding="utf-8")
+    lines = [line for line in text.split("\n") if line.strip()]  # no empty row for the final newline
     items = []
     for idx, line in enumerate(lines[:limit] if limit else lines):
         row = json.loads(line)
@@ -87,6 +88,9 @@ class EdgeLabeler:
             model_path=str(model_path),
             n_ctx=n_ctx,
             n_threads=n_threads,
+            # llama-cpp-python's default for batches is every core: with fewer to spare (a shared
+            # machine, --threads 1) its spinning threads wait on each other and run ~10x slower.
+            n_threads_batch=n_threads,
             logits_all=logits_all,
             chat_format="chatml",
             verbose=False,

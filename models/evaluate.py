@@ -1,33 +1,45 @@
 """Router-quality evaluation: estimators and baselines on held-out routing benchmarks, side by side.
 
-    hybrid-router eval [--benchmark mmlu --benchmark gsm8k ...] [--json out.json] [--plot out.png]
+    hybrid-router eval [--benchmark mmlu --benchmark gsm8k-edge ...] [--json out.json] [--plot out.png]
 
 Every router is scored on the same items: the configured estimators, plus the baselines every
 router must beat: random routing (constant score: APGR 0.5 by construction) and prompt length.
+By default every benchmark of both pairs: Mixtral-8x7B / GPT-4 (`mmlu`, `gsm8k`, `mt-bench`) and our
+edge model SmolLM2-135M / GPT-4 (`mmlu-edge`, `gsm8k-edge`, on the items labelled so far); an edge
+benchmark with no labels yet is skipped with a note.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from models.litellm_baseline import litellm_complexity_scorer
 from models.quality import QualityCurve, quality_curve, summarize
-from models.routing_data import BENCHMARKS, RoutingBenchmark, load_benchmark
+from models.routing_data import ALL_BENCHMARKS, MissingLabelsError, RoutingBenchmark, load_benchmark
 from router import ChatMessage, ComplexityEstimator, available_estimators, load_estimator
 
 Scorer = Callable[[Sequence[ChatMessage]], float]
 
 
 def baseline_scorers() -> dict[str, Scorer]:
-    """Routers with no model: the floor a learned estimator must clear."""
-    return {
+    """Routers with no model: the floor a learned estimator must clear.
+
+    LiteLLM's rule-based complexity router joins them when litellm is installed (the `baselines` extra).
+    """
+    scorers: dict[str, Scorer] = {
         "random": lambda messages: 0.5,
         "prompt-length": lambda messages: float(sum(len(m.text) for m in messages)),
     }
+    litellm = litellm_complexity_scorer()
+    if litellm is not None:
+        scorers["litellm-complexity"] = litellm
+    return scorers
 
 
 def estimator_scorers(names: Sequence[str]) -> dict[str, Scorer]:
@@ -50,8 +62,10 @@ def evaluate(benchmark: RoutingBenchmark, scorers: dict[str, Scorer]) -> dict[st
     }
 
 
-def plot_curves(results: dict[str, dict[str, QualityCurve]], path: Path) -> None:
-    """Quality vs cloud fraction, one panel per benchmark, one line per router."""
+def plot_curves(
+    results: dict[str, dict[str, QualityCurve]], path: Path, pairs: dict[str, str] | None = None
+) -> None:
+    """Quality vs cloud fraction: one panel per benchmark, titled with its pair; one line per router."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,7 +78,8 @@ def plot_curves(results: dict[str, dict[str, QualityCurve]], path: Path) -> None
         first = next(iter(curves.values()))
         ax.axhline(first.strong, ls=":", c="grey")
         ax.axhline(first.weak, ls=":", c="grey")
-        ax.set(title=bench, xlabel="fraction of calls to the strong model", ylabel="quality")
+        title = f"{bench} ({pairs[bench]})" if pairs and bench in pairs else bench
+        ax.set(title=title, xlabel="fraction of calls to the strong model", ylabel="quality")
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -72,19 +87,33 @@ def plot_curves(results: dict[str, dict[str, QualityCurve]], path: Path) -> None
 
 
 def run_eval(
-    benchmarks: Sequence[str], estimators: Sequence[str], *, data_dir: Path | None = None
+    benchmarks: Sequence[str],
+    estimators: Sequence[str],
+    *,
+    data_dir: Path | None = None,
+    labels_dir: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, QualityCurve]]]:
-    """Evaluate estimators and baselines on each benchmark: the report and the curves."""
+    """Evaluate estimators and baselines on each benchmark: the report and the curves.
+
+    An edge benchmark with no labels yet is left out of both, with a note in `report["skipped"]`
+    (and on stderr).
+    """
     scorers = {**estimator_scorers(estimators), **baseline_scorers()}
-    report: dict[str, Any] = {"benchmarks": {}}
+    report: dict[str, Any] = {"benchmarks": {}, "skipped": {}}
     curves: dict[str, dict[str, QualityCurve]] = {}
     for name in benchmarks:
-        bench = load_benchmark(name, data_dir)
+        try:
+            bench = load_benchmark(name, data_dir, labels_dir=labels_dir)
+        except MissingLabelsError as exc:
+            report["skipped"][name] = str(exc)
+            print(f"note: skipping {name}: {exc}", file=sys.stderr)
+            continue
         curves[name] = evaluate(bench, scorers)
         report["benchmarks"][name] = {
             "pair": bench.pair,
             "items": len(bench),
             "contaminated_excluded": bench.excluded,
+            "unmatched_labels": bench.unmatched,
             "routers": {router: summarize(curve) for router, curve in curves[name].items()},
         }
     return report, curves
@@ -93,23 +122,31 @@ def run_eval(
 def format_table(report: dict[str, Any]) -> str:
     """The report as a fixed-width table."""
     lines = [
-        f"{'benchmark':10} {'router':22} {'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'weak':>6} {'strong':>6}"
+        f"{'benchmark':10} {'pair (weak/strong)':20} {'items':>6} {'router':22} "
+        f"{'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'weak':>6} {'strong':>6}"
     ]
     for bench, entry in report["benchmarks"].items():
         for router, m in entry["routers"].items():
             lines.append(
-                f"{bench:10} {router:22} {m['apgr']:6.3f} {m['cpt50']:6.3f} {m['cpt80']:6.3f} "
-                f"{m['weak_quality']:6.3f} {m['strong_quality']:6.3f}"
+                f"{bench:10} {entry['pair']:20} {entry['items']:6d} {router:22} {m['apgr']:6.3f} "
+                f"{m['cpt50']:6.3f} {m['cpt80']:6.3f} {m['weak_quality']:6.3f} {m['strong_quality']:6.3f}"
             )
+    lines += [f"(skipped {bench}: {why})" for bench, why in report.get("skipped", {}).items()]
     return "\n".join(lines)
 
 
 def add_eval_command(subparsers: Any) -> None:
     """Register `hybrid-router eval`."""
     p = subparsers.add_parser("eval", help="router quality (APGR, CPT) of estimators and baselines")
-    p.add_argument("--benchmark", action="append", choices=BENCHMARKS, help="repeatable; default: all")
+    p.add_argument(
+        "--benchmark",
+        action="append",
+        choices=ALL_BENCHMARKS,
+        help="repeatable; default: all (edge benchmarks without labels are skipped)",
+    )
     p.add_argument("--estimator", action="append", help="name[@version], repeatable; default: all registered")
     p.add_argument("--data-dir", type=Path, help="shared data folder (default: ../shared/data)")
+    p.add_argument("--labels-dir", type=Path, help="edge labels folder (default: models/data/edge-labels)")
     p.add_argument("--json", type=Path, help="write the numbers here")
     p.add_argument("--plot", type=Path, help="write the quality-vs-cloud-fraction curves here (PNG)")
     p.set_defaults(func=_cmd_eval)
@@ -117,10 +154,18 @@ def add_eval_command(subparsers: Any) -> None:
 
 def _cmd_eval(args: Any) -> int:
     estimators = args.estimator or [spec for spec in available_estimators()]
-    report, curves = run_eval(args.benchmark or list(BENCHMARKS), estimators, data_dir=args.data_dir)
+    report, curves = run_eval(
+        args.benchmark or list(ALL_BENCHMARKS),
+        estimators,
+        data_dir=args.data_dir,
+        labels_dir=args.labels_dir,
+    )
     print(format_table(report))
+    if not report["benchmarks"]:
+        print("nothing to evaluate: every benchmark asked for was skipped", file=sys.stderr)
+        return 1
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.plot:
-        plot_curves(curves, args.plot)
+        plot_curves(curves, args.plot, {b: e["pair"] for b, e in report["benchmarks"].items()})
     return 0

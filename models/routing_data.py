@@ -1,8 +1,14 @@
 """Routing benchmarks: prompts with a weak and a strong model's outcome on each.
 
-Reads the RouteLLM Mixtral-8x7B / GPT-4 pair from `shared/data/routellm-mixtral-gpt4/` (MMLU and
-GSM8K as 0/1 correctness, MT-Bench as GPT-4 judge scores averaged over both turns), leaving out the
-prompts RouteLLM found contaminated in its own training data.
+Two (weak, strong) pairs, both leaving out the prompts RouteLLM found contaminated in its own
+training data:
+
+- `BENCHMARKS` (`mmlu`, `gsm8k`, `mt-bench`): the RouteLLM Mixtral-8x7B / GPT-4 pair from
+  `shared/data/routellm-mixtral-gpt4/` (MMLU and GSM8K as 0/1 correctness, MT-Bench as GPT-4 judge
+  scores averaged over both turns);
+- `EDGE_BENCHMARKS` (`mmlu-edge`, `gsm8k-edge`): our edge model SmolLM2-135M (its labels from
+  `hybrid-router labels`, in `models/data/edge-labels/`) vs GPT-4's recorded correctness on the same
+  items. Only the labelled items are in them; with no labels yet they raise `MissingLabelsError`.
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +30,15 @@ from router import ChatMessage
 ENV_DATA_DIR = "HYBRID_ROUTER_DATA_DIR"
 WEAK_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG_MODEL = "gpt-4-1106-preview"
-BENCHMARKS = ("mmlu", "gsm8k", "mt-bench")
+BENCHMARKS = ("mmlu", "gsm8k", "mt-bench")  # the Mixtral-8x7B / GPT-4 pair (training data uses these)
+EDGE_BENCHMARKS = ("mmlu-edge", "gsm8k-edge")  # SmolLM2-135M / GPT-4, on the items labelled so far
+ALL_BENCHMARKS = BENCHMARKS + EDGE_BENCHMARKS
+MIXTRAL_PAIR = "mixtral-8x7b/gpt-4"
+EDGE_PAIR = "smollm2-135m/gpt-4"
+EDGE_LABELS_DIR = Path(__file__).with_name("data") / "edge-labels"
+EDGE_MODEL_NAME = "smollm2-135m-instruct-q4_1"
+# Edge labels whose item cannot be found in RouteLLM's files, beyond this share, mean the files disagree.
+MIN_MATCH_RATE = 0.99
 
 
 @dataclass
@@ -36,6 +52,7 @@ class RoutingBenchmark:
     strong: npt.NDArray[np.float64]
     groups: list[str] = field(default_factory=list)  # subject / category per item, for split by source
     excluded: int = 0  # contaminated prompts left out
+    unmatched: int = 0  # edge labels with no item in the strong model's file (edge pair only)
 
     def __len__(self) -> int:
         return len(self.conversations)
@@ -67,7 +84,7 @@ def load_mmlu(data_dir: Path) -> RoutingBenchmark:
     kept = [r for r in rows if r["prompt"].strip() not in bad]
     return RoutingBenchmark(
         name="mmlu",
-        pair="mixtral-8x7b/gpt-4",
+        pair=MIXTRAL_PAIR,
         conversations=[_user(r["prompt"]) for r in kept],
         weak=np.array([r["mixtral_8x7b_correct"] == "True" for r in kept], dtype=np.float64),
         strong=np.array([r["gpt4_1106_correct"] == "True" for r in kept], dtype=np.float64),
@@ -85,7 +102,7 @@ def load_gsm8k(data_dir: Path) -> RoutingBenchmark:
     kept = [r for i, r in enumerate(rows) if i not in bad]
     return RoutingBenchmark(
         name="gsm8k",
-        pair="mixtral-8x7b/gpt-4",
+        pair=MIXTRAL_PAIR,
         conversations=[_user(r["prompt"]) for r in kept],
         weak=np.array([r[WEAK_MODEL] == "True" for r in kept], dtype=np.float64),
         strong=np.array([r[STRONG_MODEL] == "True" for r in kept], dtype=np.float64),
@@ -115,7 +132,7 @@ def load_mt_bench(data_dir: Path) -> RoutingBenchmark:
 
     return RoutingBenchmark(
         name="mt-bench",
-        pair="mixtral-8x7b/gpt-4",
+        pair=MIXTRAL_PAIR,
         # The router sees the conversation: both user turns, as a multi-turn request would carry them.
         conversations=[[ChatMessage(role="user", content=t) for t in q["turns"]] for q in kept],
         weak=np.array([mean_score(q["question_id"], WEAK_MODEL) for q in kept]),
@@ -125,11 +142,155 @@ def load_mt_bench(data_dir: Path) -> RoutingBenchmark:
     )
 
 
+class MissingLabelsError(FileNotFoundError):
+    """An edge benchmark with no labels yet: run `hybrid-router labels` first."""
+
+
+def _normalized(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def read_edge_labels(path: Path) -> list[dict[str, Any]]:
+    """The label lines of `path`, first per `idx`; a last line cut short (no newline, bad JSON) is skipped."""
+    if not path.exists():
+        raise MissingLabelsError(f"no edge labels at {path}: run `hybrid-router labels` first")
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    labels: dict[int, dict[str, Any]] = {}
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines) - 1:  # a labelling run still writing, or killed mid-line
+                continue
+            raise ValueError(f"{path}:{n + 1}: not a JSON line") from None
+        labels.setdefault(int(row["idx"]), row)
+    if not labels:
+        raise MissingLabelsError(f"no edge labels in {path}: run `hybrid-router labels` first")
+    return list(labels.values())
+
+
+def _match(
+    labels: list[dict[str, Any]],
+    source: list[tuple[str, str]],
+    target: list[tuple[str, str]],
+    *,
+    what: str,
+) -> list[tuple[dict[str, Any], int]]:
+    """Each label with the row of the strong model's file that holds the same item.
+
+    `source[idx]` is the labelled item as (group, question text) from the file the labeller read, and
+    `target[i]` the strong model's row `i` as (group, prompt). A row matches an item when the groups
+    agree and the prompt starts with the question (whitespace normalised). The row at the same
+    position is taken when it matches (the files share an order); otherwise the matching rows in file
+    order, the k-th for the k-th item with that question (a question can appear twice in MMLU).
+    Raises `ValueError` if fewer than `MIN_MATCH_RATE` of the labels find their row.
+    """
+    norm_source = [(key, _normalized(text)) for key, text in source]
+    norm_target = [(key, _normalized(text)) for key, text in target]
+
+    def matches(i: int, key: str, text: str) -> bool:
+        return norm_target[i][0] == key and norm_target[i][1].startswith(text)
+
+    matched: list[tuple[dict[str, Any], int]] = []
+    for label in labels:
+        idx = int(label["idx"])
+        if not 0 <= idx < len(source):
+            continue
+        key, text = norm_source[idx]
+        if label.get("subject", key) != key:  # the labels were made from another data file
+            continue
+        if idx < len(target) and matches(idx, key, text):
+            matched.append((label, idx))
+            continue
+        found = [i for i in range(len(target)) if matches(i, key, text)]
+        twins = [j for j, item in enumerate(norm_source) if item == (key, text)]
+        if len(found) == len(twins):
+            matched.append((label, found[twins.index(idx)]))
+        elif len(found) == 1:
+            matched.append((label, found[0]))
+    rate = len(matched) / len(labels)
+    if rate < MIN_MATCH_RATE:
+        raise ValueError(
+            f"{what}: only {len(matched)} of {len(labels)} edge labels ({rate:.1%}) match an item of the "
+            f"strong model's file; the label and data files disagree"
+        )
+    return matched
+
+
+def load_mmlu_edge(data_dir: Path, labels_dir: Path = EDGE_LABELS_DIR) -> RoutingBenchmark:
+    """MMLU items labelled for the edge model: SmolLM2-135M (acc_norm) vs GPT-4 correctness."""
+    labels = read_edge_labels(labels_dir / EDGE_MODEL_NAME / "mmlu.jsonl")
+    with (data_dir / "mmlu" / "mmlu_test.csv").open(encoding="utf-8", newline="") as fh:
+        items = list(csv.DictReader(fh))
+    path = data_dir / "routellm-mixtral-gpt4" / "mmlu_correctness.csv"
+    with path.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    matched = _match(
+        labels,
+        [(r["subject"], r["question"]) for r in items],
+        [(r["subject"], r["prompt"]) for r in rows],
+        what="mmlu-edge",
+    )
+    bad = {str(c["eval_prompt"]).strip() for c in _contaminated(data_dir, "mmlu")}
+    kept = [(label, rows[i]) for label, i in matched if rows[i]["prompt"].strip() not in bad]
+    return RoutingBenchmark(
+        name="mmlu-edge",
+        pair=EDGE_PAIR,
+        conversations=[_user(r["prompt"]) for _, r in kept],
+        weak=np.array([bool(label["correct"]) for label, _ in kept], dtype=np.float64),
+        strong=np.array([r["gpt4_1106_correct"] == "True" for _, r in kept], dtype=np.float64),
+        groups=[r["subject"] for _, r in kept],
+        excluded=len(matched) - len(kept),
+        unmatched=len(labels) - len(matched),
+    )
+
+
+def load_gsm8k_edge(data_dir: Path, labels_dir: Path = EDGE_LABELS_DIR) -> RoutingBenchmark:
+    """GSM8K items labelled for the edge model: SmolLM2-135M vs GPT-4 correctness."""
+    labels = read_edge_labels(labels_dir / EDGE_MODEL_NAME / "gsm8k.jsonl")
+    lines = (data_dir / "gsm8k" / "test.jsonl").read_text(encoding="utf-8").split("\n")
+    questions = [str(json.loads(line)["question"]) for line in lines if line.strip()]
+    path = data_dir / "routellm-mixtral-gpt4" / "gsm8k_responses.csv"
+    with path.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    matched = _match(
+        labels,
+        [("gsm8k", q) for q in questions],
+        [("gsm8k", r["prompt"]) for r in rows],
+        what="gsm8k-edge",
+    )
+    bad = {int(str(c["eval_idx"])) for c in _contaminated(data_dir, "gsm8k")}
+    kept = [(label, rows[i]) for label, i in matched if i not in bad]
+    return RoutingBenchmark(
+        name="gsm8k-edge",
+        pair=EDGE_PAIR,
+        conversations=[_user(r["prompt"]) for _, r in kept],
+        weak=np.array([bool(label["correct"]) for label, _ in kept], dtype=np.float64),
+        strong=np.array([r[STRONG_MODEL] == "True" for _, r in kept], dtype=np.float64),
+        groups=["gsm8k"] * len(kept),
+        excluded=len(matched) - len(kept),
+        unmatched=len(labels) - len(matched),
+    )
+
+
 LOADERS = {"mmlu": load_mmlu, "gsm8k": load_gsm8k, "mt-bench": load_mt_bench}
+EDGE_LOADERS = {"mmlu-edge": load_mmlu_edge, "gsm8k-edge": load_gsm8k_edge}
 
 
-def load_benchmark(name: str, data_dir: Path | None = None) -> RoutingBenchmark:
-    """Load benchmark `name` (one of `BENCHMARKS`) from `data_dir` (default: shared/data)."""
-    if name not in LOADERS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
-    return LOADERS[name](data_dir or default_data_dir())
+def load_benchmark(
+    name: str, data_dir: Path | None = None, *, labels_dir: Path | None = None
+) -> RoutingBenchmark:
+    """Load benchmark `name` (one of `ALL_BENCHMARKS`) from `data_dir` (default: shared/data).
+
+    The edge benchmarks also read the edge labels in `labels_dir` (default: models/data/edge-labels)
+    and raise `MissingLabelsError` when there are none.
+    """
+    data_dir = data_dir or default_data_dir()
+    if name in LOADERS:
+        return LOADERS[name](data_dir)
+    if name in EDGE_LOADERS:
+        return EDGE_LOADERS[name](data_dir, labels_dir or EDGE_LABELS_DIR)
+    raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(ALL_BENCHMARKS)}")
