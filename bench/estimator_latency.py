@@ -37,7 +37,7 @@ from bench.common import percentiles, report
 from models.artefacts import ARTEFACTS_DIR
 from router import ChatMessage, load_estimator
 from router._estimator import HeuristicEstimator, conversation_text
-from router._onnx_estimator import OnnxEstimator, read_manifest, verified_file
+from router._onnx_estimator import OnnxEstimator, read_manifest, truncating_tokenizer, verified_file
 
 ESTIMATOR = "static-minilm"
 UNTRUNCATED_MAX_TOKENS = 1024
@@ -62,11 +62,8 @@ def manifest_entry(name: str = ESTIMATOR) -> dict[str, Any]:
 
 def untruncated_tokenizer(entry: dict[str, Any]) -> Any:
     """The estimator's tokenizer with truncation off: to count a prompt's tokens before truncation."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(ARTEFACTS_DIR / entry["files"]["tokenizer"]["path"]))
+    tokenizer = truncating_tokenizer(ARTEFACTS_DIR / entry["files"]["tokenizer"]["path"], 1)
     tokenizer.no_truncation()
-    tokenizer.no_padding()
     return tokenizer
 
 
@@ -296,7 +293,8 @@ def truncation_quality(
     """APGR / CPT50 per benchmark at each `max_tokens`, with the share of items truncated."""
     import numpy as np
 
-    from models.quality import quality_curve, summarize
+    from models.evaluate import evaluate
+    from models.quality import summarize
     from models.routing_data import BENCHMARKS, load_benchmark
 
     benchmarks = {name: load_benchmark(name, data_dir) for name in BENCHMARKS}
@@ -315,18 +313,13 @@ def truncation_quality(
                 "p99": int(q[2]),
                 "max": int(lengths.max()),
             },
-            "heuristic": summarize(
-                quality_curve(
-                    np.array([heuristic.score(c) for c in bench.conversations]), bench.weak, bench.strong
-                )
-            ),
+            "heuristic": summarize(evaluate(bench, {"heuristic": heuristic.score})["heuristic"]),
             "by_max_tokens": {},
         }
         for m, estimator in estimators.items():
             started = time.perf_counter()
-            scores = np.array([estimator.score(c) for c in bench.conversations])
+            summary = summarize(evaluate(bench, {"m": estimator.score})["m"])
             elapsed = time.perf_counter() - started
-            summary = summarize(quality_curve(scores, bench.weak, bench.strong))
             row["by_max_tokens"][str(m)] = {
                 **summary,
                 "truncated_share": round(float((lengths > m).mean()), 4),

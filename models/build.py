@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from models.candidates import add_compare_command
-from models.quality import quality_curve, summarize
+from models.evaluate import evaluate
+from models.quality import summarize
 from models.routing_data import BENCHMARKS, default_data_dir, load_benchmark
 from models.training_data import all_examples, held_out_for
 from router._estimator import conversation_text
@@ -148,8 +149,7 @@ def build(
         "source_data": {name: file_sha256(data_dir / name) for name in SOURCE_FILES},
         "size_bytes": {"model_int8": (target_dir / "model.onnx").stat().st_size, "model_fp32": fp32_bytes},
     }
-    _write_entry(output, entry)  # so the run-time estimator below loads the artefact as shipped
-    estimator = OnnxEstimator(output, entry)
+    estimator = OnnxEstimator(output, entry)  # the artefact as it ships, its files checked against `entry`
     sample = list(range(0, len(encodings), max(1, len(encodings) // 500)))
     reference = head_scores(head, features[sample])
     shipped = np.array([estimator.score_ids(encodings[i]) for i in sample])
@@ -167,19 +167,14 @@ def build(
 
 def evaluate_estimator(estimator: OnnxEstimator, data_dir: Path, progress: bool) -> dict[str, Any]:
     """APGR, CPT and AUC of the shipped artefact on every benchmark it was held out from."""
-    from tqdm import tqdm
-
     metrics: dict[str, Any] = {}
     for name in BENCHMARKS:
         bench = load_benchmark(name, data_dir)
-        scores = np.array(
-            [estimator.score(c) for c in tqdm(bench.conversations, desc=f"eval {name}", disable=not progress)]
-        )
-        summary = summarize(quality_curve(scores, bench.weak, bench.strong))
+        curve = evaluate(bench, {"eval": estimator.score}, progress=progress)["eval"]
         metrics[name] = {
             "pair": bench.pair,
             "items": len(bench),
-            **{k: round(v, 4) for k, v in summary.items()},
+            **{k: round(v, 4) for k, v in summarize(curve).items()},
         }
     return metrics
 

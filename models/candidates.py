@@ -222,39 +222,21 @@ def export_minilm_int8(cache_dir: Path, progress: bool = True) -> dict[str, Any]
     }
 
 
-def _session(path: Path, threads: int = 1) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _tokenizer(path: Path) -> Any:
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(path))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=MAX_TOKENS)
-    return tokenizer
-
-
 class MiniLMEncoder:
     """The teacher's ONNX graph on one thread: token ids → the head's features."""
 
     def __init__(self, model: Path, tokenizer: Path, threads: int = 1) -> None:
-        self.tokenizer = _tokenizer(tokenizer)
-        self.session = _session(model, threads)
+        from router._onnx_estimator import cpu_session, truncating_tokenizer
+
+        self.tokenizer = truncating_tokenizer(tokenizer, MAX_TOKENS)
+        self.session = cpu_session(model, threads)
         self.inputs = {i.name for i in self.session.get_inputs()}
 
     def token_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The (truncated) token ids of a conversation, as the static student reads them."""
-        from router._estimator import conversation_text
+        from router._onnx_estimator import conversation_ids
 
-        ids: list[int] = self.tokenizer.encode(conversation_text(messages)).ids
-        return ids
+        return conversation_ids(self.tokenizer, messages, MAX_TOKENS)
 
     def features_ids(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
         """Mean-pooled, L2-normalised token outputs and the log length, for one token sequence."""
@@ -332,18 +314,13 @@ def benchmark_metrics(
     score: Callable[[Sequence[ChatMessage]], float], benches: dict[str, Any], label: str, progress: bool
 ) -> dict[str, Any]:
     """APGR, CPT50/80 and AUC of `score` on each benchmark."""
-    from tqdm import tqdm
+    from models.evaluate import evaluate
+    from models.quality import summarize
 
-    from models.quality import quality_curve, summarize
-
-    metrics: dict[str, Any] = {}
-    for name, bench in benches.items():
-        scores = np.array(
-            [score(c) for c in tqdm(bench.conversations, desc=f"{label} {name}", disable=not progress)]
-        )
-        summary = summarize(quality_curve(scores, bench.weak, bench.strong))
-        metrics[name] = {"items": len(bench), **summary}
-    return metrics
+    return {
+        name: {"items": len(bench), **summarize(evaluate(bench, {label: score}, progress=progress)[label])}
+        for name, bench in benches.items()
+    }
 
 
 # --- the comparison -------------------------------------------------------------------------

@@ -52,14 +52,17 @@ def estimator_scorers(names: Sequence[str]) -> dict[str, Scorer]:
     return scorers
 
 
-def evaluate(benchmark: RoutingBenchmark, scorers: dict[str, Scorer]) -> dict[str, QualityCurve]:
-    """The quality curve of each scorer on `benchmark`."""
-    return {
-        name: quality_curve(
-            np.array([score(c) for c in benchmark.conversations]), benchmark.weak, benchmark.strong
-        )
-        for name, score in scorers.items()
-    }
+def evaluate(
+    benchmark: RoutingBenchmark, scorers: dict[str, Scorer], *, progress: bool = False
+) -> dict[str, QualityCurve]:
+    """The quality curve of each scorer on `benchmark` (with a progress bar per scorer if asked)."""
+    from tqdm import tqdm
+
+    curves = {}
+    for name, score in scorers.items():
+        items = tqdm(benchmark.conversations, desc=f"{name} {benchmark.name}", disable=not progress)
+        curves[name] = quality_curve(np.array([score(c) for c in items]), benchmark.weak, benchmark.strong)
+    return curves
 
 
 def plot_curves(

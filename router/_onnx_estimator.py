@@ -70,6 +70,33 @@ def verified_file(root: Path, entry: dict[str, Any], role: str) -> Path:
     return path
 
 
+def cpu_session(path: Path, threads: int = 1) -> Any:
+    """An onnxruntime CPU session on `threads` intra-op threads, all graph optimisations on."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def truncating_tokenizer(path: Path, max_tokens: int) -> Any:
+    """A `tokenizers` tokenizer from `path` that pads nothing and keeps at most `max_tokens` ids."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_tokens)
+    return tokenizer
+
+
+def conversation_ids(tokenizer: Any, messages: Sequence[ChatMessage], max_tokens: int) -> list[int]:
+    """The ids a model reads for a conversation: its text cut to a character budget, then tokenized."""
+    ids: list[int] = tokenizer.encode(conversation_text(messages)[: max_tokens * CHARS_PER_TOKEN]).ids
+    return ids
+
+
 class OnnxEstimator:
     """A learned estimator: tokenizer + ONNX model from a verified registry entry, one thread."""
 
@@ -101,9 +128,7 @@ class OnnxEstimator:
 
     def token_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The (truncated) token ids the model reads for a conversation."""
-        text = conversation_text(messages)[: self.max_tokens * CHARS_PER_TOKEN]
-        ids: list[int] = self._tokenizer.encode(text).ids
-        return ids
+        return conversation_ids(self._tokenizer, messages, self.max_tokens)
 
     def score_ids(self, ids: Sequence[int]) -> float:
         """The model's score for already-tokenized input."""
