@@ -2,6 +2,7 @@
 
     hybrid-router calibrate --tier standard --cloud-fraction 0.3 [--config FILE] [--output FILE]
     hybrid-router calibrate --tier free --target-pgr 0.5 --benchmark gsm8k
+    hybrid-router calibrate --tier free --target-pgr 0.5 --benchmark mmlu-edge   # our edge pair
 
 With `--cloud-fraction F` the threshold is the (1 - F) quantile of the estimator's scores on the
 calibration prompts; with `--target-pgr P` it is the score at which the router first recovers P of
@@ -11,6 +12,7 @@ the weak-to-strong gap on a benchmark with known outcomes (the CPT(P) point).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.quality import quality_curve
-from models.routing_data import BENCHMARKS, load_benchmark
+from models.routing_data import ALL_BENCHMARKS, BENCHMARKS, MissingLabelsError, load_benchmark
 from router import DEMO_CONFIG_PATH, ConfigError, load_estimator, parse_config
 
 
@@ -103,22 +105,26 @@ def add_calibrate_command(subparsers: Any) -> None:
     p.add_argument(
         "--benchmark",
         action="append",
-        choices=BENCHMARKS,
-        help="calibration prompts (repeatable); default: all",
+        choices=ALL_BENCHMARKS,
+        help="calibration prompts (repeatable); default: the Mixtral/GPT-4 benchmarks",
     )
     p.add_argument("--data-dir", type=Path)
     p.set_defaults(func=_cmd_calibrate)
 
 
 def _cmd_calibrate(args: Any) -> int:
-    result = calibrate(
-        tier=args.tier,
-        config_path=args.config,
-        cloud_fraction=args.cloud_fraction,
-        target_pgr=args.target_pgr,
-        benchmarks=args.benchmark or list(BENCHMARKS),
-        data_dir=args.data_dir,
-    )
+    try:
+        result = calibrate(
+            tier=args.tier,
+            config_path=args.config,
+            cloud_fraction=args.cloud_fraction,
+            target_pgr=args.target_pgr,
+            benchmarks=args.benchmark or list(BENCHMARKS),
+            data_dir=args.data_dir,
+        )
+    except MissingLabelsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.output:
         write_threshold(args.config, args.output, args.tier, result["threshold"])
         result["written_to"] = str(args.output)

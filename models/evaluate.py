@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from models.litellm_baseline import litellm_complexity_scorer
-from models.quality import QualityCurve, quality_curve, summarize
+from models.quality import NoQualityGapError, QualityCurve, quality_curve, summarize
 from models.routing_data import ALL_BENCHMARKS, MissingLabelsError, RoutingBenchmark, load_benchmark
 from router import ChatMessage, ComplexityEstimator, available_estimators, load_estimator
 
@@ -98,8 +98,8 @@ def run_eval(
 ) -> tuple[dict[str, Any], dict[str, dict[str, QualityCurve]]]:
     """Evaluate estimators and baselines on each benchmark: the report and the curves.
 
-    An edge benchmark with no labels yet is left out of both, with a note in `report["skipped"]`
-    (and on stderr).
+    An edge benchmark with no labels yet, or too few for the two models to differ, is left out of
+    both, with a note in `report["skipped"]` (and on stderr).
     """
     scorers = {**estimator_scorers(estimators), **baseline_scorers()}
     report: dict[str, Any] = {"benchmarks": {}, "skipped": {}}
@@ -107,11 +107,11 @@ def run_eval(
     for name in benchmarks:
         try:
             bench = load_benchmark(name, data_dir, labels_dir=labels_dir)
-        except MissingLabelsError as exc:
+            curves[name] = evaluate(bench, scorers)
+        except (MissingLabelsError, NoQualityGapError) as exc:
             report["skipped"][name] = str(exc)
             print(f"note: skipping {name}: {exc}", file=sys.stderr)
             continue
-        curves[name] = evaluate(bench, scorers)
         report["benchmarks"][name] = {
             "pair": bench.pair,
             "items": len(bench),

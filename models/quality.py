@@ -16,6 +16,10 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 
 
+class NoQualityGapError(ValueError):
+    """The weak and strong models score the same: PGR, CPT and APGR are undefined (0 / 0)."""
+
+
 @dataclass(frozen=True)
 class QualityCurve:
     """Quality against cloud fraction, at every point where the router's decision can change."""
@@ -57,6 +61,10 @@ def quality_curve(scores: FloatArray, weak: FloatArray, strong: FloatArray) -> Q
 
     Items with equal scores move together: between two cuts the curve is linear, which is the
     expectation when ties are broken at random.
+
+    Raises:
+        ValueError: the arrays are empty or of different lengths.
+        NoQualityGapError: both models have the same mean quality (possible on a few items).
     """
     scores, weak, strong = (np.asarray(a, dtype=np.float64) for a in (scores, weak, strong))
     n = len(scores)
@@ -69,6 +77,10 @@ def quality_curve(scores: FloatArray, weak: FloatArray, strong: FloatArray) -> Q
     # Cut points: 0, after each run of equal scores.
     boundaries = np.concatenate([[0], np.nonzero(np.diff(sorted_scores))[0] + 1, [n]])
     base = float(weak.mean())
+    if float(strong.mean()) == base:
+        raise NoQualityGapError(
+            f"weak and strong quality are both {base:.4f} on these {n} items: no gap to recover"
+        )
     return QualityCurve(
         cloud_fraction=boundaries / n,
         quality=base + cum_gain[boundaries] / n,

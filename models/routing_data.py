@@ -6,9 +6,11 @@ training data:
 - `BENCHMARKS` (`mmlu`, `gsm8k`, `mt-bench`): the RouteLLM Mixtral-8x7B / GPT-4 pair from
   `shared/data/routellm-mixtral-gpt4/` (MMLU and GSM8K as 0/1 correctness, MT-Bench as GPT-4 judge
   scores averaged over both turns);
-- `EDGE_BENCHMARKS` (`mmlu-edge`, `gsm8k-edge`): our edge model SmolLM2-135M (its labels from
-  `hybrid-router labels`, in `models/data/edge-labels/`) vs GPT-4's recorded correctness on the same
-  items. Only the labelled items are in them; with no labels yet they raise `MissingLabelsError`.
+- `EDGE_BENCHMARKS`: our own small models vs GPT-4's recorded correctness on the same items, with
+  the small model's outcomes from `hybrid-router labels` (in `models/data/edge-labels/`):
+  SmolLM2-135M, the edge model (`mmlu-edge`, `gsm8k-edge`), and Gemma-3-270M, the second small model
+  (`mmlu-gemma`). Only the labelled items are in them; with no labels yet they raise
+  `MissingLabelsError`.
 """
 
 from __future__ import annotations
@@ -31,12 +33,34 @@ ENV_DATA_DIR = "HYBRID_ROUTER_DATA_DIR"
 WEAK_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG_MODEL = "gpt-4-1106-preview"
 BENCHMARKS = ("mmlu", "gsm8k", "mt-bench")  # the Mixtral-8x7B / GPT-4 pair (training data uses these)
-EDGE_BENCHMARKS = ("mmlu-edge", "gsm8k-edge")  # SmolLM2-135M / GPT-4, on the items labelled so far
-ALL_BENCHMARKS = BENCHMARKS + EDGE_BENCHMARKS
 MIXTRAL_PAIR = "mixtral-8x7b/gpt-4"
-EDGE_PAIR = "smollm2-135m/gpt-4"
 EDGE_LABELS_DIR = Path(__file__).with_name("data") / "edge-labels"
-EDGE_MODEL_NAME = "smollm2-135m-instruct-q4_1"
+
+
+@dataclass(frozen=True)
+class EdgeModel:
+    """A small model we label ourselves: where its labels live and the pair it makes with GPT-4."""
+
+    key: str  # `hybrid-router labels --model KEY`
+    label_dir: str  # folder under `EDGE_LABELS_DIR`
+    pair: str
+    chat_format: str  # llama-cpp-python's chat format for generated answers
+
+
+SMOLLM2 = EdgeModel("smollm2-135m", "smollm2-135m-instruct-q4_1", "smollm2-135m/gpt-4", "chatml")
+# A base model with no chat template of its own: llama-cpp-python's "gemma" turn format.
+GEMMA3 = EdgeModel("gemma-3-270m", "gemma-3-270m-q4_k_m", "gemma-3-270m/gpt-4", "gemma")
+EDGE_MODELS = {m.key: m for m in (SMOLLM2, GEMMA3)}
+EDGE_PAIR = SMOLLM2.pair
+EDGE_MODEL_NAME = SMOLLM2.label_dir
+# benchmark name -> (task, small model), on the items labelled so far
+EDGE_BENCHMARK_MODELS = {
+    "mmlu-edge": ("mmlu", SMOLLM2),
+    "gsm8k-edge": ("gsm8k", SMOLLM2),
+    "mmlu-gemma": ("mmlu", GEMMA3),
+}
+EDGE_BENCHMARKS = tuple(EDGE_BENCHMARK_MODELS)
+ALL_BENCHMARKS = BENCHMARKS + EDGE_BENCHMARKS
 # Edge labels whose item cannot be found in RouteLLM's files, beyond this share, mean the files disagree.
 MIN_MATCH_RATE = 0.99
 
@@ -220,9 +244,11 @@ def _match(
     return matched
 
 
-def load_mmlu_edge(data_dir: Path, labels_dir: Path = EDGE_LABELS_DIR) -> RoutingBenchmark:
-    """MMLU items labelled for the edge model: SmolLM2-135M (acc_norm) vs GPT-4 correctness."""
-    labels = read_edge_labels(labels_dir / EDGE_MODEL_NAME / "mmlu.jsonl")
+def load_mmlu_edge(
+    data_dir: Path, labels_dir: Path = EDGE_LABELS_DIR, model: EdgeModel = SMOLLM2, name: str = "mmlu-edge"
+) -> RoutingBenchmark:
+    """MMLU items labelled for a small model (acc_norm) vs GPT-4 correctness."""
+    labels = read_edge_labels(labels_dir / model.label_dir / "mmlu.jsonl")
     with (data_dir / "mmlu" / "mmlu_test.csv").open(encoding="utf-8", newline="") as fh:
         items = list(csv.DictReader(fh))
     path = data_dir / "routellm-mixtral-gpt4" / "mmlu_correctness.csv"
@@ -232,13 +258,13 @@ def load_mmlu_edge(data_dir: Path, labels_dir: Path = EDGE_LABELS_DIR) -> Routin
         labels,
         [(r["subject"], r["question"]) for r in items],
         [(r["subject"], r["prompt"]) for r in rows],
-        what="mmlu-edge",
+        what=name,
     )
     bad = {str(c["eval_prompt"]).strip() for c in _contaminated(data_dir, "mmlu")}
     kept = [(label, rows[i]) for label, i in matched if rows[i]["prompt"].strip() not in bad]
     return RoutingBenchmark(
-        name="mmlu-edge",
-        pair=EDGE_PAIR,
+        name=name,
+        pair=model.pair,
         conversations=[_user(r["prompt"]) for _, r in kept],
         weak=np.array([bool(label["correct"]) for label, _ in kept], dtype=np.float64),
         strong=np.array([r["gpt4_1106_correct"] == "True" for _, r in kept], dtype=np.float64),
@@ -248,9 +274,11 @@ def load_mmlu_edge(data_dir: Path, labels_dir: Path = EDGE_LABELS_DIR) -> Routin
     )
 
 
-def load_gsm8k_edge(data_dir: Path, labels_dir: Path = EDGE_LABELS_DIR) -> RoutingBenchmark:
-    """GSM8K items labelled for the edge model: SmolLM2-135M vs GPT-4 correctness."""
-    labels = read_edge_labels(labels_dir / EDGE_MODEL_NAME / "gsm8k.jsonl")
+def load_gsm8k_edge(
+    data_dir: Path, labels_dir: Path = EDGE_LABELS_DIR, model: EdgeModel = SMOLLM2, name: str = "gsm8k-edge"
+) -> RoutingBenchmark:
+    """GSM8K items labelled for a small model vs GPT-4 correctness."""
+    labels = read_edge_labels(labels_dir / model.label_dir / "gsm8k.jsonl")
     lines = (data_dir / "gsm8k" / "test.jsonl").read_text(encoding="utf-8").split("\n")
     questions = [str(json.loads(line)["question"]) for line in lines if line.strip()]
     path = data_dir / "routellm-mixtral-gpt4" / "gsm8k_responses.csv"
@@ -260,13 +288,13 @@ def load_gsm8k_edge(data_dir: Path, labels_dir: Path = EDGE_LABELS_DIR) -> Routi
         labels,
         [("gsm8k", q) for q in questions],
         [("gsm8k", r["prompt"]) for r in rows],
-        what="gsm8k-edge",
+        what=name,
     )
     bad = {int(str(c["eval_idx"])) for c in _contaminated(data_dir, "gsm8k")}
     kept = [(label, rows[i]) for label, i in matched if i not in bad]
     return RoutingBenchmark(
-        name="gsm8k-edge",
-        pair=EDGE_PAIR,
+        name=name,
+        pair=model.pair,
         conversations=[_user(r["prompt"]) for _, r in kept],
         weak=np.array([bool(label["correct"]) for label, _ in kept], dtype=np.float64),
         strong=np.array([r[STRONG_MODEL] == "True" for _, r in kept], dtype=np.float64),
@@ -277,7 +305,7 @@ def load_gsm8k_edge(data_dir: Path, labels_dir: Path = EDGE_LABELS_DIR) -> Routi
 
 
 LOADERS = {"mmlu": load_mmlu, "gsm8k": load_gsm8k, "mt-bench": load_mt_bench}
-EDGE_LOADERS = {"mmlu-edge": load_mmlu_edge, "gsm8k-edge": load_gsm8k_edge}
+EDGE_LOADERS = {"mmlu": load_mmlu_edge, "gsm8k": load_gsm8k_edge}
 
 
 def load_benchmark(
@@ -291,6 +319,7 @@ def load_benchmark(
     data_dir = data_dir or default_data_dir()
     if name in LOADERS:
         return LOADERS[name](data_dir)
-    if name in EDGE_LOADERS:
-        return EDGE_LOADERS[name](data_dir, labels_dir or EDGE_LABELS_DIR)
+    if name in EDGE_BENCHMARK_MODELS:
+        task, model = EDGE_BENCHMARK_MODELS[name]
+        return EDGE_LOADERS[task](data_dir, labels_dir or EDGE_LABELS_DIR, model, name)
     raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(ALL_BENCHMARKS)}")

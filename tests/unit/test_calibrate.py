@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models.calibrate import calibrate, escalation_share, threshold_for_fraction, write_threshold
+from models.calibrate import (
+    add_calibrate_command,
+    calibrate,
+    escalation_share,
+    threshold_for_fraction,
+    write_threshold,
+)
 from router import DEMO_CONFIG_PATH, ConfigError, load_config
 
 SCORES = np.linspace(0.0, 0.99, 100)
@@ -38,3 +45,22 @@ def test_unknown_tier_is_a_config_error() -> None:
             target_pgr=None,
             benchmarks=["mt-bench"],
         )
+
+
+def test_calibrating_on_the_edge_pair_and_a_clear_error_without_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_calibrate_command(parser.add_subparsers())
+    args = parser.parse_args(
+        ["calibrate", "--tier", "free", "--cloud-fraction", "0.2", "--benchmark", "mmlu-edge"]
+    )
+    assert args.func(args) == 0
+    assert '"benchmarks": [\n    "mmlu-edge"\n  ]' in capsys.readouterr().out
+    empty = tmp_path / "data"
+    args.data_dir = empty
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("models.routing_data.EDGE_LABELS_DIR", tmp_path / "no-labels")
+        args.benchmark = ["mmlu-gemma"]
+        code = args.func(args)
+    assert code == 2 and "no edge labels" in capsys.readouterr().err

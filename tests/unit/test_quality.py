@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.quality import quality_curve, summarize
+from models.quality import NoQualityGapError, quality_curve, summarize
 
 WEAK = np.array([1, 0, 0, 1, 0, 1, 0, 0], dtype=float)
 STRONG = np.array([1, 1, 1, 1, 0, 1, 1, 0], dtype=float)  # gains on items 1, 2, 6
@@ -42,3 +42,11 @@ def test_curve_end_points_and_summary() -> None:
 def test_mismatched_inputs_are_rejected() -> None:
     with pytest.raises(ValueError):
         quality_curve(np.zeros(3), WEAK, STRONG)
+
+
+def test_equal_weak_and_strong_quality_is_a_clear_error_not_a_division_by_zero() -> None:
+    swapped = np.array([0, 1, 0, 1, 0, 1, 0, 0], dtype=float)  # same mean as WEAK, other items
+    with pytest.raises(NoQualityGapError, match="no gap to recover"):
+        quality_curve(np.arange(8.0), WEAK, swapped)
+    worse = quality_curve(np.arange(8.0), STRONG, WEAK)  # a negative gap is still defined
+    assert np.isfinite(worse.apgr())
