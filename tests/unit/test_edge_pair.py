@@ -1,4 +1,4 @@
-"""The edge pairs (SmolLM2-135M or Gemma-3-270M / GPT-4): labels matched to GPT-4's rows, eval without labels."""
+"""The edge pairs (SmolLM2-135M or Gemma-3-270M vs GPT-4): labels matched to GPT-4 rows; eval."""
 
 from __future__ import annotations
 
@@ -88,9 +88,7 @@ def make_data(root: Path, *, routellm_order: list[int] | None = None) -> Path:
     return data
 
 
-def make_labels(
-    root: Path, benchmark: str, correct: dict[int, bool], model: EdgeModel = SMOLLM2
-) -> Path:
+def make_labels(root: Path, benchmark: str, correct: dict[int, bool], model: EdgeModel = SMOLLM2) -> Path:
     labels = root / "labels"
     rows: list[dict[str, object]] = []
     for idx, ok in correct.items():
