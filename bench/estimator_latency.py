@@ -4,7 +4,7 @@ size and load time; what the truncation policy costs in routing quality. Side by
     python -m bench.estimator_latency [--iterations 500] [--lengths 32,128,512,1024,4096]
                                       [--quality-max-tokens 32,64,128,256,512] [--no-quality]
 
-- latency: `score(messages)` of `heuristic@1.0.0`, of `static-minilm@1.0.0` as shipped (truncating to
+- latency: `score(messages)` of `heuristic@1.0.0`, of `static-minilm@1.1.0` as shipped (truncating to
   the manifest's `max_tokens`, 256) and of the same artefact with `max_tokens` raised to the longest
   length (at least 1024; so nothing is truncated: how cost grows with length), interleaved in a
   shuffled order each iteration so machine noise hits all alike; the ONNX ones also split into

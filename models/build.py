@@ -1,6 +1,7 @@
 """`hybrid-router models build`: the learned estimator from a clean checkout plus shared/data.
 
-    hybrid-router models build [--output models/artefacts] [--dims 256] [--version 1.0.0]
+    hybrid-router models build [--output models/artefacts] [--dims 256] [--version 1.1.0]
+                               [--target weak-failure|escalation-gain]
     hybrid-router models verify [--root models/artefacts]
     hybrid-router models compare [--json bench/results/estimator_candidates.json]   # vs MiniLM int8
 
@@ -31,7 +32,7 @@ from models.candidates import add_compare_command
 from models.evaluate import evaluate
 from models.quality import summarize
 from models.routing_data import BENCHMARKS, default_data_dir, load_benchmark
-from models.training_data import all_examples, held_out_for
+from models.training_data import TARGETS, all_examples, held_out_for
 from router._estimator import conversation_text
 from router._onnx_estimator import (
     MANIFEST_FORMAT,
@@ -43,7 +44,7 @@ from router._onnx_estimator import (
 )
 
 ESTIMATOR_NAME = "static-minilm"
-DEFAULT_VERSION = "1.0.0"
+DEFAULT_VERSION = "1.1.0"
 DEFAULT_DIMS = 256
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "artefacts"
 SOURCE_FILES = (
@@ -71,7 +72,14 @@ def teacher_version() -> str:
 
 
 def build(
-    output: Path, *, dims: int, version: str, data_dir: Path, command: str, progress: bool = True
+    output: Path,
+    *,
+    dims: int,
+    version: str,
+    data_dir: Path,
+    command: str,
+    target: str = TARGETS[0],
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Build the student estimator into `output` and record it in the manifest there; its entry."""
     import torch
@@ -115,8 +123,8 @@ def build(
     )
     student = distil(outputs, token_frequencies(encodings, tokenizer.get_vocab_size()), dims)
     features = pooled_features(student.table, encodings)
-    config = HeadConfig()
-    head = train_head(features, examples.targets, source_weights(examples.sources), config, progress)
+    config = HeadConfig(target=target)
+    head = train_head(features, examples.target(target), source_weights(examples.sources), config, progress)
 
     target_dir = output / f"{ESTIMATOR_NAME}-{version}"
     target_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +152,11 @@ def build(
             "examples": len(examples),
             "sources": sorted(set(examples.sources)),
             "excluded_sources": sorted(excluded),
-            "target": "P(strong right and weak wrong), or the judge-score margin; sources weighted equally",
+            "target": {
+                "weak-failure": "1 - the weak models' score (where the small model falls short)",
+                "escalation-gain": "P(strong right and weak wrong), or the judge-score margin",
+            }[target]
+            + "; sources weighted equally",
         },
         "source_data": {name: file_sha256(data_dir / name) for name in SOURCE_FILES},
         "size_bytes": {"model_int8": (target_dir / "model.onnx").stat().st_size, "model_fp32": fp32_bytes},
@@ -222,6 +234,7 @@ def add_models_command(subparsers: Any) -> None:
     b.add_argument("--dims", type=int, default=DEFAULT_DIMS, help="width of the static token vectors")
     b.add_argument("--version", default=DEFAULT_VERSION, help="version to record in the manifest")
     b.add_argument("--data-dir", type=Path, help="shared data folder (default: ../shared/data)")
+    b.add_argument("--target", choices=TARGETS, default=TARGETS[0], help="what the head learns to predict")
     b.set_defaults(func=_cmd_build)
     v = sub.add_parser("verify", help="check every artefact against the manifest's sha256")
     v.add_argument("--root", type=Path, default=DEFAULT_OUTPUT, help="artefact registry folder")
@@ -237,6 +250,7 @@ def _cmd_build(args: Any) -> int:
         version=args.version,
         data_dir=args.data_dir or default_data_dir(),
         command=command,
+        target=args.target,
     )
     print(
         json.dumps(

@@ -367,7 +367,9 @@ def compare(
     )
     seconds_per_token = (time.perf_counter() - encode_started) / max(1, sum(map(len, encodings)))
     config = HeadConfig()
-    head = train_head(features, examples.targets, source_weights(examples.sources), config, progress)
+    head = train_head(
+        features, examples.target(config.target), source_weights(examples.sources), config, progress
+    )
     weight, bias = linear_head_parameters(head)
     numpy_vs_torch = float(
         np.abs(linear_head_scores(features, weight, bias) - head_scores(head, features)).max()

@@ -38,8 +38,9 @@ def pooled_features(
 
 @dataclass
 class HeadConfig:
-    """How the head is trained: logistic regression (hidden=0) or one hidden layer."""
+    """How the head is trained: on which target, logistic regression (hidden=0) or one hidden layer."""
 
+    target: str = "weak-failure"  # one of `models.training_data.TARGETS`
     hidden: int = 0
     weight_decay: float = 1e-3
     epochs: int = 60

@@ -1,8 +1,14 @@
-"""Training examples for the estimator: a conversation, its source, and how much escalation pays.
+"""Training examples for the estimator: a conversation, its source, and two targets in [0, 1].
 
-The target is the probability that the strong model is right where the weak one is not (for 0/1
-tasks) or the strong model's score margin (for judge scores), so that a high score means
-"escalation pays here". Sources:
+- `gain` (target "escalation-gain"): the probability that the strong model is right where the weak
+  one is not (for 0/1 tasks), or the strong model's score margin (for judge scores): "escalation
+  pays here" taken literally.
+- `weak_failure` (target "weak-failure"): how far the weak model falls short: 1 - its score. The
+  builds train on this one: on llmrouter's pairs (7-9B vs 49-51B) the gain is zero on most items
+  and noisy where not, while where the small models fail is a dense signal, and it transfers better
+  to every held-out benchmark (see the README's estimator section for the figures).
+
+Sources:
 
 - `routellm:<benchmark>`: Mixtral-8x7B (weak) vs GPT-4 (strong) on MMLU, GSM8K, MT-Bench;
 - `llmrouter:<task>`: the mean over every (7-9B, 49-51B) model pair in llmrouter-9model, on 13 tasks
@@ -36,22 +42,43 @@ _HELD_OUT = {
 }
 
 
+TARGETS = ("weak-failure", "escalation-gain")
+
+
 @dataclass
 class TrainingSet:
-    """Conversations with a target in [0, 1] and the source each came from."""
+    """Conversations with both targets in [0, 1] and the source each came from."""
 
     conversations: list[list[ChatMessage]]
-    targets: npt.NDArray[np.float64]
+    gain: npt.NDArray[np.float64]
+    weak_failure: npt.NDArray[np.float64]
     sources: list[str]
 
     def __len__(self) -> int:
         return len(self.conversations)
 
+    def target(self, name: str) -> npt.NDArray[np.float64]:
+        """The target array called `name` (one of `TARGETS`)."""
+        if name not in TARGETS:
+            raise ValueError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+        return self.weak_failure if name == "weak-failure" else self.gain
+
     def without(self, sources: set[str]) -> TrainingSet:
         """The examples whose source is not in `sources`."""
         keep = [i for i, s in enumerate(self.sources) if s not in sources]
         return TrainingSet(
-            [self.conversations[i] for i in keep], self.targets[keep], [self.sources[i] for i in keep]
+            [self.conversations[i] for i in keep],
+            self.gain[keep],
+            self.weak_failure[keep],
+            [self.sources[i] for i in keep],
+        )
+
+    def __add__(self, other: TrainingSet) -> TrainingSet:
+        return TrainingSet(
+            self.conversations + other.conversations,
+            np.concatenate([self.gain, other.gain]),
+            np.concatenate([self.weak_failure, other.weak_failure]),
+            self.sources + other.sources,
         )
 
 
@@ -61,24 +88,22 @@ def held_out_for(benchmark: str) -> set[str]:
 
 
 def routellm_examples(data_dir: Path) -> TrainingSet:
-    """Every RouteLLM benchmark item as an example: target = strong beats weak (or the score margin)."""
-    conversations: list[list[ChatMessage]] = []
-    targets: list[npt.NDArray[np.float64]] = []
-    sources: list[str] = []
+    """Every RouteLLM benchmark item as an example: gain = strong beats weak (or the score margin)."""
+    total = TrainingSet([], np.zeros(0), np.zeros(0), [])
     for name in BENCHMARKS:
         bench = load_benchmark(name, data_dir)
-        conversations += bench.conversations
         if name == "mt-bench":  # judge scores in [0, 1]: the margin, floored at zero
-            targets.append(np.clip(bench.strong - bench.weak, 0.0, 1.0))
+            gain = np.clip(bench.strong - bench.weak, 0.0, 1.0)
         else:
-            targets.append(((bench.strong == 1) & (bench.weak == 0)).astype(np.float64))
-        sources += [f"routellm:{name}"] * len(bench)
-    return TrainingSet(conversations, np.concatenate(targets), sources)
+            gain = ((bench.strong == 1) & (bench.weak == 0)).astype(np.float64)
+        total += TrainingSet(bench.conversations, gain, 1.0 - bench.weak, [f"routellm:{name}"] * len(bench))
+    return total
 
 
 def llmrouter_examples(data_dir: Path) -> TrainingSet:
-    """llmrouter-9model queries: target = the share of (small, large) pairs where only the large is right."""
-    conversations, targets, sources = [], [], []
+    """llmrouter-9model queries: gain = the mean margin of large over small over every (small, large)
+    pair; weak failure = 1 - the small models' mean score."""
+    conversations, gains, failures, sources = [], [], [], []
     for line in (data_dir / "llmrouter-9model" / "scores.jsonl").read_text(encoding="utf-8").split("\n"):
         if not line.strip():
             continue
@@ -92,15 +117,13 @@ def llmrouter_examples(data_dir: Path) -> TrainingSet:
             for small in SMALL_MODELS
         ]
         conversations.append([ChatMessage(role="user", content=row["query"])])
-        targets.append(float(np.mean(wins)))
+        gains.append(float(np.mean(wins)))
+        failures.append(1.0 - float(np.mean([float(scores[small]) for small in SMALL_MODELS])))
         sources.append(f"llmrouter:{row['task_name']}")
-    return TrainingSet(conversations, np.array(targets), sources)
+    return TrainingSet(conversations, np.array(gains), np.array(failures), sources)
 
 
 def all_examples(data_dir: Path | None = None) -> TrainingSet:
     """Every training example from every source."""
     data_dir = data_dir or default_data_dir()
-    a, b = routellm_examples(data_dir), llmrouter_examples(data_dir)
-    return TrainingSet(
-        a.conversations + b.conversations, np.concatenate([a.targets, b.targets]), a.sources + b.sources
-    )
+    return routellm_examples(data_dir) + llmrouter_examples(data_dir)

@@ -34,6 +34,6 @@ def test_eval_writes_json_and_plot(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     routers = report["benchmarks"]["gsm8k"]["routers"]
     assert routers["random"]["apgr"] == 0.5
-    assert {"heuristic@1.0.0", "static-minilm@1.0.0", "prompt-length", "litellm-complexity"} <= set(routers)
+    assert {"heuristic@1.0.0", "static-minilm@1.1.0", "prompt-length", "litellm-complexity"} <= set(routers)
     assert report["benchmarks"]["mt-bench"]["contaminated_excluded"] == 8
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -53,8 +53,8 @@ def only_entry(root: Path) -> dict[str, object]:
 
 
 def test_the_committed_artefact_is_registered_through_the_entry_point() -> None:
-    assert f"{NAME}@1.0.0" in available_estimators()
-    assert verify(ARTEFACTS_DIR) == [f"{NAME}@1.0.0"]
+    assert f"{NAME}@1.1.0" in available_estimators()
+    assert verify(ARTEFACTS_DIR) == [f"{NAME}@1.1.0"]
 
 
 def test_it_loads_without_torch_and_scores_in_the_unit_interval(estimator: OnnxEstimator) -> None:
@@ -99,7 +99,7 @@ def test_text_past_the_token_limit_is_not_tokenized_and_changes_nothing(estimato
 
 def test_a_tampered_model_is_refused_with_a_clear_error(registry_copy: Path) -> None:
     entry = only_entry(registry_copy)
-    model = registry_copy / f"{NAME}-1.0.0" / "model.onnx"
+    model = registry_copy / f"{NAME}-1.1.0" / "model.onnx"
     model.write_bytes(model.read_bytes()[:-1] + b"\0")
     with pytest.raises(EstimatorError, match=r"model file .* has sha256 [0-9a-f]{64}, the manifest says"):
         OnnxEstimator(registry_copy, entry)
@@ -109,7 +109,7 @@ def test_a_tampered_model_is_refused_with_a_clear_error(registry_copy: Path) -> 
 
 def test_a_missing_file_or_manifest_is_a_clear_error(registry_copy: Path) -> None:
     entry = only_entry(registry_copy)
-    (registry_copy / f"{NAME}-1.0.0" / "tokenizer.json").unlink()
+    (registry_copy / f"{NAME}-1.1.0" / "tokenizer.json").unlink()
     with pytest.raises(EstimatorError, match=r"tokenizer file .* is missing"):
         OnnxEstimator(registry_copy, entry)
     (registry_copy / MANIFEST_NAME).unlink()
@@ -158,5 +158,5 @@ def test_the_engine_records_the_learned_estimator_in_its_decision(estimator: Onn
         {"model": config.served_model_name, "messages": [{"role": "user", "content": "hi"}]}
     )
     plan = engine.plan(request, engine.authenticate("k"))
-    assert plan.decision.estimator == f"{NAME}@1.0.0"
+    assert plan.decision.estimator == f"{NAME}@1.1.0"
     assert plan.decision.reason == RouteReason.SCORE_ABOVE_THRESHOLD

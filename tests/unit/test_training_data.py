@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from models.edge_labels import last_number
-from models.training_data import all_examples, held_out_for
+from models.training_data import TARGETS, all_examples, held_out_for
 
 
 def test_every_source_gives_targets_in_range_and_gpqa_is_never_used() -> None:
     data = all_examples()
     assert len(data) > 20_000
-    assert np.all((data.targets >= 0) & (data.targets <= 1))
+    for name in TARGETS:
+        assert np.all((data.target(name) >= 0) & (data.target(name) <= 1))
+    # Escalation can only gain where the weak model falls short.
+    assert np.all(data.gain <= data.weak_failure + 1e-12)
+    with pytest.raises(ValueError, match="unknown target"):
+        data.target("accuracy")
     sources = set(data.sources)
     assert {"routellm:mmlu", "routellm:gsm8k", "routellm:mt-bench", "llmrouter:math"} <= sources
     assert not any("gpqa" in s for s in sources)
@@ -22,7 +28,7 @@ def test_held_out_sources_leave_no_item_of_the_benchmark() -> None:
     for benchmark in ("mmlu", "gsm8k", "mt-bench"):
         kept = data.without(held_out_for(benchmark))
         assert f"routellm:{benchmark}" not in set(kept.sources)
-        assert len(kept) < len(data)
+        assert len(kept) < len(data) and len(kept.gain) == len(kept.weak_failure) == len(kept)
     assert "llmrouter:agentverse-mgsm" not in set(data.without(held_out_for("gsm8k")).sources)
 
 
