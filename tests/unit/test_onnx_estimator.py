@@ -12,6 +12,7 @@ import pytest
 from models.artefacts import ARTEFACTS_DIR
 from models.build import SOURCE_FILES, training_excludes, verify
 from models.routing_data import default_data_dir
+from models.training_data import TARGETS
 from router import ChatMessage, EstimatorError, available_estimators, load_estimator
 from router._onnx_estimator import (
     MANIFEST_NAME,
@@ -130,6 +131,9 @@ def test_the_manifest_records_how_it_was_built() -> None:
     assert str(training["command"]).startswith("hybrid-router models build")
     # Held out from every benchmark `hybrid-router eval` reports, so its metrics are honest.
     assert not set(training["sources"]) & training_excludes()
+    head = entry["head"]
+    assert isinstance(head, dict) and head["target"] in TARGETS
+    assert str(training["target"]).startswith("1 - the weak models' score")
     metrics = entry["metrics"]
     assert isinstance(metrics, dict) and {"mmlu", "gsm8k", "mt-bench"} <= set(metrics)
     source_data = entry["source_data"]
