@@ -32,7 +32,7 @@ from models.candidates import add_compare_command
 from models.evaluate import evaluate
 from models.quality import summarize
 from models.routing_data import BENCHMARKS, default_data_dir, load_benchmark
-from models.training_data import TARGETS, all_examples, held_out_for
+from models.training_data import DEFAULT_TARGET, TARGETS, all_examples, held_out_for
 from router._estimator import conversation_text
 from router._onnx_estimator import (
     MANIFEST_FORMAT,
@@ -78,7 +78,7 @@ def build(
     version: str,
     data_dir: Path,
     command: str,
-    target: str = TARGETS[0],
+    target: str = DEFAULT_TARGET,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build the student estimator into `output` and record it in the manifest there; its entry."""
@@ -152,11 +152,7 @@ def build(
             "examples": len(examples),
             "sources": sorted(set(examples.sources)),
             "excluded_sources": sorted(excluded),
-            "target": {
-                "weak-failure": "1 - the weak models' score (where the small model falls short)",
-                "escalation-gain": "P(strong right and weak wrong), or the judge-score margin",
-            }[target]
-            + "; sources weighted equally",
+            "target": f"{TARGETS[target]}; sources weighted equally",
         },
         "source_data": {name: file_sha256(data_dir / name) for name in SOURCE_FILES},
         "size_bytes": {"model_int8": (target_dir / "model.onnx").stat().st_size, "model_fp32": fp32_bytes},
@@ -234,7 +230,9 @@ def add_models_command(subparsers: Any) -> None:
     b.add_argument("--dims", type=int, default=DEFAULT_DIMS, help="width of the static token vectors")
     b.add_argument("--version", default=DEFAULT_VERSION, help="version to record in the manifest")
     b.add_argument("--data-dir", type=Path, help="shared data folder (default: ../shared/data)")
-    b.add_argument("--target", choices=TARGETS, default=TARGETS[0], help="what the head learns to predict")
+    b.add_argument(
+        "--target", choices=tuple(TARGETS), default=DEFAULT_TARGET, help="what the head learns to predict"
+    )
     b.set_defaults(func=_cmd_build)
     v = sub.add_parser("verify", help="check every artefact against the manifest's sha256")
     v.add_argument("--root", type=Path, default=DEFAULT_OUTPUT, help="artefact registry folder")

@@ -12,7 +12,6 @@ the weak-to-strong gap on a benchmark with known outcomes (the CPT(P) point).
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.quality import quality_curve
-from models.routing_data import ALL_BENCHMARKS, BENCHMARKS, MissingLabelsError, load_benchmark
+from models.routing_data import ALL_BENCHMARKS, BENCHMARKS, load_benchmark
 from router import DEMO_CONFIG_PATH, ConfigError, load_estimator, parse_config
 
 
@@ -113,18 +112,14 @@ def add_calibrate_command(subparsers: Any) -> None:
 
 
 def _cmd_calibrate(args: Any) -> int:
-    try:
-        result = calibrate(
-            tier=args.tier,
-            config_path=args.config,
-            cloud_fraction=args.cloud_fraction,
-            target_pgr=args.target_pgr,
-            benchmarks=args.benchmark or list(BENCHMARKS),
-            data_dir=args.data_dir,
-        )
-    except MissingLabelsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = calibrate(
+        tier=args.tier,
+        config_path=args.config,
+        cloud_fraction=args.cloud_fraction,
+        target_pgr=args.target_pgr,
+        benchmarks=args.benchmark or list(BENCHMARKS),
+        data_dir=args.data_dir,
+    )
     if args.output:
         write_threshold(args.config, args.output, args.tier, result["threshold"])
         result["written_to"] = str(args.output)

