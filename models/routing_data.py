@@ -44,12 +44,12 @@ class EdgeModel:
     key: str  # `hybrid-router labels --model KEY`
     label_dir: str  # folder under `EDGE_LABELS_DIR`
     pair: str
-    chat_format: str  # llama-cpp-python's chat format for generated answers
+    chat_format: str | None  # llama-cpp-python's chat format for generated answers; None: a base model
 
 
 SMOLLM2 = EdgeModel("smollm2-135m", "smollm2-135m-instruct-q4_1", "smollm2-135m/gpt-4", "chatml")
-# A base model with no chat template of its own: llama-cpp-python's "gemma" turn format.
-GEMMA3 = EdgeModel("gemma-3-270m", "gemma-3-270m-q4_k_m", "gemma-3-270m/gpt-4", "gemma")
+# A base model: GSM8K answers come from a few-shot prompt, not a chat turn it was never tuned for.
+GEMMA3 = EdgeModel("gemma-3-270m", "gemma-3-270m-q4_k_m", "gemma-3-270m/gpt-4", None)
 EDGE_MODELS = {m.key: m for m in (SMOLLM2, GEMMA3)}
 EDGE_PAIR = SMOLLM2.pair
 EDGE_MODEL_NAME = SMOLLM2.label_dir

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from models.edge_labels import EDGE_MODEL_NAME, mmlu_items, run_labels
-from models.routing_data import default_data_dir
+from edge.model_files import default_model_path
+from models.edge_labels import EDGE_MODEL_NAME, FEW_SHOT, gsm8k_few_shot_prefix, mmlu_items, run_labels
+from models.routing_data import EdgeModel, default_data_dir
 
 
 def test_mmlu_labels_are_written_once_and_resume(tmp_path: Path) -> None:
@@ -28,3 +29,32 @@ def test_gsm8k_label_has_the_parsed_answer(tmp_path: Path) -> None:
     row = json.loads(out.read_text())
     assert row["gold"] == "18" and row["correct"] == (row["pred"] == "18")
     assert row["completion_tokens"] > 0 and row["output"]
+
+
+def test_a_base_model_answers_gsm8k_from_the_few_shot_prompt(tmp_path: Path) -> None:
+    # Gemma-3-270M's path (chat_format None), run here on the edge model's GGUF that CI has.
+    base = EdgeModel("base", "base-model", "base/gpt-4", chat_format=None)
+    out = run_labels(
+        "gsm8k",
+        out_dir=tmp_path,
+        limit=2,
+        n_threads=2,
+        model=base,
+        model_path=default_model_path(),
+        progress=False,
+    )
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["gold"] for r in rows] == ["18", "3"]
+    for row in rows:
+        assert 0 < row["completion_tokens"] <= 256 and row["correct"] == (row["pred"] == row["gold"])
+        assert "Question:" not in row["output"] and "\n\n" not in row["output"]  # stopped before the next one
+
+
+def test_the_few_shot_prefix_is_five_worked_train_problems() -> None:
+    prefix = gsm8k_few_shot_prefix(default_data_dir())
+    shots = prefix.split("\n\n")[:-1]
+    assert len(shots) == FEW_SHOT and prefix.endswith("\n\n")
+    assert all(s.startswith("Question: ") and "\nAnswer: " in s and "\n#### " in s for s in shots)
+    assert (
+        shots[0].startswith("Question: Natalia sold clips") and "<<" not in prefix
+    )  # train row 0, no calculator
