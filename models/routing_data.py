@@ -9,7 +9,7 @@ training data:
 - `EDGE_BENCHMARKS`: our own small models vs GPT-4's recorded correctness on the same items, with
   the small model's outcomes from `hybrid-router labels` (in `models/data/edge-labels/`):
   SmolLM2-135M, the edge model (`mmlu-edge`, `gsm8k-edge`), and Gemma-3-270M, the second small model
-  (`mmlu-gemma`). Only the labelled items are in them; with no labels yet they raise
+  (`mmlu-gemma`, `gsm8k-gemma`). Only the labelled items are in them; with no labels yet they raise
   `MissingLabelsError`.
 """
 
@@ -58,6 +58,7 @@ EDGE_BENCHMARK_MODELS = {
     "mmlu-edge": ("mmlu", SMOLLM2),
     "gsm8k-edge": ("gsm8k", SMOLLM2),
     "mmlu-gemma": ("mmlu", GEMMA3),
+    "gsm8k-gemma": ("gsm8k", GEMMA3),
 }
 EDGE_BENCHMARKS = tuple(EDGE_BENCHMARK_MODELS)
 ALL_BENCHMARKS = BENCHMARKS + EDGE_BENCHMARKS
