@@ -4,9 +4,10 @@
 
 Every router is scored on the same items: the configured estimators, plus the baselines every
 router must beat: random routing (constant score: APGR 0.5 by construction) and prompt length.
-By default every benchmark of both pairs: Mixtral-8x7B / GPT-4 (`mmlu`, `gsm8k`, `mt-bench`) and our
-edge model SmolLM2-135M / GPT-4 (`mmlu-edge`, `gsm8k-edge`, on the items labelled so far); an edge
-benchmark with no labels yet is skipped with a note.
+By default every benchmark of every pair: Mixtral-8x7B / GPT-4 (`mmlu`, `gsm8k`, `mt-bench`), our
+edge model SmolLM2-135M / GPT-4 (`mmlu-edge`, `gsm8k-edge`) and Gemma-3-270M / GPT-4 (`mmlu-gemma`,
+`gsm8k-gemma`), on the items labelled so far; an edge benchmark with no labels yet is skipped with a
+note.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from models.routing_data import ALL_BENCHMARKS, MissingLabelsError, RoutingBench
 from router import ChatMessage, ComplexityEstimator, available_estimators, load_estimator
 
 Scorer = Callable[[Sequence[ChatMessage]], float]
+PLOT_COLUMNS = 4  # panels per row of the quality plot
 
 
 def baseline_scorers() -> dict[str, Scorer]:
@@ -74,10 +76,15 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
-    for ax, (bench, curves) in zip(axes[0], results.items(), strict=True):
+    cols = min(len(results), PLOT_COLUMNS)
+    rows = -(-len(results) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(results) :]:
+        ax.set_visible(False)
+    for ax, (bench, curves) in zip(axes.flat, results.items(), strict=False):
         for name, curve in curves.items():
-            ax.plot(curve.cloud_fraction, curve.quality, label=f"{name} (APGR {curve.apgr():.3f})")
+            apgr = summarize(curve)["apgr"]  # the report's rounding, so legend and table agree
+            ax.plot(curve.cloud_fraction, curve.quality, label=f"{name} (APGR {apgr:.3f})")
         first = next(iter(curves.values()))
         ax.axhline(first.strong, ls=":", c="grey")
         ax.axhline(first.weak, ls=":", c="grey")

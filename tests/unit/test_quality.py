@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -50,3 +52,16 @@ def test_equal_weak_and_strong_quality_is_a_clear_error_not_a_division_by_zero()
         quality_curve(np.arange(8.0), WEAK, swapped)
     worse = quality_curve(np.arange(8.0), STRONG, WEAK)  # a negative gap is still defined
     assert np.isfinite(worse.apgr())
+
+
+def test_the_quality_plot_wraps_into_rows_of_four_panels(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    from models.evaluate import PLOT_COLUMNS, plot_curves
+
+    curve = quality_curve(np.array([0.1, 0.9, 0.5]), np.array([1.0, 0.0, 1.0]), np.array([1.0, 1.0, 1.0]))
+    results = {f"b{i}": {"r": curve} for i in range(PLOT_COLUMNS + 1)}
+    png = tmp_path / "curves.png"
+    plot_curves(results, png)
+    height, width = matplotlib.image.imread(png).shape[:2]
+    assert (width, height) == (5 * PLOT_COLUMNS * 110, 2 * 4 * 110)  # 4 columns, 2 rows (one panel hidden)
