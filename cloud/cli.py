@@ -38,6 +38,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cloud.app import create_app
 
     config = _load(args)
+    if config.edge.enabled and args.edge_check and not _edge_build_runs(config):
+        return 1
     uvicorn.run(
         create_app(config),
         host=config.server.host,
@@ -46,6 +48,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
     )
     return 0
+
+
+def _edge_build_runs(config: RouterConfig) -> bool:
+    """Whether the llama.cpp build decodes on this CPU (a child process); explains on stderr if not.
+
+    In this process the same crash (SIGILL) would kill the server at its start-up decode with no
+    word of why; in a child it is a message that names the CPU's flags and the rebuild command.
+    """
+    from edge.build_check import explain, run_build_check
+    from edge.model_files import resolve_model_path
+
+    check = run_build_check(resolve_model_path(config.edge))
+    if not check.ok:
+        print(f"hybrid-router: {explain(check)}", file=sys.stderr)
+    return check.ok
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -159,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int)
         p.add_argument("--log-level", default="info")
         p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
+        p.add_argument(
+            "--edge-check",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="decode in a child process first, to explain a llama.cpp build that crashes on this CPU",
+        )
         p.set_defaults(func=func)
     demo = sub.choices["demo"]
     demo.add_argument("--cloud-port", type=int, default=8081)

@@ -2,6 +2,7 @@
 
 hybrid-router edge ask "<prompt>" [--config FILE] [--cloud-url URL] [--tier T] [--json]
 hybrid-router edge chat [--config FILE] ...        # interactive; /route, /status, /reset, /quit
+hybrid-router edge check [--model GGUF] [--json]   # does the llama.cpp build decode on this CPU?
 
 The answer goes to stdout as it is generated; where it was answered and why goes to stderr, e.g.
 `[edge · score_below_threshold · score 0.08]` or `[edge · offline · OFFLINE]`. The device's API key
@@ -26,7 +27,10 @@ if TYPE_CHECKING:  # the SDK (httpx, the model) is imported when a command runs,
 
 
 def add_edge_commands(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `edge ask` and `edge chat` on an argparse sub-parsers object; returns the `edge` parser."""
+    """Register `edge ask`, `edge chat` and `edge check` on an argparse sub-parsers object.
+
+    Returns the `edge` parser.
+    """
     edge: argparse.ArgumentParser = subparsers.add_parser(
         "edge", help="the on-device SDK: answer on this device, escalate when it pays"
     )
@@ -51,7 +55,28 @@ def add_edge_commands(subparsers: Any) -> argparse.ArgumentParser:
     ask.set_defaults(func=cmd_ask)
     chat = common(commands.add_parser("chat", help="an interactive chat"))
     chat.set_defaults(func=cmd_chat)
+    check = commands.add_parser(
+        "check", help="decode in a child process: exit 1 if the llama.cpp build crashes here"
+    )
+    check.add_argument("--model", help="a GGUF file (default: the packaged SmolLM2)")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.set_defaults(func=cmd_check)
     return edge
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Check that the installed llama.cpp build decodes on this CPU; exit 1 with a way out if not."""
+    from pathlib import Path
+
+    from edge.build_check import cpu_flags, explain, run_build_check
+
+    check = run_build_check(Path(args.model) if args.model else None)
+    if args.json:
+        facts = {"ok": check.ok, "returncode": check.returncode, "signal": check.signal_name}
+        print(json.dumps({**facts, "features": check.features, "cpu_flags": cpu_flags()}))
+    else:
+        print(explain(check), file=sys.stdout if check.ok else sys.stderr)
+    return 0 if check.ok else 1
 
 
 def config_from_args(args: argparse.Namespace) -> EdgeRouterConfig:

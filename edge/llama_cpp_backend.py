@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import os
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from edge.model_files import resolve_model_path
@@ -70,6 +72,24 @@ async def _join(future: asyncio.Future[T]) -> T:
         raise
 
 
+def _warm_up(llm: Llama, path: Path) -> float:
+    """Decode two tokens, so that a build that cannot run here fails at start-up; returns the seconds.
+
+    A llama.cpp build with instructions this CPU lacks dies at its first decode (SIGILL): run before
+    the server reports healthy, that never happens at a user's first request. It also pages the
+    weights in, so the first request does not pay for that.
+    """
+    started = time.perf_counter()
+    try:
+        llm.create_completion("Hello", max_tokens=2, temperature=0)
+    except Exception as exc:
+        if callable(close := getattr(llm, "close", None)):
+            close()
+        raise EdgeBackendError(f"edge model {path} loaded but cannot decode: {exc}") from exc
+    llm.reset()  # type: ignore[no-untyped-call]
+    return time.perf_counter() - started
+
+
 class LlamaCppBackend(ChatBackend):
     """A GGUF chat model on the CPU, one request at a time, behind a bounded wait queue.
 
@@ -92,6 +112,8 @@ class LlamaCppBackend(ChatBackend):
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._waiting = 0
         self._running = 0
+        #: Seconds the start-up decode took (`load()`); None until the model is loaded.
+        self.warm_up_s: float | None = None
 
     @property
     def loaded(self) -> bool:
@@ -112,7 +134,7 @@ class LlamaCppBackend(ChatBackend):
             try:
                 import llama_cpp  # lazy: a compiled extension that cloud-only installs lack
 
-                self._llm = llama_cpp.Llama(
+                llm = llama_cpp.Llama(
                     model_path=str(path),
                     n_ctx=self.config.n_ctx,
                     n_threads=self.config.n_threads or os.cpu_count(),
@@ -125,6 +147,8 @@ class LlamaCppBackend(ChatBackend):
                 )
             except Exception as exc:  # ImportError, ValueError (bad GGUF), RuntimeError, ...
                 raise EdgeBackendError(f"cannot load edge model {path}: {exc}") from exc
+            self.warm_up_s = _warm_up(llm, path)
+            self._llm = llm
 
     def health(self) -> BackendHealth:
         """Available iff loaded; busy iff a request arriving now would be refused as the queue is full."""
