@@ -198,9 +198,9 @@ def build_wheel(version: str, args: str, folder: Path) -> Path:
     return wheel
 
 
-def ensure_wheel() -> Path:
-    """The keyed wheel for this environment's flags: reused when a complete build exists, else built."""
-    version, args = pinned_version(), cmake_args()
+def ensure_wheel(args: str | None = None) -> Path:
+    """The keyed wheel for `args` (default `cmake_args()`): reused if a complete build exists, else built."""
+    version, args = pinned_version(), args or cmake_args()
     folder = wheel_folder(wheelhouse_root(), build_key(version, args))
     wheel = find_wheel(folder)
     if wheel is not None:
@@ -209,10 +209,15 @@ def ensure_wheel() -> Path:
     return build_wheel(version, args, folder)
 
 
+#: Written into the environment by `install`: the build key of the llama-cpp-python it holds.
+INSTALLED_KEY = Path(sys.prefix) / "llama-cpp-build.json"
+
+
 def install(wheel: Path) -> None:
     """(Re)install `wheel` into this interpreter's environment, whatever llama-cpp-python it holds."""
     command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--force-reinstall"]
     subprocess.run([*command, str(wheel)], check=True)
+    shutil.copyfile(wheel.parent / "key.json", INSTALLED_KEY)
 
 
 def main(argv: list[str] | None = None) -> int:
