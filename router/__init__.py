@@ -3,7 +3,7 @@
 Pure Python plus pydantic; nothing heavy is imported here (cold start is a tenet).
 """
 
-from router._accounting import CostLedger, cloud_cost_usd
+from router._accounting import CostLedger, Ledger, cloud_cost_usd
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
 from router._config import (
     DEMO_CONFIG_PATH,
@@ -24,7 +24,7 @@ from router._config import (
     load_config,
     parse_config,
 )
-from router._engine import RoutedStream, RoutePlan, RoutingEngine, Tenant
+from router._engine import EstimatorSelector, RoutedStream, RoutePlan, RoutingEngine, SingleEstimator, Tenant
 from router._errors import (
     AuthenticationError,
     BackendError,
@@ -49,8 +49,15 @@ from router._estimator import (
     load_estimator,
     register_estimator,
 )
-from router._metrics import InMemoryMetrics, RequestOutcome, RouterMetrics, log_decision
-from router._policy import Decision, RequestFacts, RouteReason, decide
+from router._metrics import (
+    DecisionLog,
+    DecisionObserver,
+    InMemoryMetrics,
+    RequestOutcome,
+    RouterMetrics,
+    log_decision,
+)
+from router._policy import Decision, Policy, PolicyInput, RequestFacts, RouteReason, TierPolicy, decide
 from router._wire import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -94,6 +101,8 @@ __all__ = [
     "ContextLengthExceeded",
     "CostLedger",
     "Decision",
+    "DecisionLog",
+    "DecisionObserver",
     "Delta",
     "EdgeBackendError",
     "EdgeBusy",
@@ -102,13 +111,17 @@ __all__ = [
     "ErrorResponse",
     "EstimatorConfig",
     "EstimatorError",
+    "EstimatorSelector",
     "HeuristicEstimator",
     "InMemoryMetrics",
+    "Ledger",
     "ModelCard",
     "ModelList",
     "ModelNotFound",
     "NoBackendAvailable",
     "PayloadTooLarge",
+    "Policy",
+    "PolicyInput",
     "RequestError",
     "RequestFacts",
     "RequestOutcome",
@@ -121,9 +134,11 @@ __all__ = [
     "RouterMetrics",
     "RoutingEngine",
     "ServerConfig",
+    "SingleEstimator",
     "Target",
     "Tenant",
     "TierConfig",
+    "TierPolicy",
     "Usage",
     "approximate_tokens",
     "available_estimators",

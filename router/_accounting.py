@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from typing import Protocol
 
 from router._config import CloudPrice
 from router._wire import Usage
@@ -14,6 +15,26 @@ def cloud_cost_usd(usage: Usage, price: CloudPrice) -> float:
     return (
         usage.prompt_tokens * price.prompt_per_1k + usage.completion_tokens * price.completion_per_1k
     ) / 1000.0
+
+
+class Ledger(Protocol):
+    """The engine's seam for money: what each tenant may still spend, and what it spent and saved.
+
+    `CostLedger` keeps it in this process; a shared store (SQLite, DynamoDB) makes a budget hold
+    across workers and Lambda environments.
+    """
+
+    def budget_left(self, tenant: str, budget_usd: float | None) -> float | None:
+        """What is left of `budget_usd` for `tenant`; None when the budget is unlimited."""
+        ...
+
+    def charge(self, tenant: str, cost_usd: float) -> None:
+        """Add a cloud answer's cost to `tenant`'s spend."""
+        ...
+
+    def credit_saving(self, tenant: str, saved_usd: float) -> None:
+        """Record what an edge answer saved `tenant` against always-cloud."""
+        ...
 
 
 class CostLedger:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatMessage
 
-Target = Literal["edge", "cloud"]
+#: The name of a backend in the engine: "edge" and "cloud" today; the policy decides between names.
+Target = str
 
 # Tokens a chat template adds around each message (ChatML: "<|im_start|>role\n ... <|im_end|>\n").
 TOKENS_PER_MESSAGE = 4
@@ -44,7 +44,7 @@ class ChatBackend(abc.ABC):
     engine can fall back; a streamed answer raises before its first chunk when it cannot start.
     """
 
-    #: "edge" or "cloud"
+    #: the name the engine knows this backend by: "edge" or "cloud"
     target: Target
     #: the model id reported in responses and `x-route-model`
     model_id: str

@@ -1,34 +1,42 @@
 """The engine: authenticate → estimate → decide → run the decision with fallback → account.
 
-It owns no transport: the HTTP app, the Lambda handler and the on-device SDK all call it.
+The only place a request is routed. It owns no transport: the HTTP app, the Lambda handler and the
+on-device SDK (`edge.EdgeRouter`) all call it, and differ only in what they plug into its seams:
+
+- backends: a map from a target's name ("edge", "cloud") to a `ChatBackend`;
+- the policy (`Policy`): `TierPolicy` for a config's tiers; the device policy wraps it;
+- the estimator selector (`EstimatorSelector`): which estimator scores a request;
+- the ledger (`Ledger`): budgets and spend per tenant;
+- observers (`DecisionObserver`): every finished request with its decision and outcome (metrics,
+  the decision log, and whatever else is plugged in).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from router._accounting import CostLedger, cloud_cost_usd
+from router._accounting import CostLedger, Ledger, cloud_cost_usd
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
 from router._config import RouterConfig, TierConfig, hash_api_key
 from router._errors import (
     AuthenticationError,
     BackendError,
-    EdgeBusy,
     ModelNotFound,
     NoBackendAvailable,
     RouterError,
 )
 from router._estimator import ComplexityEstimator
-from router._metrics import InMemoryMetrics, RequestOutcome, RouterMetrics, log_decision
-from router._policy import Decision, RequestFacts, RouteReason, decide
+from router._metrics import DecisionLog, DecisionObserver, InMemoryMetrics, RequestOutcome, RouterMetrics
+from router._policy import Decision, Policy, PolicyInput, RequestFacts, TierPolicy
 from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, RouteInfo, Usage
 
 logger = logging.getLogger("hybrid_router")
 T = TypeVar("T")
+_Head = list[ChatCompletionChunk]  # a stream's chunks up to its first content, held back
 
 _NOT_CONFIGURED = BackendHealth(available=False, detail="not configured")
 
@@ -49,38 +57,100 @@ class RoutePlan:
     prompt_tokens: int
     requested_max_tokens: int | None
     estimator_ms: float
+    facts: RequestFacts | None = None
 
 
 @dataclass
 class RoutedStream:
-    """A streamed answer whose route is known before the first byte is sent."""
+    """A streamed answer whose route is known before the first byte is sent.
+
+    `route` gains its cost and savings when the stream has ended.
+    """
 
     route: RouteInfo
     chunks: AsyncGenerator[ChatCompletionChunk, None]
 
 
+class EstimatorSelector(Protocol):
+    """The engine's seam for scoring: which estimator scores a request (one today; a canary next)."""
+
+    @property
+    def primary(self) -> ComplexityEstimator:
+        """The estimator that decides when nothing else applies (reported at start-up and in health)."""
+        ...
+
+    def select(self, request: ChatCompletionRequest, tenant: Tenant) -> ComplexityEstimator:
+        """The estimator whose score decides this request."""
+        ...
+
+
+class SingleEstimator:
+    """Every request scored by one estimator."""
+
+    def __init__(self, estimator: ComplexityEstimator) -> None:
+        """Score with `estimator`."""
+        self.primary = estimator
+
+    def select(self, request: ChatCompletionRequest, tenant: Tenant) -> ComplexityEstimator:
+        """The one estimator."""
+        return self.primary
+
+
 class RoutingEngine:
-    """Routes chat completions between the edge model and the cloud endpoint for configured tiers."""
+    """Routes chat completions between named backends (the edge model, the cloud endpoint) per tier."""
 
     def __init__(
         self,
         config: RouterConfig,
         *,
-        estimator: ComplexityEstimator,
+        estimator: ComplexityEstimator | None = None,
+        estimators: EstimatorSelector | None = None,
         edge: ChatBackend | None = None,
         cloud: ChatBackend | None = None,
+        backends: Mapping[Target, ChatBackend] | None = None,
+        policy: Policy | None = None,
         metrics: RouterMetrics | None = None,
-        ledger: CostLedger | None = None,
+        ledger: Ledger | None = None,
+        observers: Sequence[DecisionObserver] = (),
     ) -> None:
+        """An engine for `config`; every seam has a default.
+
+        `estimator` is shorthand for `estimators=SingleEstimator(estimator)`, and `edge=`/`cloud=`
+        for entries of `backends`. The policy defaults to `TierPolicy(config.tiers)`, the ledger to an
+        in-process `CostLedger`; `metrics` (default `InMemoryMetrics`) and the decision log always
+        observe, before `observers`.
+        """
+        if estimators is None:
+            if estimator is None:
+                raise ValueError("RoutingEngine needs an estimator or an estimator selector")
+            estimators = SingleEstimator(estimator)
         self.config = config
-        self.estimator = estimator
-        self.edge = edge
-        self.cloud = cloud
+        self.estimators = estimators
+        self.backends: dict[Target, ChatBackend] = dict(backends or {})
+        for name, backend in (("edge", edge), ("cloud", cloud)):
+            if backend is not None:
+                self.backends[name] = backend
+        self.policy: Policy = policy if policy is not None else TierPolicy(config.tiers)
         self.metrics: RouterMetrics = metrics if metrics is not None else InMemoryMetrics()
-        self.ledger = ledger if ledger is not None else CostLedger()
+        self.ledger: Ledger = ledger if ledger is not None else CostLedger()
+        self.observers: list[DecisionObserver] = [self.metrics, DecisionLog(), *observers]
         self._keys = {entry.sha256: Tenant(entry.tenant, entry.tier) for entry in config.api_keys}
         self._key_ids = {key_id: Tenant(e.tenant, e.tier) for key_id, e in config.api_key_ids.items()}
-        self._estimator_id = f"{estimator.name}@{estimator.version}"
+
+    @property
+    def estimator(self) -> ComplexityEstimator:
+        """The primary estimator (the selector may score some requests with another)."""
+        return self.estimators.primary
+
+    @property
+    def edge(self) -> ChatBackend | None:
+        """The backend named "edge", if any."""
+        return self.backends.get("edge")
+
+    @property
+    def cloud(self) -> ChatBackend | None:
+        """The backend named "cloud", if any."""
+        return self.backends.get("cloud")
 
     # -- who and where -------------------------------------------------------------------------
 
@@ -113,15 +183,28 @@ class RoutingEngine:
 
     def backend(self, target: Target) -> ChatBackend:
         """The backend that serves `target`."""
-        backend = self.edge if target == "edge" else self.cloud
+        backend = self.backends.get(target)
         if backend is None:
             raise NoBackendAvailable(f"No {target} backend is configured.")
         return backend
 
     def health(self, target: Target) -> BackendHealth:
         """The state of `target`'s backend now."""
-        backend = self.edge if target == "edge" else self.cloud
+        backend = self.backends.get(target)
         return _NOT_CONFIGURED if backend is None else backend.health()
+
+    def facts(self, prompt_tokens: int, max_tokens: int, budget_left_usd: float | None) -> RequestFacts:
+        """What the policy knows about the backends now, for a request of this size."""
+        edge, cloud = self.edge, self.cloud
+        return RequestFacts(
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            edge=self.health("edge"),
+            cloud=self.health("cloud"),
+            edge_context_window=edge.context_window if edge else 0,
+            cloud_context_window=cloud.context_window if cloud else 0,
+            budget_left_usd=budget_left_usd,
+        )
 
     def plan(self, request: ChatCompletionRequest, tenant: Tenant) -> RoutePlan:
         """Score the request and decide where it goes, without generating."""
@@ -131,12 +214,14 @@ class RoutingEngine:
                 f"'{self.config.served_model_name}'.",
                 param="model",
             )
-        tier = self.config.tiers[tenant.tier]
+        tier = self.policy.tier(tenant.tier)
+        estimator = self.estimators.select(request, tenant)
+        estimator_id = f"{estimator.name}@{estimator.version}"
         started = time.perf_counter()
         try:
-            score = min(1.0, max(0.0, float(self.estimator.score(request.messages))))
+            score = min(1.0, max(0.0, float(estimator.score(request.messages))))
         except Exception:  # an estimator bug must not fail the request: route it as undecided
-            logger.exception("estimator %s failed; scoring 0.5", self._estimator_id)
+            logger.exception("estimator %s failed; scoring 0.5", estimator_id)
             score = 0.5
         estimator_ms = (time.perf_counter() - started) * 1000.0
         counter = self.edge or self.cloud
@@ -144,30 +229,21 @@ class RoutingEngine:
             counter.count_tokens(request.messages) if counter else approximate_tokens(request.messages)
         )
         requested = _cap(request.requested_max_tokens, tier)
-        facts = RequestFacts(
-            prompt_tokens=prompt_tokens,
-            max_tokens=requested or self.config.edge.max_tokens,
-            edge=self.health("edge"),
-            cloud=self.health("cloud"),
-            edge_context_window=self.edge.context_window if self.edge else 0,
-            cloud_context_window=self.cloud.context_window if self.cloud else 0,
-            budget_left_usd=self.ledger.budget_left(tenant.name, tier.budget_usd),
+        facts = self.facts(
+            prompt_tokens,
+            requested or self.config.edge.max_tokens,
+            self.ledger.budget_left(tenant.name, tier.budget_usd),
         )
-        decision = decide(
-            score=score,
-            tier_name=tenant.tier,
-            tier=tier,
-            tenant=tenant.name,
-            estimator=self._estimator_id,
-            facts=facts,
-        )
-        return RoutePlan(decision, prompt_tokens, requested, estimator_ms)
+        given = PolicyInput(score, tenant.tier, tenant.name, estimator_id, facts, request)
+        return RoutePlan(self.policy.decide(given), prompt_tokens, requested, estimator_ms, facts)
 
     # -- running -------------------------------------------------------------------------------
 
-    async def complete(self, request: ChatCompletionRequest, tenant: Tenant) -> ChatCompletionResponse:
-        """Answer `request` for `tenant` in one response carrying its `route`."""
-        plan = self.plan(request, tenant)
+    async def complete(
+        self, request: ChatCompletionRequest, tenant: Tenant, *, plan: RoutePlan | None = None
+    ) -> ChatCompletionResponse:
+        """Answer `request` for `tenant` in one response carrying its `route` (decided now, or `plan`)."""
+        plan = plan or self.plan(request, tenant)
         started = time.perf_counter()
 
         async def run(target: Target) -> ChatCompletionResponse:
@@ -175,39 +251,61 @@ class RoutingEngine:
 
         decision, response = await self._run_with_fallback(plan, started, run, stream=False)
         route = self._record(plan, decision, started, status=200, stream=False, usage=response.usage)
+        route.upstream = response.route  # a router upstream (the device's cloud) reports its own
         response.route = route
         response.model = route.model
         return response
 
-    async def stream(self, request: ChatCompletionRequest, tenant: Tenant) -> RoutedStream:
-        """Start a streamed answer; it raises here, before any byte is sent, when it cannot start."""
-        plan = self.plan(request, tenant)
+    async def stream(
+        self, request: ChatCompletionRequest, tenant: Tenant, *, plan: RoutePlan | None = None
+    ) -> RoutedStream:
+        """Start a streamed answer; it raises here, before any byte is sent, when it cannot start.
+
+        The backend's chunks are held back until the first content (or the end): up to there a
+        failure still falls back to the other backend, and the caller has seen nothing.
+        """
+        plan = plan or self.plan(request, tenant)
         started = time.perf_counter()
 
-        async def start(
-            target: Target,
-        ) -> tuple[AsyncIterator[ChatCompletionChunk], ChatCompletionChunk | None]:
+        async def start(target: Target) -> tuple[AsyncIterator[ChatCompletionChunk], _Head]:
             chunks = self.backend(target).stream(request, max_tokens=self._max_tokens(target, plan))
+            head: list[ChatCompletionChunk] = []
             try:
-                return chunks, await anext(chunks)
-            except StopAsyncIteration:
-                return chunks, None
+                async for chunk in chunks:
+                    head.append(chunk)
+                    if any(c.delta.content or c.finish_reason for c in chunk.choices):
+                        break
+            except BaseException:
+                await _aclose(chunks)
+                raise
+            return chunks, head
 
-        decision, (chunks, first) = await self._run_with_fallback(plan, started, start, stream=True)
+        decision, (chunks, head) = await self._run_with_fallback(plan, started, start, stream=True)
         route = self._route_info(decision)
+        if head and head[0].route is not None:
+            route.upstream = head[0].route
         want_usage = bool(request.stream_options and request.stream_options.include_usage)
-        return RoutedStream(route, self._relay(plan, decision, started, route, chunks, first, want_usage))
+        return RoutedStream(route, self._relay(plan, decision, started, route, chunks, head, want_usage))
 
     async def _run_with_fallback(
         self, plan: RoutePlan, started: float, run: Callable[[Target], Awaitable[T]], *, stream: bool
     ) -> tuple[Decision, T]:
-        """`run` on the decided target, then on the other one if the tier allows; failures are recorded."""
+        """`run` on the decided target, then where the policy falls back to; failures are recorded."""
         decision = plan.decision
         try:
             try:
                 return decision, await run(decision.target)
             except BackendError as exc:
-                decision = self._fallback(plan, decision, exc)
+                needed = plan.requested_max_tokens or self.config.edge.max_tokens
+                facts = self.facts(plan.prompt_tokens, needed, None)
+                decision = self.policy.fall_back(decision, exc, facts)
+                logger.warning(
+                    "%s failed (%s: %s); answering on %s",
+                    plan.decision.target,
+                    exc.code,
+                    exc.message,
+                    decision.target,
+                )
                 return decision, await run(decision.target)
         except RouterError as exc:
             self._record(plan, decision, started, status=exc.status_code, stream=stream, error=exc)
@@ -219,32 +317,6 @@ class RoutingEngine:
         room = max(1, backend.context_window - plan.prompt_tokens)
         return min(plan.requested_max_tokens or default, room)
 
-    def _fallback(self, plan: RoutePlan, decision: Decision, exc: BackendError) -> Decision:
-        """The decision to retry on the other backend, or `exc` re-raised when the tier forbids it."""
-        tier = self.config.tiers[decision.tier]
-        needed = plan.prompt_tokens + (plan.requested_max_tokens or self.config.edge.max_tokens)
-        if decision.target == "cloud":
-            other: Target = "edge"
-            allowed = tier.fallback_to_edge
-            reason = RouteReason.CLOUD_UNAVAILABLE
-        else:
-            other = "cloud"
-            allowed = tier.fallback_to_cloud and tier.cloud != "never"
-            reason = RouteReason.EDGE_BUSY if isinstance(exc, EdgeBusy) else RouteReason.EDGE_UNAVAILABLE
-        backend = self.edge if other == "edge" else self.cloud
-        if (
-            allowed
-            and not decision.fallback
-            and backend is not None
-            and backend.health().available
-            and needed <= backend.context_window
-        ):
-            logger.warning(
-                "%s failed (%s: %s); answering on %s", decision.target, exc.code, exc.message, other
-            )
-            return decision.fall_back(other, reason)
-        raise exc
-
     async def _relay(
         self,
         plan: RoutePlan,
@@ -252,17 +324,17 @@ class RoutingEngine:
         started: float,
         route: RouteInfo,
         chunks: AsyncIterator[ChatCompletionChunk],
-        first: ChatCompletionChunk | None,
+        head: list[ChatCompletionChunk],
         want_usage: bool,
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
         usage: Usage | None = None
         pieces = 0
         status, error = 200, None
         try:
-            if first is not None:
-                first.route = route
-            last = first
-            async for chunk in _chain(first, chunks):
+            if head:
+                head[0].route = route
+            last = head[0] if head else None
+            async for chunk in _chain(head, chunks):
                 chunk.model = route.model
                 usage = chunk.usage or usage
                 pieces += sum(1 for c in chunk.choices if c.delta.content)
@@ -287,12 +359,15 @@ class RoutingEngine:
                     completion_tokens=pieces,
                     total_tokens=plan.prompt_tokens + pieces,
                 )
-            self._record(plan, decision, started, status=status, stream=True, usage=usage, error=error)
+            final = self._record(
+                plan, decision, started, status=status, stream=True, usage=usage, error=error
+            )
+            route.cost_usd, route.cost_saved_usd = final.cost_usd, final.cost_saved_usd
 
     # -- accounting ----------------------------------------------------------------------------
 
     def _route_info(self, decision: Decision, cost: float = 0.0, saved: float = 0.0) -> RouteInfo:
-        backend = self.edge if decision.target == "edge" else self.cloud
+        backend = self.backends.get(decision.target)
         model = backend.model_id if backend else ""
         return RouteInfo.from_decision(decision, model=model, cost_usd=cost, cost_saved_usd=saved)
 
@@ -329,8 +404,11 @@ class RoutingEngine:
             cost_saved_usd=saved,
             error_code=error.code if error else None,
         )
-        self.metrics.record(outcome)
-        log_decision(outcome)
+        for observer in self.observers:
+            try:
+                observer.record(outcome)
+            except Exception:  # an observer's failure must never fail the request it observes
+                logger.exception("observer %r failed", observer)
         return route
 
 
@@ -341,10 +419,10 @@ def _cap(requested: int | None, tier: TierConfig) -> int | None:
 
 
 async def _chain(
-    first: ChatCompletionChunk | None, rest: AsyncIterator[ChatCompletionChunk]
+    head: list[ChatCompletionChunk], rest: AsyncIterator[ChatCompletionChunk]
 ) -> AsyncIterator[ChatCompletionChunk]:
-    if first is not None:
-        yield first
+    for chunk in head:
+        yield chunk
     async for chunk in rest:
         yield chunk
 

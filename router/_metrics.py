@@ -35,12 +35,21 @@ class RequestOutcome:
     error_code: str | None = None
 
 
-class RouterMetrics(Protocol):
-    """Where the engine reports each finished request."""
+class DecisionObserver(Protocol):
+    """The engine's seam for watching: sees every finished request with its decision and outcome.
+
+    Metrics, the decision log and EMF are observers; so are outcome capture, shadow evaluation and
+    drift detection. `record` runs on the request's path: keep it quick (queue slow work), and
+    never raise (the engine logs and ignores an observer's exception).
+    """
 
     def record(self, outcome: RequestOutcome) -> None:
-        """Count one finished request."""
+        """See one finished request."""
         ...
+
+
+#: Metrics are an observer that counts; the name the engine's `metrics=` argument has always had.
+RouterMetrics = DecisionObserver
 
 
 class InMemoryMetrics:
@@ -82,6 +91,14 @@ class InMemoryMetrics:
                 "cost_usd": round(self.cost_usd, 8),
                 "cost_saved_usd": round(self.cost_saved_usd, 8),
             }
+
+
+class DecisionLog:
+    """The observer that writes the one structured log line per decision (`log_decision`)."""
+
+    def record(self, outcome: RequestOutcome) -> None:
+        """Log `outcome`."""
+        log_decision(outcome)
 
 
 def log_decision(outcome: RequestOutcome) -> None:

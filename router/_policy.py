@@ -1,16 +1,23 @@
 """The routing policy: (score, tier, request facts, backend health) → `Decision`.
 
-Pure and synchronous: no I/O, no clock, so every branch is a unit test.
+Pure and synchronous: no I/O, no clock, so every branch is a unit test. `decide` is the rule;
+`Policy` is the engine's seam for it: `TierPolicy` applies `decide` with a config's tiers, and a
+wrapper (the device policy in `edge/`: privacy, link, device signals) adds its own rules around it.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol
 
 from router._backend import BackendHealth, Target
 from router._config import TierConfig
-from router._errors import ContextLengthExceeded, NoBackendAvailable
+from router._errors import BackendError, ContextLengthExceeded, EdgeBusy, NoBackendAvailable
+
+if TYPE_CHECKING:
+    from router._wire import ChatCompletionRequest
 
 
 class RouteReason(enum.StrEnum):
@@ -25,6 +32,14 @@ class RouteReason(enum.StrEnum):
     EDGE_BUSY = "edge_busy"
     CLOUD_UNAVAILABLE = "cloud_unavailable"
     BUDGET_EXHAUSTED = "budget_exhausted"
+    # Given only by the device policy (`edge/`), which sees the device and its link.
+    OFFLINE = "offline"
+    PRIVATE_DATA = "private_data"
+    LOW_BATTERY = "low_battery"
+    LOW_MEMORY = "low_memory"
+    THERMAL = "thermal"
+    SLOW_LINK = "slow_link"
+    METERED_LINK = "metered_link"
 
 
 @dataclass(frozen=True)
@@ -54,10 +69,89 @@ class Decision:
     fallback: bool = False
     #: the decision this one replaced when the first target failed
     original_reason: RouteReason | None = None
+    #: the device could not reach the cloud router when this was decided (device policy only)
+    offline: bool = False
+    #: the device signals that changed the decision, e.g. "battery 12% not charging"
+    signals: tuple[str, ...] = ()
+    #: the kinds of personal data found in the request (never the values)
+    personal_data: tuple[str, ...] = ()
 
-    def fall_back(self, target: Target, reason: RouteReason) -> Decision:
+    def fall_back(self, target: Target, reason: RouteReason, *, offline: bool | None = None) -> Decision:
         """This decision redirected to `target` after its own target failed."""
-        return replace(self, target=target, reason=reason, fallback=True, original_reason=self.reason)
+        return replace(
+            self,
+            target=target,
+            reason=reason,
+            fallback=True,
+            original_reason=self.reason,
+            offline=self.offline if offline is None else offline,
+        )
+
+
+@dataclass(frozen=True)
+class PolicyInput:
+    """Everything a policy decides from: the score, who asks, the request and its facts."""
+
+    score: float
+    tier_name: str
+    tenant: str
+    estimator: str
+    facts: RequestFacts
+    request: ChatCompletionRequest
+
+
+class Policy(Protocol):
+    """The engine's seam for deciding: where a request goes, and where it goes when that fails."""
+
+    def tier(self, name: str) -> TierConfig:
+        """The routing rules of tier `name`."""
+        ...
+
+    def decide(self, given: PolicyInput) -> Decision:
+        """Where the request is answered; raises a `RouterError` when no allowed place can answer it."""
+        ...
+
+    def fall_back(self, decision: Decision, failure: BackendError, facts: RequestFacts) -> Decision:
+        """The decision to retry elsewhere after `decision.target` failed, or `failure` re-raised."""
+        ...
+
+
+class TierPolicy:
+    """The router's policy: `decide` with the tiers of a config, and the tier's fallback rules."""
+
+    def __init__(self, tiers: Mapping[str, TierConfig]) -> None:
+        """Decide with `tiers` (kept by reference: a reloaded config passes a new policy)."""
+        self.tiers = tiers
+
+    def tier(self, name: str) -> TierConfig:
+        """The routing rules of tier `name`."""
+        return self.tiers[name]
+
+    def decide(self, given: PolicyInput) -> Decision:
+        """`decide` on the tier's rules."""
+        return decide(
+            score=given.score,
+            tier_name=given.tier_name,
+            tier=self.tier(given.tier_name),
+            tenant=given.tenant,
+            estimator=given.estimator,
+            facts=given.facts,
+        )
+
+    def fall_back(self, decision: Decision, failure: BackendError, facts: RequestFacts) -> Decision:
+        """The other backend, once, where the tier allows it and that backend can take the request now."""
+        tier = self.tier(decision.tier)
+        needed = facts.prompt_tokens + facts.max_tokens
+        if decision.target == "cloud":
+            other, allowed, reason = "edge", tier.fallback_to_edge, RouteReason.CLOUD_UNAVAILABLE
+            health, window = facts.edge, facts.edge_context_window
+        else:
+            other, allowed = "cloud", tier.fallback_to_cloud and tier.cloud != "never"
+            reason = RouteReason.EDGE_BUSY if isinstance(failure, EdgeBusy) else RouteReason.EDGE_UNAVAILABLE
+            health, window = facts.cloud, facts.cloud_context_window
+        if allowed and not decision.fallback and health.available and needed <= window:
+            return decision.fall_back(other, reason)
+        raise failure
 
 
 def decide(

@@ -106,7 +106,7 @@ class DecisionFacts(Protocol):
     """What a routing decision says about a request: the router's `Decision`, the SDK's `DeviceDecision`."""
 
     @property
-    def target(self) -> Literal["edge", "cloud"]: ...
+    def target(self) -> str: ...
     @property
     def reason(self) -> object: ...
     @property
@@ -126,7 +126,7 @@ class DecisionFacts(Protocol):
 class RouteInfo(BaseModel):
     """Where a request was answered and why: the `route` object of every response."""
 
-    target: Literal["edge", "cloud"]
+    target: str
     reason: str
     score: float
     threshold: float | None = None
@@ -137,6 +137,8 @@ class RouteInfo(BaseModel):
     fallback: bool = False
     cost_usd: float = 0.0
     cost_saved_usd: float = 0.0
+    #: the route an upstream router reported, when the backend that answered is itself a router
+    upstream: RouteInfo | None = None
 
     @classmethod
     def from_decision(
