@@ -19,7 +19,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edge._device_policy import DeviceDecision, DeviceReason, decide_on_device
+    from edge._cloud_backend import CloudRouterBackend
+    from edge._device_policy import DeviceDecision, DevicePolicy, DeviceReason, decide_on_device
     from edge._errors import (
         CloudUnreachable,
         EdgeOffline,
@@ -48,11 +49,13 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "CloudLink": "edge._sdk_config",
+    "CloudRouterBackend": "edge._cloud_backend",
     "CloudRouterClient": "edge._escalation",
     "CloudUnreachable": "edge._errors",
     "ConfigSyncSettings": "edge._sdk_config",
     "DeviceDecision": "edge._device_policy",
     "DevicePlan": "edge._router",
+    "DevicePolicy": "edge._device_policy",
     "DeviceReason": "edge._device_policy",
     "DeviceSignals": "edge._signals",
     "DeviceTierPolicy": "edge._sdk_config",
@@ -84,11 +87,13 @@ _EXPORTS = {
 
 __all__ = [
     "CloudLink",
+    "CloudRouterBackend",
     "CloudRouterClient",
     "CloudUnreachable",
     "ConfigSyncSettings",
     "DeviceDecision",
     "DevicePlan",
+    "DevicePolicy",
     "DeviceReason",
     "DeviceSignals",
     "DeviceTierPolicy",

@@ -1,6 +1,6 @@
 """The on-device policy: the router's `decide`, then privacy, the link and the device signals.
 
-Pure and synchronous, like `router.decide`: every branch is a unit test. Order:
+`decide_on_device` is pure and synchronous, like `router.decide`: every branch is a unit test. Order:
 
 1. the tier: `cloud: never` answers locally whatever else holds;
 2. privacy: a request with personal data stays local when the device says so (an error if the tier
@@ -10,65 +10,31 @@ Pure and synchronous, like `router.decide`: every branch is a unit test. Order:
    an `EdgeOffline` error where the tier forbids local answers);
 4. device signals, only on decisions the score made: a slow or metered link keeps an escalation local;
    low battery, low memory or heat escalate a local answer.
+
+`DevicePolicy` is that rule as the engine's `Policy`: the `RoutingEngine` an `EdgeRouter` runs
+decides with it, and falls back with its rules (an unreachable cloud router answers locally as
+`offline`; personal data never escalates).
 """
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 
-from edge._errors import EdgeOffline, PersonalDataKeptLocal
-from edge._sdk_config import DeviceTierPolicy
+from edge._errors import CloudUnreachable, EdgeOffline, PersonalDataKeptLocal
+from edge._privacy import personal_data_in
+from edge._sdk_config import DeviceTierPolicy, PrivacyConfig
 from edge._signals import DeviceSignals
 from router._backend import BackendHealth, Target
-from router._errors import ContextLengthExceeded, NoBackendAvailable
-from router._policy import RequestFacts, RouteReason, decide
+from router._config import TierConfig
+from router._errors import BackendError, ContextLengthExceeded, NoBackendAvailable
+from router._policy import Decision, PolicyInput, RequestFacts, RouteReason, TierPolicy, decide
 
-
-class DeviceReason(enum.StrEnum):
-    """Reasons only the device gives, besides `router.RouteReason`'s."""
-
-    OFFLINE = "offline"
-    PRIVATE_DATA = "private_data"
-    LOW_BATTERY = "low_battery"
-    LOW_MEMORY = "low_memory"
-    THERMAL = "thermal"
-    SLOW_LINK = "slow_link"
-    METERED_LINK = "metered_link"
-
-
-Reason = RouteReason | DeviceReason
-
-
-@dataclass(frozen=True)
-class DeviceDecision:
-    """Where one request is answered (`edge`: on this device; `cloud`: the cloud router) and why."""
-
-    target: Target
-    reason: Reason
-    score: float
-    threshold: float | None
-    tier: str
-    tenant: str
-    estimator: str
-    offline: bool = False
-    fallback: bool = False
-    #: the signal facts that changed the decision, e.g. "battery 12% discharging"
-    signals: tuple[str, ...] = ()
-    #: the kinds of personal data found (never the values)
-    personal_data: tuple[str, ...] = ()
-    original_reason: Reason | None = field(default=None)
-
-    def fall_back(self, target: Target, reason: Reason, *, offline: bool | None = None) -> DeviceDecision:
-        """This decision redirected to `target` after its own target failed."""
-        return replace(
-            self,
-            target=target,
-            reason=reason,
-            fallback=True,
-            original_reason=self.reason,
-            offline=self.offline if offline is None else offline,
-        )
+#: The device's reasons are the router's: one enum, so that a route reads the same everywhere.
+DeviceReason = RouteReason
+Reason = RouteReason
+#: A device decision is a router `Decision` whose device fields (offline, signals, personal data) are set.
+DeviceDecision = Decision
 
 
 def local_answer_allowed(policy: DeviceTierPolicy) -> bool:
@@ -88,15 +54,15 @@ def decide_on_device(
     online: bool,
     personal_data: tuple[str, ...] = (),
     keep_private_local: bool = False,
-) -> DeviceDecision:
+) -> Decision:
     """Where this request is answered; raises `EdgeOffline`, `PersonalDataKeptLocal`,
     `ContextLengthExceeded` or `NoBackendAvailable` when no allowed place can answer it."""
     tier = policy.routing
     needed = facts.prompt_tokens + facts.max_tokens
     fits_edge = facts.edge.available and needed <= facts.edge_context_window
 
-    def make(target: Target, reason: Reason, notes: tuple[str, ...] = ()) -> DeviceDecision:
-        return DeviceDecision(
+    def make(target: Target, reason: Reason, notes: tuple[str, ...] = ()) -> Decision:
+        return Decision(
             target=target,
             reason=reason,
             score=score,
@@ -189,3 +155,70 @@ def decide_on_device(
     ):
         return make("cloud", prefer_cloud[0][0], tuple(note for _, note in prefer_cloud))
     return decision
+
+
+class DevicePolicy:
+    """`decide_on_device` as the engine's `Policy`, on the device's current tier, signals and link."""
+
+    def __init__(
+        self,
+        current: Callable[[], tuple[str, DeviceTierPolicy]],
+        *,
+        signals: Callable[[], DeviceSignals],
+        online: Callable[[], bool],
+        privacy: PrivacyConfig,
+    ) -> None:
+        """Decide with the tier `current()` returns now (config sync may change it between requests)."""
+        self._current = current
+        self._signals = signals
+        self._online = online
+        self.privacy = privacy
+
+    def tier(self, name: str) -> TierConfig:
+        """The routing rules of the device's tier."""
+        return self._current()[1].routing
+
+    def decide(self, given: PolicyInput) -> Decision:
+        """Privacy, link and device signals around the router's `decide`."""
+        tier_name, policy = self._current()
+        keep_local = self.privacy.keep_personal_data_local
+        personal = tuple(personal_data_in(given.request.messages, self.privacy.kinds)) if keep_local else ()
+        return decide_on_device(
+            score=given.score,
+            tier_name=tier_name,
+            policy=policy,
+            tenant=given.tenant,
+            estimator=given.estimator,
+            facts=given.facts,
+            signals=self._signals(),
+            online=self._online(),
+            personal_data=personal,
+            keep_private_local=keep_local,
+        )
+
+    def fall_back(self, decision: Decision, failure: BackendError, facts: RequestFacts) -> Decision:
+        """The device model failed: escalate as the router would, unless the data must stay here or the
+        link is down. The cloud router failed: answer here where the tier allows any local answer,
+        as `offline` when the network did not carry the call (else an `EdgeOffline` error)."""
+        tier_name, policy = self._current()
+        if decision.target == "edge":
+            if decision.reason is RouteReason.PRIVATE_DATA or not self._online():
+                raise failure
+            return TierPolicy({tier_name: policy.routing}).fall_back(decision, failure, facts)
+        unreachable = isinstance(failure, CloudUnreachable)
+        needed = facts.prompt_tokens + facts.max_tokens
+        allowed = local_answer_allowed(policy)
+        if allowed and not decision.fallback and facts.edge.available and needed <= facts.edge_context_window:
+            if unreachable:
+                return decision.fall_back("edge", RouteReason.OFFLINE, offline=True)
+            return decision.fall_back("edge", RouteReason.CLOUD_UNAVAILABLE)
+        if not unreachable:
+            raise failure
+        why = (
+            "the device model cannot take it"
+            if allowed
+            else f"tier {tier_name!r} does not allow answers on the device"
+        )
+        raise EdgeOffline(
+            f"The device is offline ({failure.message}) and this request cannot be answered locally: {why}."
+        ) from failure

@@ -3,52 +3,60 @@
 request → validate → estimate → signals, privacy, link → decide on the device → run locally
 (llama.cpp) or escalate to the cloud router (HTTPS, the device's key) → answer with `route` facts.
 
-A failed target falls back to the other one where the tier allows: a link failure answers locally
-with reason `offline` (and the route's `offline` flag), an edge failure escalates. Nothing waits on a
-link known to be down: the device stays offline for `cloud.offline_retry_s`, then probes.
+It is a configuration of the router's one `RoutingEngine`, not a second engine: the local model is
+its "edge" backend, the cloud router (`CloudRouterBackend`) its "cloud" backend, and the device
+policy (`DevicePolicy`: privacy, signals, link) its policy. A failed target falls back to the other
+one where the tier allows: a link failure answers locally with reason `offline` (and the route's
+`offline` flag), an edge failure escalates. Nothing waits on a link known to be down: the device
+stays offline for `cloud.offline_retry_s`, then probes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import AsyncGenerator, Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 import httpx
 from pydantic import ValidationError
 
-from edge._device_policy import DeviceDecision, DeviceReason, decide_on_device, local_answer_allowed
-from edge._errors import CloudUnreachable, EdgeOffline, EscalationInterrupted
+from edge._cloud_backend import CloudRouterBackend
+from edge._device_policy import DevicePolicy
+from edge._errors import CloudUnreachable
 from edge._escalation import CloudRouterClient
 from edge._link import LinkMonitor
-from edge._privacy import personal_data_in
 from edge._resources import check_model_fits
 from edge._sdk_config import DeviceTierPolicy, EdgeRouterConfig
 from edge._signals import DeviceSignals, LinuxSignalReader, SignalSource
 from edge._sync import PolicySync, SyncResult
 from edge._types import EdgeChunk, EdgeCompletion, EdgeRoute, EdgeStream
-from router._accounting import cloud_cost_usd
-from router._backend import BackendHealth, ChatBackend
-from router._errors import BackendError, CloudBackendError, EdgeBusy, ModelNotFound, RequestError
+from router._backend import ChatBackend
+from router._config import CloudConfig, RouterConfig
+from router._engine import RoutedStream, RoutePlan, RoutingEngine, Tenant
+from router._errors import ModelNotFound, RequestError
 from router._estimator import ComplexityEstimator, load_estimator
-from router._policy import RequestFacts, RouteReason
-from router._wire import ChatCompletionChunk, ChatCompletionRequest, RouteInfo, Usage
+from router._wire import ChatCompletionRequest, RouteInfo
 
 logger = logging.getLogger("hybrid_router.edge")
 
+#: A device's plan is the engine's: the decision (with the device's signals and personal data) and its facts.
+DevicePlan = RoutePlan
 
-@dataclass(frozen=True)
-class DevicePlan:
-    """A device decision and the facts it was made from."""
 
-    decision: DeviceDecision
-    prompt_tokens: int
-    max_tokens: int
-    signals: DeviceSignals
-    decision_ms: float
+def engine_config(config: EdgeRouterConfig) -> RouterConfig:
+    """The engine settings of a device: the served model, the local model, the cloud router's window
+    and price. Tiers are not here: the device policy reads the device's current tier itself."""
+    cloud = CloudConfig(
+        url=config.cloud.url,
+        model=config.cloud.model,
+        context_window=config.cloud.context_window,
+        price=config.price,
+    )
+    return RouterConfig(
+        served_model_name=config.cloud.model, estimator=config.estimator, edge=config.model, cloud=cloud
+    )
 
 
 class EdgeRouter:
@@ -78,7 +86,6 @@ class EdgeRouter:
             local = LlamaCppBackend(config.model)
         self.local = local
         self.estimator = estimator or load_estimator(config.estimator.name, config.estimator.version)
-        self._estimator_id = f"{self.estimator.name}@{self.estimator.version}"
         self.signal_source: SignalSource = signals or LinuxSignalReader(config.signals_root)
         self._clock = clock
         self.cloud = CloudRouterClient(config.cloud, api_key=api_key, transport=transport, clock=clock)
@@ -92,6 +99,18 @@ class EdgeRouter:
         if self.sync.current is not None:  # the last good synced policy survives restarts
             self._tier, self._policy = self.sync.current.tier, self.sync.current.policy
         self._signals: tuple[float, DeviceSignals] | None = None
+        policy = DevicePolicy(
+            lambda: (self._tier, self._policy),
+            signals=self.device_signals,
+            online=self.link.may_try,
+            privacy=config.privacy,
+        )
+        self.engine = RoutingEngine(
+            engine_config(config),
+            estimator=self.estimator,
+            backends={"edge": local, "cloud": CloudRouterBackend(self.cloud, self.link, config.cloud)},
+            policy=policy,
+        )
 
     @classmethod
     def open(cls, config: EdgeRouterConfig, **kwargs: Any) -> EdgeRouter:
@@ -116,8 +135,8 @@ class EdgeRouter:
 
     async def aclose(self) -> None:
         """Release the model and the HTTP connections."""
-        await self.cloud.aclose()
-        await self.local.aclose()
+        for backend in self.engine.backends.values():
+            await backend.aclose()
 
     async def __aenter__(self) -> EdgeRouter:
         return self
@@ -191,56 +210,13 @@ class EdgeRouter:
             )
         return chat
 
-    def _decide(self, request: ChatCompletionRequest) -> DevicePlan:
-        started = time.perf_counter()
-        tier = self._policy.routing
-        try:
-            score = min(1.0, max(0.0, float(self.estimator.score(request.messages))))
-        except Exception:  # an estimator bug must not fail the request
-            logger.exception("estimator %s failed; scoring 0.5", self._estimator_id)
-            score = 0.5
-        prompt_tokens = self.local.count_tokens(request.messages)
-        requested = request.requested_max_tokens
-        if tier.max_tokens is not None:
-            requested = min(requested or tier.max_tokens, tier.max_tokens)
-        max_tokens = requested or self.config.model.max_tokens
-        privacy = self.config.privacy
-        personal = (
-            tuple(personal_data_in(request.messages, privacy.kinds))
-            if privacy.keep_personal_data_local
-            else ()
-        )
-        signals = self.device_signals()
-        cloud_health = (
-            BackendHealth(available=True)
-            if self.cloud.configured
-            else BackendHealth(False, detail="not configured")
-        )
-        facts = RequestFacts(
-            prompt_tokens=prompt_tokens,
-            max_tokens=max_tokens,
-            edge=self.local.health(),
-            cloud=cloud_health,
-            edge_context_window=self.local.context_window,
-            cloud_context_window=self.config.cloud.context_window,
-        )
-        decision = decide_on_device(
-            score=score,
-            tier_name=self._tier,
-            policy=self._policy,
-            tenant=self.config.tenant,
-            estimator=self._estimator_id,
-            facts=facts,
-            signals=signals,
-            online=self.link.may_try(),
-            personal_data=personal,
-            keep_private_local=privacy.keep_personal_data_local,
-        )
-        return DevicePlan(
-            decision, prompt_tokens, max_tokens, signals, (time.perf_counter() - started) * 1000
-        )
+    def _tenant(self) -> Tenant:
+        return Tenant(self.config.tenant, self._tier)
 
-    async def plan(self, request: ChatCompletionRequest | Mapping[str, Any]) -> DevicePlan:
+    def _decide(self, request: ChatCompletionRequest) -> RoutePlan:
+        return self.engine.plan(request, self._tenant())
+
+    async def plan(self, request: ChatCompletionRequest | Mapping[str, Any]) -> RoutePlan:
         """Decide where `request` is answered, without generating (probing the link when due)."""
         chat = self._validate(request)
         plan = self._decide(chat)
@@ -256,27 +232,10 @@ class EdgeRouter:
         """Answer in one response carrying its `EdgeRoute`; raises a `router.RouterError` when it cannot."""
         chat = self._validate(request)
         plan = await self.plan(chat)
-        decision = plan.decision
-        if decision.target == "edge":
-            try:
-                local = await self.local.complete(chat, max_tokens=self._local_max_tokens(plan))
-            except BackendError as exc:
-                decision = self._fall_back_to_cloud(decision, exc)
-            else:
-                answer = EdgeCompletion.model_validate(local.model_dump())
-                answer.route = self._route(decision, model=self.local.model_id, usage=local.usage)
-                return answer
-        try:
-            cloud = await self.cloud.complete(chat)
-        except CloudBackendError as exc:
-            decision = self._fall_back_to_local(plan, decision, exc)
-            local = await self.local.complete(chat, max_tokens=self._local_max_tokens(plan))
-            answer = EdgeCompletion.model_validate(local.model_dump())
-            answer.route = self._route(decision, model=self.local.model_id, usage=local.usage)
-            return answer
-        self.link.record_success()
-        answer = EdgeCompletion.model_validate(cloud.model_dump(exclude={"route"}))
-        answer.route = self._route(decision, model=cloud.model, upstream=cloud.route)
+        response = await self.engine.complete(chat, self._tenant(), plan=plan)
+        assert response.route is not None  # the engine always sets it
+        answer = EdgeCompletion.model_validate(response.model_dump(exclude={"route"}))
+        answer.route = self._edge_route(response.route, plan)
         return answer
 
     async def stream(self, request: ChatCompletionRequest | Mapping[str, Any]) -> EdgeStream:
@@ -287,168 +246,36 @@ class EdgeRouter:
         """
         chat = self._validate(request)
         plan = await self.plan(chat)
-        decision = plan.decision
-        if decision.target == "edge":
-            try:
-                return await self._start_local(chat, plan, decision)
-            except BackendError as exc:
-                decision = self._fall_back_to_cloud(decision, exc)
-        chunks = self.cloud.stream(chat)
-        head: list[ChatCompletionChunk] = []
+        routed = await self.engine.stream(chat, self._tenant(), plan=plan)
+        route = self._edge_route(routed.route, plan)
+        return EdgeStream(route, self._edge_chunks(routed, route))
+
+    async def _edge_chunks(self, routed: RoutedStream, route: EdgeRoute) -> AsyncGenerator[EdgeChunk, None]:
         try:
-            # Held back until the first content: up to there a broken link can still fall back.
-            async for chunk in chunks:
-                head.append(chunk)
-                if any(c.delta.content or c.finish_reason for c in chunk.choices):
-                    break
-        except CloudBackendError as exc:
-            await chunks.aclose()
-            return await self._start_local(chat, plan, self._fall_back_to_local(plan, decision, exc))
-        self.link.record_success()
-        upstream = head[0].route if head else None
-        route = self._route(
-            decision, model=upstream.model if upstream else self.config.cloud.model, upstream=upstream
-        )
-        return EdgeStream(route, self._relay_cloud(route, head, chunks))
-
-    async def _start_local(
-        self, chat: ChatCompletionRequest, plan: DevicePlan, decision: DeviceDecision
-    ) -> EdgeStream:
-        chunks = self.local.stream(chat, max_tokens=self._local_max_tokens(plan))
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            first = None
-        except BaseException:
-            await _aclose(chunks)
-            raise
-        route = self._route(decision, model=self.local.model_id)
-        return EdgeStream(route, self._relay_local(route, plan, first, chunks))
-
-    async def _relay_local(
-        self,
-        route: EdgeRoute,
-        plan: DevicePlan,
-        first: ChatCompletionChunk | None,
-        chunks: AsyncIterator[ChatCompletionChunk],
-    ) -> AsyncGenerator[EdgeChunk, None]:
-        try:
-            if first is not None:
-                yield _edge_chunk(first, route.model, route)
-            async for chunk in chunks:
-                if chunk.usage is not None:
-                    route.cost_saved_usd = round(cloud_cost_usd(chunk.usage, self.config.price), 8)
-                yield _edge_chunk(chunk, route.model)
-        finally:
-            await _aclose(chunks)
-
-    async def _relay_cloud(
-        self,
-        route: EdgeRoute,
-        head: list[ChatCompletionChunk],
-        chunks: AsyncGenerator[ChatCompletionChunk, None],
-    ) -> AsyncGenerator[EdgeChunk, None]:
-        try:
-            for i, chunk in enumerate(head):
-                yield _edge_chunk(chunk, route.model, route if i == 0 else None)
-            try:
-                async for chunk in chunks:
-                    yield _edge_chunk(chunk, route.model)
-            except CloudUnreachable as exc:
-                self.link.record_failure(exc.message)
-                raise EscalationInterrupted(
-                    f"the link to the cloud router broke mid-answer ({exc.message}); the device is now "
-                    "offline and answers locally until the link returns"
-                ) from exc
-        finally:
-            await chunks.aclose()
-
-    # -- fallback ----------------------------------------------------------------------------------
-
-    def _fall_back_to_cloud(self, decision: DeviceDecision, exc: BackendError) -> DeviceDecision:
-        tier = self._policy.routing
-        allowed = (
-            tier.fallback_to_cloud
-            and tier.cloud != "never"
-            and decision.reason is not DeviceReason.PRIVATE_DATA
-            and not decision.fallback
-            and self.cloud.configured
-            and self.link.may_try()
-        )
-        if not allowed:
-            raise exc
-        logger.warning("local model failed (%s: %s); escalating", exc.code, exc.message)
-        reason = RouteReason.EDGE_BUSY if isinstance(exc, EdgeBusy) else RouteReason.EDGE_UNAVAILABLE
-        return decision.fall_back("cloud", reason)
-
-    def _fall_back_to_local(
-        self, plan: DevicePlan, decision: DeviceDecision, exc: CloudBackendError
-    ) -> DeviceDecision:
-        unreachable = isinstance(exc, CloudUnreachable)
-        if unreachable:
-            self.link.record_failure(exc.message)
-        needed = plan.prompt_tokens + plan.max_tokens
-        can_answer = (
-            local_answer_allowed(self._policy)
-            and not decision.fallback
-            and self.local.health().available
-            and needed <= self.local.context_window
-        )
-        if not can_answer:
-            if unreachable:
-                why = (
-                    f"tier {decision.tier!r} does not allow answers on the device"
-                    if not local_answer_allowed(self._policy)
-                    else "the device model cannot take it"
+            async for chunk in routed.chunks:
+                yield EdgeChunk(
+                    id=chunk.id,
+                    created=chunk.created,
+                    model=chunk.model,
+                    choices=chunk.choices,
+                    usage=chunk.usage,
+                    route=route if chunk.route is not None else None,
                 )
-                raise EdgeOffline(
-                    f"The device is offline ({exc.message}) and this request cannot be answered "
-                    f"locally: {why}."
-                ) from exc
-            raise exc
-        logger.warning("cloud router failed (%s: %s); answering on the device", exc.code, exc.message)
-        if unreachable:
-            return decision.fall_back("edge", DeviceReason.OFFLINE, offline=True)
-        return decision.fall_back("edge", RouteReason.CLOUD_UNAVAILABLE)
+        finally:
+            await routed.chunks.aclose()
+            # The engine prices the answer once it has ended.
+            route.cost_saved_usd = routed.route.cost_saved_usd
+            if route.upstream is None:
+                route.cost_usd = routed.route.cost_usd
 
-    # -- facts -----------------------------------------------------------------------------------
-
-    def _local_max_tokens(self, plan: DevicePlan) -> int:
-        return max(1, min(plan.max_tokens, self.local.context_window - plan.prompt_tokens))
-
-    def _route(
-        self,
-        decision: DeviceDecision,
-        *,
-        model: str,
-        usage: Usage | None = None,
-        upstream: RouteInfo | None = None,
-    ) -> EdgeRoute:
-        saved = (
-            cloud_cost_usd(usage, self.config.price)
-            if usage is not None and decision.target == "edge"
-            else 0.0
-        )
-        decision = replace(decision, offline=self.link.offline)
-        return EdgeRoute.from_decision(
-            decision,
-            model=model,
-            cost_usd=upstream.cost_usd if upstream else 0.0,
-            cost_saved_usd=saved,
-            offline=decision.offline,
-            signals=list(decision.signals),
-            personal_data=list(decision.personal_data),
+    def _edge_route(self, route: RouteInfo, plan: RoutePlan) -> EdgeRoute:
+        """The engine's route, plus what only the device knows; an escalation costs what the cloud says."""
+        upstream = route.upstream
+        return EdgeRoute(
+            **route.model_dump(exclude={"upstream", "cost_usd"}),
+            cost_usd=upstream.cost_usd if upstream else route.cost_usd,
+            offline=self.link.offline,
+            signals=list(plan.decision.signals),
+            personal_data=list(plan.decision.personal_data),
             upstream=upstream,
         )
-
-
-def _edge_chunk(chunk: ChatCompletionChunk, model: str, route: EdgeRoute | None = None) -> EdgeChunk:
-    return EdgeChunk(
-        id=chunk.id, created=chunk.created, model=model, choices=chunk.choices, usage=chunk.usage, route=route
-    )
-
-
-async def _aclose(chunks: AsyncIterator[ChatCompletionChunk]) -> None:
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        await aclose()

@@ -250,8 +250,10 @@ class RoutingEngine:
             return await self.backend(target).complete(request, max_tokens=self._max_tokens(target, plan))
 
         decision, response = await self._run_with_fallback(plan, started, run, stream=False)
-        route = self._record(plan, decision, started, status=200, stream=False, usage=response.usage)
-        route.upstream = response.route  # a router upstream (the device's cloud) reports its own
+        # A backend that is itself a router (the device's cloud) reports its own route.
+        route = self._record(
+            plan, decision, started, status=200, stream=False, usage=response.usage, upstream=response.route
+        )
         response.route = route
         response.model = route.model
         return response
@@ -281,9 +283,7 @@ class RoutingEngine:
             return chunks, head
 
         decision, (chunks, head) = await self._run_with_fallback(plan, started, start, stream=True)
-        route = self._route_info(decision)
-        if head and head[0].route is not None:
-            route.upstream = head[0].route
+        route = self._route_info(decision, upstream=head[0].route if head else None)
         want_usage = bool(request.stream_options and request.stream_options.include_usage)
         return RoutedStream(route, self._relay(plan, decision, started, route, chunks, head, want_usage))
 
@@ -360,16 +360,28 @@ class RoutingEngine:
                     total_tokens=plan.prompt_tokens + pieces,
                 )
             final = self._record(
-                plan, decision, started, status=status, stream=True, usage=usage, error=error
+                plan,
+                decision,
+                started,
+                status=status,
+                stream=True,
+                usage=usage,
+                error=error,
+                upstream=route.upstream,
             )
             route.cost_usd, route.cost_saved_usd = final.cost_usd, final.cost_saved_usd
 
     # -- accounting ----------------------------------------------------------------------------
 
-    def _route_info(self, decision: Decision, cost: float = 0.0, saved: float = 0.0) -> RouteInfo:
+    def _route_info(
+        self, decision: Decision, cost: float = 0.0, saved: float = 0.0, *, upstream: RouteInfo | None = None
+    ) -> RouteInfo:
+        """The route of `decision`; behind a router upstream, the model is the one that answered there."""
         backend = self.backends.get(decision.target)
-        model = backend.model_id if backend else ""
-        return RouteInfo.from_decision(decision, model=model, cost_usd=cost, cost_saved_usd=saved)
+        model = upstream.model if upstream else backend.model_id if backend else ""
+        return RouteInfo.from_decision(
+            decision, model=model, cost_usd=cost, cost_saved_usd=saved, upstream=upstream
+        )
 
     def _record(
         self,
@@ -381,6 +393,7 @@ class RoutingEngine:
         stream: bool,
         usage: Usage | None = None,
         error: RouterError | None = None,
+        upstream: RouteInfo | None = None,
     ) -> RouteInfo:
         usage = usage or Usage()
         price = self.config.cloud.price
@@ -390,7 +403,7 @@ class RoutingEngine:
             self.ledger.charge(decision.tenant, cost)
         if saved:
             self.ledger.credit_saving(decision.tenant, saved)
-        route = self._route_info(decision, cost, saved)
+        route = self._route_info(decision, cost, saved, upstream=upstream)
         outcome = RequestOutcome(
             decision=decision,
             model=route.model,
