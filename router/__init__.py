@@ -24,7 +24,7 @@ from router._config import (
     load_config,
     parse_config,
 )
-from router._engine import EstimatorSelector, RoutedStream, RoutePlan, RoutingEngine, SingleEstimator, Tenant
+from router._engine import RoutedStream, RoutePlan, RoutingEngine, Tenant
 from router._errors import (
     AuthenticationError,
     BackendError,
@@ -44,7 +44,9 @@ from router._errors import (
 )
 from router._estimator import (
     ComplexityEstimator,
+    EstimatorSelector,
     HeuristicEstimator,
+    SingleEstimator,
     available_estimators,
     load_estimator,
     register_estimator,

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from router._accounting import CostLedger, Ledger, cloud_cost_usd
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
@@ -29,7 +29,7 @@ from router._errors import (
     NoBackendAvailable,
     RouterError,
 )
-from router._estimator import ComplexityEstimator
+from router._estimator import ComplexityEstimator, EstimatorSelector, SingleEstimator
 from router._metrics import DecisionLog, DecisionObserver, InMemoryMetrics, RequestOutcome, RouterMetrics
 from router._policy import Decision, Policy, PolicyInput, RequestFacts, TierPolicy
 from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, RouteInfo, Usage
@@ -69,31 +69,6 @@ class RoutedStream:
 
     route: RouteInfo
     chunks: AsyncGenerator[ChatCompletionChunk, None]
-
-
-class EstimatorSelector(Protocol):
-    """The engine's seam for scoring: which estimator scores a request (one today; a canary next)."""
-
-    @property
-    def primary(self) -> ComplexityEstimator:
-        """The estimator that decides when nothing else applies (reported at start-up and in health)."""
-        ...
-
-    def select(self, request: ChatCompletionRequest, tenant: Tenant) -> ComplexityEstimator:
-        """The estimator whose score decides this request."""
-        ...
-
-
-class SingleEstimator:
-    """Every request scored by one estimator."""
-
-    def __init__(self, estimator: ComplexityEstimator) -> None:
-        """Score with `estimator`."""
-        self.primary = estimator
-
-    def select(self, request: ChatCompletionRequest, tenant: Tenant) -> ComplexityEstimator:
-        """The one estimator."""
-        return self.primary
 
 
 class RoutingEngine:

@@ -13,10 +13,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from router._errors import EstimatorError
 from router._wire import ChatMessage
+
+if TYPE_CHECKING:
+    from router._engine import Tenant
+    from router._wire import ChatCompletionRequest
 
 
 @runtime_checkable
@@ -147,3 +151,28 @@ class HeuristicEstimator:
 
 
 register_estimator(HeuristicEstimator.name, HeuristicEstimator.version, HeuristicEstimator)
+
+
+class EstimatorSelector(Protocol):
+    """The engine's seam for scoring: which estimator scores a request (one today; a canary next)."""
+
+    @property
+    def primary(self) -> ComplexityEstimator:
+        """The estimator that decides when nothing else applies (reported at start-up and in health)."""
+        ...
+
+    def select(self, request: ChatCompletionRequest, tenant: Tenant) -> ComplexityEstimator:
+        """The estimator whose score decides this request."""
+        ...
+
+
+class SingleEstimator:
+    """Every request scored by one estimator."""
+
+    def __init__(self, estimator: ComplexityEstimator) -> None:
+        """Score with `estimator`."""
+        self.primary = estimator
+
+    def select(self, request: ChatCompletionRequest, tenant: Tenant) -> ComplexityEstimator:
+        """The one estimator."""
+        return self.primary
