@@ -1,6 +1,8 @@
 """hybrid-router's core: wire types, tier config, estimators, policy and the routing engine.
 
-Pure Python plus pydantic; nothing heavy is imported here (cold start is a tenet).
+`RoutingEngine` is the only place a request is routed; the local server, the Lambda handler and the
+device SDK configure it through its seams (backends by name, `Policy`, `EstimatorSelector`, `Ledger`,
+`DecisionObserver`). Pure Python plus pydantic; nothing heavy is imported here (cold start is a tenet).
 """
 
 from router._accounting import CostLedger, Ledger, cloud_cost_usd
