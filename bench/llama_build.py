@@ -12,20 +12,18 @@ counters give prompt tokens/s and generation tokens/s; the report has the median
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from bench.common import report
 from edge.model_files import default_model_path
+from infra import llama_cpp_build as build
 
-ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(__file__).with_name(".cache")
 NATIVE_ARGS = "-DGGML_NATIVE=ON"
 # About 230 tokens of plain prose, so that prompt processing runs in full batches.
@@ -56,14 +54,6 @@ print(json.dumps({"system_info": llama_cpp.llama_print_system_info().decode(), "
 """
 
 
-def _build_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("llama_cpp_build", ROOT / "infra" / "llama_cpp_build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def unpacked(wheel: Path) -> Path:
     """The wheel installed (no dependencies) into its own folder, once per wheelhouse digest."""
     target = CACHE / wheel.parent.name
@@ -89,7 +79,6 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    build = _build_script()
     builds = {
         "portable": build.baseline_cmake_args(),
         "native": NATIVE_ARGS,
