@@ -1,8 +1,8 @@
 """Reading an OpenAI-compatible server's answers, for every client of one: the GPU endpoint client
 (`cloud/`) and the on-device SDK's escalation to the cloud router (`edge/`).
 
-Transport-free (strings and parsed JSON in, wire types out), so each client keeps its own HTTP
-library, retry loop and error mapping.
+Transport-free (strings and parsed JSON in, wire types out); the HTTP client that uses them, with its
+retry loop and error mapping, is `router._openai_client`.
 """
 
 from __future__ import annotations
