@@ -61,6 +61,8 @@ from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatComplet
 CHAT_PATH = "chat/completions"
 #: Statuses retried by default: overload (429) and gateway errors (502, 503, 504), usually short-lived.
 RETRY_STATUSES: frozenset[int] = frozenset({429, 502, 503, 504})
+#: Failures of the network that are retried: nothing reached the server, or no answer came back.
+RETRIED_NETWORK_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
 #: The error for an error status: `(status, message, OpenAI error code or None)` → a router error.
 StatusError = Callable[[int, str, str | None], RouterError]
@@ -185,12 +187,8 @@ class OpenAIHTTPClient:
                 response = await self._send(client, body)
                 try:
                     await response.aread()
-                except httpx.TimeoutException:
-                    raise self._network(CloudTimeout, "stopped sending its response") from None
-                except httpx.TransportError as exc:
-                    raise self._network(CloudBackendError, f"broke off its response: {exc!r}") from None
                 except httpx.HTTPError as exc:
-                    raise CloudBackendError(self.describe(f"sent an unreadable response: {exc!r}")) from None
+                    raise self._failure(exc, "while sending its response") from None
                 finally:
                     await response.aclose()
             answer = self._parse(response)
@@ -238,7 +236,7 @@ class OpenAIHTTPClient:
         except TimeoutError:
             raise self._network(CloudTimeout, f"did not answer a probe within {timeout_s:g}s") from None
         except httpx.TransportError as exc:
-            raise self._network(CloudUnavailable, f"is unreachable: {exc!r}") from None
+            raise self._failure(exc, "on a probe") from None
         return (time.perf_counter() - started) * 1000.0
 
     async def aclose(self) -> None:
@@ -281,6 +279,16 @@ class OpenAIHTTPClient:
         key = self.api_key()
         return {"Authorization": f"Bearer {key}"} if key else {}
 
+    def _failure(self, exc: httpx.HTTPError, when: str) -> CloudBackendError:
+        """The router error for an httpx error raised `when` ("mid-stream", ...)."""
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return self._network(CloudUnavailable, f"is unreachable: {exc!r}")
+        if isinstance(exc, httpx.TimeoutException):
+            return self._network(CloudTimeout, f"timed out {when}")
+        if isinstance(exc, httpx.TransportError):
+            return self._network(CloudBackendError, f"broke off {when}: {exc!r}")
+        return CloudBackendError(self.describe(f"failed {when}: {exc!r}"))  # not the network: a bad body
+
     def _network(self, default: type[CloudBackendError], what: str) -> CloudBackendError:
         """A failure of the network: `network_error` when the caller set one, else `default`."""
         return (self.network_error or default)(self.describe(what))
@@ -304,16 +312,10 @@ class OpenAIHTTPClient:
             try:
                 request = client.build_request("POST", CHAT_PATH, json=body, headers=self._auth())
                 response = await client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                failure: RouterError = self._network(CloudUnavailable, f"is unreachable: {exc!r}")
-            except httpx.RemoteProtocolError as exc:
-                failure = self._network(CloudBackendError, f"dropped the connection: {exc!r}")
-            except httpx.TimeoutException:
-                raise self._network(CloudTimeout, "timed out waiting for a response") from None
-            except httpx.TransportError as exc:
-                raise self._network(CloudBackendError, f"failed in the network: {exc!r}") from None
             except httpx.HTTPError as exc:
-                raise CloudBackendError(self.describe(f"request failed: {exc!r}")) from None
+                failure: RouterError = self._failure(exc, "before answering")
+                if not isinstance(exc, RETRIED_NETWORK_ERRORS):
+                    raise failure from None
             else:
                 if response.is_success:
                     return response
@@ -356,12 +358,8 @@ class OpenAIHTTPClient:
         """The next chunk of the SSE body, or None at `data: [DONE]` (or at the body's end, if allowed)."""
         try:
             event = await next_sse_event(lines, describe=self.describe, default_model=self.default_model)
-        except httpx.TimeoutException:
-            raise self._network(CloudTimeout, "stalled mid-stream") from None
-        except httpx.TransportError as exc:
-            raise self._network(CloudBackendError, f"broke off the stream: {exc!r}") from None
         except httpx.HTTPError as exc:
-            raise CloudBackendError(self.describe(f"sent an unreadable stream: {exc!r}")) from None
+            raise self._failure(exc, "mid-stream") from None
         if event is None and self.require_done:
             # A server that ends every stream with [DONE] (errors included): a body that just stops was cut.
             raise self._network(CloudBackendError, "cut the stream off before data: [DONE]")
