@@ -1,30 +1,32 @@
 """The GPU-backed OpenAI-compatible endpoint (vLLM, SageMaker LMI, llama.cpp server) as a `ChatBackend`.
 
-Calls are retried on connect errors, 429 and 5xx with exponential backoff and full jitter, bounded
-by one total deadline, and guarded by a circuit breaker so that a dead endpoint fails fast.
+Calls go through the one OpenAI HTTP client (`router._openai_client`: retries with exponential
+backoff and full jitter, `Retry-After`, one total deadline, SSE). What this module adds: a 500 is
+retried too (`GPU_RETRY_STATUSES`), every error status is a `CloudHTTPError` (so the engine falls
+back on it), and a circuit breaker, plugged into the client's admission check and outcome report,
+makes a dead endpoint fail fast.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
-import pydantic
 
 from cloud.breaker import BreakerState, CircuitBreaker
 from router._backend import BackendHealth, ChatBackend, Target
 from router._config import CloudConfig
-from router._errors import CloudBackendError, CloudTimeout, CloudUnavailable
-from router._openai_http import error_body_message, next_sse_event, retry_after_seconds, retry_delay
+from router._errors import CloudBackendError, CloudUnavailable, RouterError
+from router._openai_client import RETRY_STATUSES, HTTPTimeouts, OpenAIHTTPClient, RetryPolicy, chat_body
 from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 
-#: Statuses worth another attempt: overload and gateway errors, which are usually short-lived.
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+#: Statuses worth another attempt: the shared defaults (429, 502, 503, 504) and 500, which this
+#: client has always retried (a GPU server's 500 is often a transient engine failure) and tests pin.
+GPU_RETRY_STATUSES = RETRY_STATUSES | {500}
 
 
 class CloudHTTPError(CloudBackendError):
@@ -33,6 +35,11 @@ class CloudHTTPError(CloudBackendError):
     def __init__(self, message: str, *, upstream_status: int) -> None:
         super().__init__(message)
         self.upstream_status = upstream_status
+
+
+def _http_error(status: int, message: str, code: str | None) -> RouterError:
+    # Every status, a 400 included, is the endpoint's failure to answer: the engine may fall back.
+    return CloudHTTPError(message, upstream_status=status)
 
 
 class CloudEndpointClient(ChatBackend):
@@ -53,12 +60,23 @@ class CloudEndpointClient(ChatBackend):
         self.model_id = config.model
         self.context_window = config.context_window
         self.breaker = CircuitBreaker.from_config(config.breaker, clock=clock)
-        self._transport = transport
-        self._sleep = sleep
         self._clock = clock
-        self._rng = rng if rng is not None else random.Random()
-        self._client: httpx.AsyncClient | None = None
-        self._url = f"{config.url.rstrip('/')}/chat/completions" if config.url else "<not configured>"
+        t = config.timeouts
+        self._http = OpenAIHTTPClient(
+            base_url=config.url,
+            name="cloud endpoint",
+            timeouts=HTTPTimeouts(connect=t.connect, read=t.read, total=t.total),
+            retry=RetryPolicy.from_config(config.retries, statuses=GPU_RETRY_STATUSES),
+            api_key=lambda: config.api_key,  # read at call time: a rotated key applies at once
+            status_error=_http_error,
+            default_model=config.model,
+            admit=self._admit,
+            on_outcome=self._record_outcome,
+            transport=transport,
+            sleep=sleep,
+            clock=clock,
+            rng=rng if rng is not None else random.Random(),
+        )
 
     def health(self) -> BackendHealth:
         """Unavailable when no URL is configured or the breaker is open; no I/O."""
@@ -71,190 +89,43 @@ class CloudEndpointClient(ChatBackend):
 
     async def complete(self, request: ChatCompletionRequest, *, max_tokens: int) -> ChatCompletionResponse:
         """One non-streamed completion; raises `CloudBackendError` (or a subclass) on any failure."""
-        body = self._body(request, max_tokens, stream=False)
-        client = self._admit()  # last before `_outcome`: a half-open probe must always be reported
-        with self._outcome():
-            async with self._deadline():
-                response = await self._send(client, body, started=self._clock())
-                try:
-                    await response.aread()
-                except httpx.TimeoutException:
-                    raise CloudTimeout(self._err("stopped sending its response")) from None
-                except httpx.HTTPError as exc:
-                    raise CloudBackendError(self._err(f"response broke off: {exc!r}")) from None
-                finally:
-                    await response.aclose()
-            try:
-                data = response.json()
-                if isinstance(data, dict):
-                    data.setdefault("model", self.config.model)
-                return ChatCompletionResponse.model_validate(data)
-            except (ValueError, pydantic.ValidationError) as exc:
-                raise CloudBackendError(self._err(f"sent an invalid response: {exc}")) from None
+        return await self._http.complete(self._body(request, max_tokens, stream=False))
 
-    async def stream(
+    def stream(
         self, request: ChatCompletionRequest, *, max_tokens: int
     ) -> AsyncIterator[ChatCompletionChunk]:
         """Chunks of a streamed completion; every failure to start surfaces on the first `__anext__()`."""
-        body = self._body(request, max_tokens, stream=True)
-        client = self._admit()
-        response: httpx.Response | None = None
-        try:
-            # Until the first chunk the call can still fall back, so the total deadline applies.
-            with self._outcome():
-                async with self._deadline():
-                    response = await self._send(client, body, started=self._clock())
-                    lines = response.aiter_lines()
-                    chunk = await self._next_chunk(lines)
-                    if chunk is None:
-                        raise CloudBackendError(self._err("ended the stream before any chunk"))
-            # After it only the read timeout applies: a long answer may take longer than `total`.
-            while chunk is not None:
-                yield chunk
-                try:
-                    chunk = await self._next_chunk(lines)
-                except CloudBackendError:
-                    self.breaker.record_failure()
-                    raise
-        finally:
-            if response is not None:
-                await response.aclose()
+        return self._http.stream(self._body(request, max_tokens, stream=True))
 
     async def aclose(self) -> None:
         """Close the HTTP client and its connections."""
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        await self._http.aclose()
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _admit(self) -> httpx.AsyncClient:
-        """The client, if a call may go out now; else `CloudUnavailable` without any network."""
-        if self.config.url is None:
-            raise CloudUnavailable("cloud endpoint is not configured")
+    def _body(self, request: ChatCompletionRequest, max_tokens: int, *, stream: bool) -> dict[str, Any]:
+        return chat_body(request, model=self.config.model, stream=stream, max_tokens=max_tokens)
+
+    def _admit(self) -> None:
+        """Refuse a call with `CloudUnavailable`, without any network, while the breaker is open."""
         if not self.breaker.allow():
             retry_at = self.breaker.retry_at
             wait = "" if retry_at is None else f"; retry in {max(0.0, retry_at - self._clock()):.1f}s"
-            raise CloudUnavailable(f"circuit breaker for {self._url} is {self.breaker.state.value}{wait}")
-        if self._client is None:
-            t = self.config.timeouts
-            self._client = httpx.AsyncClient(
-                base_url=self.config.url,
-                timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.read, pool=t.connect),
-                transport=self._transport,
+            raise CloudUnavailable(
+                f"circuit breaker for {self.config.url} is {self.breaker.state.value}{wait}"
             )
-        return self._client
 
-    def _body(self, request: ChatCompletionRequest, max_tokens: int, *, stream: bool) -> dict[str, Any]:
-        body = request.model_dump(mode="json", exclude_none=True)
-        body.pop("max_completion_tokens", None)
-        body.update(model=self.config.model, max_tokens=max_tokens, stream=stream)
-        if not stream:
-            body.pop("stream_options", None)
-        return body
-
-    @contextlib.contextmanager
-    def _outcome(self) -> Iterator[None]:
-        """Report the call's outcome to the breaker: one failure per failed call, retries included."""
-        try:
-            yield
-        except CloudHTTPError as exc:
+    def _record_outcome(self, error: BaseException | None) -> None:
+        """Tell the breaker: one failure per failed call (retries included), or a stream that broke."""
+        if error is None:
+            self.breaker.record_success()
+        elif isinstance(error, CloudHTTPError):
             # A 4xx other than 429 is the request's fault: the endpoint is up and answering.
-            if exc.upstream_status == 429 or exc.upstream_status >= 500:
+            if error.upstream_status == 429 or error.upstream_status >= 500:
                 self.breaker.record_failure()
             else:
                 self.breaker.record_success()
-            raise
-        except CloudBackendError:
+        elif isinstance(error, CloudBackendError):
             self.breaker.record_failure()
-            raise
-        except BaseException:
-            self.breaker.release()  # cancelled: says nothing about the endpoint
-            raise
         else:
-            self.breaker.record_success()
-
-    @contextlib.asynccontextmanager
-    async def _deadline(self) -> AsyncIterator[None]:
-        total = self.config.timeouts.total
-        try:
-            async with asyncio.timeout(total):
-                yield
-        except TimeoutError:
-            raise CloudTimeout(self._err(f"did not answer within {total:g}s")) from None
-
-    async def _send(
-        self, client: httpx.AsyncClient, body: dict[str, Any], *, started: float
-    ) -> httpx.Response:
-        """POST with retries; returns an unread 2xx response that the caller must close."""
-        retries = self.config.retries
-        headers = {"Authorization": f"Bearer {key}"} if (key := self.config.api_key) else {}
-        attempt = 0
-        while True:
-            attempt += 1
-            retry_after: float | None = None
-            try:
-                request = client.build_request("POST", "chat/completions", json=body, headers=headers)
-                response = await client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                # Retried, as is a dropped connection: no response yet, so nothing generated twice.
-                failure: CloudBackendError = CloudUnavailable(self._err(f"unreachable: {exc!r}"))
-            except httpx.RemoteProtocolError as exc:
-                failure = CloudBackendError(self._err(f"dropped the connection: {exc!r}"))
-            except httpx.TimeoutException:
-                # The endpoint accepted the request and then hung; a retry would likely hang too.
-                raise CloudTimeout(self._err("timed out waiting for a response")) from None
-            except httpx.HTTPError as exc:
-                raise CloudBackendError(self._err(f"request failed: {exc!r}")) from None
-            else:
-                if response.is_success:
-                    return response
-                try:
-                    await response.aread()
-                except httpx.HTTPError:
-                    pass  # the status says enough
-                finally:
-                    await response.aclose()
-                failure = CloudHTTPError(
-                    self._err(f"answered {response.status_code}: {_error_message(response)}"),
-                    upstream_status=response.status_code,
-                )
-                if response.status_code not in RETRYABLE_STATUS:
-                    raise failure
-                retry_after = retry_after_seconds(response.headers.get("retry-after"))
-            if attempt >= retries.max_attempts:
-                self._give_up(failure, attempt)
-            retry_after = retry_delay(attempt, retry_after, retries, self._rng)
-            if self._clock() - started + retry_after > self.config.timeouts.total:
-                self._give_up(failure, attempt)  # the wait alone would pass the deadline
-            await self._sleep(retry_after)
-
-    def _err(self, what: str) -> str:
-        """An error message that names the URL (never the API key, which only travels in a header)."""
-        return f"cloud endpoint {self._url} {what}"
-
-    @staticmethod
-    def _give_up(failure: CloudBackendError, attempts: int) -> NoReturn:
-        if attempts > 1:
-            failure.message = f"{failure.message} (after {attempts} attempts)"
-            failure.args = (failure.message,)
-        raise failure
-
-    async def _next_chunk(self, lines: AsyncIterator[str]) -> ChatCompletionChunk | None:
-        """The next chunk of the SSE body, or None at `data: [DONE]` or the end of the body."""
-        try:
-            event = await next_sse_event(lines, describe=self._err, default_model=self.config.model)
-        except httpx.TimeoutException:
-            raise CloudTimeout(self._err("stalled mid-stream")) from None
-        except httpx.HTTPError as exc:
-            raise CloudBackendError(self._err(f"broke off the stream: {exc!r}")) from None
-        return event if isinstance(event, ChatCompletionChunk) else None
-
-
-def _error_message(response: httpx.Response) -> str:
-    """The message of an OpenAI error body (`{"error": {"message": ...}}`), else the body's start."""
-    try:
-        message, _ = error_body_message(response.json())
-    except ValueError:
-        message = None
-    return message or response.text[:200] or response.reason_phrase
+            self.breaker.release()  # cancelled: says nothing about the endpoint

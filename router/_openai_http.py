@@ -1,8 +1,8 @@
 """Reading an OpenAI-compatible server's answers, for every client of one: the GPU endpoint client
 (`cloud/`) and the on-device SDK's escalation to the cloud router (`edge/`).
 
-Transport-free (strings and parsed JSON in, wire types out), so each client keeps its own HTTP
-library, retry loop and error mapping.
+Transport-free (strings and parsed JSON in, wire types out): the one HTTP client that uses them,
+with its retry loop and error mapping, is `router._openai_client`.
 """
 
 from __future__ import annotations
@@ -10,14 +10,12 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
-import random
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
 
-from router._config import CloudRetries
 from router._errors import CloudBackendError
 from router._wire import ChatCompletionChunk
 
@@ -80,13 +78,6 @@ def retry_after_seconds(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def retry_delay(attempt: int, retry_after: float | None, retries: CloudRetries, rng: random.Random) -> float:
-    """Seconds before retry `attempt + 1`: Retry-After when sent, else exponential backoff, full jitter."""
-    if retry_after is not None:
-        return retry_after
-    return rng.uniform(0, min(retries.backoff_max_s, retries.backoff_base_s * 2 ** (attempt - 1)))
 
 
 async def next_sse_event(

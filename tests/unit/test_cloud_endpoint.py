@@ -65,7 +65,14 @@ class Upstream:
 
 
 class Harness:
-    def __init__(self, upstream: Upstream, **config: Any) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        *,
+        rng: random.Random | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        **config: Any,
+    ) -> None:
         settings: dict[str, Any] = {
             "url": URL,
             "model": "big-model",
@@ -79,10 +86,10 @@ class Harness:
         self.sleep = FakeSleep(self.clock)
         self.client = CloudEndpointClient(
             CloudConfig(**settings),
-            transport=httpx.MockTransport(upstream),
+            transport=transport or httpx.MockTransport(upstream),
             sleep=self.sleep,
             clock=self.clock,
-            rng=random.Random(7),
+            rng=rng or random.Random(7),
         )
 
 
@@ -258,9 +265,10 @@ async def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
             return b
 
     h = Harness(
-        Upstream(status(502)), retries=CloudRetries(max_attempts=5, backoff_base_s=0.5, backoff_max_s=1.5)
+        Upstream(status(502)),
+        rng=RecordingRandom(),
+        retries=CloudRetries(max_attempts=5, backoff_base_s=0.5, backoff_max_s=1.5),
     )
-    h.client._rng = RecordingRandom()
     with pytest.raises(CloudBackendError):
         await h.client.complete(chat(), max_tokens=5)
     assert bounds == [(0, 0.5), (0, 1.0), (0, 1.5), (0, 1.5)]
@@ -341,8 +349,7 @@ async def test_total_deadline_bounds_a_slow_upstream() -> None:
         await asyncio.sleep(5)
         return httpx.Response(200, json=completion())
 
-    h = Harness(Upstream(ok()), timeouts=CloudTimeouts(total=0.05))
-    h.client._transport = httpx.MockTransport(slow)
+    h = Harness(Upstream(ok()), transport=httpx.MockTransport(slow), timeouts=CloudTimeouts(total=0.05))
     with pytest.raises(CloudTimeout, match="did not answer within"):
         await h.client.complete(chat(), max_tokens=5)
     assert h.client.breaker.failures == 1
@@ -543,7 +550,7 @@ async def test_stream_closed_early_by_consumer_closes_response() -> None:
 async def test_aclose_closes_the_client() -> None:
     h = Harness(Upstream(ok()))
     await h.client.complete(chat(), max_tokens=5)
-    client = h.client._client
+    client = h.client._http.client
     assert client is not None
     await h.client.aclose()
     assert client.is_closed

@@ -1,0 +1,374 @@
+"""One OpenAI-compatible HTTP client for every caller of one: the GPU endpoint client (`cloud/`) and
+the on-device SDK's escalation to the cloud router (`edge/`).
+
+A call POSTs `chat/completions`, retries per `RetryPolicy` (exponential backoff with full jitter,
+`Retry-After` honoured up to a cap), all inside one total deadline (`HTTPTimeouts.total`), and returns
+a `ChatCompletionResponse`, or streams `ChatCompletionChunk`s from the SSE body. A stream's first chunk
+is inside the deadline (until then the caller can still fall back); later chunks each wait at most the
+read timeout, since a long answer may outlast the deadline.
+
+Retried, each within `max_attempts` and the deadline:
+
+- a connect error or connect timeout: nothing reached the server;
+- a connection dropped before any response (`RemoteProtocolError`): no status came back, so nothing
+  was delivered (the official openai client and LiteLLM retry it too);
+- a status in `RetryPolicy.statuses`, by default 429, 502, 503 and 504: overload and gateway errors,
+  short-lived by nature.
+
+Not retried: a read, write or pool timeout (the server took the request and hangs; another attempt would
+most likely hang too and spend the deadline the caller's fallback needs), and every other status. A 500
+is not retried by default: it is not evidence that the server is down (often the request provoked it),
+so retrying it only multiplies load; a caller may add it to `statuses`.
+
+What differs between callers is passed in, not copied: `retry`; `status_error` (the error for an error
+status, by default the router's error tree, `error_for_status`); `network_error` (one error class for
+every failure of the network instead of the default classes: the device's `CloudUnreachable`, which
+marks it offline); `admit` and `on_outcome` (an admission check before a call and the report of its
+outcome: the GPU client's circuit breaker; the device has none); `require_done` (whether a stream that
+ends without `data: [DONE]` was cut).
+
+httpx is imported at the top of this module, so `router/__init__` must not import it (cold start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pydantic
+
+from router._config import CloudRetries
+from router._errors import (
+    AuthenticationError,
+    CloudBackendError,
+    CloudTimeout,
+    CloudUnavailable,
+    ContextLengthExceeded,
+    ModelNotFound,
+    PayloadTooLarge,
+    RequestError,
+    RouterError,
+)
+from router._openai_http import error_body_message, next_sse_event, retry_after_seconds
+from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
+
+CHAT_PATH = "chat/completions"
+#: Statuses retried by default: overload (429) and gateway errors (502, 503, 504), usually short-lived.
+RETRY_STATUSES: frozenset[int] = frozenset({429, 502, 503, 504})
+#: Failures of the network that are retried: nothing reached the server, or no answer came back.
+RETRIED_NETWORK_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
+
+#: The error for an error status: `(status, message, OpenAI error code or None)` → a router error.
+StatusError = Callable[[int, str, str | None], RouterError]
+#: Told each call's outcome: None on success, else the exception that ended it (a cancellation too).
+OutcomeHook = Callable[[BaseException | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Which failures get another attempt, and how long to wait before it.
+
+    Waits are exponential (`backoff_base_s` × 2^(attempt−1), capped at `backoff_max_s`) with full
+    jitter, unless the server sends `Retry-After`: that is honoured, up to `retry_after_max_s`.
+    """
+
+    max_attempts: int = 3
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 2.0
+    statuses: frozenset[int] = RETRY_STATUSES
+    retry_after_max_s: float = 60.0
+
+    @classmethod
+    def from_config(cls, retries: CloudRetries, *, statuses: frozenset[int] = RETRY_STATUSES) -> RetryPolicy:
+        """The policy of a `retries` config section, retrying `statuses`."""
+        return cls(retries.max_attempts, retries.backoff_base_s, retries.backoff_max_s, statuses)
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds before attempt `attempt + 1`: `Retry-After` (capped) when sent, else jittered backoff."""
+        if retry_after is not None:
+            return min(retry_after, self.retry_after_max_s)
+        return rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPTimeouts:
+    """Seconds: to connect, to wait for the next bytes, and the deadline of a whole call, retries included."""
+
+    connect: float = 2.0
+    read: float = 30.0
+    total: float = 60.0
+
+    def for_httpx(self) -> httpx.Timeout:
+        """Per-operation timeouts (a write is bounded like a read, the pool like a connect)."""
+        return httpx.Timeout(connect=self.connect, read=self.read, write=self.read, pool=self.connect)
+
+
+def error_for_status(status: int, message: str, code: str | None) -> RouterError:
+    """The router error for an OpenAI-compatible server's error status, keeping its message and code."""
+    if status == 401:
+        return AuthenticationError(message)
+    if status == 404:
+        return ModelNotFound(message)
+    if status == 413:
+        return PayloadTooLarge(message)
+    if 400 <= status < 500 and status != 429:
+        return ContextLengthExceeded(message) if code == "context_length_exceeded" else RequestError(message)
+    if status == 504:
+        return CloudTimeout(message)
+    if status == 503:
+        return CloudUnavailable(message)
+    return CloudBackendError(message)
+
+
+def chat_body(
+    request: ChatCompletionRequest, *, model: str, stream: bool, max_tokens: int | None = None
+) -> dict[str, Any]:
+    """The JSON body for `request`, sent as `model`; `max_tokens`, when given, replaces the request's."""
+    body = request.model_dump(mode="json", exclude_none=True)
+    if max_tokens is not None:
+        body.pop("max_completion_tokens", None)
+        body["max_tokens"] = max_tokens
+    body.update(model=model, stream=stream)
+    if not stream:
+        body.pop("stream_options", None)
+    return body
+
+
+@dataclass(kw_only=True, eq=False)
+class OpenAIHTTPClient:
+    """Chat completions from one OpenAI-compatible server (see the module docstring for the rules).
+
+    Messages name `name` and `base_url`, never the API key, which only travels in a header and is read
+    from `api_key()` at each call (so a rotated key applies at once). Each event loop gets its own
+    httpx client: its connections belong to the loop that opened them, and an SDK object may outlive a
+    loop (a CLI calling `asyncio.run` per prompt).
+    """
+
+    base_url: str | None
+    name: str
+    timeouts: HTTPTimeouts = field(default_factory=HTTPTimeouts)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    api_key: Callable[[], str | None] = lambda: None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    status_error: StatusError = error_for_status
+    network_error: type[CloudBackendError] | None = None
+    require_done: bool = False
+    default_model: str | None = None
+    admit: Callable[[], None] | None = None
+    on_outcome: OutcomeHook | None = None
+    transport: httpx.AsyncBaseTransport | None = None
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
+    rng: random.Random = field(default_factory=random.Random)
+    _client: httpx.AsyncClient | None = field(default=None, init=False, repr=False)
+    _client_loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
+
+    @property
+    def client(self) -> httpx.AsyncClient | None:
+        """The httpx client of the last call, if one is open."""
+        return self._client
+
+    def describe(self, what: str) -> str:
+        """A message about this server: its name and URL, then `what`."""
+        return f"{self.name} {self.base_url} {what}"
+
+    async def complete(self, body: dict[str, Any]) -> ChatCompletionResponse:
+        """One non-streamed completion of `body` (see `chat_body`); raises a `RouterError` on failure."""
+        client = await self._http()
+        self._admit()
+        try:
+            async with self._deadline():
+                response = await self._send(client, body)
+                try:
+                    await response.aread()
+                except httpx.HTTPError as exc:
+                    raise self._failure(exc, "while sending its response") from None
+                finally:
+                    await response.aclose()
+            answer = self._parse(response)
+        except BaseException as exc:
+            self._report(exc)
+            raise
+        self._report(None)
+        return answer
+
+    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[ChatCompletionChunk, None]:
+        """The chunks of a streamed completion of `body`; a failure to start raises on the first chunk."""
+        client = await self._http()
+        self._admit()
+        response: httpx.Response | None = None
+        try:
+            try:
+                async with self._deadline():
+                    response = await self._send(client, body)
+                    lines = response.aiter_lines()
+                    chunk = await self._next_chunk(lines)
+                    if chunk is None:
+                        raise CloudBackendError(self.describe("ended the stream before any chunk"))
+            except BaseException as exc:
+                self._report(exc)
+                raise
+            self._report(None)
+            while chunk is not None:
+                yield chunk
+                try:
+                    chunk = await self._next_chunk(lines)
+                except RouterError as exc:  # reported again: the stream failed after it started
+                    self._report(exc)
+                    raise
+        finally:
+            if response is not None:
+                await response.aclose()
+
+    async def probe(self, path: str = "models", *, timeout_s: float) -> float:
+        """Round trip of `GET path` in ms; any status counts (the network carried the call)."""
+        client = await self._http()
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await client.get(path, headers=self._auth())
+        except TimeoutError:
+            raise self._network(CloudTimeout, f"did not answer a probe within {timeout_s:g}s") from None
+        except httpx.TransportError as exc:
+            raise self._failure(exc, "on a probe") from None
+        return (time.perf_counter() - started) * 1000.0
+
+    async def aclose(self) -> None:
+        """Close the httpx client (when its loop still runs); idempotent."""
+        client, self._client = self._client, None
+        if client is not None and not self._loop_closed():
+            with contextlib.suppress(RuntimeError):
+                await client.aclose()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    async def _http(self) -> httpx.AsyncClient:
+        if self.base_url is None:
+            raise CloudUnavailable(f"{self.name} is not configured")
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            await self.aclose()
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url.rstrip("/") + "/",
+                timeout=self.timeouts.for_httpx(),
+                transport=self.transport,
+                headers=dict(self.headers),
+            )
+            self._client_loop = loop
+        return self._client
+
+    def _loop_closed(self) -> bool:
+        return self._client_loop is None or self._client_loop.is_closed()
+
+    def _admit(self) -> None:
+        # Last before the outcome is reported: an admitted call (a breaker's probe) is always reported.
+        if self.admit is not None:
+            self.admit()
+
+    def _report(self, error: BaseException | None) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(error)
+
+    def _auth(self) -> dict[str, str]:
+        key = self.api_key()
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _failure(self, exc: httpx.HTTPError, when: str) -> CloudBackendError:
+        """The router error for an httpx error raised `when` ("mid-stream", ...)."""
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return self._network(CloudUnavailable, f"is unreachable: {exc!r}")
+        if isinstance(exc, httpx.TimeoutException):
+            return self._network(CloudTimeout, f"timed out {when}")
+        if isinstance(exc, httpx.TransportError):
+            return self._network(CloudBackendError, f"broke off {when}: {exc!r}")
+        return CloudBackendError(self.describe(f"failed {when}: {exc!r}"))  # not the network: a bad body
+
+    def _network(self, default: type[CloudBackendError], what: str) -> CloudBackendError:
+        """A failure of the network: `network_error` when the caller set one, else `default`."""
+        return (self.network_error or default)(self.describe(what))
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self) -> AsyncIterator[None]:
+        total = self.timeouts.total
+        try:
+            async with asyncio.timeout(total):
+                yield
+        except TimeoutError:
+            raise self._network(CloudTimeout, f"did not answer within {total:g}s") from None
+
+    async def _send(self, client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Response:
+        """POST with retries; returns an unread 2xx response that the caller must close."""
+        started = self.clock()
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after: float | None = None
+            try:
+                request = client.build_request("POST", CHAT_PATH, json=body, headers=self._auth())
+                response = await client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                failure: RouterError = self._failure(exc, "before answering")
+                if not isinstance(exc, RETRIED_NETWORK_ERRORS):
+                    raise failure from None
+            else:
+                if response.is_success:
+                    return response
+                failure = await self._status_failure(response)
+                if response.status_code not in self.retry.statuses:
+                    raise failure
+                retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            if attempt >= self.retry.max_attempts:
+                raise _after(failure, attempt)
+            wait = self.retry.delay(attempt, retry_after, self.rng)
+            if self.clock() - started + wait > self.timeouts.total:
+                raise _after(failure, attempt)  # the wait alone would pass the deadline
+            await self.sleep(wait)
+
+    async def _status_failure(self, response: httpx.Response) -> RouterError:
+        try:
+            await response.aread()
+        except httpx.HTTPError:
+            pass  # the status says enough
+        finally:
+            await response.aclose()
+        message, code = None, None
+        with contextlib.suppress(ValueError):
+            message, code = error_body_message(response.json())
+        text = message or response.text[:200] or response.reason_phrase
+        return self.status_error(
+            response.status_code, self.describe(f"answered {response.status_code}: {text}"), code
+        )
+
+    def _parse(self, response: httpx.Response) -> ChatCompletionResponse:
+        try:
+            data = response.json()
+            if isinstance(data, dict) and self.default_model is not None:
+                data.setdefault("model", self.default_model)
+            return ChatCompletionResponse.model_validate(data)
+        except (ValueError, pydantic.ValidationError) as exc:
+            raise CloudBackendError(self.describe(f"sent an invalid response: {exc}")) from None
+
+    async def _next_chunk(self, lines: AsyncIterator[str]) -> ChatCompletionChunk | None:
+        """The next chunk of the SSE body, or None at `data: [DONE]` (or at the body's end, if allowed)."""
+        try:
+            event = await next_sse_event(lines, describe=self.describe, default_model=self.default_model)
+        except httpx.HTTPError as exc:
+            raise self._failure(exc, "mid-stream") from None
+        if event is None and self.require_done:
+            # A server that ends every stream with [DONE] (errors included): a body that just stops was cut.
+            raise self._network(CloudBackendError, "cut the stream off before data: [DONE]")
+        return event if isinstance(event, ChatCompletionChunk) else None
+
+
+def _after(failure: RouterError, attempts: int) -> RouterError:
+    """`failure`, its message saying how many attempts it took when there was more than one."""
+    if attempts > 1:
+        failure.message = f"{failure.message} (after {attempts} attempts)"
+        failure.args = (failure.message,)
+    return failure
