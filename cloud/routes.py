@@ -94,7 +94,7 @@ class Route:
 
 def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> HttpResponse:
     """`payload` as compact UTF-8 JSON."""
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    body = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
     return HttpResponse(status, {"content-type": JSON, **(headers or {})}, body)
 
 
