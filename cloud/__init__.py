@@ -1,1 +1,1 @@
-"""The cloud side: the GPU endpoint client, the HTTP app and the CLI."""
+"""The cloud side: the GPU endpoint client, the HTTP routes (`routes`) and their front doors, and the CLI."""

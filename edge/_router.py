@@ -97,7 +97,7 @@ class EdgeRouter:
         self.sync = PolicySync(config.sync, api_key=api_key or config.cloud.api_key, transport=transport)
         self._tier, self._policy = config.tier, config.policy
         if self.sync.current is not None:  # the last good synced policy survives restarts
-            self._tier, self._policy = self.sync.current.tier, self.sync.current.policy
+            self._tier, self._policy = self.sync.current.tier, self.sync.current.applied_to(config.tiers)
         self._signals: tuple[float, DeviceSignals] | None = None
         policy = DevicePolicy(
             lambda: (self._tier, self._policy),
@@ -183,10 +183,15 @@ class EdgeRouter:
         return True
 
     async def sync_config(self) -> SyncResult:
-        """Fetch the tier policy from the cloud; a valid new one applies to the next request."""
+        """Fetch the tier policy from the cloud; a valid new one applies to the next request.
+
+        The synced routing replaces the tier's; the tier's signals stay this device's unless the
+        document sends some (see `SyncedPolicy.applied_to`).
+        """
         result = await self.sync.refresh()
         if result.outcome == "updated" and self.sync.current is not None:
-            self._tier, self._policy = self.sync.current.tier, self.sync.current.policy
+            current = self.sync.current
+            self._tier, self._policy = current.tier, current.applied_to(self.config.tiers)
         return result
 
     # -- deciding --------------------------------------------------------------------------------

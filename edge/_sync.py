@@ -2,8 +2,10 @@
 
 The document is a `SyncedPolicy` as JSON: the tier the device's key belongs to and that tier's policy.
 A new document is validated before anything else; an invalid one is refused and the current policy
-stays. The last good document and its ETag are written atomically to `state_file`, so a device that
-restarts offline routes with the policy it last had. A 304 costs a round trip and no parsing.
+stays. The device routes with the synced routing and keeps its own signals for that tier unless the
+document sends `signals` (the router's `GET /v1/edge/config` sends only `routing`): see `applied_to`.
+The last good document and its ETag are written atomically to `state_file`, so a device that restarts
+offline routes with the policy it last had. A 304 costs a round trip and no parsing.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -23,6 +26,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from edge._sdk_config import ConfigSyncSettings, DeviceTierPolicy
 
 logger = logging.getLogger("hybrid_router.edge")
+
+#: The state file's format. Version 1 (no `version` member) saved default signals as if the server had
+#: sent them; such a state is still used, but its ETag is dropped so that the next sync fetches anew.
+STATE_VERSION = 2
 
 
 class SyncedPolicy(BaseModel):
@@ -32,6 +39,22 @@ class SyncedPolicy(BaseModel):
 
     tier: str
     policy: DeviceTierPolicy
+
+    def applied_to(self, tiers: Mapping[str, DeviceTierPolicy]) -> DeviceTierPolicy:
+        """The policy the device routes with, given its configured `tiers`.
+
+        The synced routing replaces the tier's routing. Signals are the device's: the document's
+        `signals` replace them when it sends some; otherwise the device keeps the signals it configures
+        for this tier (the defaults for a tier it does not configure).
+        """
+        configured = tiers.get(self.tier)
+        if configured is None or "signals" in self.policy.model_fields_set:
+            return self.policy
+        return configured.model_copy(update={"routing": self.policy.routing})
+
+    def sent(self) -> dict[str, Any]:
+        """What the server sent, as JSON (members it left out stay out, so `applied_to` still knows)."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 @dataclass(frozen=True)
@@ -68,7 +91,7 @@ class PolicySync:
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
             self.current = SyncedPolicy.model_validate(state["policy"])
-            self.etag = state.get("etag")
+            self.etag = state.get("etag") if state.get("version") == STATE_VERSION else None
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
@@ -78,7 +101,7 @@ class PolicySync:
         if self.settings.state_file is None or self.current is None:
             return
         path = Path(self.settings.state_file)
-        state = {"etag": self.etag, "policy": self.current.model_dump(mode="json")}
+        state = {"version": STATE_VERSION, "etag": self.etag, "policy": self.current.sent()}
         path.parent.mkdir(parents=True, exist_ok=True)
         # Written beside the target and renamed over it: a crash leaves the old file or the new one.
         fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
@@ -122,7 +145,7 @@ class PolicySync:
             )
             logger.warning("refusing invalid policy from %s: %s", self.settings.url, problems)
             return SyncResult("rejected", self.etag, problems)
-        if document == self.current:
+        if self.current is not None and document.sent() == self.current.sent():
             self.etag = etag
             self._save_state()
             return SyncResult("unchanged", etag, "same document")

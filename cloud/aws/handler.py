@@ -1,21 +1,21 @@
 """The buffered Lambda handler behind the API Gateway REST API (powertools event handler).
 
-    POST /v1/chat/completions   a chat completion; `stream: true` is answered as one SSE body
-                                (true streaming is the Function URL's: see `cloud.aws.stream`)
-    GET  /v1/models             the one model id this router serves
-    GET  /health                each backend's state
+It mounts `cloud.routes`, the routes the local server and the Function URL serve, with the same
+bodies, headers and errors; a `stream: true` chat completion is answered as one SSE body (true
+streaming is the Function URL's: see `cloud.aws.stream`). The REST API in `template.yaml` exposes
+`POST /v1/chat/completions`, `GET /v1/models`, `GET /health` and `GET /v1/edge/config`.
 
 The caller's tier comes from the API Gateway key that made the call (`requestContext.identity`),
-mapped through the config's `api_key_ids` (or `api_keys` by sha256), never from the request body.
-Errors leave as OpenAI error objects with their status. Set `HYBRID_ROUTER_IDEMPOTENCY_TABLE` to a
-DynamoDB table and a retried call that repeats its `Idempotency-Key` header gets the first answer.
+mapped through the config's `api_key_ids` (or `api_keys` by sha256), never from the request body;
+an event without a key (a direct invoke) is read as the local server reads it: `Authorization: Bearer`.
+Set `HYBRID_ROUTER_IDEMPOTENCY_TABLE` to a DynamoDB table and a retried chat completion that repeats
+its `Idempotency-Key` header gets the first answer.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import time
 from typing import Any
@@ -26,25 +26,14 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cloud._http import error_body, parse_chat_request, route_headers
+from cloud import routes
 from cloud.aws.config import ConfigSource
-from cloud.aws.runtime import EngineFactory, LambdaRouter, Snapshot, lambda_engine
+from cloud.aws.runtime import EngineFactory, LambdaRouter, lambda_engine
 from cloud.aws.telemetry import metrics_namespace, route_core_logs, service_name
-from router import (
-    ChatCompletionRequest,
-    ModelCard,
-    ModelList,
-    PayloadTooLarge,
-    RequestError,
-    RouteInfo,
-    RouterError,
-    Tenant,
-)
-from router._wire import dump
+from router import RequestError, RouterError, RoutingEngine, Tenant
 
 ENV_IDEMPOTENCY_TABLE = "HYBRID_ROUTER_IDEMPOTENCY_TABLE"
 IDEMPOTENCY_HEADER = "idempotency-key"
-JSON = "application/json"
 
 logger = Logger(service=service_name())
 tracer = Tracer(service=service_name())
@@ -84,22 +73,38 @@ def reset() -> None:
 # -- routes --------------------------------------------------------------------------------------
 
 
-@app.post("/v1/chat/completions")
+def _mount(route: routes.Route) -> None:
+    def endpoint() -> Response[str]:
+        router = get_router()
+        engine = router.current().engine
+        return _lambda_response(router.run(_answer(route, _request(), engine)))
+
+    endpoint.__name__ = endpoint.__qualname__ = route.handler.__name__
+    endpoint.__doc__ = route.handler.__doc__
+    app.route(route.path, route.method)(endpoint)
+
+
+async def _answer(
+    route: routes.Route, request: routes.HttpRequest, engine: RoutingEngine
+) -> routes.HttpResponse:
+    return await routes.buffered(await routes.respond(route, request, engine))
+
+
+@app.post(routes.CHAT_COMPLETIONS)
 @tracer.capture_method
 def chat_completions() -> Response[str]:
-    """Route and answer one chat completion for the caller's tier."""
-    event = app.current_event
+    """`cloud.routes.chat_completions`, through the idempotency store when the call has a key."""
     router = get_router()
-    snapshot = router.current()
-    identity = event.request_context.identity
-    tenant = snapshot.engine.authenticate_key_id(identity.api_key_id, identity.api_key)
-    body = _body_text(event.body, bool(event.is_base64_encoded), snapshot.engine.config.server.max_body_bytes)
+    engine = router.current().engine
+    request = _request()
+    tenant = routes.authenticate(request, engine)
+    body = router.run(routes.read_body(request, engine.config.server.max_body_bytes))
     call = {
         "tenant": tenant.name,
         "tier": tenant.tier,
-        "key": event.headers.get(IDEMPOTENCY_HEADER),
-        "body": body,
-        "body_sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
+        "key": request.headers.get(IDEMPOTENCY_HEADER),
+        "body": base64.b64encode(body).decode("ascii"),  # JSON-ready, whatever the bytes
+        "body_sha256": hashlib.sha256(body).hexdigest(),
     }
     # Only calls that carry an Idempotency-Key go through the idempotency store.
     if call["key"] and _idempotency_config is not None:
@@ -109,64 +114,65 @@ def chat_completions() -> Response[str]:
 
 
 def _complete_payload(call: dict[str, Any]) -> dict[str, Any]:
-    """Answer a validated call; the result is JSON-ready so that idempotency can store it."""
+    """Answer a validated call; the result is JSON-ready so that idempotency can store it.
+
+    A `RouterError` propagates (it is not stored: a retry runs again) and becomes its error object.
+    """
     router = get_router()
-    snapshot = router.current()
+    engine = router.current().engine
     router.run(router.close_retired())
     tenant = Tenant(call["tenant"], call["tier"])
-    chat = parse_chat_request(call["body"])
     tracer.put_annotation(key="tier", value=tenant.tier)
-    if chat.stream:
-        body, route = router.run(_collect_stream(snapshot, chat, tenant))
-        headers = {**route_headers(route), "Cache-Control": "no-cache"}
-        return {"status": 200, "content_type": "text/event-stream", "body": body, "headers": headers}
-    response = router.run(snapshot.engine.complete(chat, tenant))
-    assert response.route is not None
-    tracer.put_annotation(key="target", value=response.route.target)
+    answer = router.run(_answer_chat(engine, tenant, base64.b64decode(call["body"])))
+    if "x-route-target" in answer.headers:
+        tracer.put_annotation(key="target", value=answer.headers["x-route-target"])
+    headers = dict(answer.headers)
+    content_type = headers.pop("content-type")
     return {
-        "status": 200,
-        "content_type": JSON,
-        "body": json.dumps(dump(response), separators=(",", ":")),
-        "headers": route_headers(response.route),
+        "status": answer.status,
+        "content_type": content_type,
+        "body": answer.body.decode(),
+        "headers": headers,
     }
 
 
-async def _collect_stream(
-    snapshot: Snapshot, chat: ChatCompletionRequest, tenant: Tenant
-) -> tuple[str, RouteInfo]:
-    routed = await snapshot.engine.stream(chat, tenant)
-    events: list[str] = []
+async def _answer_chat(engine: RoutingEngine, tenant: Tenant, body: bytes) -> routes.HttpResponse:
+    return await routes.buffered(await routes.answer_chat(engine, tenant, body))
+
+
+for _route in routes.ROUTES:
+    if _route.path != routes.CHAT_COMPLETIONS:  # mounted above, with idempotency
+        _mount(_route)
+
+
+def _request() -> routes.HttpRequest:
+    """This invocation's request, as `cloud.routes` takes it."""
+    event = app.current_event
+    identity = event.request_context.identity
+    return routes.HttpRequest(
+        method=event.http_method,
+        path=event.path,
+        headers={name.lower(): value for name, value in (event.headers or {}).items()},
+        body=_body_bytes(event.body, bool(event.is_base64_encoded)),
+        api_key_id=identity.api_key_id,
+        api_key=identity.api_key,
+    )
+
+
+def _body_bytes(body: str | None, is_base64: bool) -> bytes:
+    raw = (body or "").encode("utf-8")
+    if not is_base64:
+        return raw
     try:
-        async for chunk in routed.chunks:
-            events.append(f"data: {json.dumps(dump(chunk), separators=(',', ':'))}\n\n")
-    except RouterError as exc:  # after the first chunk: reported in-band, as the streaming app does
-        events.append(f"data: {json.dumps(error_body(exc))}\n\n")
-    events.append("data: [DONE]\n\n")
-    return "".join(events), routed.route
+        return base64.b64decode(raw, validate=True)
+    except ValueError:
+        raise RequestError("The request body is not valid base64.") from None
 
 
-@app.get("/v1/models")
-def list_models() -> Response[str]:
-    """The one model id this router serves."""
-    config = get_router().current().engine.config
-    body = ModelList(data=[ModelCard(id=config.served_model_name)])
-    return Response(200, JSON, json.dumps(dump(body)))
-
-
-@app.get("/health")
-def health() -> Response[str]:
-    """200 while some backend can answer, with each backend's state; 503 when none can."""
-    engine = get_router().current().engine
-    edge, cloud = engine.health("edge"), engine.health("cloud")
-    available = edge.available or cloud.available
-    status = "ok" if edge.available and cloud.available else "degraded"
-    body = {
-        "status": status if available else "unavailable",
-        "estimator": f"{engine.estimator.name}@{engine.estimator.version}",
-        "edge": {"available": edge.available, "busy": edge.busy, "detail": edge.detail},
-        "cloud": {"available": cloud.available, "detail": cloud.detail},
-    }
-    return Response(200 if available else 503, JSON, json.dumps(body))
+def _lambda_response(answer: routes.HttpResponse) -> Response[str]:
+    headers = dict(answer.headers)
+    content_type = headers.pop("content-type", None)  # powertools sends it as `Content-Type`
+    return Response(answer.status, content_type, answer.body.decode(), headers)
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -174,33 +180,25 @@ def health() -> Response[str]:
 
 def router_error(exc: RouterError) -> Response[str]:
     """Every `RouterError` as an OpenAI error object with its status."""
-    if exc.status_code >= 500:
-        logger.warning("request failed", extra={"code": exc.code, "detail": exc.message})
-    return Response(exc.status_code, JSON, json.dumps(error_body(exc)))
+    return _lambda_response(routes.error_response(exc))
 
 
 @app.not_found
 def not_found(exc: Exception) -> Response[str]:
-    """Unknown paths and methods, as OpenAI error objects."""
+    """Unknown paths (404) and methods (405), as OpenAI error objects."""
     event = app.current_event
-    return _error(404, f"{event.http_method} {event.path}: Not Found", "not_found_error", "404")
+    return _lambda_response(routes.unrouted(event.http_method, event.path))
 
 
 def unexpected_error(exc: Exception) -> Response[str]:
     """Anything else: logged with its trace, answered without one."""
     logger.exception("unexpected error")
-    message = "The router hit an internal error; it has been logged."
-    return _error(500, message, "server_error", "internal_error")
+    return _lambda_response(routes.internal_error())
 
 
 # powertools' `exception_handler` decorator is untyped: register without it.
 app.exception_handler(RouterError)(router_error)
 app.exception_handler(Exception)(unexpected_error)
-
-
-def _error(status: int, message: str, error_type: str, code: str) -> Response[str]:
-    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
-    return Response(status, JSON, json.dumps(body))
 
 
 # -- the handler ---------------------------------------------------------------------------------
@@ -219,22 +217,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return result
 
 
-# -- helpers -------------------------------------------------------------------------------------
-
-
-def _body_text(body: str | None, is_base64: bool, limit: int) -> str:
-    raw = (body or "").encode("utf-8")
-    if is_base64:
-        try:
-            raw = base64.b64decode(raw, validate=True)
-        except ValueError:
-            raise RequestError("The request body is not valid base64.") from None
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"Request body of {len(raw)} bytes is over the limit of {limit} bytes.")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise RequestError("The request body is not valid UTF-8.") from None
+# -- idempotency ---------------------------------------------------------------------------------
 
 
 def _idempotent(func: Any) -> Any:
@@ -259,11 +242,15 @@ def _idempotent(func: Any) -> Any:
 
     def key_reused(exc: Exception) -> Response[str]:
         message = "This Idempotency-Key was used with a different request body."
-        return _error(400, message, "invalid_request_error", "idempotency_key_reused")
+        return _lambda_response(
+            routes.error_object(400, message, "invalid_request_error", "idempotency_key_reused")
+        )
 
     def in_progress(exc: Exception) -> Response[str]:
         message = "A request with this Idempotency-Key is still in progress; retry later."
-        return _error(409, message, "invalid_request_error", "idempotency_in_progress")
+        return _lambda_response(
+            routes.error_object(409, message, "invalid_request_error", "idempotency_in_progress")
+        )
 
     app.exception_handler(IdempotencyValidationError)(key_reused)
     app.exception_handler(IdempotencyAlreadyInProgressError)(in_progress)

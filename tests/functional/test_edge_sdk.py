@@ -14,8 +14,10 @@ import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any, Self
 
+import httpx
 import pytest
 
 from edge import (
@@ -385,3 +387,37 @@ async def test_personal_data_stays_on_the_device_even_for_premium(
             "private_data",
             ["card"],
         )
+
+
+# -- config sync from the real cloud router ------------------------------------------------------
+
+
+async def test_config_sync_keeps_the_devices_signals(
+    local_model: LlamaCppBackend, router_url: str, tmp_path: Path
+) -> None:
+    signals = {"slow_link_rtt_ms": None, "low_battery_pct": 50.0}
+    config = EdgeRouterConfig.model_validate(
+        {
+            "tier": "premium",
+            "tiers": {"free": {"routing": {"threshold": 0.05}, "signals": signals}, "premium": {}},
+            "cloud": {"url": f"{router_url}/v1"},
+            "sync": {"url": f"{router_url}/v1/edge/config", "state_file": str(tmp_path / "policy.json")},
+        }
+    )
+    async with httpx.AsyncClient() as client:
+        served = await client.get(
+            f"{router_url}/v1/edge/config", headers={"authorization": f"Bearer {KEYS['free']}"}
+        )
+    router = EdgeRouter(
+        config, local=local_model, signals=StaticSignals(DeviceSignals()), api_key=KEYS["free"]
+    )
+    try:
+        assert (await router.sync_config()).outcome == "updated"
+        assert router.tier == "free"  # the key's tier, from the router
+        assert router.policy.routing.model_dump(mode="json") == served.json()["policy"]["routing"]
+        assert (
+            router.policy.signals.slow_link_rtt_ms is None and router.policy.signals.low_battery_pct == 50.0
+        )
+        assert (await router.sync_config()).outcome == "unchanged"  # If-None-Match: 304
+    finally:
+        await router.cloud.aclose()

@@ -125,3 +125,70 @@ async def test_the_router_routes_with_the_synced_policy(tmp_path: Path) -> None:
     # The synced tier forbids local answers and this device has no cloud: a clear error.
     with pytest.raises(NoBackendAvailable, match="cannot be answered on the edge"):
         await router.plan({"messages": [{"role": "user", "content": "hi"}]})
+
+
+SIGNALLED = {
+    "cloud": {"url": None},
+    "tiers": {
+        "free": {
+            "routing": {"threshold": 0.7},
+            "signals": {"low_battery_pct": 50.0, "slow_link_rtt_ms": None, "local_on_metered": False},
+        }
+    },
+}
+# What the router's `GET /v1/edge/config` serves: the tier's routing, no signals.
+ROUTING_ONLY_DOC = {"tier": "free", "policy": {"routing": {"threshold": 0.5}}}
+
+
+def signalled_router(server: PolicyServer, state: Path, **config: Any) -> EdgeRouter:
+    return EdgeRouter(
+        EdgeRouterConfig.model_validate(
+            {
+                **SIGNALLED,
+                "sync": {"url": "http://cloud.test/v1/edge/config", "state_file": str(state)},
+                **config,
+            }
+        ),
+        local=FakeBackend("edge"),
+        signals=StaticSignals(),
+        transport=httpx.MockTransport(server),
+    )
+
+
+async def test_a_sync_keeps_the_devices_signals_for_its_tier(tmp_path: Path) -> None:
+    server, state = PolicyServer(ROUTING_ONLY_DOC), tmp_path / "policy.json"
+    router = signalled_router(server, state)
+    configured = router.policy.signals
+    assert (await router.sync_config()).outcome == "updated"
+    assert router.policy.routing.threshold == 0.5  # the synced routing applies
+    assert router.policy.signals == configured  # the device's own signals stay
+    assert signalled_router(server, state).policy.signals == configured  # and after a restart
+
+
+async def test_signals_the_server_sends_replace_the_devices(tmp_path: Path) -> None:
+    doc = {"tier": "free", "policy": {"routing": {"threshold": 0.5}, "signals": {"low_battery_pct": 5.0}}}
+    server, state = PolicyServer(doc), tmp_path / "policy.json"
+    router = signalled_router(server, state)
+    assert (await router.sync_config()).outcome == "updated"
+    assert router.policy.signals.low_battery_pct == 5.0
+    assert router.policy.signals.local_on_metered is True  # the document's signals, whole
+    assert signalled_router(server, state).policy.signals.low_battery_pct == 5.0
+
+
+async def test_a_synced_tier_the_device_does_not_configure_gets_default_signals(tmp_path: Path) -> None:
+    server, state = PolicyServer(PREMIUM_DOC), tmp_path / "policy.json"
+    router = signalled_router(server, state)
+    assert (await router.sync_config()).outcome == "updated"
+    assert router.tier == "premium" and router.policy.signals.low_battery_pct == 20.0
+
+
+async def test_a_state_file_from_before_signals_were_kept_is_fetched_again(tmp_path: Path) -> None:
+    # Earlier versions saved the signals' defaults as if the server had sent them, with the ETag.
+    state = tmp_path / "policy.json"
+    old = {"tier": "free", "policy": {"routing": {"threshold": 0.5}, "signals": {}}}
+    state.write_text(json.dumps({"etag": '"v1"', "policy": old}))
+    server = PolicyServer(ROUTING_ONLY_DOC)
+    router = signalled_router(server, state)
+    assert (await router.sync_config()).outcome == "updated"
+    assert "if-none-match" not in server.seen[0].headers
+    assert router.policy.signals.low_battery_pct == 50.0

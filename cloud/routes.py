@@ -1,0 +1,271 @@
+"""The router's HTTP routes, written once for every front door (`cloud.app`, `cloud.aws.handler`).
+
+A front door turns what its transport hands it into an `HttpRequest`, calls `respond` with the engine
+that serves the request, and turns the `HttpResponse` back into its transport's answer: Starlette
+streams `HttpResponse.stream`; the buffered Lambda handler joins it into one body (`buffered`). So
+the local server, the Function URL and API Gateway serve the same routes, bodies, headers and errors::
+
+    POST /v1/chat/completions   a chat completion; `stream: true` as server-sent events
+    GET  /v1/models             the one model id this router serves
+    GET  /health, /healthz      each backend's state; 503 when none can answer
+    GET  /metrics               decision counters, tokens and cost (in-process metrics only)
+    GET  /v1/edge/config        the caller's tier policy for the edge SDK's config sync (ETag)
+
+The caller's tier comes from its key, never from the request body: an API Gateway key
+(`HttpRequest.api_key_id` / `api_key`, from `requestContext.identity`) or `Authorization: Bearer`.
+No web framework is imported here (the Lambda handler imports this module at cold start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloud._http import error_body, parse_chat_request, route_headers
+from router import (
+    InMemoryMetrics,
+    ModelCard,
+    ModelList,
+    PayloadTooLarge,
+    RequestError,
+    RouterError,
+    RoutingEngine,
+    Tenant,
+)
+from router._wire import dump
+
+logger = logging.getLogger("hybrid_router")
+
+JSON = "application/json"
+SSE = "text/event-stream"
+CHAT_COMPLETIONS = "/v1/chat/completions"
+INTERNAL_ERROR_MESSAGE = "The router hit an internal error; it has been logged."
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One request as every front door sees it.
+
+    `headers` have lower-case names. `body` is the whole body, or its parts as they arrive (a chunked
+    upload is then counted against the body limit as it comes). `api_key_id` and `api_key` are the
+    key API Gateway authenticated (`requestContext.identity`); a local request has neither.
+    """
+
+    method: str
+    path: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | AsyncIterator[bytes] = b""
+    api_key_id: str | None = None
+    api_key: str | None = None
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """One answer as every front door sends it: `content-type` is among `headers` when there is a body.
+
+    A streamed answer has `stream` (SSE byte chunks) and an empty `body`.
+    """
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+
+Handler = Callable[[HttpRequest, RoutingEngine], Awaitable[HttpResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A method and path, and the handler that answers them."""
+
+    method: str
+    path: str
+    handler: Handler
+
+
+# -- responses -----------------------------------------------------------------------------------
+
+
+def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> HttpResponse:
+    """`payload` as compact UTF-8 JSON."""
+    body = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return HttpResponse(status, {"content-type": JSON, **(headers or {})}, body)
+
+
+def error_response(exc: RouterError) -> HttpResponse:
+    """A `RouterError` as an OpenAI error object with its status (server-side ones are logged)."""
+    if exc.status_code >= 500:
+        logger.warning("request failed: %s: %s", exc.code, exc.message)
+    return json_response(error_body(exc), exc.status_code)
+
+
+def error_object(status: int, message: str, error_type: str, code: str, **headers: str) -> HttpResponse:
+    """An OpenAI error object built here (not from a `RouterError`), every member present."""
+    return json_response(
+        {"error": {"message": message, "type": error_type, "param": None, "code": code}}, status, headers
+    )
+
+
+def unrouted(method: str, path: str) -> HttpResponse:
+    """404 for a path no route serves; 405 (with `allow`) for a known path and another method."""
+    allowed = sorted({route.method for route in ROUTES if route.path == path})
+    if not allowed:
+        return error_object(404, f"{method} {path}: Not Found", "not_found_error", "404")
+    message = f"{method} {path}: Method Not Allowed"
+    return error_object(405, message, "invalid_request_error", "405", allow=", ".join(allowed))
+
+
+def internal_error() -> HttpResponse:
+    """What an unexpected exception answers: a 500 error object, never a trace (log it first)."""
+    return error_object(500, INTERNAL_ERROR_MESSAGE, "server_error", "internal_error")
+
+
+async def respond(route: Route, request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
+    """`route`'s answer to `request`; a `RouterError` becomes its error object, anything else raises."""
+    try:
+        return await route.handler(request, engine)
+    except RouterError as exc:
+        return error_response(exc)
+
+
+async def buffered(response: HttpResponse) -> HttpResponse:
+    """`response` with its stream read into one body (API Gateway REST cannot stream)."""
+    if response.stream is None:
+        return response
+    body = b"".join([part async for part in response.stream])  # `sse_events` closes the engine's stream
+    return HttpResponse(response.status, response.headers, body)
+
+
+# -- the caller and the body ---------------------------------------------------------------------
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The key of `Authorization: Bearer <key>`, if that is what the header holds."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def authenticate(request: HttpRequest, engine: RoutingEngine) -> Tenant:
+    """The caller's tenant: by its API Gateway key id when there is one, else by its key's sha256."""
+    key = request.api_key or bearer_token(request.headers)
+    if request.api_key_id:
+        return engine.authenticate_key_id(request.api_key_id, key)
+    return engine.authenticate(key)
+
+
+async def read_body(request: HttpRequest, limit: int) -> bytes:
+    """The body, refused with 413 past `limit` bytes (a declared length is checked before reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise RequestError("Invalid Content-Length header.")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"Request body of {declared} bytes is over the limit of {limit} bytes.")
+    if isinstance(request.body, bytes):
+        if len(request.body) > limit:
+            raise PayloadTooLarge(
+                f"Request body of {len(request.body)} bytes is over the limit of {limit} bytes."
+            )
+        return request.body
+    body = bytearray()
+    async for part in request.body:
+        body += part
+        if len(body) > limit:  # a chunked body declares no length: count as it arrives
+            raise PayloadTooLarge(f"Request body is over the limit of {limit} bytes.")
+    return bytes(body)
+
+
+# -- the routes ----------------------------------------------------------------------------------
+
+
+async def chat_completions(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
+    """`POST /v1/chat/completions`, streamed or not, for the caller's tier."""
+    tenant = authenticate(request, engine)
+    return await answer_chat(engine, tenant, await read_body(request, engine.config.server.max_body_bytes))
+
+
+async def answer_chat(engine: RoutingEngine, tenant: Tenant, body: bytes) -> HttpResponse:
+    """A chat completion request body, answered for `tenant` (raises `RouterError` before any byte)."""
+    chat = parse_chat_request(body)
+    if not chat.stream:
+        response = await engine.complete(chat, tenant)
+        assert response.route is not None
+        return json_response(dump(response), headers=route_headers(response.route))
+    routed = await engine.stream(chat, tenant)
+    headers = {"content-type": SSE, **route_headers(routed.route), "cache-control": "no-cache"}
+    return HttpResponse(200, headers, stream=sse_events(routed.chunks))
+
+
+async def sse_events(chunks: AsyncGenerator[Any, None]) -> AsyncIterator[bytes]:
+    """Server-sent events: one `data:` line per chunk, an error event on failure, then `[DONE]`."""
+    try:
+        async with aclosing(chunks):  # a client that disconnects must release the edge model at once
+            async for chunk in chunks:
+                yield f"data: {json.dumps(dump(chunk), separators=(',', ':'))}\n\n".encode()
+    except RouterError as exc:  # the status line is gone: report in-band, as vLLM and OpenAI do
+        yield f"data: {json.dumps(error_body(exc))}\n\n".encode()
+    yield b"data: [DONE]\n\n"
+
+
+async def list_models(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
+    """`GET /v1/models`: the one model id this router serves."""
+    return json_response(dump(ModelList(data=[ModelCard(id=engine.config.served_model_name)])))
+
+
+async def health(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
+    """`GET /health`: 200 while some backend can answer, with each backend's state; 503 when none can."""
+    edge, cloud = engine.health("edge"), engine.health("cloud")
+    available = edge.available or cloud.available
+    status = "ok" if edge.available and cloud.available else "degraded"
+    body = {
+        "status": status if available else "unavailable",
+        "estimator": f"{engine.estimator.name}@{engine.estimator.version}",
+        "edge": {
+            "available": edge.available,
+            "busy": edge.busy,
+            "detail": edge.detail,
+            "queue_depth": getattr(engine.edge, "queue_depth", 0),
+        },
+        "cloud": {"available": cloud.available, "detail": cloud.detail},
+    }
+    return json_response(body, 200 if available else 503)
+
+
+async def metrics(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
+    """`GET /metrics`: decision counters, tokens and cost, as JSON (`{}` where metrics go elsewhere)."""
+    snapshot = engine.metrics.snapshot() if isinstance(engine.metrics, InMemoryMetrics) else {}
+    return json_response(snapshot)
+
+
+async def edge_config(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
+    """`GET /v1/edge/config`: the caller's tier policy for the edge SDK's config sync.
+
+    The ETag is the document's digest: a device that sends it back in `If-None-Match` gets a 304.
+    Only the tier's `routing` is sent; the device keeps its own signals for the tier.
+    """
+    tenant = authenticate(request, engine)
+    routing = engine.config.tiers[tenant.tier].model_dump(mode="json")
+    body = json.dumps(
+        {"tier": tenant.tier, "policy": {"routing": routing}}, sort_keys=True, separators=(",", ":")
+    ).encode()
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    if etag in request.headers.get("if-none-match", ""):
+        return HttpResponse(304, {"etag": etag})
+    return HttpResponse(200, {"content-type": JSON, "etag": etag, "cache-control": "private, no-cache"}, body)
+
+
+#: Every route, for every front door.
+ROUTES: tuple[Route, ...] = (
+    Route("POST", CHAT_COMPLETIONS, chat_completions),
+    Route("GET", "/v1/models", list_models),
+    Route("GET", "/health", health),
+    Route("GET", "/healthz", health),
+    Route("GET", "/metrics", metrics),
+    Route("GET", "/v1/edge/config", edge_config),
+)
