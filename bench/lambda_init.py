@@ -140,7 +140,7 @@ def child_warm(config_file: str, requests: int) -> dict[str, Any]:
     from router import ChatCompletionRequest, HeuristicEstimator, RouterConfig, RoutingEngine, Tenant
     from tests.fakes import FakeBackend
 
-    def canned(config: RouterConfig) -> RoutingEngine:
+    async def canned(config: RouterConfig) -> RoutingEngine:
         return RoutingEngine(config, estimator=HeuristicEstimator(), edge=FakeBackend("edge", reply="Hi!"))
 
     os.environ["HYBRID_ROUTER_CONFIG_FILE"] = config_file

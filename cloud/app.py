@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from cloud._http import error_body, parse_chat_request, route_headers
+from cloud.runtime import EngineFactory
 from router import (
     InMemoryMetrics,
     ModelCard,
@@ -34,8 +35,6 @@ from router import (
 from router._wire import dump
 
 logger = logging.getLogger("hybrid_router")
-
-EngineFactory = Callable[[RouterConfig], Awaitable[RoutingEngine]]
 
 
 def error_response(exc: RouterError) -> JSONResponse:

@@ -16,7 +16,6 @@ Where it comes from is set by the environment (the template sets one of them):
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,18 +35,16 @@ SourceKind = Literal["ssm", "appconfig", "file"]
 
 @dataclass(frozen=True)
 class LambdaRouterConfig:
-    """The router config parsed from one document, and that document's digest."""
+    """The router config parsed from one document (`LambdaRouter` keeps the document's digest)."""
 
     router: RouterConfig
-    #: sha256 of the document's text: a changed document makes a new engine, an unchanged one does not
-    digest: str = ""
 
 
-def parse_lambda_config(data: Any, *, source: str, digest: str = "") -> LambdaRouterConfig:
+def parse_lambda_config(data: Any, *, source: str) -> LambdaRouterConfig:
     """Validate a Lambda config document (the router's config) and apply the env overrides."""
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {source}: the document must be a mapping")
-    return LambdaRouterConfig(router=parse_config(data, source=source).with_env_overrides(), digest=digest)
+    return LambdaRouterConfig(router=parse_config(data, source=source).with_env_overrides())
 
 
 @dataclass(frozen=True)
@@ -111,5 +108,4 @@ def parse_text(text: str, *, source: str) -> LambdaRouterConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {source} is not valid YAML or JSON: {exc}") from None
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return parse_lambda_config(data, source=source, digest=digest)
+    return parse_lambda_config(data, source=source)

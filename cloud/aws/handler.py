@@ -28,8 +28,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cloud._http import error_body, parse_chat_request, route_headers
 from cloud.aws.config import ConfigSource
-from cloud.aws.runtime import EngineFactory, LambdaRouter, Snapshot, lambda_engine
+from cloud.aws.runtime import LambdaRouter, Snapshot, lambda_engine
 from cloud.aws.telemetry import metrics_namespace, route_core_logs, service_name
+from cloud.runtime import EngineFactory
 from router import (
     ChatCompletionRequest,
     ModelCard,

@@ -21,8 +21,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud.app import create_app
 from cloud.aws.config import ConfigSource
-from cloud.aws.runtime import EngineFactory, LambdaRouter, lambda_engine
+from cloud.aws.runtime import LambdaRouter, lambda_engine
 from cloud.aws.telemetry import emit_cold_start, route_core_logs, service_name
+from cloud.runtime import EngineFactory
 from router import RouterConfig, RoutingEngine
 
 logger = Logger(service=service_name())
