@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from cloud.aws.config import ConfigSource, LambdaRouterConfig, parse_text
+from cloud.aws.settings import LambdaSettings
 from cloud.aws.telemetry import EmfRouterMetrics
 from cloud.runtime import EngineFactory
 from router import ConfigError, CostLedger, RouterConfig, RouterMetrics, RoutingEngine
@@ -29,9 +30,9 @@ logger = logging.getLogger("hybrid_router")
 T = TypeVar("T")
 
 #: Secrets Manager id of the GPU endpoint's API key, copied into the env var the config names.
-ENV_CLOUD_SECRET = "HYBRID_ROUTER_CLOUD_API_KEY_SECRET"
+ENV_CLOUD_SECRET = LambdaSettings.env_name("cloud_api_key_secret")
 #: "sagemaker": sign calls to `cloud.url` (a SageMaker runtime endpoint URL) with SigV4.
-ENV_CLOUD_AUTH = "HYBRID_ROUTER_CLOUD_AUTH"
+ENV_CLOUD_AUTH = LambdaSettings.env_name("cloud_auth")
 
 
 async def lambda_engine(config: RouterConfig) -> RoutingEngine:
@@ -42,18 +43,18 @@ async def lambda_engine(config: RouterConfig) -> RoutingEngine:
 def _build_lambda_engine(config: RouterConfig) -> RoutingEngine:
     from cloud.runtime import build_engine
 
-    _load_cloud_secret(config)
+    settings = LambdaSettings.from_env()  # read once per build: a secret id may have changed
+    _load_cloud_secret(config, settings.cloud_api_key_secret)
     transport = None
-    if os.environ.get(ENV_CLOUD_AUTH) == "sagemaker" and config.cloud.url:
+    if settings.cloud_auth == "sagemaker" and config.cloud.url:
         from cloud.aws.sagemaker import SageMakerTransport
 
-        transport = SageMakerTransport.from_env()
+        transport = SageMakerTransport.from_env(settings)
     # One build: the cloud client is made once, with the transport it will use.
     return build_engine(config, cloud_transport=transport)
 
 
-def _load_cloud_secret(config: RouterConfig) -> None:
-    secret_id = os.environ.get(ENV_CLOUD_SECRET)
+def _load_cloud_secret(config: RouterConfig, secret_id: str | None) -> None:
     if not secret_id:
         return
     from aws_lambda_powertools.utilities import parameters
