@@ -169,14 +169,23 @@ class LambdaRouter:
             logger.info("tier config changed: tiers %s", sorted(config.router.tiers))
             return Snapshot(engine, config)
         started = time.perf_counter()
-        engine = self._build(config.router)
-        # Every engine of this environment reports to one metrics sink and charges one ledger.
-        engine.metrics, engine.ledger = self.metrics, self.ledger
+        engine = self._adopt(self._build(config.router))
         self.init_ms.setdefault("engine_ms", round((time.perf_counter() - started) * 1000.0, 3))
         if old is not None:
             self._retired.append(old.engine)
             logger.info("backend config changed: backends rebuilt")
         return Snapshot(engine, config)
+
+    def _adopt(self, engine: RoutingEngine) -> RoutingEngine:
+        """Plug this environment's ledger and metrics into an engine the factory built.
+
+        Every engine the environment serves charges one ledger (budgets survive a backend change)
+        and reports to one metrics sink, which joins the engine's observers.
+        """
+        engine.ledger = self.ledger  # read at call time
+        if not any(observer is self.metrics for observer in engine.observers):
+            engine.observers.append(self.metrics)
+        return engine
 
     def _build(self, config: RouterConfig) -> RoutingEngine:
         """Await the engine factory from this synchronous path."""

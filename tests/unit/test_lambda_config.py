@@ -153,7 +153,7 @@ def test_the_lambda_engine_is_built_once_per_config(tmp_path: Path, monkeypatch:
     assert counts == {"factory": 1, "engine": 1, "client": 1}
     assert isinstance(first.engine.cloud, CloudEndpointClient)
     assert isinstance(first.engine.cloud._transport, SageMakerTransport)
-    assert first.engine.metrics is router.metrics and first.engine.ledger is router.ledger
+    assert router.metrics in first.engine.observers and first.engine.ledger is router.ledger
 
     path.write_text(yaml.safe_dump({**DOC, "cloud": {"url": url}, "tiers": {"free": {}, "premium": {}}}))
     second = router.current()  # a tier change: a new engine on the same backends, nothing built
