@@ -31,7 +31,7 @@ DEMO_KEYS = {"free": "demo-free-key", "standard": "demo-standard-key", "premium"
 
 
 def _load(args: argparse.Namespace, settings: RouterSettings | None = None) -> RouterConfig:
-    config = load_config(args.config, settings=settings)
+    config = load_config(args.config, settings=settings or RouterSettings.from_args(args))
     server_update = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if server_update:
         config = config.model_copy(update={"server": config.server.model_copy(update=server_update)})
@@ -76,10 +76,10 @@ def _edge_build_runs(config: RouterConfig) -> bool:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Start the stand-in GPU endpoint (unless HYBRID_ROUTER_CLOUD_URL is set) and serve the demo config."""
+    """Start the stand-in GPU endpoint (unless a cloud URL is set) and serve the demo config."""
     from cloud.standin import start_standin
 
-    settings = RouterSettings.from_env()
+    settings = RouterSettings.from_args(args)
     standin = None
     if not settings.cloud_url:
         print(
@@ -87,7 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             flush=True,
         )
         standin = start_standin(port=args.cloud_port, log_file=Path(args.cloud_log))
-        settings = RouterSettings.from_env(cloud_url=standin.url)
+        settings = RouterSettings.from_args(args, cloud_url=standin.url)
     try:
         config = _load(args, settings)
         print(_demo_banner(config), flush=True)
@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = with_config(sub.add_parser(name, help=help_text))
         p.add_argument("--host")
         p.add_argument("--port", type=int)
+        RouterSettings.add_arguments(p)  # --cloud-url, --cloud-model: over the env and the file
         p.add_argument("--log-level", default="info")
         p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
         p.add_argument(

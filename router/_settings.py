@@ -10,13 +10,16 @@ One base, `HybridRouterSettings`, and a class per layer, each variable defined o
 
 A settings object reads the environment once, when it is made; a constructor argument overrides the
 variable (powertools' convention: `Metrics(namespace=...)` over `POWERTOOLS_METRICS_NAMESPACE`), and
-`from_env(mapping)` reads a mapping instead (tests, a child process's environment). An empty variable
-counts as unset. Secrets are not settings: a class names the variables that hold them (`SECRET_ENV`),
-and `secret_from_env` reads one at call time, so a key is never kept in an object, a repr or a log.
+so does a command-line flag (`add_arguments` / `from_args`, as llama-cpp-python's server makes its
+flags from its settings); `from_env(mapping)` reads a mapping instead (tests, a child's environment).
+An empty variable counts as unset. Secrets are not settings: a class names the variables that hold
+them (`SECRET_ENV`), and `secret_from_env` reads one at call time, so a key is never kept in an
+object, a repr or a log.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -82,6 +85,20 @@ class HybridRouterSettings(BaseSettings):
             raise ConfigError(f"invalid environment: {problems}") from None
         finally:
             _MAPPING_ONLY.reset(token)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One command-line flag per field (`--cloud-url` for `cloud_url`), helped by its description."""
+        for name, field in cls.model_fields.items():
+            parser.add_argument(
+                f"--{name.replace('_', '-')}", dest=name, help=f"{field.description} (${cls.env_name(name)})"
+            )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides: Any) -> Self:
+        """The environment's settings with the flags `add_arguments` made, where given, over them."""
+        flags = {name: getattr(args, name, None) for name in cls.model_fields}
+        return cls.from_env(**{**flags, **{k: v for k, v in overrides.items() if v is not None}})
 
     @classmethod
     def env_names(cls) -> dict[str, str]:

@@ -142,3 +142,19 @@ def test_no_module_reads_our_variables_outside_the_settings_modules() -> None:
             if isinstance(value, str) and OURS.fullmatch(value):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} reads {value}")
     assert offenders == []
+
+
+def test_a_command_line_flag_overrides_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cloud.cli import _load, build_parser
+
+    monkeypatch.setenv("HYBRID_ROUTER_CLOUD_URL", "http://env/v1")
+    monkeypatch.setenv("HYBRID_ROUTER_CLOUD_MODEL", "env-model")
+    args = build_parser().parse_args(["serve", "--cloud-url", "http://flag/v1"])
+    config = _load(args)
+    assert (config.cloud.url, config.cloud.model) == ("http://flag/v1", "env-model")
+    assert (
+        "HYBRID_ROUTER_CLOUD_URL"
+        in build_parser()._subparsers._group_actions[0].choices["serve"].format_help()
+    )  # type: ignore[union-attr]
