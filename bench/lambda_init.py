@@ -45,6 +45,7 @@ LAMBDA_LIMIT_MB = 250
 # What the two router functions import, by distribution (boto3/botocore come with the runtime).
 ZIP_DISTS = [
     "pydantic", "pydantic-core", "annotated-types", "typing-extensions", "typing-inspection",
+    "pydantic-settings", "python-dotenv",
     "numpy", "httpx", "httpcore", "h11", "anyio", "idna", "certifi", "sniffio", "PyYAML",
     "aws-lambda-powertools", "aws-xray-sdk", "wrapt", "jmespath",
     "llama-cpp-python", "diskcache", "Jinja2", "MarkupSafe",
@@ -140,7 +141,7 @@ def child_warm(config_file: str, requests: int) -> dict[str, Any]:
     from router import ChatCompletionRequest, HeuristicEstimator, RouterConfig, RoutingEngine, Tenant
     from tests.fakes import FakeBackend
 
-    def canned(config: RouterConfig) -> RoutingEngine:
+    async def canned(config: RouterConfig) -> RoutingEngine:
         return RoutingEngine(config, estimator=HeuristicEstimator(), edge=FakeBackend("edge", reply="Hi!"))
 
     os.environ["HYBRID_ROUTER_CONFIG_FILE"] = config_file

@@ -20,11 +20,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from cloud import routes
+from cloud.runtime import EngineFactory
 from router import RouterConfig, RouterError, RoutingEngine
 
 logger = logging.getLogger("hybrid_router")
-
-EngineFactory = Callable[[RouterConfig], Awaitable[RoutingEngine]]
 
 
 def error_response(exc: RouterError) -> Response:

@@ -13,18 +13,25 @@ import argparse
 import importlib.metadata
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from router import ConfigError, RouterConfig, RouterError, config_json_schema, hash_api_key, load_config
+from router import (
+    ConfigError,
+    RouterConfig,
+    RouterError,
+    RouterSettings,
+    config_json_schema,
+    hash_api_key,
+    load_config,
+)
 
 DEMO_KEYS = {"free": "demo-free-key", "standard": "demo-standard-key", "premium": "demo-premium-key"}
 
 
-def _load(args: argparse.Namespace) -> RouterConfig:
-    config = load_config(args.config)
+def _load(args: argparse.Namespace, settings: RouterSettings | None = None) -> RouterConfig:
+    config = load_config(args.config, settings=settings or RouterSettings.from_args(args))
     server_update = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if server_update:
         config = config.model_copy(update={"server": config.server.model_copy(update=server_update)})
@@ -33,11 +40,14 @@ def _load(args: argparse.Namespace) -> RouterConfig:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the router over HTTP until interrupted."""
+    return _serve(_load(args), args)
+
+
+def _serve(config: RouterConfig, args: argparse.Namespace) -> int:
     import uvicorn
 
     from cloud.app import create_app
 
-    config = _load(args)
     if config.edge.enabled and args.edge_check and not _edge_build_runs(config):
         return 1
     uvicorn.run(
@@ -66,21 +76,22 @@ def _edge_build_runs(config: RouterConfig) -> bool:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Start the stand-in GPU endpoint (unless HYBRID_ROUTER_CLOUD_URL is set) and serve the demo config."""
+    """Start the stand-in GPU endpoint (unless a cloud URL is set) and serve the demo config."""
     from cloud.standin import start_standin
 
+    settings = RouterSettings.from_args(args)
     standin = None
-    if not os.environ.get("HYBRID_ROUTER_CLOUD_URL"):
+    if not settings.cloud_url:
         print(
             f"starting the stand-in GPU endpoint (llama-cpp-python) on 127.0.0.1:{args.cloud_port} ...",
             flush=True,
         )
         standin = start_standin(port=args.cloud_port, log_file=Path(args.cloud_log))
-        os.environ["HYBRID_ROUTER_CLOUD_URL"] = standin.url
+        settings = RouterSettings.from_args(args, cloud_url=standin.url)
     try:
-        config = _load(args)
+        config = _load(args, settings)
         print(_demo_banner(config), flush=True)
-        return cmd_serve(args)
+        return _serve(config, args)
     finally:
         if standin is not None:
             standin.stop()
@@ -174,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = with_config(sub.add_parser(name, help=help_text))
         p.add_argument("--host")
         p.add_argument("--port", type=int)
+        RouterSettings.add_arguments(p)  # --cloud-url, --cloud-model: over the env and the file
         p.add_argument("--log-level", default="info")
         p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
         p.add_argument(

@@ -6,17 +6,32 @@ Shared by the HTTP app, the CLI and the benchmarks so that every entry point rou
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from router import ChatBackend, RouterConfig, RoutingEngine, load_estimator
 
+if TYPE_CHECKING:
+    import httpx
+
 logger = logging.getLogger("hybrid_router")
 
+#: Builds the engine for a config: the HTTP app awaits it at start-up, the Lambda runtime whenever the
+#: backend sections change. Async, so that a blocking build (loading a model) can leave the event loop.
+EngineFactory = Callable[[RouterConfig], Awaitable[RoutingEngine]]
 
-def build_engine(config: RouterConfig, *, load_edge: bool = True) -> RoutingEngine:
+
+def build_engine(
+    config: RouterConfig,
+    *,
+    load_edge: bool = True,
+    cloud_transport: httpx.AsyncBaseTransport | None = None,
+) -> RoutingEngine:
     """A ready engine: the estimator loaded, the edge model loaded (when enabled), the cloud client made.
 
     Loading the edge model takes a fraction of a second for SmolLM2; `load_edge=False` leaves the
     edge backend unloaded (it then reports itself unavailable and counts tokens approximately).
+    `cloud_transport` carries the cloud client's calls (SigV4 signing for SageMaker, a mock in tests).
     """
     estimator = load_estimator(config.estimator.name, config.estimator.version)
     edge: ChatBackend | None = None
@@ -31,7 +46,7 @@ def build_engine(config: RouterConfig, *, load_edge: bool = True) -> RoutingEngi
     if config.cloud.url:
         from cloud.endpoint import CloudEndpointClient
 
-        cloud = CloudEndpointClient(config.cloud)
+        cloud = CloudEndpointClient(config.cloud, transport=cloud_transport)
     else:
         logger.warning("no cloud endpoint configured: every request is answered on the edge")
     return RoutingEngine(config, estimator=estimator, edge=edge, cloud=cloud)

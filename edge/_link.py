@@ -40,11 +40,6 @@ class LinkMonitor:
         """Whether the last call over the link failed (until one succeeds)."""
         return self._offline_since is not None
 
-    @property
-    def offline_for_s(self) -> float:
-        """Seconds since the link went down; 0 when online."""
-        return 0.0 if self._offline_since is None else self._clock() - self._offline_since
-
     def may_try(self) -> bool:
         """Whether a call may go out now: online, or offline long enough to try again."""
         return self._offline_since is None or self._clock() >= self._retry_at

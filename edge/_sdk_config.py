@@ -1,24 +1,25 @@
 """The on-device SDK's config: one document for the model, the cloud link, signals, privacy and sync.
 
 Like the router's config it is a pydantic model validated on load (YAML or JSON); the device's API
-key is never in it, only the name of the env var that holds it (`HYBRID_ROUTER_DEVICE_KEY`), which
+key is never in it, only the name of the env var that holds it (`EdgeSettings.SECRET_ENV`), which
 a constructor argument overrides.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge._settings import EdgeSettings
 from router._config import CloudPrice, CloudRetries, EdgeConfig, EstimatorConfig, TierConfig
 from router._errors import ConfigError
+from router._settings import secret_from_env
 
-ENV_DEVICE_KEY = "HYBRID_ROUTER_DEVICE_KEY"
-ENV_EDGE_CLOUD_URL = "HYBRID_ROUTER_EDGE_CLOUD_URL"
+ENV_DEVICE_KEY = EdgeSettings.SECRET_ENV["device_key"]
+ENV_EDGE_CLOUD_URL = EdgeSettings.env_name("edge_cloud_url")
 
 PersonalDataKind = Literal["email", "phone", "card"]
 
@@ -102,7 +103,7 @@ class CloudLink(_Strict):
     @property
     def api_key(self) -> str | None:
         """The device's API key, read from the environment at call time (never stored)."""
-        return os.environ.get(self.api_key_env) or None
+        return secret_from_env(self.api_key_env)
 
 
 class PrivacyConfig(_Strict):
@@ -171,10 +172,13 @@ def parse_edge_router_config(data: Any, *, source: str = "<edge config>") -> Edg
         raise ConfigError(f"invalid edge config {source}: {problems}") from None
 
 
-def load_edge_router_config(path: str | Path | None = None, *, apply_env: bool = True) -> EdgeRouterConfig:
+def load_edge_router_config(
+    path: str | Path | None = None, *, apply_env: bool = True, settings: EdgeSettings | None = None
+) -> EdgeRouterConfig:
     """Load the SDK config from a YAML or JSON file (None: the defaults).
 
-    With `apply_env`, `HYBRID_ROUTER_EDGE_CLOUD_URL` sets the cloud router's URL.
+    With `apply_env`, `settings` (default: read from the environment now) set the cloud router's URL
+    (`HYBRID_ROUTER_EDGE_CLOUD_URL`).
     """
     data: Any = {}
     source = "<defaults>"
@@ -192,6 +196,6 @@ def load_edge_router_config(path: str | Path | None = None, *, apply_env: bool =
         except (ValueError, yaml.YAMLError) as exc:
             raise ConfigError(f"edge config {file} is not valid JSON or YAML: {exc}") from None
     config = parse_edge_router_config(data, source=source)
-    if apply_env and (url := os.environ.get(ENV_EDGE_CLOUD_URL)):
+    if apply_env and (url := (settings or EdgeSettings.from_env()).edge_cloud_url):
         config = config.model_copy(update={"cloud": config.cloud.model_copy(update={"url": url})})
     return config

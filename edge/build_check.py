@@ -17,10 +17,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge._settings import EdgeSettings
 from edge.model_files import default_model_path
 
 #: The environment variable `infra/llama_cpp_build.py` reads to replace the portable CMake arguments.
-CMAKE_ARGS_ENV = "HYBRID_ROUTER_LLAMA_CMAKE_ARGS"
+CMAKE_ARGS_ENV = EdgeSettings.LLAMA_CMAKE_ARGS_ENV
 
 #: The kernel's names of the instruction-set extensions a llama.cpp build may be compiled for.
 SIMD_FLAGS = frozenset(

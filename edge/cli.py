@@ -82,10 +82,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 def config_from_args(args: argparse.Namespace) -> EdgeRouterConfig:
     """The SDK config from `--config`, with the command line's overrides applied."""
     from edge._sdk_config import EdgeRouterConfig, load_edge_router_config
+    from edge._settings import EdgeSettings
 
-    data = load_edge_router_config(args.config).model_dump(mode="json")
-    if args.cloud_url:
-        data["cloud"]["url"] = args.cloud_url
+    settings = EdgeSettings.from_env(edge_cloud_url=args.cloud_url)  # the flag over the env
+    data = load_edge_router_config(args.config, settings=settings).model_dump(mode="json")
     if args.tier:
         if args.tier not in data["tiers"]:
             raise ConfigError(

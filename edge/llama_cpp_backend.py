@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from llama_cpp import Llama
 
 T = TypeVar("T")
+logger = logging.getLogger("hybrid_router")
 
 # The empty system turn llama-cpp-python's "chatml" format writes when a conversation has none.
 _EMPTY_SYSTEM_TURN = "<|im_start|>system\n<|im_end|>\n"
@@ -53,6 +55,50 @@ def _plain_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     # "chatml" silently drops roles it does not know; "developer" is OpenAI's new name for system.
     plain = [m.to_plain() for m in messages]
     return [{**m, "role": "system"} if m["role"] == "developer" else m for m in plain]
+
+
+class _PromptTokens(Exception):
+    """Carries a prompt's token count out of a chat handler, before the handler would generate."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.count = count
+
+
+class _TokenizeOnly:
+    """Stands in for the `Llama` a chat handler is given: it may tokenize its prompt, nothing else.
+
+    A llama-cpp-python chat format renders its prompt and tokenizes it (with BOS unless the format
+    wrote its own special tokens) as the first thing it asks of the model; the count is taken there
+    and the handler stopped, so no generation starts and the count is the one a completion sees.
+    """
+
+    def __init__(self, llm: Llama) -> None:
+        self._llm = llm
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Count the rendered prompt's tokens and stop the handler."""
+        raise _PromptTokens(len(self._llm.tokenize(text, add_bos=add_bos, special=special)))
+
+
+def format_prompt_tokens(llm: Llama, messages: list[dict[str, str]]) -> int:
+    """Prompt tokens of `messages` rendered by `llm`'s chat format, as its chat completion renders them.
+
+    Raises what the format raises (a role it refuses, a handler that needs more than the tokenizer).
+    """
+    from llama_cpp import llama_chat_format  # lazy, as in `load()`
+
+    # The lookup `Llama.create_chat_completion` makes (a GGUF template is one of `_chat_handlers`).
+    handler: Any = (  # Any: it is handed a stand-in model and plain message dicts
+        llm.chat_handler
+        or llm._chat_handlers.get(llm.chat_format or "")
+        or llama_chat_format.get_chat_completion_handler(llm.chat_format or "")
+    )
+    try:
+        handler(llama=_TokenizeOnly(llm), messages=messages)
+    except _PromptTokens as counted:
+        return counted.count
+    raise EdgeBackendError(f"chat format {llm.chat_format!r} did not tokenize its prompt")
 
 
 async def _join(future: asyncio.Future[T]) -> T:
@@ -158,13 +204,19 @@ class LlamaCppBackend(ChatBackend):
         return BackendHealth(available=True, busy=busy, detail=f"queue {self.queue_depth}")
 
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        """Prompt tokens of `messages`: exact (the model's tokenizer on ChatML) once loaded."""
+        """Prompt tokens of `messages`: exact (the model's tokenizer on the chat format) once loaded."""
         llm = self._llm
         if llm is None:
             return approximate_tokens(messages)
         # Tokenizing reads only the vocabulary, so it is safe while a generation runs.
-        prompt = render_chatml(_plain_messages(messages)).encode("utf-8")
-        return len(llm.tokenize(prompt, add_bos=False, special=True))
+        plain = _plain_messages(messages)
+        if self.config.chat_format == "chatml":
+            return len(llm.tokenize(render_chatml(plain).encode("utf-8"), add_bos=False, special=True))
+        try:
+            return format_prompt_tokens(llm, plain)
+        except Exception:  # a count is a routing input: estimate rather than fail the request
+            logger.warning("chat format %r cannot count tokens; estimating", self.config.chat_format)
+            return approximate_tokens(messages)
 
     def _loop_lock(self) -> asyncio.Lock:
         # An asyncio.Lock binds to the first loop that waits on it, and the backend may outlive a

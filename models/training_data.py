@@ -92,6 +92,14 @@ def held_out_for(benchmark: str) -> set[str]:
     return set(_HELD_OUT[benchmark])
 
 
+def training_excludes() -> set[str]:
+    """Sources the shipped estimator never trains on: every evaluation benchmark and its derivatives.
+
+    One artefact is then honestly held out for every benchmark `hybrid-router eval` reports.
+    """
+    return set().union(*(held_out_for(name) for name in BENCHMARKS))
+
+
 def routellm_examples(data_dir: Path) -> TrainingSet:
     """Every RouteLLM benchmark item as an example: gain = strong beats weak (or the score margin)."""
     total = TrainingSet([], np.zeros(0), np.zeros(0), [])

@@ -62,6 +62,7 @@ from router._metrics import (
     log_decision,
 )
 from router._policy import Decision, Policy, PolicyInput, RequestFacts, RouteReason, TierPolicy, decide
+from router._settings import HybridRouterSettings, RouterSettings, secret_from_env
 from router._wire import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -117,6 +118,7 @@ __all__ = [
     "EstimatorError",
     "EstimatorSelector",
     "HeuristicEstimator",
+    "HybridRouterSettings",
     "InMemoryMetrics",
     "Ledger",
     "ModelCard",
@@ -136,6 +138,7 @@ __all__ = [
     "RouterConfig",
     "RouterError",
     "RouterMetrics",
+    "RouterSettings",
     "RoutingEngine",
     "ServerConfig",
     "SingleEstimator",
@@ -155,4 +158,5 @@ __all__ = [
     "log_decision",
     "parse_config",
     "register_estimator",
+    "secret_from_env",
 ]

@@ -64,11 +64,6 @@ class CostLedger:
         with self._lock:
             return self._spent[tenant]
 
-    def saved(self, tenant: str) -> float:
-        """Savings of `tenant` so far."""
-        with self._lock:
-            return self._saved[tenant]
-
     def budget_left(self, tenant: str, budget_usd: float | None) -> float | None:
         """What is left of `budget_usd` for `tenant`; None when the budget is unlimited."""
         return None if budget_usd is None else budget_usd - self.spent(tenant)

@@ -1,27 +1,28 @@
 """The tier config: one document (YAML or JSON) that says how every tier is routed.
 
 Values come from the file; a few deployment facts can be overridden by environment variables
-(`HYBRID_ROUTER_CLOUD_URL`, `HYBRID_ROUTER_CLOUD_MODEL`, `HYBRID_ROUTER_CLOUD_API_KEY`), the way
-powertools lets an env var set a default that a constructor argument overrides.
+(`RouterSettings`: the cloud URL and model; the cloud API key is read from the variable
+`cloud.api_key_env` names), the way powertools lets an env var set a default that a constructor
+argument overrides.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from router._errors import ConfigError
+from router._settings import RouterSettings, secret_from_env
 
 DEMO_CONFIG_PATH = Path(__file__).with_name("demo-config.yaml")
 
-ENV_CLOUD_URL = "HYBRID_ROUTER_CLOUD_URL"
-ENV_CLOUD_MODEL = "HYBRID_ROUTER_CLOUD_MODEL"
-ENV_CLOUD_API_KEY = "HYBRID_ROUTER_CLOUD_API_KEY"
+ENV_CLOUD_URL = RouterSettings.env_name("cloud_url")
+ENV_CLOUD_MODEL = RouterSettings.env_name("cloud_model")
+ENV_CLOUD_API_KEY = RouterSettings.SECRET_ENV["cloud_api_key"]
 
 
 class _Strict(BaseModel):
@@ -116,7 +117,7 @@ class CloudConfig(_Strict):
     @property
     def api_key(self) -> str | None:
         """The endpoint's API key, read from the environment at call time (never stored)."""
-        return os.environ.get(self.api_key_env) or None
+        return secret_from_env(self.api_key_env)
 
 
 class ServerConfig(_Strict):
@@ -179,14 +180,17 @@ class RouterConfig(_Strict):
             raise ValueError("the same api key is listed twice")
         return self
 
-    def with_env_overrides(self, env: dict[str, str] | None = None) -> RouterConfig:
-        """A copy with the cloud URL and model taken from the environment where set."""
-        env = dict(os.environ) if env is None else env
+    def with_env_overrides(
+        self, env: dict[str, str] | None = None, *, settings: RouterSettings | None = None
+    ) -> RouterConfig:
+        """A copy with the cloud URL and model taken from `settings` (default: the environment, or `env`)."""
+        if settings is None:
+            settings = RouterSettings.from_env(env)
         cloud_update: dict[str, Any] = {}
-        if env.get(ENV_CLOUD_URL):
-            cloud_update["url"] = env[ENV_CLOUD_URL]
-        if env.get(ENV_CLOUD_MODEL):
-            cloud_update["model"] = env[ENV_CLOUD_MODEL]
+        if settings.cloud_url:
+            cloud_update["url"] = settings.cloud_url
+        if settings.cloud_model:
+            cloud_update["model"] = settings.cloud_model
         if not cloud_update:
             return self
         return self.model_copy(update={"cloud": self.cloud.model_copy(update=cloud_update)})
@@ -208,8 +212,13 @@ def parse_config(data: Any, *, source: str = "<config>") -> RouterConfig:
         raise ConfigError(f"invalid config {source}: {problems}") from None
 
 
-def load_config(path: str | Path | None = None, *, apply_env: bool = True) -> RouterConfig:
-    """Load and validate a config file (YAML or JSON); None loads the embedded demo config."""
+def load_config(
+    path: str | Path | None = None, *, apply_env: bool = True, settings: RouterSettings | None = None
+) -> RouterConfig:
+    """Load and validate a config file (YAML or JSON); None loads the embedded demo config.
+
+    With `apply_env`, `settings` (default: read from the environment now) override the file.
+    """
     import yaml  # lazy: only config loading needs it
 
     file = Path(path) if path is not None else DEMO_CONFIG_PATH
@@ -224,7 +233,7 @@ def load_config(path: str | Path | None = None, *, apply_env: bool = True) -> Ro
             f"config {file} is not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}"
         ) from None
     config = parse_config(data, source=str(file))
-    return config.with_env_overrides() if apply_env else config
+    return config.with_env_overrides(settings=settings) if apply_env else config
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -108,9 +108,27 @@ class RoutingEngine:
         self.policy: Policy = policy if policy is not None else TierPolicy(config.tiers)
         self.metrics: RouterMetrics = metrics if metrics is not None else InMemoryMetrics()
         self.ledger: Ledger = ledger if ledger is not None else CostLedger()
+        self._extra_observers = tuple(observers)
         self.observers: list[DecisionObserver] = [self.metrics, DecisionLog(), *observers]
         self._keys = {entry.sha256: Tenant(entry.tenant, entry.tier) for entry in config.api_keys}
         self._key_ids = {key_id: Tenant(e.tenant, e.tier) for key_id, e in config.api_key_ids.items()}
+
+    def reconfigured(self, config: RouterConfig) -> RoutingEngine:
+        """An engine for `config` on this one's backends, estimators, metrics, ledger and observers.
+
+        For a change of tiers or keys that needs nothing rebuilt. A `TierPolicy` is made anew on the
+        new tiers; any other policy is kept (it reads its own state).
+        """
+        policy = TierPolicy(config.tiers) if isinstance(self.policy, TierPolicy) else self.policy
+        return RoutingEngine(
+            config,
+            estimators=self.estimators,
+            backends=self.backends,
+            policy=policy,
+            metrics=self.metrics,
+            ledger=self.ledger,
+            observers=self._extra_observers,
+        )
 
     @property
     def estimator(self) -> ComplexityEstimator:

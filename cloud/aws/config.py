@@ -6,7 +6,7 @@ API Gateway key ids to a tenant and tier::
     api_key_ids:
       a1b2c3d4e5: {tenant: acme, tier: premium}
 
-Where it comes from is set by the environment (the template sets one of them):
+Where it comes from is set by the environment (`LambdaSettings`; the template sets one of them):
 
     HYBRID_ROUTER_CONFIG_PARAMETER   an SSM parameter name (String or SecureString, YAML or JSON)
     HYBRID_ROUTER_CONFIG_APPCONFIG   "application/environment/profile" in AWS AppConfig
@@ -16,38 +16,35 @@ Where it comes from is set by the environment (the template sets one of them):
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cloud.aws.settings import LambdaSettings
 from router import DEMO_CONFIG_PATH, ConfigError, RouterConfig, parse_config
 
-ENV_CONFIG_PARAMETER = "HYBRID_ROUTER_CONFIG_PARAMETER"
-ENV_CONFIG_APPCONFIG = "HYBRID_ROUTER_CONFIG_APPCONFIG"
-ENV_CONFIG_FILE = "HYBRID_ROUTER_CONFIG_FILE"
-ENV_CONFIG_MAX_AGE = "HYBRID_ROUTER_CONFIG_MAX_AGE_S"
-DEFAULT_MAX_AGE_S = 60
+ENV_CONFIG_PARAMETER = LambdaSettings.env_name("config_parameter")
+ENV_CONFIG_APPCONFIG = LambdaSettings.env_name("config_appconfig")
+ENV_CONFIG_FILE = LambdaSettings.env_name("config_file")
+ENV_CONFIG_MAX_AGE = LambdaSettings.env_name("config_max_age_s")
+DEFAULT_MAX_AGE_S: int = LambdaSettings.model_fields["config_max_age_s"].default
 
 SourceKind = Literal["ssm", "appconfig", "file"]
 
 
 @dataclass(frozen=True)
 class LambdaRouterConfig:
-    """The router config parsed from one document, and that document's digest."""
+    """The router config parsed from one document (`LambdaRouter` keeps the document's digest)."""
 
     router: RouterConfig
-    #: sha256 of the document's text: a changed document makes a new engine, an unchanged one does not
-    digest: str = ""
 
 
-def parse_lambda_config(data: Any, *, source: str, digest: str = "") -> LambdaRouterConfig:
+def parse_lambda_config(data: Any, *, source: str) -> LambdaRouterConfig:
     """Validate a Lambda config document (the router's config) and apply the env overrides."""
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {source}: the document must be a mapping")
-    return LambdaRouterConfig(router=parse_config(data, source=source).with_env_overrides(), digest=digest)
+    return LambdaRouterConfig(router=parse_config(data, source=source).with_env_overrides())
 
 
 @dataclass(frozen=True)
@@ -60,19 +57,20 @@ class ConfigSource:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ConfigSource:
-        """The source the environment names; the embedded demo config when it names none."""
-        env = os.environ if env is None else env
-        try:
-            max_age = int(env.get(ENV_CONFIG_MAX_AGE, DEFAULT_MAX_AGE_S))
-        except ValueError:
-            raise ConfigError(f"{ENV_CONFIG_MAX_AGE} must be a whole number of seconds") from None
-        if env.get(ENV_CONFIG_PARAMETER):
-            return cls("ssm", env[ENV_CONFIG_PARAMETER], max_age)
-        if env.get(ENV_CONFIG_APPCONFIG):
-            if env[ENV_CONFIG_APPCONFIG].count("/") != 2:
+        """The source the environment (or `env`) names; the embedded demo config when it names none."""
+        return cls.from_settings(LambdaSettings.from_env(env))
+
+    @classmethod
+    def from_settings(cls, settings: LambdaSettings) -> ConfigSource:
+        """The source `settings` name; the embedded demo config when they name none."""
+        max_age = settings.config_max_age_s
+        if settings.config_parameter:
+            return cls("ssm", settings.config_parameter, max_age)
+        if settings.config_appconfig:
+            if settings.config_appconfig.count("/") != 2:
                 raise ConfigError(f"{ENV_CONFIG_APPCONFIG} must be 'application/environment/profile'")
-            return cls("appconfig", env[ENV_CONFIG_APPCONFIG], max_age)
-        return cls("file", env.get(ENV_CONFIG_FILE) or str(DEMO_CONFIG_PATH), max_age)
+            return cls("appconfig", settings.config_appconfig, max_age)
+        return cls("file", settings.config_file or str(DEMO_CONFIG_PATH), max_age)
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}"
@@ -111,5 +109,4 @@ def parse_text(text: str, *, source: str) -> LambdaRouterConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {source} is not valid YAML or JSON: {exc}") from None
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return parse_lambda_config(data, source=source, digest=digest)
+    return parse_lambda_config(data, source=source)

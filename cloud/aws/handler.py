@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import time
 from typing import Any
 
@@ -28,16 +27,24 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cloud import routes
 from cloud.aws.config import ConfigSource
-from cloud.aws.runtime import EngineFactory, LambdaRouter, lambda_engine
+from cloud.aws.runtime import LambdaRouter, lambda_engine
+from cloud.aws.settings import LambdaSettings
 from cloud.aws.telemetry import metrics_namespace, route_core_logs, service_name
-from router import RequestError, RouterError, RoutingEngine, Tenant
+from cloud.runtime import EngineFactory
+from router import (
+    RequestError,
+    RouterError,
+    RoutingEngine,
+    Tenant,
+)
 
-ENV_IDEMPOTENCY_TABLE = "HYBRID_ROUTER_IDEMPOTENCY_TABLE"
+ENV_IDEMPOTENCY_TABLE = LambdaSettings.env_name("idempotency_table")
 IDEMPOTENCY_HEADER = "idempotency-key"
 
-logger = Logger(service=service_name())
-tracer = Tracer(service=service_name())
-metrics = Metrics(namespace=metrics_namespace(), service=service_name())
+_settings = LambdaSettings.from_env()  # at import: what the Lambda runtime and powertools set
+logger = Logger(service=service_name(_settings))
+tracer = Tracer(service=service_name(_settings))
+metrics = Metrics(namespace=metrics_namespace(_settings), service=service_name(_settings))
 app = APIGatewayRestResolver()
 
 #: How this environment builds its engine (tests put fake backends here).
@@ -53,11 +60,12 @@ def get_router() -> LambdaRouter:
     if _router is None:
         started = time.perf_counter()
         route_core_logs(logger)
-        router = LambdaRouter(ConfigSource.from_env(), engine_factory=engine_factory)
+        settings = LambdaSettings.from_env()
+        router = LambdaRouter(ConfigSource.from_settings(settings), engine_factory=engine_factory)
         router.current()  # fetch the config, load the estimator and the edge model: fail at init
         router.init_ms["total_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
         logger.info({"event": "router_ready", "source": str(router.source), **router.init_ms})
-        _complete_once = _idempotent(_complete_payload)
+        _complete_once = _idempotent(_complete_payload, settings)
         _router = router
     return _router
 
@@ -220,14 +228,14 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 # -- idempotency ---------------------------------------------------------------------------------
 
 
-def _idempotent(func: Any) -> Any:
+def _idempotent(func: Any, settings: LambdaSettings) -> Any:
     """`func`, made idempotent on (tenant, Idempotency-Key) when a DynamoDB table is configured.
 
     A call without the header is not made idempotent; a repeated key with a different body is
     refused by powertools (the body's sha256 is validated).
     """
     global _idempotency_config
-    table = os.environ.get(ENV_IDEMPOTENCY_TABLE)
+    table = settings.idempotency_table
     if not table:
         return func
     from aws_lambda_powertools.utilities.idempotency import (
@@ -259,7 +267,7 @@ def _idempotent(func: Any) -> Any:
         event_key_jmespath="[tenant, key]",
         payload_validation_jmespath="body_sha256",
         raise_on_no_idempotency_key=False,
-        expires_after_seconds=int(os.environ.get("HYBRID_ROUTER_IDEMPOTENCY_TTL_S", "3600")),
+        expires_after_seconds=settings.idempotency_ttl_s,
     )
     return idempotent_function(
         data_keyword_argument="call",
@@ -268,7 +276,7 @@ def _idempotent(func: Any) -> Any:
     )(func)
 
 
-if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE"):
+if _settings.initialization_type:
     # In Lambda, pay for the config, the estimator and the model in the init phase (full CPU), once.
     try:
         get_router()

@@ -10,46 +10,51 @@ builds new backends. A document that does not validate is logged and the last go
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from cloud.aws.config import ConfigSource, LambdaRouterConfig, parse_text
+from cloud.aws.settings import LambdaSettings
 from cloud.aws.telemetry import EmfRouterMetrics
+from cloud.runtime import EngineFactory
 from router import ConfigError, CostLedger, RouterConfig, RouterMetrics, RoutingEngine
 
 logger = logging.getLogger("hybrid_router")
 T = TypeVar("T")
 
 #: Secrets Manager id of the GPU endpoint's API key, copied into the env var the config names.
-ENV_CLOUD_SECRET = "HYBRID_ROUTER_CLOUD_API_KEY_SECRET"
+ENV_CLOUD_SECRET = LambdaSettings.env_name("cloud_api_key_secret")
 #: "sagemaker": sign calls to `cloud.url` (a SageMaker runtime endpoint URL) with SigV4.
-ENV_CLOUD_AUTH = "HYBRID_ROUTER_CLOUD_AUTH"
-
-EngineFactory = Callable[[RouterConfig], RoutingEngine]
+ENV_CLOUD_AUTH = LambdaSettings.env_name("cloud_auth")
 
 
-def lambda_engine(config: RouterConfig) -> RoutingEngine:
+async def lambda_engine(config: RouterConfig) -> RoutingEngine:
     """`cloud.runtime.build_engine`, with the GPU endpoint's key from Secrets Manager or SigV4 signing."""
+    return await asyncio.to_thread(_build_lambda_engine, config)
+
+
+def _build_lambda_engine(config: RouterConfig) -> RoutingEngine:
     from cloud.runtime import build_engine
 
-    _load_cloud_secret(config)
-    engine = build_engine(config)
-    if os.environ.get(ENV_CLOUD_AUTH) == "sagemaker" and config.cloud.url:
+    settings = LambdaSettings.from_env()  # read once per build: a secret id may have changed
+    _load_cloud_secret(config, settings.cloud_api_key_secret)
+    transport = None
+    if settings.cloud_auth == "sagemaker" and config.cloud.url:
         from cloud.aws.sagemaker import SageMakerTransport
-        from cloud.endpoint import CloudEndpointClient
 
-        cloud = CloudEndpointClient(config.cloud, transport=SageMakerTransport.from_env())
-        engine = RoutingEngine(config, estimator=engine.estimator, edge=engine.edge, cloud=cloud)
-    return engine
+        transport = SageMakerTransport.from_env(settings)
+    # One build: the cloud client is made once, with the transport it will use.
+    return build_engine(config, cloud_transport=transport)
 
 
-def _load_cloud_secret(config: RouterConfig) -> None:
-    secret_id = os.environ.get(ENV_CLOUD_SECRET)
+def _load_cloud_secret(config: RouterConfig, secret_id: str | None) -> None:
     if not secret_id:
         return
     from aws_lambda_powertools.utilities import parameters
@@ -88,6 +93,8 @@ class LambdaRouter:
         self._snapshot: Snapshot | None = None
         self._text_digest = ""
         self._retired: list[RoutingEngine] = []
+        # The streaming app asks from worker threads: one refresh at a time, so one build per config.
+        self._refresh = threading.Lock()
         self.init_ms: dict[str, float] = {}
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -119,6 +126,10 @@ class LambdaRouter:
 
     def current(self) -> Snapshot:
         """The engine for this invocation; refreshed when the config document has changed."""
+        with self._refresh:
+            return self._current()
+
+    def _current(self) -> Snapshot:
         started = time.perf_counter()
         try:
             text = self.source.fetch_text()
@@ -147,31 +158,45 @@ class LambdaRouter:
     def _swap(self, config: LambdaRouterConfig) -> Snapshot:
         old = self._snapshot
         if old is not None and _same_backends(old.config.router, config.router):
-            engine = RoutingEngine(
-                config.router,
-                estimator=old.engine.estimator,
-                edge=old.engine.edge,
-                cloud=old.engine.cloud,
-                metrics=self.metrics,
-                ledger=self.ledger,
-            )
+            engine = old.engine.reconfigured(config.router)
             logger.info("tier config changed: tiers %s", sorted(config.router.tiers))
             return Snapshot(engine, config)
         started = time.perf_counter()
-        built = self._factory(config.router)
-        engine = RoutingEngine(
-            config.router,
-            estimator=built.estimator,
-            edge=built.edge,
-            cloud=built.cloud,
-            metrics=self.metrics,
-            ledger=self.ledger,
-        )
+        engine = self._adopt(self._build(config.router))
         self.init_ms.setdefault("engine_ms", round((time.perf_counter() - started) * 1000.0, 3))
         if old is not None:
             self._retired.append(old.engine)
             logger.info("backend config changed: backends rebuilt")
         return Snapshot(engine, config)
+
+    def _adopt(self, engine: RoutingEngine) -> RoutingEngine:
+        """Plug this environment's ledger and metrics into an engine the factory built.
+
+        Every engine the environment serves charges one ledger (budgets survive a backend change)
+        and reports to one metrics sink (EMF), which takes the place of the engine's in-process one.
+        """
+        engine.ledger = self.ledger  # read at call time
+        if engine.metrics is not self.metrics:
+            engine.observers = [self.metrics if o is engine.metrics else o for o in engine.observers]
+            engine.metrics = self.metrics
+        return engine
+
+    def _build(self, config: RouterConfig) -> RoutingEngine:
+        """Await the engine factory from this synchronous path."""
+
+        async def build() -> RoutingEngine:
+            return await self._factory(config)
+
+        # A loop of its own: the engine binds to none (its clients connect on first use), and the
+        # streaming app's worker threads must not share the buffered handler's loop.
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(build())
+        # uvicorn calls the streaming app's factory on its running loop, where no second loop may
+        # run in this thread: build on a helper thread.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, build()).result()
 
 
 def _same_backends(a: RouterConfig, b: RouterConfig) -> bool:

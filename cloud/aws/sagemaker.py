@@ -13,13 +13,15 @@ keeps its retries, timeouts and breaker unchanged: set `cloud.url` to
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from router import CloudBackendError
+
+if TYPE_CHECKING:
+    from cloud.aws.settings import LambdaSettings
 
 CHAT_SUFFIX = "/chat/completions"
 #: botocore's frozen credentials (access key, secret, token); a callable so that they can rotate.
@@ -41,12 +43,18 @@ class SageMakerTransport(httpx.AsyncBaseTransport):
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
 
     @classmethod
-    def from_env(cls) -> SageMakerTransport:
+    def from_env(cls, settings: LambdaSettings | None = None) -> SageMakerTransport:
         """Region and credentials of the Lambda execution role (botocore's default chain)."""
         import botocore.session  # type: ignore[import-untyped]
 
+        from cloud.aws.settings import LambdaSettings
+
         session = botocore.session.get_session()
-        region = os.environ.get("AWS_REGION") or session.get_config_variable("region") or "us-east-1"
+        region = (
+            (settings or LambdaSettings.from_env()).aws_region
+            or session.get_config_variable("region")
+            or "us-east-1"
+        )
 
         def credentials() -> Any:
             found = session.get_credentials()

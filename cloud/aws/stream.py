@@ -13,7 +13,6 @@ Callers authenticate as they do locally (`Authorization: Bearer <key>`, looked u
 from __future__ import annotations
 
 import json
-import os
 
 import anyio
 from aws_lambda_powertools import Logger
@@ -21,8 +20,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud.app import create_app
 from cloud.aws.config import ConfigSource
-from cloud.aws.runtime import EngineFactory, LambdaRouter, lambda_engine
+from cloud.aws.runtime import LambdaRouter, lambda_engine
+from cloud.aws.settings import LambdaSettings
 from cloud.aws.telemetry import emit_cold_start, route_core_logs, service_name
+from cloud.runtime import EngineFactory
 from router import RouterConfig, RoutingEngine
 
 logger = Logger(service=service_name())
@@ -33,10 +34,13 @@ def create_stream_app(
 ) -> ASGIApp:
     """The ASGI app for the Function URL: `cloud.app` on an engine kept current with the config."""
     route_core_logs(logger)
-    router = LambdaRouter(source or ConfigSource.from_env(), engine_factory=engine_factory)
+    settings = LambdaSettings.from_env()
+    router = LambdaRouter(source or ConfigSource.from_settings(settings), engine_factory=engine_factory)
     first = router.current()  # at init: config, estimator and edge model, before the first request
-    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
-        emit_cold_start(os.environ["AWS_LAMBDA_FUNCTION_NAME"])
+    if settings.function_name:
+        emit_cold_start(
+            settings.function_name, namespace=settings.metrics_namespace, service=settings.service_name
+        )
 
     async def built(config: RouterConfig) -> RoutingEngine:
         return first.engine

@@ -15,27 +15,23 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit, single_metric
 
+from cloud.aws.settings import LambdaSettings
 from router import RequestOutcome
 
-ENV_NAMESPACE = "POWERTOOLS_METRICS_NAMESPACE"
-DEFAULT_NAMESPACE = "HybridRouter"
-DEFAULT_SERVICE = "hybrid-router"
 
-
-def metrics_namespace() -> str:
+def metrics_namespace(settings: LambdaSettings | None = None) -> str:
     """The CloudWatch namespace: POWERTOOLS_METRICS_NAMESPACE, else `HybridRouter`."""
-    return os.environ.get(ENV_NAMESPACE) or DEFAULT_NAMESPACE
+    return (settings or LambdaSettings.from_env()).metrics_namespace
 
 
-def service_name() -> str:
+def service_name(settings: LambdaSettings | None = None) -> str:
     """The service dimension: POWERTOOLS_SERVICE_NAME, else `hybrid-router`."""
-    return os.environ.get("POWERTOOLS_SERVICE_NAME") or DEFAULT_SERVICE
+    return (settings or LambdaSettings.from_env()).service_name
 
 
 class EmfRouterMetrics:

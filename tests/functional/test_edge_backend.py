@@ -283,3 +283,17 @@ def test_import_does_not_load_llama_cpp() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+async def test_count_tokens_follows_a_non_chatml_chat_format() -> None:
+    # The count must be the prompt the completion runs on, whatever format the config names.
+    edge = LlamaCppBackend(EdgeConfig(n_threads=2, n_ctx=512, chat_format="gemma", seed=0))
+    edge.load()
+    try:
+        req = request(CAPITAL)
+        counted = edge.count_tokens(req.messages)
+        assert counted == (await edge.complete(req, max_tokens=1)).usage.prompt_tokens
+        chatml = render_chatml(CAPITAL).encode()
+        assert counted != len(edge._llm.tokenize(chatml, add_bos=False, special=True))  # type: ignore[union-attr]
+    finally:
+        await edge.aclose()

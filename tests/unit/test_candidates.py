@@ -135,3 +135,13 @@ def test_the_written_result_has_both_candidates() -> None:
         apgrs = [m["apgr"] for m in candidate["metrics"].values()]
         expected = quality_per_ms(apgrs, candidate["latency"]["128"]["p50_ms"])
         assert candidate["quality_per_ms"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_candidates_does_not_import_the_build() -> None:
+    # build registers `models compare` from candidates; the reverse import made a cycle.
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(__file__).parents[2].joinpath("models", "candidates.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "models.build" not in imported

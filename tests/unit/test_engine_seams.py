@@ -232,3 +232,23 @@ def test_one_reason_enum_and_one_decision_type() -> None:
     from edge import DeviceDecision, DeviceReason
 
     assert DeviceReason is RouteReason and DeviceDecision is Decision
+
+
+async def test_a_reconfigured_engine_keeps_its_seams() -> None:
+    recorder, ledger = Recorder(), NoMoney()
+    policy = ToNamedBackend("cache")
+    engine = RoutingEngine(
+        CONFIG,
+        estimator=HeuristicEstimator(),
+        backends={"edge": FakeBackend("edge"), "cache": FakeBackend("cache")},
+        policy=policy,
+        ledger=ledger,
+        observers=[recorder],
+    )
+    again = engine.reconfigured(parse_config({"tiers": {"free": {"threshold": 0.2}}}))
+    assert again.policy is policy and again.ledger is ledger and again.backends == engine.backends
+    await again.complete(request(), TENANT)
+    assert len(recorder.outcomes) == 1
+    plain = RoutingEngine(CONFIG, estimator=HeuristicEstimator(), edge=FakeBackend("edge"))
+    retiered = plain.reconfigured(parse_config({"tiers": {"free": {"threshold": 0.2}}}))
+    assert retiered.policy.tier("free").threshold == 0.2  # a TierPolicy follows the new tiers

@@ -74,7 +74,7 @@ def test_demo_config_loads_as_a_lambda_config() -> None:
     assert set(config.router.tiers) == {"free", "standard", "premium"} and not config.router.api_key_ids
 
 
-def _engine(config: RouterConfig) -> RoutingEngine:
+async def _engine(config: RouterConfig) -> RoutingEngine:
     return RoutingEngine(config, estimator=HeuristicEstimator(), edge=FakeBackend("edge"))
 
 
@@ -83,8 +83,8 @@ def test_tier_change_keeps_backends_and_backend_change_rebuilds(tmp_path: Path) 
     path.write_text(yaml.safe_dump(DOC))
     built: list[RoutingEngine] = []
 
-    def factory(config: RouterConfig) -> RoutingEngine:
-        built.append(_engine(config))
+    async def factory(config: RouterConfig) -> RoutingEngine:
+        built.append(await _engine(config))
         return built[-1]
 
     router = LambdaRouter(ConfigSource("file", str(path)), engine_factory=factory)
@@ -111,3 +111,66 @@ def test_tenant_lookup_order() -> None:
         engine.authenticate_key_id("other", "other")
     with pytest.raises(AuthenticationError, match="Missing"):
         engine.authenticate_key_id(None, None)
+
+
+def test_the_lambda_engine_is_built_once_per_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloud.aws.runtime import ENV_CLOUD_AUTH, lambda_engine
+    from cloud.aws.sagemaker import SageMakerTransport
+    from cloud.endpoint import CloudEndpointClient
+
+    for name, value in {
+        ENV_CLOUD_AUTH: "sagemaker",
+        "AWS_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        monkeypatch.setenv(name, value)
+    counts = {"factory": 0, "engine": 0, "client": 0}
+
+    def counted(cls: type, key: str) -> None:
+        init = cls.__init__
+
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+            counts[key] += 1
+            init(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", wrapper)
+
+    counted(RoutingEngine, "engine")
+    counted(CloudEndpointClient, "client")
+
+    async def factory(config: RouterConfig) -> RoutingEngine:
+        counts["factory"] += 1
+        return await lambda_engine(config)
+
+    url = "https://runtime.sagemaker.eu-west-1.amazonaws.com/endpoints/gpu"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**DOC, "cloud": {"url": url}}))
+    router = LambdaRouter(ConfigSource("file", str(path)), engine_factory=factory)
+    first = router.current()
+    assert router.current() is first
+    # One factory call, one engine, one cloud client (made with the SigV4 transport it uses).
+    assert counts == {"factory": 1, "engine": 1, "client": 1}
+    assert isinstance(first.engine.cloud, CloudEndpointClient)
+    assert isinstance(first.engine.cloud._http.transport, SageMakerTransport)
+    assert router.metrics in first.engine.observers and first.engine.ledger is router.ledger
+
+    path.write_text(yaml.safe_dump({**DOC, "cloud": {"url": url}, "tiers": {"free": {}, "premium": {}}}))
+    second = router.current()  # a tier change: a new engine on the same backends, nothing built
+    assert counts == {"factory": 1, "engine": 2, "client": 1} and second.engine.cloud is first.engine.cloud
+    router.close()
+
+
+def test_the_engine_builds_from_a_thread_whose_loop_is_running(tmp_path: Path) -> None:
+    # uvicorn calls the streaming app's factory (and so the first build) on its running loop.
+    import asyncio
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(DOC))
+    router = LambdaRouter(ConfigSource("file", str(path)), engine_factory=_engine)
+
+    async def on_the_loop() -> RoutingEngine:
+        return router.current().engine
+
+    assert isinstance(asyncio.run(on_the_loop()).edge, FakeBackend)
+    router.close()

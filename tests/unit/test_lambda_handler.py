@@ -68,7 +68,7 @@ def load_event(name: str) -> dict[str, Any]:
     return event
 
 
-def fake_engine(config: RouterConfig) -> RoutingEngine:
+async def fake_engine(config: RouterConfig) -> RoutingEngine:
     return RoutingEngine(
         config,
         estimator=HeuristicEstimator(),
@@ -376,8 +376,8 @@ def test_idempotency_key_replays_the_first_answer(invoke: Any, monkeypatch: pyte
     monkeypatch.setenv(lambda_handler.ENV_IDEMPOTENCY_TABLE, "idem")
     calls: list[FakeBackend] = []
 
-    def counting_engine(config: RouterConfig) -> RoutingEngine:
-        engine = fake_engine(config)
+    async def counting_engine(config: RouterConfig) -> RoutingEngine:
+        engine = await fake_engine(config)
         assert isinstance(engine.edge, FakeBackend)
         calls.append(engine.edge)
         return engine

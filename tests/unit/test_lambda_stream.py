@@ -28,7 +28,7 @@ CONFIG: dict[str, Any] = {
 BODY = {"model": "hybrid-router", "stream": True, "messages": [{"role": "user", "content": "Say hi"}]}
 
 
-def fake_engine(config: RouterConfig) -> RoutingEngine:
+async def fake_engine(config: RouterConfig) -> RoutingEngine:
     return RoutingEngine(
         config,
         estimator=HeuristicEstimator(),

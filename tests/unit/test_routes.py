@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from cloud import routes
 from cloud.app import create_app
-from router import RouterConfig, RoutingEngine, parse_config
+from router import parse_config
 from tests.unit import test_lambda_handler as lambda_tests
 from tests.unit.test_lambda_handler import CONFIG, fake_engine, load_event
 
@@ -40,10 +40,7 @@ class Answer:
 
 @pytest.fixture
 def local() -> Iterator[TestClient]:
-    async def factory(config: RouterConfig) -> RoutingEngine:
-        return fake_engine(config)
-
-    app = create_app(parse_config(CONFIG), engine_factory=factory)
+    app = create_app(parse_config(CONFIG), engine_factory=fake_engine)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 

@@ -1,0 +1,65 @@
+"""LlamaCppBackend.count_tokens renders the configured chat format, not always ChatML (a fake tokenizer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llama_cpp import llama_chat_format
+
+from edge.llama_cpp_backend import LlamaCppBackend, render_chatml
+from router._backend import approximate_tokens
+from router._config import EdgeConfig
+from router._wire import ChatMessage
+
+MESSAGES = [
+    ChatMessage(role="user", content="What is the capital of France?"),
+    ChatMessage(role="assistant", content="Paris."),
+    ChatMessage(role="user", content="And of Spain?"),
+]
+PLAIN: list[Any] = [m.to_plain() for m in MESSAGES]
+
+
+class ByteTokenizer:
+    """A `Llama` whose tokens are the prompt's bytes, plus one BOS token when asked for it."""
+
+    chat_handler = None
+
+    def __init__(self, chat_format: str) -> None:
+        self.chat_format = chat_format
+        self._chat_handlers: dict[str, Any] = {}
+        self.generated = False
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        return [1] * add_bos + list(text)
+
+    def create_completion(self, *args: Any, **kwargs: Any) -> Any:
+        self.generated = True
+        raise AssertionError("counting tokens must not generate")
+
+
+def loaded(chat_format: str) -> tuple[LlamaCppBackend, ByteTokenizer]:
+    backend = LlamaCppBackend(EdgeConfig(chat_format=chat_format))
+    llm = ByteTokenizer(chat_format)
+    backend._llm = llm  # type: ignore[assignment]
+    return backend, llm
+
+
+def test_a_non_chatml_format_is_counted_in_that_format() -> None:
+    backend, llm = loaded("gemma")
+    gemma = llama_chat_format.format_gemma(messages=PLAIN).prompt.encode("utf-8")
+    chatml = render_chatml(PLAIN).encode("utf-8")
+    assert len(gemma) != len(chatml)
+    # The gemma prompt's bytes plus BOS: what Llama.create_chat_completion tokenizes for this format.
+    assert backend.count_tokens(MESSAGES) == len(gemma) + 1
+    assert not llm.generated
+
+
+def test_chatml_keeps_its_own_rendering_without_bos() -> None:
+    backend, _ = loaded("chatml")
+    assert backend.count_tokens(MESSAGES) == len(render_chatml(PLAIN).encode("utf-8"))
+
+
+def test_a_format_that_cannot_count_falls_back_to_the_estimate() -> None:
+    backend, _ = loaded("no-such-format")
+
+    assert backend.count_tokens(MESSAGES) == approximate_tokens(MESSAGES)
