@@ -87,7 +87,7 @@ def child_lambda_init(config_file: str) -> dict[str, float]:
     from cloud.aws import handler
 
     t1 = time.perf_counter()
-    router = handler.get_router()
+    router = handler.get_environment()
     t2 = time.perf_counter()
     result = handler.handler(_event(1), Context())
     t3 = time.perf_counter()
@@ -111,7 +111,7 @@ def child_local_init(config_file: str) -> dict[str, float]:
 
     t1 = time.perf_counter()
     config = load_config(config_file)
-    from cloud.runtime import build_engine
+    from cloud.engines import build_engine
 
     engine = build_engine(config)
     t2 = time.perf_counter()
@@ -146,7 +146,7 @@ def child_warm(config_file: str, requests: int) -> dict[str, Any]:
 
     os.environ["HYBRID_ROUTER_CONFIG_FILE"] = config_file
     handler.engine_factory = canned
-    router = handler.get_router()
+    router = handler.get_environment()
     engine = router.current().engine
     event, context = _event(8), Context()
     chat = ChatCompletionRequest.model_validate_json(event["body"])

@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from cloud import routes
-from cloud.runtime import EngineFactory
+from cloud.engines import EngineFactory
 from router import RouterConfig, RouterError, RoutingEngine
 
 logger = logging.getLogger("hybrid_router")
@@ -32,7 +32,7 @@ def error_response(exc: RouterError) -> Response:
 
 
 async def _default_engine(config: RouterConfig) -> RoutingEngine:
-    from cloud.runtime import build_engine
+    from cloud.engines import build_engine
 
     return await anyio.to_thread.run_sync(build_engine, config)
 
@@ -42,7 +42,7 @@ def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        from cloud.runtime import close_engine
+        from cloud.engines import close_engine
 
         engine = await engine_factory(config)
         app.state.engine = engine

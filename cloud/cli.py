@@ -120,7 +120,7 @@ Ctrl-C stops both servers.
 
 def cmd_route(args: argparse.Namespace) -> int:
     """Print the routing decision for a prompt as JSON, without generating."""
-    from cloud.runtime import build_engine
+    from cloud.engines import build_engine
     from router import ChatCompletionRequest, Tenant
 
     config = load_config(args.config)

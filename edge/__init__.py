@@ -19,7 +19,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edge._cloud_backend import CloudRouterBackend
     from edge._device_policy import DeviceDecision, DevicePolicy, DeviceReason, decide_on_device
     from edge._errors import (
         CloudUnreachable,
@@ -28,7 +27,8 @@ if TYPE_CHECKING:
         ModelTooLarge,
         PersonalDataKeptLocal,
     )
-    from edge._escalation import CloudRouterClient
+    from edge._escalation import EscalationClient
+    from edge._escalation_backend import EscalationBackend
     from edge._link import LinkMonitor
     from edge._privacy import find_personal_data
     from edge._resources import check_model_fits
@@ -49,8 +49,8 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "CloudLink": "edge._sdk_config",
-    "CloudRouterBackend": "edge._cloud_backend",
-    "CloudRouterClient": "edge._escalation",
+    "EscalationBackend": "edge._escalation_backend",
+    "EscalationClient": "edge._escalation",
     "CloudUnreachable": "edge._errors",
     "ConfigSyncSettings": "edge._sdk_config",
     "DeviceDecision": "edge._device_policy",
@@ -87,8 +87,6 @@ _EXPORTS = {
 
 __all__ = [
     "CloudLink",
-    "CloudRouterBackend",
-    "CloudRouterClient",
     "CloudUnreachable",
     "ConfigSyncSettings",
     "DeviceDecision",
@@ -104,6 +102,8 @@ __all__ = [
     "EdgeRouter",
     "EdgeRouterConfig",
     "EdgeStream",
+    "EscalationBackend",
+    "EscalationClient",
     "EscalationInterrupted",
     "LinkMonitor",
     "LinuxSignalReader",

@@ -30,7 +30,7 @@ def _status_error(status: int, message: str, code: str | None) -> RouterError:
     return error_for_status(status, message, code)
 
 
-class CloudRouterClient:
+class EscalationClient:
     """Calls the cloud router's OpenAI API with the device's key."""
 
     def __init__(

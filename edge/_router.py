@@ -4,7 +4,7 @@ request → validate → estimate → signals, privacy, link → decide on the d
 (llama.cpp) or escalate to the cloud router (HTTPS, the device's key) → answer with `route` facts.
 
 It is a configuration of the router's one `RoutingEngine`, not a second engine: the local model is
-its "edge" backend, the cloud router (`CloudRouterBackend`) its "cloud" backend, and the device
+its "edge" backend, the cloud router (`EscalationBackend`) its "cloud" backend, and the device
 policy (`DevicePolicy`: privacy, signals, link) its policy. A failed target falls back to the other
 one where the tier allows: a link failure answers locally with reason `offline` (and the route's
 `offline` flag), an edge failure escalates. Nothing waits on a link known to be down: the device
@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from edge._cloud_backend import CloudRouterBackend
 from edge._device_policy import DevicePolicy
 from edge._errors import CloudUnreachable
-from edge._escalation import CloudRouterClient
+from edge._escalation import EscalationClient
+from edge._escalation_backend import EscalationBackend
 from edge._link import LinkMonitor
 from edge._resources import check_model_fits
 from edge._sdk_config import DeviceTierPolicy, EdgeRouterConfig
@@ -88,7 +88,7 @@ class EdgeRouter:
         self.estimator = estimator or load_estimator(config.estimator.name, config.estimator.version)
         self.signal_source: SignalSource = signals or LinuxSignalReader(config.signals_root)
         self._clock = clock
-        self.cloud = CloudRouterClient(config.cloud, api_key=api_key, transport=transport, clock=clock)
+        self.escalation = EscalationClient(config.cloud, api_key=api_key, transport=transport, clock=clock)
         self.link = LinkMonitor(
             offline_retry_s=config.cloud.offline_retry_s,
             rtt_max_age_s=config.cloud.rtt_max_age_s,
@@ -108,7 +108,7 @@ class EdgeRouter:
         self.engine = RoutingEngine(
             engine_config(config),
             estimator=self.estimator,
-            backends={"edge": local, "cloud": CloudRouterBackend(self.cloud, self.link, config.cloud)},
+            backends={"edge": local, "cloud": EscalationBackend(self.escalation, self.link, config.cloud)},
             policy=policy,
         )
 
@@ -172,10 +172,10 @@ class EdgeRouter:
 
     async def probe_link(self) -> bool:
         """Check the link now (`GET /v1/models`); updates online/offline and the round trip."""
-        if not self.cloud.configured:
+        if not self.escalation.configured:
             return False
         try:
-            rtt_ms = await self.cloud.probe()
+            rtt_ms = await self.escalation.probe()
         except CloudUnreachable as exc:
             self.link.record_failure(exc.message)
             return False

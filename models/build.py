@@ -6,7 +6,7 @@
     hybrid-router models compare [--json bench/results/estimator_candidates.json]   # vs MiniLM int8
 
 Steps (each with a progress bar where it takes time): tokenize the training conversations with the
-teacher's tokenizer; distil static token vectors from the MiniLM teacher (`models/student.py`);
+teacher's tokenizer; distil static token vectors from the MiniLM teacher (`models/token_vectors.py`);
 train the head with torch on every source the evaluation benchmarks do not use; export the whole
 student to ONNX and quantize it to int8 with onnxruntime; check the int8 graph against torch;
 score the held-out benchmarks through the run-time estimator (the artefact as it ships); write the
@@ -72,8 +72,7 @@ def build(
     from tokenizers import Tokenizer
     from transformers import AutoModel
 
-    from models.student import distil, teacher_token_outputs, token_frequencies
-    from models.student_model import (
+    from models.student_estimator import (
         MAX_TOKENS,
         HeadConfig,
         export_onnx,
@@ -85,6 +84,7 @@ def build(
         train_head,
     )
     from models.teacher import teacher_dir, teacher_version
+    from models.token_vectors import distil, teacher_token_outputs, token_frequencies
 
     started = time.perf_counter()
     torch.manual_seed(0)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.student_model import LENGTH_SCALE, MAX_TOKENS
+from models.student_estimator import LENGTH_SCALE, MAX_TOKENS
 from router._wire import ChatMessage
 
 DEFAULT_JSON = Path(__file__).resolve().parents[1] / "bench" / "results" / "estimator_candidates.json"
@@ -343,7 +343,7 @@ def compare(
     from tqdm import tqdm
 
     from models.routing_data import BENCHMARKS, RoutingBenchmark, load_benchmark
-    from models.student_model import HeadConfig, head_scores, source_weights, train_head
+    from models.student_estimator import HeadConfig, head_scores, source_weights, train_head
     from models.training_data import all_examples, training_excludes
     from router._onnx_estimator import MANIFEST_NAME, OnnxEstimator, read_manifest
 

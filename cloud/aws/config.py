@@ -35,7 +35,7 @@ SourceKind = Literal["ssm", "appconfig", "file"]
 
 @dataclass(frozen=True)
 class LambdaRouterConfig:
-    """The router config parsed from one document (`LambdaRouter` keeps the document's digest)."""
+    """The router config parsed from one document (`LambdaEnvironment` keeps the document's digest)."""
 
     router: RouterConfig
 

@@ -27,10 +27,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cloud import routes
 from cloud.aws.config import ConfigSource
-from cloud.aws.runtime import LambdaRouter, lambda_engine
+from cloud.aws.runtime import LambdaEnvironment, lambda_engine
 from cloud.aws.settings import LambdaSettings
 from cloud.aws.telemetry import metrics_namespace, route_core_logs, service_name
-from cloud.runtime import EngineFactory
+from cloud.engines import EngineFactory
 from router import (
     RequestError,
     RouterError,
@@ -49,33 +49,33 @@ app = APIGatewayRestResolver()
 
 #: How this environment builds its engine (tests put fake backends here).
 engine_factory: EngineFactory = lambda_engine
-_router: LambdaRouter | None = None
+_environment: LambdaEnvironment | None = None
 _complete_once: Any = None
 _idempotency_config: Any = None
 
 
-def get_router() -> LambdaRouter:
-    """This environment's `LambdaRouter`, made on first use (at init when running in Lambda)."""
-    global _router, _complete_once
-    if _router is None:
+def get_environment() -> LambdaEnvironment:
+    """This environment's `LambdaEnvironment`, made on first use (at init when running in Lambda)."""
+    global _environment, _complete_once
+    if _environment is None:
         started = time.perf_counter()
         route_core_logs(logger)
         settings = LambdaSettings.from_env()
-        router = LambdaRouter(ConfigSource.from_settings(settings), engine_factory=engine_factory)
-        router.current()  # fetch the config, load the estimator and the edge model: fail at init
-        router.init_ms["total_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
-        logger.info({"event": "router_ready", "source": str(router.source), **router.init_ms})
+        environment = LambdaEnvironment(ConfigSource.from_settings(settings), engine_factory=engine_factory)
+        environment.current()  # fetch the config, load the estimator and the edge model: fail at init
+        environment.init_ms["total_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
+        logger.info({"event": "router_ready", "source": str(environment.source), **environment.init_ms})
         _complete_once = _idempotent(_complete_payload, settings)
-        _router = router
-    return _router
+        _environment = environment
+    return _environment
 
 
 def reset() -> None:
-    """Forget this environment's router (tests; a fresh config source is read on next use)."""
-    global _router, _complete_once
-    if _router is not None:
-        _router.close()
-    _router, _complete_once = None, None
+    """Forget this environment's `LambdaEnvironment` (tests; a fresh config source is read on next use)."""
+    global _environment, _complete_once
+    if _environment is not None:
+        _environment.close()
+    _environment, _complete_once = None, None
 
 
 # -- routes --------------------------------------------------------------------------------------
@@ -83,9 +83,9 @@ def reset() -> None:
 
 def _mount(route: routes.Route) -> None:
     def endpoint() -> Response[str]:
-        router = get_router()
-        engine = router.current().engine
-        return _lambda_response(router.run(_answer(route, _request(), engine)))
+        environment = get_environment()
+        engine = environment.current().engine
+        return _lambda_response(environment.run(_answer(route, _request(), engine)))
 
     endpoint.__name__ = endpoint.__qualname__ = route.handler.__name__
     endpoint.__doc__ = route.handler.__doc__
@@ -102,11 +102,11 @@ async def _answer(
 @tracer.capture_method
 def chat_completions() -> Response[str]:
     """`cloud.routes.chat_completions`, through the idempotency store when the call has a key."""
-    router = get_router()
-    engine = router.current().engine
+    environment = get_environment()
+    engine = environment.current().engine
     request = _request()
     tenant = routes.authenticate(request, engine)
-    body = router.run(routes.read_body(request, engine.config.server.max_body_bytes))
+    body = environment.run(routes.read_body(request, engine.config.server.max_body_bytes))
     call = {
         "tenant": tenant.name,
         "tier": tenant.tier,
@@ -126,12 +126,12 @@ def _complete_payload(call: dict[str, Any]) -> dict[str, Any]:
 
     A `RouterError` propagates (it is not stored: a retry runs again) and becomes its error object.
     """
-    router = get_router()
-    engine = router.current().engine
-    router.run(router.close_retired())
+    environment = get_environment()
+    engine = environment.current().engine
+    environment.run(environment.close_retired())
     tenant = Tenant(call["tenant"], call["tier"])
     tracer.put_annotation(key="tier", value=tenant.tier)
-    answer = router.run(_answer_chat(engine, tenant, base64.b64decode(call["body"])))
+    answer = environment.run(_answer_chat(engine, tenant, base64.b64decode(call["body"])))
     if "x-route-target" in answer.headers:
         tracer.put_annotation(key="target", value=answer.headers["x-route-target"])
     headers = dict(answer.headers)
@@ -279,6 +279,6 @@ def _idempotent(func: Any, settings: LambdaSettings) -> Any:
 if _settings.initialization_type:
     # In Lambda, pay for the config, the estimator and the model in the init phase (full CPU), once.
     try:
-        get_router()
+        get_environment()
     except Exception:  # the first invocation retries and answers with the error object
         logger.exception("init failed; retrying on the first invocation")

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from cloud.aws.config import ConfigSource, LambdaRouterConfig, parse_text
 from cloud.aws.settings import LambdaSettings
 from cloud.aws.telemetry import EmfRouterMetrics
-from cloud.runtime import EngineFactory
+from cloud.engines import EngineFactory
 from router import ConfigError, CostLedger, RouterConfig, RouterMetrics, RoutingEngine
 
 logger = logging.getLogger("hybrid_router")
@@ -36,12 +36,12 @@ ENV_CLOUD_AUTH = LambdaSettings.env_name("cloud_auth")
 
 
 async def lambda_engine(config: RouterConfig) -> RoutingEngine:
-    """`cloud.runtime.build_engine`, with the GPU endpoint's key from Secrets Manager or SigV4 signing."""
+    """`cloud.engines.build_engine`, with the GPU endpoint's key from Secrets Manager or SigV4 signing."""
     return await asyncio.to_thread(_build_lambda_engine, config)
 
 
 def _build_lambda_engine(config: RouterConfig) -> RoutingEngine:
-    from cloud.runtime import build_engine
+    from cloud.engines import build_engine
 
     settings = LambdaSettings.from_env()  # read once per build: a secret id may have changed
     _load_cloud_secret(config, settings.cloud_api_key_secret)
@@ -75,7 +75,7 @@ class Snapshot:
     config: LambdaRouterConfig
 
 
-class LambdaRouter:
+class LambdaEnvironment:
     """Owns the event loop, the engine and the config of this execution environment."""
 
     def __init__(
@@ -119,7 +119,7 @@ class LambdaRouter:
 
     async def close_retired(self) -> None:
         """Close the backends of engines a config change replaced (their requests have finished)."""
-        from cloud.runtime import close_engine
+        from cloud.engines import close_engine
 
         while self._retired:
             await close_engine(self._retired.pop())

@@ -20,10 +20,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud.app import create_app
 from cloud.aws.config import ConfigSource
-from cloud.aws.runtime import LambdaRouter, lambda_engine
+from cloud.aws.runtime import LambdaEnvironment, lambda_engine
 from cloud.aws.settings import LambdaSettings
 from cloud.aws.telemetry import emit_cold_start, route_core_logs, service_name
-from cloud.runtime import EngineFactory
+from cloud.engines import EngineFactory
 from router import RouterConfig, RoutingEngine
 
 logger = Logger(service=service_name())
@@ -35,7 +35,7 @@ def create_stream_app(
     """The ASGI app for the Function URL: `cloud.app` on an engine kept current with the config."""
     route_core_logs(logger)
     settings = LambdaSettings.from_env()
-    router = LambdaRouter(source or ConfigSource.from_settings(settings), engine_factory=engine_factory)
+    router = LambdaEnvironment(source or ConfigSource.from_settings(settings), engine_factory=engine_factory)
     first = router.current()  # at init: config, estimator and edge model, before the first request
     if settings.function_name:
         emit_cold_start(

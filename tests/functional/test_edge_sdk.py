@@ -99,7 +99,7 @@ async def sdk(
     try:
         yield router
     finally:
-        await router.cloud.aclose()  # the shared model stays loaded
+        await router.escalation.aclose()  # the shared model stays loaded
 
 
 def ask(content: str, **fields: Any) -> dict[str, Any]:
@@ -420,4 +420,4 @@ async def test_config_sync_keeps_the_devices_signals(
         )
         assert (await router.sync_config()).outcome == "unchanged"  # If-None-Match: 304
     finally:
-        await router.cloud.aclose()
+        await router.escalation.aclose()

@@ -27,7 +27,7 @@ from models.candidates import (
     stratified_every,
     text_of_tokens,
 )
-from models.student_model import LENGTH_SCALE, MAX_TOKENS, pooled_features
+from models.student_estimator import LENGTH_SCALE, MAX_TOKENS, pooled_features
 
 
 def test_the_module_imports_without_torch() -> None:

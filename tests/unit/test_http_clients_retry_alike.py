@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from cloud.endpoint import GPU_RETRY_STATUSES, CloudEndpointClient
-from edge._escalation import CloudRouterClient
+from edge._escalation import EscalationClient
 from edge._sdk_config import CloudLink
 from router._config import CloudConfig, CloudRetries, CloudTimeouts
 from router._openai_client import RETRY_STATUSES
@@ -88,7 +88,7 @@ async def gpu(run: Run) -> Any:
 
 async def device(run: Run) -> Any:
     link = CloudLink(url=URL, model="m", retries=RETRIES, deadline_s=DEADLINE_S)
-    client = CloudRouterClient(link, **run.injected())
+    client = EscalationClient(link, **run.injected())
     try:
         return await client.complete(chat())
     finally:

@@ -16,7 +16,7 @@ from cloud.aws.config import (
     ConfigSource,
     parse_lambda_config,
 )
-from cloud.aws.runtime import LambdaRouter
+from cloud.aws.runtime import LambdaEnvironment
 from router import (
     DEMO_CONFIG_PATH,
     ApiKeyIdEntry,
@@ -87,7 +87,7 @@ def test_tier_change_keeps_backends_and_backend_change_rebuilds(tmp_path: Path) 
         built.append(await _engine(config))
         return built[-1]
 
-    router = LambdaRouter(ConfigSource("file", str(path)), engine_factory=factory)
+    router = LambdaEnvironment(ConfigSource("file", str(path)), engine_factory=factory)
     first = router.current()
     assert router.current() is first  # unchanged text: the same snapshot
 
@@ -103,7 +103,7 @@ def test_tier_change_keeps_backends_and_backend_change_rebuilds(tmp_path: Path) 
 
 
 def test_tenant_lookup_order() -> None:
-    router = LambdaRouter(ConfigSource("file", "unused"), engine_factory=_engine)
+    router = LambdaEnvironment(ConfigSource("file", "unused"), engine_factory=_engine)
     engine = router._swap(parse_lambda_config(DOC, source="test")).engine
     assert engine.authenticate_key_id("id-prem", "whatever") == Tenant("acme", "premium")
     assert engine.authenticate_key_id("other", "plain-key") == Tenant("by-hash", "free")
@@ -146,7 +146,7 @@ def test_the_lambda_engine_is_built_once_per_config(tmp_path: Path, monkeypatch:
     url = "https://runtime.sagemaker.eu-west-1.amazonaws.com/endpoints/gpu"
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({**DOC, "cloud": {"url": url}}))
-    router = LambdaRouter(ConfigSource("file", str(path)), engine_factory=factory)
+    router = LambdaEnvironment(ConfigSource("file", str(path)), engine_factory=factory)
     first = router.current()
     assert router.current() is first
     # One factory call, one engine, one cloud client (made with the SigV4 transport it uses).
@@ -167,7 +167,7 @@ def test_the_engine_builds_from_a_thread_whose_loop_is_running(tmp_path: Path) -
 
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(DOC))
-    router = LambdaRouter(ConfigSource("file", str(path)), engine_factory=_engine)
+    router = LambdaEnvironment(ConfigSource("file", str(path)), engine_factory=_engine)
 
     async def on_the_loop() -> RoutingEngine:
         return router.current().engine

@@ -1,6 +1,6 @@
 """The cloud router, seen from a device, as one of the engine's backends.
 
-`CloudRouterClient` speaks HTTP; this adapter gives it the `ChatBackend` shape the engine runs, and
+`EscalationClient` speaks HTTP; this adapter gives it the `ChatBackend` shape the engine runs, and
 keeps the device's link state current as a side effect of every escalation: a call that reaches the
 cloud router marks the link up, one the network did not carry marks it down. A stream that breaks
 after content was handed on cannot fall back any more (the caller has seen part of an answer): it
@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 
 from edge._errors import CloudUnreachable, EscalationInterrupted
-from edge._escalation import CloudRouterClient
+from edge._escalation import EscalationClient
 from edge._link import LinkMonitor
 from edge._sdk_config import CloudLink
 from router._backend import BackendHealth, ChatBackend
 from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 
 
-class CloudRouterBackend(ChatBackend):
+class EscalationBackend(ChatBackend):
     """The cloud router as the engine's "cloud" backend, recording the link's state as it goes.
 
     The request is forwarded as the caller sent it (`max_tokens` included): the cloud router applies
@@ -28,7 +28,7 @@ class CloudRouterBackend(ChatBackend):
 
     target = "cloud"
 
-    def __init__(self, client: CloudRouterClient, link: LinkMonitor, config: CloudLink) -> None:
+    def __init__(self, client: EscalationClient, link: LinkMonitor, config: CloudLink) -> None:
         """Escalate through `client`, reporting reachability to `link`."""
         self.client = client
         self.link = link
