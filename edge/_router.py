@@ -34,9 +34,10 @@ from edge._sync import PolicySync, SyncResult
 from edge._types import EdgeChunk, EdgeCompletion, EdgeRoute, EdgeStream
 from router._backend import ChatBackend
 from router._config import CloudConfig, RouterConfig
-from router._engine import RoutedStream, RoutePlan, RoutingEngine, Tenant
+from router._engine import RoutingEngine
 from router._errors import ModelNotFound, RequestError
 from router._estimator import ComplexityEstimator, load_estimator
+from router._plan import RoutedStream, RoutePlan, Tenant
 from router._wire import ChatCompletionRequest, RouteInfo
 
 logger = logging.getLogger("hybrid_router.edge")

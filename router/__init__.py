@@ -26,7 +26,7 @@ from router._config import (
     load_config,
     parse_config,
 )
-from router._engine import RoutedStream, RoutePlan, RoutingEngine, Tenant
+from router._engine import RoutingEngine
 from router._errors import (
     AuthenticationError,
     BackendError,
@@ -61,6 +61,7 @@ from router._metrics import (
     RouterMetrics,
     log_decision,
 )
+from router._plan import RoutedStream, RoutePlan, Tenant
 from router._policy import Decision, Policy, PolicyInput, RequestFacts, RouteReason, TierPolicy, decide
 from router._settings import HybridRouterSettings, RouterSettings, secret_from_env
 from router._wire import (

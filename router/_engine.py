@@ -16,12 +16,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 from router._accounting import CostLedger, Ledger, cloud_cost_usd
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
-from router._config import RouterConfig, TierConfig, hash_api_key
+from router._config import RouterConfig, hash_api_key
 from router._errors import (
     AuthenticationError,
     BackendError,
@@ -31,6 +30,7 @@ from router._errors import (
 )
 from router._estimator import ComplexityEstimator, EstimatorSelector, SingleEstimator
 from router._metrics import DecisionLog, DecisionObserver, InMemoryMetrics, RequestOutcome, RouterMetrics
+from router._plan import RoutedStream, RoutePlan, Tenant, cap_max_tokens
 from router._policy import Decision, Policy, PolicyInput, RequestFacts, TierPolicy
 from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, RouteInfo, Usage
 
@@ -39,36 +39,6 @@ T = TypeVar("T")
 _Head = list[ChatCompletionChunk]  # a stream's chunks up to its first content, held back
 
 _NOT_CONFIGURED = BackendHealth(available=False, detail="not configured")
-
-
-@dataclass(frozen=True)
-class Tenant:
-    """Who is calling: the tenant and tier an API key maps to."""
-
-    name: str
-    tier: str
-
-
-@dataclass(frozen=True)
-class RoutePlan:
-    """A decision and the facts it was made from."""
-
-    decision: Decision
-    prompt_tokens: int
-    requested_max_tokens: int | None
-    estimator_ms: float
-    facts: RequestFacts | None = None
-
-
-@dataclass
-class RoutedStream:
-    """A streamed answer whose route is known before the first byte is sent.
-
-    `route` gains its cost and savings when the stream has ended.
-    """
-
-    route: RouteInfo
-    chunks: AsyncGenerator[ChatCompletionChunk, None]
 
 
 class RoutingEngine:
@@ -221,7 +191,7 @@ class RoutingEngine:
         prompt_tokens = (
             counter.count_tokens(request.messages) if counter else approximate_tokens(request.messages)
         )
-        requested = _cap(request.requested_max_tokens, tier)
+        requested = cap_max_tokens(request.requested_max_tokens, tier)
         facts = self.facts(
             prompt_tokens,
             requested or self.config.edge.max_tokens,
@@ -416,12 +386,6 @@ class RoutingEngine:
             except Exception:  # an observer's failure must never fail the request it observes
                 logger.exception("observer %r failed", observer)
         return route
-
-
-def _cap(requested: int | None, tier: TierConfig) -> int | None:
-    if requested is None or tier.max_tokens is None:
-        return requested if requested is not None else tier.max_tokens
-    return min(requested, tier.max_tokens)
 
 
 async def _chain(

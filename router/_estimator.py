@@ -19,7 +19,7 @@ from router._errors import EstimatorError
 from router._wire import ChatMessage
 
 if TYPE_CHECKING:
-    from router._engine import Tenant
+    from router._plan import Tenant
     from router._wire import ChatCompletionRequest
 
 
