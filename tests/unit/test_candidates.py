@@ -19,14 +19,13 @@ from models.candidates import (
     add_compare_command,
     choose_stride,
     latency_summary,
-    linear_head_scores,
     machine_info,
-    mean_pooled_features,
     pick_winner,
     quality_per_ms,
     stratified_every,
     text_of_tokens,
 )
+from models.minilm_candidate import linear_head_scores, mean_pooled_features
 from models.student_estimator import LENGTH_SCALE, MAX_TOKENS, pooled_features
 
 
