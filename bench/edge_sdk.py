@@ -127,7 +127,7 @@ def main() -> None:
                         ms, target = await first_token_ms(cloud, PROMPTS[0])
                         assert target == "cloud"
                         there.append(ms)
-                    await cloud.cloud.aclose()
+                    await cloud.escalation.aclose()
                     return here, there
 
                 await_first = asyncio.run(first_token_ms(cloud, PROMPTS[0]))  # warm the path
