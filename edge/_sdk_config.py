@@ -7,14 +7,21 @@ a constructor argument overrides.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge._settings import EdgeSettings
-from router._config import CloudPrice, CloudRetries, EdgeConfig, EstimatorConfig, TierConfig
+from router._config import (
+    CloudPrice,
+    CloudRetries,
+    EdgeConfig,
+    EstimatorConfig,
+    TierConfig,
+    read_config_document,
+    validation_problems,
+)
 from router._errors import ConfigError
 from router._settings import secret_from_env
 
@@ -166,10 +173,7 @@ def parse_edge_router_config(data: Any, *, source: str = "<edge config>") -> Edg
     try:
         return EdgeRouterConfig.model_validate(data or {})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid edge config {source}: {problems}") from None
+        raise ConfigError(f"invalid edge config {source}: {validation_problems(exc)}") from None
 
 
 def load_edge_router_config(
@@ -183,18 +187,8 @@ def load_edge_router_config(
     data: Any = {}
     source = "<defaults>"
     if path is not None:
-        import yaml  # lazy: only config loading needs it
-
-        file = Path(path)
-        source = str(file)
-        try:
-            text = file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read edge config {file}: {exc.strerror}") from None
-        try:
-            data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as exc:
-            raise ConfigError(f"edge config {file} is not valid JSON or YAML: {exc}") from None
+        source = str(path)
+        data = read_config_document(Path(path), "edge config")
     config = parse_edge_router_config(data, source=source)
     if apply_env and (url := (settings or EdgeSettings.from_env()).edge_cloud_url):
         config = config.model_copy(update={"cloud": config.cloud.model_copy(update={"url": url})})

@@ -24,6 +24,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edge._sdk_config import ConfigSyncSettings, DeviceTierPolicy
+from router._config import validation_problems
 
 logger = logging.getLogger("hybrid_router.edge")
 
@@ -140,9 +141,7 @@ class PolicySync:
         try:
             document = SyncedPolicy.model_validate_json(response.content)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-            )
+            problems = validation_problems(exc)
             logger.warning("refusing invalid policy from %s: %s", self.settings.url, problems)
             return SyncResult("rejected", self.etag, problems)
         if self.current is not None and document.sent() == self.current.sent():

@@ -201,15 +201,34 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic validation error as one line for a person: `where: what; where: what`."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def read_config_document(file: Path, what: str = "config") -> Any:
+    """The YAML or JSON document in `file` (by its suffix), parsed; a `ConfigError` naming `what` if not."""
+    import yaml  # lazy: only config loading needs it
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {file}: {exc.strerror}") from None
+    try:
+        return json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        kind = "JSON" if file.suffix == ".json" else "YAML"
+        raise ConfigError(f"{what} {file} is not valid {kind}: {exc}") from None
+
+
 def parse_config(data: Any, *, source: str = "<config>") -> RouterConfig:
     """Validate config data (already parsed from YAML or JSON)."""
     try:
         return RouterConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid config {source}: {problems}") from None
+        raise ConfigError(f"invalid config {source}: {validation_problems(exc)}") from None
 
 
 def load_config(
@@ -219,19 +238,8 @@ def load_config(
 
     With `apply_env`, `settings` (default: read from the environment now) override the file.
     """
-    import yaml  # lazy: only config loading needs it
-
     file = Path(path) if path is not None else DEMO_CONFIG_PATH
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {file}: {exc.strerror}") from None
-    try:
-        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(
-            f"config {file} is not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}"
-        ) from None
+    data = read_config_document(file)
     config = parse_config(data, source=str(file))
     return config.with_env_overrides(settings=settings) if apply_env else config
 

@@ -51,7 +51,7 @@ def test_load_from_yaml_with_env_override(tmp_path: Path, monkeypatch: pytest.Mo
         ("cloud: {deadline_s: 0}\n", "cloud.deadline_s"),
         ("privacy: {kinds: [ssn]}\n", "privacy.kinds"),
         ("surprise: 1\n", "surprise"),
-        ("tier: [\n", "not valid JSON or YAML"),
+        ("tier: [\n", "not valid YAML"),
     ],
 )
 def test_invalid_configs_are_refused_clearly(tmp_path: Path, text: str, problem: str) -> None:
