@@ -53,7 +53,5 @@ def build_engine(
 
 
 async def close_engine(engine: RoutingEngine) -> None:
-    """Release the engine's backends."""
-    for backend in (engine.edge, engine.cloud):
-        if backend is not None:
-            await backend.aclose()
+    """Release the engine's backends (all of them, each even when another fails to close)."""
+    await engine.aclose()

@@ -32,7 +32,6 @@ from router._policy import Decision, PolicyInput, RequestFacts, RouteReason, Tie
 
 #: The device's reasons are the router's: one enum, so that a route reads the same everywhere.
 DeviceReason = RouteReason
-Reason = RouteReason
 #: A device decision is a router `Decision` whose device fields (offline, signals, personal data) are set.
 DeviceDecision = Decision
 
@@ -61,7 +60,7 @@ def decide_on_device(
     needed = facts.prompt_tokens + facts.max_tokens
     fits_edge = facts.edge.available and needed <= facts.edge_context_window
 
-    def make(target: Target, reason: Reason, notes: tuple[str, ...] = ()) -> Decision:
+    def make(target: Target, reason: RouteReason, notes: tuple[str, ...] = ()) -> Decision:
         return Decision(
             target=target,
             reason=reason,
@@ -112,7 +111,7 @@ def decide_on_device(
                 "not allow this request to be answered on the device."
             ) from exc
         raise
-    reason: Reason = base.reason
+    reason: RouteReason = base.reason
     if base.fallback and base.reason is RouteReason.CLOUD_UNAVAILABLE and not online:
         reason = DeviceReason.OFFLINE
     decision = make(base.target, reason)
@@ -189,7 +188,9 @@ class DevicePolicy:
             policy=policy,
             tenant=given.tenant,
             estimator=given.estimator,
-            facts=given.facts,
+            # Budgets are the cloud router's to enforce, with the tenant its key names: the device has
+            # neither the real tenant nor the cloud's spend.
+            facts=replace(given.facts, budget_left_usd=None),
             signals=self._signals(),
             online=self._online(),
             personal_data=personal,
@@ -204,7 +205,8 @@ class DevicePolicy:
         if decision.target == "edge":
             if decision.reason is RouteReason.PRIVATE_DATA or not self._online():
                 raise failure
-            return TierPolicy({tier_name: policy.routing}).fall_back(decision, failure, facts)
+            # Keyed by the decision's tier: a config sync may have changed the current one since.
+            return TierPolicy({decision.tier: policy.routing}).fall_back(decision, failure, facts)
         unreachable = isinstance(failure, CloudUnreachable)
         needed = facts.prompt_tokens + facts.max_tokens
         allowed = local_answer_allowed(policy)

@@ -58,6 +58,7 @@ class EscalationClient:
             # The cloud router ends every stream with [DONE], errors included: a body that just stops
             # was cut in the network.
             require_done=True,
+            idempotency_key=True,
             transport=transport,
             sleep=sleep,
             clock=clock,

@@ -59,10 +59,12 @@ class EscalationBackend(ChatBackend):
         content_sent = False
         try:
             async for chunk in chunks:
-                if not content_sent and any(c.delta.content or c.finish_reason for c in chunk.choices):
+                if not content_sent and chunk.starts_answer:
                     content_sent = True
                     self.link.record_success()
                 yield chunk
+            if not content_sent:  # a clean end with nothing to say: the link still carried it
+                self.link.record_success()
         except CloudUnreachable as exc:
             self.link.record_failure(exc.message)
             if not content_sent:

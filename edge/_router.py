@@ -111,6 +111,8 @@ class EdgeRouter:
             estimator=self.estimator,
             backends={"edge": local, "cloud": EscalationBackend(self.escalation, self.link, config.cloud)},
             policy=policy,
+            # The app gets every route in its answer; a log line per request on a device is noise.
+            log_decisions=False,
         )
 
     @classmethod
@@ -136,8 +138,7 @@ class EdgeRouter:
 
     async def aclose(self) -> None:
         """Release the model and the HTTP connections."""
-        for backend in self.engine.backends.values():
-            await backend.aclose()
+        await self.engine.aclose()
 
     async def __aenter__(self) -> EdgeRouter:
         return self
@@ -254,7 +255,7 @@ class EdgeRouter:
         plan = await self.plan(chat)
         routed = await self.engine.stream(chat, self._tenant(), plan=plan)
         route = self._edge_route(routed.route, plan)
-        return EdgeStream(route, self._edge_chunks(routed, route))
+        return EdgeStream(route, self._edge_chunks(routed, route), routed)
 
     async def _edge_chunks(self, routed: RoutedStream, route: EdgeRoute) -> AsyncGenerator[EdgeChunk, None]:
         try:

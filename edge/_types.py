@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
+from router._plan import RoutedStream
 from router._wire import ChatCompletionChunk, ChatCompletionResponse, RouteInfo
 
 
@@ -20,7 +21,6 @@ class EdgeRoute(RouteInfo):
     offline: bool = False
     signals: list[str] = Field(default_factory=list)
     personal_data: list[str] = Field(default_factory=list)
-    upstream: RouteInfo | None = None
 
 
 class EdgeCompletion(ChatCompletionResponse):
@@ -41,3 +41,11 @@ class EdgeStream:
 
     route: EdgeRoute
     chunks: AsyncGenerator[EdgeChunk, None]
+    #: the engine's stream under `chunks`
+    routed: RoutedStream | None = None
+
+    async def aclose(self) -> None:
+        """Stop the answer and free the model (or the connection) without reading it to the end."""
+        await self.chunks.aclose()
+        if self.routed is not None:
+            await self.routed.aclose()

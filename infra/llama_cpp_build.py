@@ -12,8 +12,8 @@ a native wheel built once is silently reused by every later install on that mach
 
 So the default build is a fixed baseline, not the build machine's CPU:
 
-- x86_64: x86-64-v3 (SSE4.2, AVX, AVX2, FMA, F16C, BMI2): every x86 server since 2015 (Haswell,
-  Zen 1), Lambda's x86 hosts, CI runners. No AVX-512, no AVX-VNNI, no AMX.
+- x86_64: x86-64-v3 (SSE4.2, AVX, AVX2, FMA, F16C, BMI2): Intel since Haswell (2013), AMD since
+  Zen 1 (2017), Lambda's x86 hosts, CI runners. No AVX-512, no AVX-VNNI, no AMX.
 - aarch64: armv8.2-a with dotprod and fp16: Graviton 2/3/4 (Lambda arm64), Raspberry Pi 5, phones
   since about 2018. A Raspberry Pi 4 (Cortex-A72, armv8.0) needs `-DGGML_CPU_ARM_ARCH=armv8-a`.
 - anything else: GGML_NATIVE=OFF with llama.cpp's own defaults for that architecture.

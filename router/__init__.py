@@ -2,7 +2,8 @@
 
 `RoutingEngine` is the only place a request is routed; the local server, the Lambda handler and the
 device SDK configure it through its seams (backends by name, `Policy`, `EstimatorSelector`, `Ledger`,
-`DecisionObserver`). Pure Python plus pydantic; nothing heavy is imported here (cold start is a tenet).
+`DecisionObserver`). Pure Python plus pydantic and pydantic-settings; httpx, numpy and the native
+runtimes load only with the modules that need them (cold start is a tenet).
 """
 
 from router._accounting import CostLedger, Ledger, cloud_cost_usd

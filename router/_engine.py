@@ -20,9 +20,8 @@ from typing import TypeVar
 
 from router._accounting import CostLedger, Ledger, cloud_cost_usd
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
-from router._config import RouterConfig, hash_api_key
+from router._config import RouterConfig, TierConfig
 from router._errors import (
-    AuthenticationError,
     BackendError,
     ModelNotFound,
     NoBackendAvailable,
@@ -30,7 +29,15 @@ from router._errors import (
 )
 from router._estimator import ComplexityEstimator, EstimatorSelector, SingleEstimator
 from router._metrics import DecisionLog, DecisionObserver, InMemoryMetrics, RequestOutcome, RouterMetrics
-from router._plan import RoutedStream, RoutePlan, Tenant, cap_max_tokens
+from router._plan import (
+    ApiKeys,
+    RoutedStream,
+    RoutePlan,
+    Tenant,
+    aclose_stream,
+    cap_max_tokens,
+    chain_chunks,
+)
 from router._policy import Decision, Policy, PolicyInput, RequestFacts, TierPolicy
 from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, RouteInfo, Usage
 
@@ -57,13 +64,14 @@ class RoutingEngine:
         metrics: RouterMetrics | None = None,
         ledger: Ledger | None = None,
         observers: Sequence[DecisionObserver] = (),
+        log_decisions: bool = True,
     ) -> None:
         """An engine for `config`; every seam has a default.
 
         `estimator` is shorthand for `estimators=SingleEstimator(estimator)`, and `edge=`/`cloud=`
         for entries of `backends`. The policy defaults to `TierPolicy(config.tiers)`, the ledger to an
-        in-process `CostLedger`; `metrics` (default `InMemoryMetrics`) and the decision log always
-        observe, before `observers`.
+        in-process `CostLedger`; `metrics` (default `InMemoryMetrics`) and, unless `log_decisions` is
+        false, the decision log observe before `observers`.
         """
         if estimators is None:
             if estimator is None:
@@ -79,9 +87,10 @@ class RoutingEngine:
         self.metrics: RouterMetrics = metrics if metrics is not None else InMemoryMetrics()
         self.ledger: Ledger = ledger if ledger is not None else CostLedger()
         self._extra_observers = tuple(observers)
-        self.observers: list[DecisionObserver] = [self.metrics, DecisionLog(), *observers]
-        self._keys = {entry.sha256: Tenant(entry.tenant, entry.tier) for entry in config.api_keys}
-        self._key_ids = {key_id: Tenant(e.tenant, e.tier) for key_id, e in config.api_key_ids.items()}
+        self._log_decisions = log_decisions
+        decision_log: list[DecisionObserver] = [DecisionLog()] if log_decisions else []
+        self.observers: list[DecisionObserver] = [self.metrics, *decision_log, *observers]
+        self.keys = ApiKeys(config)
 
     def reconfigured(self, config: RouterConfig) -> RoutingEngine:
         """An engine for `config` on this one's backends, estimators, metrics, ledger and observers.
@@ -98,6 +107,7 @@ class RoutingEngine:
             metrics=self.metrics,
             ledger=self.ledger,
             observers=self._extra_observers,
+            log_decisions=self._log_decisions,
         )
 
     @property
@@ -119,30 +129,11 @@ class RoutingEngine:
 
     def authenticate(self, api_key: str | None) -> Tenant:
         """The tenant an API key belongs to; the tier comes from the config, never the request."""
-        if not api_key:
-            raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.")
-        tenant = self._keys.get(hash_api_key(api_key))
-        if tenant is None:
-            raise AuthenticationError("Incorrect API key provided.")
-        return tenant
+        return self.keys.tenant(api_key)
 
     def authenticate_key_id(self, key_id: str | None, api_key: str | None) -> Tenant:
-        """The tenant of an API Gateway key: by its id in `api_key_ids`, else by its sha256 in `api_keys`.
-
-        API Gateway has checked that the key exists; its tier still comes from the config, never the request.
-        """
-        tenant = self._key_ids.get(key_id) if key_id else None
-        if tenant is None and api_key:
-            tenant = self._keys.get(hash_api_key(api_key))
-        if tenant is not None:
-            return tenant
-        if key_id or api_key:
-            raise AuthenticationError(
-                "This API key is not mapped to a tier; ask the platform team to add it."
-            )
-        raise AuthenticationError(
-            "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
-        )
+        """The tenant of an API Gateway key: by its id, else by the sha256 of the key it came with."""
+        return self.keys.tenant_of_key_id(key_id, api_key)
 
     def backend(self, target: Target) -> ChatBackend:
         """The backend that serves `target`."""
@@ -193,12 +184,29 @@ class RoutingEngine:
         )
         requested = cap_max_tokens(request.requested_max_tokens, tier)
         facts = self.facts(
-            prompt_tokens,
-            requested or self.config.edge.max_tokens,
-            self.ledger.budget_left(tenant.name, tier.budget_usd),
+            prompt_tokens, requested or self.config.edge.max_tokens, self._budget_left(tenant, tier)
         )
         given = PolicyInput(score, tenant.tier, tenant.name, estimator_id, facts, request)
-        return RoutePlan(self.policy.decide(given), prompt_tokens, requested, estimator_ms, facts)
+        return RoutePlan(self.policy.decide(given), prompt_tokens, requested, estimator_ms)
+
+    def _budget_left(self, tenant: Tenant, tier: TierConfig) -> float | None:
+        """The tenant's budget left; unlimited (logged) when the ledger cannot say: a budget store
+        outage must not turn every request away."""
+        try:
+            return self.ledger.budget_left(tenant.name, tier.budget_usd)
+        except Exception:
+            logger.exception(
+                "ledger %r failed; %s's budget is not enforced for now", self.ledger, tenant.name
+            )
+            return None
+
+    async def aclose(self) -> None:
+        """Release every backend (models, connections), each even when another fails to close."""
+        for name, backend in self.backends.items():
+            try:
+                await backend.aclose()
+            except Exception:
+                logger.exception("closing backend %s failed", name)
 
     # -- running -------------------------------------------------------------------------------
 
@@ -238,30 +246,33 @@ class RoutingEngine:
             try:
                 async for chunk in chunks:
                     head.append(chunk)
-                    if any(c.delta.content or c.finish_reason for c in chunk.choices):
+                    if chunk.starts_answer:
                         break
             except BaseException:
-                await _aclose(chunks)
+                await aclose_stream(chunks)
                 raise
             return chunks, head
 
         decision, (chunks, head) = await self._run_with_fallback(plan, started, start, stream=True)
         route = self._route_info(decision, upstream=head[0].route if head else None)
         want_usage = bool(request.stream_options and request.stream_options.include_usage)
-        return RoutedStream(route, self._relay(plan, decision, started, route, chunks, head, want_usage))
+        relay = self._relay(plan, decision, started, route, chunks, head, want_usage)
+        return RoutedStream(route, relay, source=chunks)
 
     async def _run_with_fallback(
         self, plan: RoutePlan, started: float, run: Callable[[Target], Awaitable[T]], *, stream: bool
     ) -> tuple[Decision, T]:
-        """`run` on the decided target, then where the policy falls back to; failures are recorded."""
+        """`run` on the decided target, then once where the policy falls back to; failures are recorded.
+
+        A failure of the fallback goes to the policy too, which re-raises it or names a better error
+        (the device: `EdgeOffline` when its escalation found the link down); it is never retried.
+        """
         decision = plan.decision
         try:
             try:
                 return decision, await run(decision.target)
             except BackendError as exc:
-                needed = plan.requested_max_tokens or self.config.edge.max_tokens
-                facts = self.facts(plan.prompt_tokens, needed, None)
-                decision = self.policy.fall_back(decision, exc, facts)
+                decision = self.policy.fall_back(decision, exc, self._fallback_facts(plan))
                 logger.warning(
                     "%s failed (%s: %s); answering on %s",
                     plan.decision.target,
@@ -269,10 +280,18 @@ class RoutingEngine:
                     exc.message,
                     decision.target,
                 )
+            try:
                 return decision, await run(decision.target)
+            except BackendError as exc:
+                self.policy.fall_back(decision, exc, self._fallback_facts(plan))
+                raise  # a policy that names a third place is not followed: one fallback at most
         except RouterError as exc:
             self._record(plan, decision, started, status=exc.status_code, stream=stream, error=exc)
             raise
+
+    def _fallback_facts(self, plan: RoutePlan) -> RequestFacts:
+        """The backends' health now, for a request of this plan's size."""
+        return self.facts(plan.prompt_tokens, plan.requested_max_tokens or self.config.edge.max_tokens, None)
 
     def _max_tokens(self, target: Target, plan: RoutePlan) -> int:
         backend = self.backend(target)
@@ -297,7 +316,7 @@ class RoutingEngine:
             if head:
                 head[0].route = route
             last = head[0] if head else None
-            async for chunk in _chain(head, chunks):
+            async for chunk in chain_chunks(head, chunks):
                 chunk.model = route.model
                 usage = chunk.usage or usage
                 pieces += sum(1 for c in chunk.choices if c.delta.content)
@@ -315,7 +334,7 @@ class RoutingEngine:
             status, error = exc.status_code, exc
             raise
         finally:
-            await _aclose(chunks)
+            await aclose_stream(chunks)
             if usage is None:  # counted from the chunks: one token each for llama.cpp and vLLM
                 usage = Usage(
                     prompt_tokens=plan.prompt_tokens,
@@ -362,10 +381,13 @@ class RoutingEngine:
         price = self.config.cloud.price
         cost = cloud_cost_usd(usage, price) if decision.target == "cloud" and error is None else 0.0
         saved = cloud_cost_usd(usage, price) if decision.target == "edge" and error is None else 0.0
-        if cost:
-            self.ledger.charge(decision.tenant, cost)
-        if saved:
-            self.ledger.credit_saving(decision.tenant, saved)
+        try:
+            if cost:
+                self.ledger.charge(decision.tenant, cost)
+            if saved:
+                self.ledger.credit_saving(decision.tenant, saved)
+        except Exception:  # the answer is given and paid for: a ledger outage must not lose it
+            logger.exception("ledger %r failed to record %s's spend", self.ledger, decision.tenant)
         route = self._route_info(decision, cost, saved, upstream=upstream)
         outcome = RequestOutcome(
             decision=decision,
@@ -386,18 +408,3 @@ class RoutingEngine:
             except Exception:  # an observer's failure must never fail the request it observes
                 logger.exception("observer %r failed", observer)
         return route
-
-
-async def _chain(
-    head: list[ChatCompletionChunk], rest: AsyncIterator[ChatCompletionChunk]
-) -> AsyncIterator[ChatCompletionChunk]:
-    for chunk in head:
-        yield chunk
-    async for chunk in rest:
-        yield chunk
-
-
-async def _aclose(chunks: AsyncIterator[ChatCompletionChunk]) -> None:
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        await aclose()

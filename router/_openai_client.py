@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import random
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,6 +160,9 @@ class OpenAIHTTPClient:
     status_error: StatusError = error_for_status
     network_error: type[CloudBackendError] | None = None
     require_done: bool = False
+    #: send an `Idempotency-Key` per call, the same on each retry, so that a server that honours it
+    #: (the router's Lambda) answers a retried call once, even when a dropped connection hid the answer
+    idempotency_key: bool = False
     default_model: str | None = None
     admit: Callable[[], None] | None = None
     on_outcome: OutcomeHook | None = None
@@ -306,11 +310,14 @@ class OpenAIHTTPClient:
         """POST with retries; returns an unread 2xx response that the caller must close."""
         started = self.clock()
         attempt = 0
+        headers = self._auth()
+        if self.idempotency_key:
+            headers["Idempotency-Key"] = uuid.uuid4().hex
         while True:
             attempt += 1
             retry_after: float | None = None
             try:
-                request = client.build_request("POST", CHAT_PATH, json=body, headers=self._auth())
+                request = client.build_request("POST", CHAT_PATH, json=body, headers=headers)
                 response = await client.send(request, stream=True)
             except httpx.HTTPError as exc:
                 failure: RouterError = self._failure(exc, "before answering")

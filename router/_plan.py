@@ -1,12 +1,14 @@
-"""What the engine decides and hands back: who is calling, the plan for a request, a routed stream."""
+"""What the engine decides and hands back: who is calling (by API key), the plan for a request, and a
+routed stream with the helpers that hold it together."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
-from router._config import TierConfig
-from router._policy import Decision, RequestFacts
+from router._config import RouterConfig, TierConfig, hash_api_key
+from router._errors import AuthenticationError
+from router._policy import Decision
 from router._wire import ChatCompletionChunk, RouteInfo
 
 
@@ -18,6 +20,42 @@ class Tenant:
     tier: str
 
 
+class ApiKeys:
+    """API keys to tenants, from a config: keys by their sha256, API Gateway keys by their id."""
+
+    def __init__(self, config: RouterConfig) -> None:
+        """Index the config's `api_keys` and `api_key_ids`."""
+        self._by_digest = {entry.sha256: Tenant(entry.tenant, entry.tier) for entry in config.api_keys}
+        self._by_id = {key_id: Tenant(e.tenant, e.tier) for key_id, e in config.api_key_ids.items()}
+
+    def tenant(self, api_key: str | None) -> Tenant:
+        """The tenant an API key belongs to; the tier comes from the config, never the request."""
+        if not api_key:
+            raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.")
+        tenant = self._by_digest.get(hash_api_key(api_key))
+        if tenant is None:
+            raise AuthenticationError("Incorrect API key provided.")
+        return tenant
+
+    def tenant_of_key_id(self, key_id: str | None, api_key: str | None) -> Tenant:
+        """The tenant of an API Gateway key: by its id in `api_key_ids`, else by its sha256 in `api_keys`.
+
+        API Gateway has checked that the key exists; its tier still comes from the config, never the request.
+        """
+        tenant = self._by_id.get(key_id) if key_id else None
+        if tenant is None and api_key:
+            tenant = self._by_digest.get(hash_api_key(api_key))
+        if tenant is not None:
+            return tenant
+        if key_id or api_key:
+            raise AuthenticationError(
+                "This API key is not mapped to a tier; ask the platform team to add it."
+            )
+        raise AuthenticationError(
+            "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+        )
+
+
 @dataclass(frozen=True)
 class RoutePlan:
     """A decision and the facts it was made from."""
@@ -26,7 +64,6 @@ class RoutePlan:
     prompt_tokens: int
     requested_max_tokens: int | None
     estimator_ms: float
-    facts: RequestFacts | None = None
 
 
 @dataclass
@@ -38,6 +75,14 @@ class RoutedStream:
 
     route: RouteInfo
     chunks: AsyncGenerator[ChatCompletionChunk, None]
+    #: the backend's own stream, held open under `chunks` (closed by `aclose` even if never iterated)
+    source: AsyncIterator[ChatCompletionChunk] | None = None
+
+    async def aclose(self) -> None:
+        """Release the stream and its backend (the edge model's turn) without reading it to the end."""
+        await self.chunks.aclose()
+        if self.source is not None:
+            await aclose_stream(self.source)
 
 
 def cap_max_tokens(requested: int | None, tier: TierConfig) -> int | None:
@@ -45,3 +90,20 @@ def cap_max_tokens(requested: int | None, tier: TierConfig) -> int | None:
     if requested is None or tier.max_tokens is None:
         return requested if requested is not None else tier.max_tokens
     return min(requested, tier.max_tokens)
+
+
+async def chain_chunks(
+    head: list[ChatCompletionChunk], rest: AsyncIterator[ChatCompletionChunk]
+) -> AsyncIterator[ChatCompletionChunk]:
+    """The held-back head of a stream, then the rest of it."""
+    for chunk in head:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
+
+
+async def aclose_stream(chunks: AsyncIterator[ChatCompletionChunk]) -> None:
+    """Close a backend's stream if it can be closed (an async generator): its `finally` runs now."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -103,7 +103,7 @@ class Usage(BaseModel):
 
 
 class DecisionFacts(Protocol):
-    """What a routing decision says about a request: the router's `Decision`, the SDK's `DeviceDecision`."""
+    """What a routing decision says about a request (`router.Decision` is the one implementation)."""
 
     @property
     def target(self) -> str: ...
@@ -236,6 +236,15 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     usage: Usage | None = None
     route: RouteInfo | None = None
+
+    @property
+    def starts_answer(self) -> bool:
+        """Whether this chunk carries content or a finish reason: what a caller sees as the answer.
+
+        Up to the first such chunk a stream can still fall back without the caller noticing; after
+        it, a failure is a broken answer.
+        """
+        return any(c.delta.content or c.finish_reason for c in self.choices)
 
 
 class ErrorDetail(BaseModel):

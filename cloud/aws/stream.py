@@ -35,8 +35,10 @@ def create_stream_app(
     """The ASGI app for the Function URL: `cloud.app` on an engine kept current with the config."""
     route_core_logs(logger)
     settings = LambdaSettings.from_env()
-    router = LambdaEnvironment(source or ConfigSource.from_settings(settings), engine_factory=engine_factory)
-    first = router.current()  # at init: config, estimator and edge model, before the first request
+    environment = LambdaEnvironment(
+        source or ConfigSource.from_settings(settings), engine_factory=engine_factory
+    )
+    first = environment.current()  # at init: config, estimator and edge model, before the first request
     if settings.function_name:
         emit_cold_start(
             settings.function_name, namespace=settings.metrics_namespace, service=settings.service_name
@@ -50,10 +52,10 @@ def create_stream_app(
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             # A cached fetch costs microseconds; a refetch (every max_age seconds) does blocking I/O.
-            snapshot = await anyio.to_thread.run_sync(router.current)
+            snapshot = await anyio.to_thread.run_sync(environment.current)
             inner.state.engine = snapshot.engine
             inner.state.config = snapshot.engine.config
-            await router.close_retired()
+            await environment.close_retired()
             logger.set_correlation_id(_request_id(scope))
         await inner(scope, receive, send)
 

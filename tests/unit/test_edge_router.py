@@ -375,3 +375,36 @@ async def test_a_stream_cut_after_content_fails_clearly_and_goes_offline() -> No
     assert router.offline
     after = await router.complete(EASY)  # the next request does not wait on the broken link
     assert after.route is not None and after.route.reason == "offline"
+
+
+async def test_the_device_leaves_budgets_to_the_cloud_router() -> None:
+    # A synced tier carries the cloud's budget; the device has neither the tenant nor its spend.
+    cloud = CloudRouter()
+    router = make(cloud)
+    router._policy = router._policy.model_copy(
+        update={"routing": router._policy.routing.model_copy(update={"budget_usd": 0.0})}
+    )
+    answer = await router.complete(HARD)
+    assert answer.route is not None
+    assert (answer.route.target, answer.route.reason) == ("cloud", "score_above_threshold")
+
+
+async def test_a_busy_device_whose_escalation_finds_the_link_down_is_offline() -> None:
+    cloud = CloudRouter()
+    cloud.mode = "down"
+    router = make(cloud, local=FakeBackend("edge", fail=EdgeBusy("queue full")))
+    with pytest.raises(EdgeOffline, match="offline"):
+        await router.complete(EASY)
+    assert router.offline
+
+
+async def test_a_retried_escalation_carries_one_idempotency_key() -> None:
+    # A retry after a dropped connection must not run (and bill) the cloud answer twice.
+    cloud = CloudRouter()
+    cloud.mode = "503"
+    router = make(cloud, tier="premium")
+    await router.complete(EASY)
+    first, second = cloud.chat_calls()
+    assert first.headers["idempotency-key"] == second.headers["idempotency-key"]
+    await router.complete(EASY)
+    assert cloud.chat_calls()[-1].headers["idempotency-key"] != first.headers["idempotency-key"]

@@ -252,3 +252,51 @@ async def test_a_reconfigured_engine_keeps_its_seams() -> None:
     plain = RoutingEngine(CONFIG, estimator=HeuristicEstimator(), edge=FakeBackend("edge"))
     retiered = plain.reconfigured(parse_config({"tiers": {"free": {"threshold": 0.2}}}))
     assert retiered.policy.tier("free").threshold == 0.2  # a TierPolicy follows the new tiers
+
+
+class BrokenLedger:
+    def budget_left(self, tenant: str, budget_usd: float | None) -> float | None:
+        raise ConnectionError("budget store down")
+
+    def charge(self, tenant: str, cost_usd: float) -> None:
+        raise ConnectionError("budget store down")
+
+    def credit_saving(self, tenant: str, saved_usd: float) -> None:
+        raise ConnectionError("budget store down")
+
+
+async def test_a_ledger_outage_loses_no_answer_and_turns_no_one_away() -> None:
+    engine = RoutingEngine(
+        CONFIG,
+        estimator=Fixed("hard", 0.95),
+        edge=FakeBackend("edge"),
+        cloud=FakeBackend("cloud", reply="from the cloud"),
+        ledger=BrokenLedger(),
+    )
+    answer = await engine.complete(request(), TENANT)
+    assert answer.route is not None and answer.route.reason == "score_above_threshold"
+    assert answer.choices[0].message.content == "from the cloud"
+
+
+class Tracked(FakeBackend):
+    """A backend whose streams say whether they were closed."""
+
+    def __init__(self) -> None:
+        super().__init__("edge", reply="a long answer")
+        self.closed = False
+
+    async def stream(self, request: ChatCompletionRequest, *, max_tokens: int) -> Any:  # type: ignore[override]
+        try:
+            async for chunk in super().stream(request, max_tokens=max_tokens):
+                yield chunk
+        finally:
+            self.closed = True
+
+
+async def test_a_stream_closed_unread_frees_its_backend() -> None:
+    edge = Tracked()
+    engine = RoutingEngine(CONFIG, estimator=HeuristicEstimator(), edge=edge, cloud=FakeBackend("cloud"))
+    stream = await engine.stream(request(), TENANT)
+    assert not edge.closed  # held open under the route: the model's turn is taken
+    await stream.aclose()
+    assert edge.closed

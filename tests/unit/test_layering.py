@@ -17,6 +17,7 @@ ALLOWED = {
     "edge": {"router", "edge"},
     "cloud": {"router", "edge", "cloud"},
     "models": {"router", "edge", "models"},
+    "infra": set(),  # infra/llama_cpp_build.py runs before the project is installed
 }
 
 
