@@ -26,7 +26,6 @@ from router._errors import ConfigError
 from router._settings import secret_from_env
 
 ENV_DEVICE_KEY = EdgeSettings.SECRET_ENV["device_key"]
-ENV_EDGE_CLOUD_URL = EdgeSettings.env_name("edge_cloud_url")
 
 PersonalDataKind = Literal["email", "phone", "card"]
 

@@ -29,7 +29,6 @@ import numpy.typing as npt
 from models.settings import DataSettings
 from router import ChatMessage, ConfigError
 
-ENV_DATA_DIR = DataSettings.env_name("data_dir")
 WEAK_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG_MODEL = "gpt-4-1106-preview"
 BENCHMARKS = ("mmlu", "gsm8k", "mt-bench")  # the Mixtral-8x7B / GPT-4 pair (training data uses these)

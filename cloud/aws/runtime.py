@@ -30,7 +30,6 @@ logger = logging.getLogger("hybrid_router")
 T = TypeVar("T")
 
 #: Secrets Manager id of the GPU endpoint's API key, copied into the env var the config names.
-ENV_CLOUD_SECRET = LambdaSettings.env_name("cloud_api_key_secret")
 #: "sagemaker": sign calls to `cloud.url` (a SageMaker runtime endpoint URL) with SigV4.
 ENV_CLOUD_AUTH = LambdaSettings.env_name("cloud_auth")
 
