@@ -10,11 +10,13 @@ Every error that can reach a caller maps to an HTTP status and an OpenAI error b
     │   └── PayloadTooLarge          413 request_too_large
     ├── AuthenticationError          401 invalid_api_key
     ├── EstimatorError               500 (the runtime scores 0.5 instead; see the engine)
+    ├── DeadlineExceeded             504 deadline_exceeded (the request's own deadline passed)
     └── BackendError                 502/503 upstream failures
         ├── EdgeBackendError         503 edge_unavailable
         │   └── EdgeBusy             503 edge_busy (queue full or wait deadline passed)
         ├── CloudBackendError        502 cloud_error
         │   ├── CloudTimeout         504 cloud_timeout
+        │   ├── CloudStreamCut       502 cloud_stream_cut (ended without finish_reason or [DONE])
         │   └── CloudUnavailable     503 cloud_unavailable (breaker open, not configured)
         └── NoBackendAvailable       503 no_backend_available
 
@@ -94,6 +96,13 @@ class EstimatorError(RouterError):
     code = "estimator_error"
 
 
+class DeadlineExceeded(RouterError):
+    """The request's deadline (its tier's `deadline_s`) passed; not a backend's failure, so no fallback."""
+
+    status_code = 504
+    code = "deadline_exceeded"
+
+
 class BackendError(RouterError):
     """A backend could not produce an answer."""
 
@@ -126,6 +135,12 @@ class CloudTimeout(CloudBackendError):
 
     status_code = 504
     code = "cloud_timeout"
+
+
+class CloudStreamCut(CloudBackendError):
+    """The GPU endpoint's stream ended before its answer did: no `finish_reason`, no `data: [DONE]`."""
+
+    code = "cloud_stream_cut"
 
 
 class CloudUnavailable(CloudBackendError):

@@ -25,7 +25,8 @@ status, by default the router's error tree, `error_for_status`); `network_error`
 every failure of the network instead of the default classes: the device's `CloudUnreachable`, which
 marks it offline); `admit` and `on_outcome` (an admission check before a call and the report of its
 outcome: the GPU client's circuit breaker; the device has none); `require_done` (whether a stream that
-ends without `data: [DONE]` was cut).
+ends without `data: [DONE]` was cut even after its `finish_reason`). A stream that ends with neither a
+`finish_reason` nor `[DONE]` was cut for every caller: `CloudStreamCut`, reported as the call's failure.
 
 httpx is imported at the top of this module, so `router/__init__` must not import it (cold start).
 """
@@ -48,6 +49,7 @@ from router._config import CloudRetries
 from router._errors import (
     AuthenticationError,
     CloudBackendError,
+    CloudStreamCut,
     CloudTimeout,
     CloudUnavailable,
     ContextLengthExceeded,
@@ -212,17 +214,19 @@ class OpenAIHTTPClient:
                 async with self._deadline():
                     response = await self._send(client, body)
                     lines = response.aiter_lines()
-                    chunk = await self._next_chunk(lines)
+                    chunk = await self._next_chunk(lines, finished=True)  # nothing cut yet
                     if chunk is None:
                         raise CloudBackendError(self.describe("ended the stream before any chunk"))
             except BaseException as exc:
                 self._report(exc)
                 raise
             self._report(None)
+            finished = False
             while chunk is not None:
+                finished = finished or any(c.finish_reason for c in chunk.choices)
                 yield chunk
                 try:
-                    chunk = await self._next_chunk(lines)
+                    chunk = await self._next_chunk(lines, finished=finished)
                 except RouterError as exc:  # reported again: the stream failed after it started
                     self._report(exc)
                     raise
@@ -361,15 +365,20 @@ class OpenAIHTTPClient:
         except (ValueError, pydantic.ValidationError) as exc:
             raise CloudBackendError(self.describe(f"sent an invalid response: {exc}")) from None
 
-    async def _next_chunk(self, lines: AsyncIterator[str]) -> ChatCompletionChunk | None:
-        """The next chunk of the SSE body, or None at `data: [DONE]` (or at the body's end, if allowed)."""
+    async def _next_chunk(
+        self, lines: AsyncIterator[str], *, finished: bool = False
+    ) -> ChatCompletionChunk | None:
+        """The next chunk of the SSE body, or None at `data: [DONE]` (or at the body's end, if allowed).
+
+        A body that ends without `[DONE]` is a cut stream unless a `finish_reason` came (`finished`),
+        and always where `require_done` (a server that ends every stream with [DONE], errors included).
+        """
         try:
             event = await next_sse_event(lines, describe=self.describe, default_model=self.default_model)
         except httpx.HTTPError as exc:
             raise self._failure(exc, "mid-stream") from None
-        if event is None and self.require_done:
-            # A server that ends every stream with [DONE] (errors included): a body that just stops was cut.
-            raise self._network(CloudBackendError, "cut the stream off before data: [DONE]")
+        if event is None and (self.require_done or not finished):
+            raise self._network(CloudStreamCut, "cut the stream off before data: [DONE]")
         return event if isinstance(event, ChatCompletionChunk) else None
 
 

@@ -16,7 +16,7 @@ import pytest
 from cloud.breaker import BreakerState
 from cloud.endpoint import CloudEndpointClient, CloudHTTPError
 from router._config import CircuitBreakerConfig, CloudConfig, CloudRetries, CloudTimeouts
-from router._errors import CloudBackendError, CloudTimeout, CloudUnavailable
+from router._errors import CloudBackendError, CloudStreamCut, CloudTimeout, CloudUnavailable
 from router._openai_http import retry_after_seconds as _retry_after
 from router._wire import ChatCompletionChunk, ChatCompletionRequest
 
@@ -555,3 +555,20 @@ async def test_aclose_closes_the_client() -> None:
     await h.client.aclose()
     assert client.is_closed
     await h.client.aclose()  # idempotent
+
+
+async def test_stream_cut_without_finish_or_done_is_a_breaker_failure() -> None:
+    # A body that just stops mid-answer (no finish_reason, no [DONE]) was cut, not finished.
+    body = ScriptedStream([sse(chunk(role=True), chunk("Hel"))])
+    h = Harness(Upstream(streaming(body)))
+    stream = h.client.stream(chat(stream=True), max_tokens=5)
+    assert (await stream.__anext__()).choices[0].delta.role == "assistant"
+    await stream.__anext__()
+    with pytest.raises(CloudStreamCut, match="cut the stream off"):
+        await stream.__anext__()
+    assert h.client.breaker.failures == 1
+    # A body that ends after its finish_reason, without [DONE], is complete.
+    body = ScriptedStream([sse(chunk(role=True), chunk("Hi"), chunk(finish="stop"))])
+    h = Harness(Upstream(streaming(body)))
+    assert len([c async for c in h.client.stream(chat(stream=True), max_tokens=5)]) == 3
+    assert h.client.breaker.failures == 0

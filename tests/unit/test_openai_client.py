@@ -15,6 +15,7 @@ from router._config import CloudRetries
 from router._errors import (
     AuthenticationError,
     CloudBackendError,
+    CloudStreamCut,
     CloudTimeout,
     CloudUnavailable,
     ContextLengthExceeded,
@@ -330,15 +331,27 @@ async def test_a_stream_broken_after_its_first_chunk(
         await anext(stream)
 
 
+def finish() -> str:
+    event = {"id": "s", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    return json.dumps({**event, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+
+
 async def test_a_stream_cut_before_done() -> None:
+    script = Script(sse(Body(chunk("a"), finish())))
+    assert [c async for c in script.client().stream(BODY)]  # a body that ends after a finish is the end...
     script = Script(sse(Body(chunk("a"))))
-    assert [c async for c in script.client().stream(BODY)]  # a body that ends is the end...
+    stream = script.client().stream(BODY)
+    await anext(stream)
+    with pytest.raises(CloudStreamCut, match="cut the stream off"):  # ...one that just stops was cut...
+        await anext(stream)
+    assert script.outcomes[0] is None and isinstance(script.outcomes[1], CloudStreamCut)
+    assert CloudStreamCut("x").code == "cloud_stream_cut"
+    script = Script(sse(Body(chunk("a"), finish())))
     stream = script.client(require_done=True, network_error=LinkDown).stream(BODY)
     await anext(stream)
-    with pytest.raises(
-        LinkDown, match=r"cut the stream off before data: \[DONE\]"
-    ):  # ...unless [DONE] is due
-        await anext(stream)
+    await anext(stream)
+    with pytest.raises(LinkDown, match=r"cut the stream off before data: \[DONE\]"):  # ...and so is one
+        await anext(stream)  # that ends after its finish_reason where [DONE] is due
 
 
 async def test_a_stream_that_fails_to_start_raises_on_the_first_chunk() -> None:
