@@ -101,21 +101,46 @@ def format_prompt_tokens(llm: Llama, messages: list[dict[str, str]]) -> int:
     raise EdgeBackendError(f"chat format {llm.chat_format!r} did not tokenize its prompt")
 
 
-async def _join(future: asyncio.Future[T]) -> T:
+async def _join(future: asyncio.Future[T], cancel: threading.Event | None = None) -> T:
     """Await a worker thread, and when cancelled still wait for it to return before re-raising.
 
-    A llama.cpp call cannot be interrupted, and the model lock must stay held until the thread
-    stops using the model, or the next request would run on it concurrently.
+    A llama.cpp call cannot be interrupted mid-token: when cancelled, `cancel` is set (the
+    generation stops at its next token) and the model lock stays held until the thread stops
+    using the model, or the next request would run on it concurrently.
     """
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
+        if cancel is not None:
+            cancel.set()
         while not future.done():
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([future])
         if not future.cancelled():
             future.exception()  # retrieved: the caller was cancelled and will not see it
         raise
+
+
+def _stop_when(cancel: threading.Event, eos: int) -> Any:
+    """A logits processor that forces end-of-sequence once `cancel` is set: a non-streamed
+    generation (the request's deadline passed, the caller went away) then ends at its next token."""
+    import numpy as np
+    from llama_cpp import LogitsProcessorList  # lazy, as in `load()`
+
+    def processor(input_ids: Any, scores: Any) -> Any:
+        if cancel.is_set():
+            scores[:] = -np.inf
+            scores[eos] = 0.0
+        return scores
+
+    return LogitsProcessorList([processor])
+
+
+def _piece(chunk: Any) -> tuple[str, str | None]:
+    """The text and finish reason of a llama chunk: a chat completion's (`delta`) or a completion's."""
+    choice = chunk["choices"][0]
+    text = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
+    return text or "", choice.get("finish_reason")
 
 
 def _warm_up(llm: Llama, path: Path) -> float:
@@ -266,9 +291,11 @@ class LlamaCppBackend(ChatBackend):
         """Answer in one response; raises `EdgeBusy` when refused, `EdgeBackendError` on failure."""
         params = self._params(request, max_tokens)
         async with self._slot() as llm:
+            cancel = threading.Event()  # set when this call is cancelled (e.g. at the request's deadline)
+            params["logits_processor"] = _stop_when(cancel, llm.token_eos())
             work = asyncio.to_thread(llm.create_chat_completion, **params, stream=False)
             try:
-                result: Any = await _join(asyncio.ensure_future(work))
+                result: Any = await _join(asyncio.ensure_future(work), cancel)
             except Exception as exc:
                 raise EdgeBackendError(f"edge model failed: {exc}") from exc
         choice = result["choices"][0]
@@ -280,12 +307,10 @@ class LlamaCppBackend(ChatBackend):
         )
 
     @staticmethod
-    def _produce(
-        llm: Llama, params: dict[str, Any], cancel: threading.Event, emit: Callable[[Any], None]
-    ) -> None:
+    def _produce(generate: Callable[[], Any], cancel: threading.Event, emit: Callable[[Any], None]) -> None:
         """Worker thread: run llama's token generator, handing chunks to the loop until cancelled."""
         try:
-            chunks: Any = llm.create_chat_completion(**params, stream=True)
+            chunks: Any = generate()
             try:
                 for chunk in chunks:
                     if cancel.is_set():  # checked between tokens: the client went away
@@ -313,6 +338,73 @@ class LlamaCppBackend(ChatBackend):
             choice = ChunkChoice(delta=delta, finish_reason=finish_reason)
             return ChatCompletionChunk(id=completion_id, model=self.model_id, choices=[choice])
 
+        text, finish_reason, started = [], None, False
+        pieces = self._generate(lambda llm: llm.create_chat_completion(**params, stream=True))
+        try:
+            async for content, reason in pieces:
+                if not started:
+                    started = True
+                    yield chunk(Delta(role="assistant", content=""))
+                if content:
+                    text.append(content)
+                    yield chunk(Delta(content=content))
+                finish_reason = reason or finish_reason
+        finally:
+            await pieces.aclose()  # the model is free again before the last chunks go out
+        if not started:
+            yield chunk(Delta(role="assistant", content=""))
+        yield chunk(Delta(), finish_reason or "stop")
+        if include_usage:
+            prompt = self.count_tokens(request.messages)
+            # The output re-tokenized, as chunks do not map 1:1 to tokens (llama holds
+            # back text that may start a stop string).
+            completion = self._count_text("".join(text))
+            usage = Usage(
+                prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+            )
+            yield ChatCompletionChunk(id=completion_id, model=self.model_id, choices=[], usage=usage)
+
+    def continue_stream(
+        self, request: ChatCompletionRequest, partial: str, *, max_tokens: int
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """Continue `partial`, an answer to `request` cut off elsewhere, as content chunks then a finish.
+
+        The prompt is the conversation with the assistant's turn left open after `partial`, so the
+        model goes on from there rather than starting over (ChatML only: the prompt is rendered
+        here; another chat format raises `EdgeBackendError`).
+        """
+        if self.config.chat_format != "chatml":
+            raise EdgeBackendError(f"chat format {self.config.chat_format!r} cannot continue an answer")
+        prompt = render_chatml(_plain_messages(request.messages)) + partial
+        params = self._params(request, max_tokens)
+        del params["messages"]
+        params["stop"] = ["<|im_end|>", *request.stop_list]
+        return self._continuation(prompt, params)
+
+    async def _continuation(
+        self, prompt: str, params: dict[str, Any]
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
+        completion_id = new_completion_id()
+        finish_reason = None
+        pieces = self._generate(lambda llm: llm.create_completion(prompt, **params, stream=True))
+        try:
+            async for content, reason in pieces:
+                if content:
+                    choices = [ChunkChoice(delta=Delta(content=content))]
+                    yield ChatCompletionChunk(id=completion_id, model=self.model_id, choices=choices)
+                finish_reason = reason or finish_reason
+        finally:
+            await pieces.aclose()
+        choices = [ChunkChoice(delta=Delta(), finish_reason=finish_reason or "stop")]
+        yield ChatCompletionChunk(id=completion_id, model=self.model_id, choices=choices)
+
+    async def _generate(
+        self, generate: Callable[[Llama], Any]
+    ) -> AsyncGenerator[tuple[str, str | None], None]:
+        """`(text, finish_reason)` of each chunk llama's `generate(llm)` yields, on the model's turn.
+
+        Waiting for the turn raises `EdgeBusy`; closing the generator stops llama at its next token.
+        """
         async with self._slot() as llm:
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[Any] = asyncio.Queue()  # unbounded: at most max_tokens chunks
@@ -324,36 +416,22 @@ class LlamaCppBackend(ChatBackend):
                 except RuntimeError:  # the loop is closed: nobody is listening any more
                     cancel.set()
 
-            worker = asyncio.ensure_future(asyncio.to_thread(self._produce, llm, params, cancel, emit))
+            work = asyncio.to_thread(self._produce, lambda: generate(llm), cancel, emit)
+            worker = asyncio.ensure_future(work)
             try:
-                text, finish_reason, started = [], None, False
                 while (item := await queue.get()) is not _DONE:
                     if isinstance(item, Exception):
                         raise EdgeBackendError(f"edge model failed: {item}") from item
-                    choice = item["choices"][0]
-                    if not started:
-                        started = True
-                        yield chunk(Delta(role="assistant", content=""))
-                    if content := choice["delta"].get("content"):
-                        text.append(content)
-                        yield chunk(Delta(content=content))
-                    if choice.get("finish_reason"):
-                        finish_reason = choice["finish_reason"]
-                if not started:
-                    yield chunk(Delta(role="assistant", content=""))
-                yield chunk(Delta(), finish_reason or "stop")
-                if include_usage:
-                    prompt = self.count_tokens(request.messages)
-                    # The output re-tokenized, as chunks do not map 1:1 to tokens (llama holds
-                    # back text that may start a stop string).
-                    completion = len(llm.tokenize("".join(text).encode("utf-8"), add_bos=False))
-                    usage = Usage(
-                        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
-                    )
-                    yield ChatCompletionChunk(id=completion_id, model=self.model_id, choices=[], usage=usage)
+                    yield _piece(item)
             finally:
                 cancel.set()
                 await _join(worker)  # the lock is released only once llama is idle
+
+    def _count_text(self, text: str) -> int:
+        llm = self._llm
+        if llm is None:  # closed since: estimate
+            return int(len(text) / 3.5) + (1 if text else 0)
+        return len(llm.tokenize(text.encode("utf-8"), add_bos=False))
 
     async def aclose(self) -> None:
         """Free the model once the running generation (and any queued request) is done."""

@@ -6,6 +6,7 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from router._errors import BackendError
 from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatMessage
 
 #: The name of a backend in the engine: "edge" and "cloud" today; the policy decides between names.
@@ -72,6 +73,17 @@ class ChatBackend(abc.ABC):
         When the request has `stream_options.include_usage`, a final chunk with empty `choices`
         carries the usage, as OpenAI does.
         """
+
+    def continue_stream(
+        self, request: ChatCompletionRequest, partial: str, *, max_tokens: int
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """Continue `partial`, an answer to `request` that another backend's stream broke off, as
+        content chunks then one with `finish_reason` (no role chunk: the caller has had one).
+
+        The engine's mid-stream failover calls it; a backend that cannot continue an answer (the
+        default) raises a `BackendError`, and the broken stream ends with its error.
+        """
+        raise BackendError(f"the {self.target} backend cannot continue a partial answer")
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections, threads and the model."""
