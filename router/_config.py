@@ -47,6 +47,10 @@ class TierConfig(_Strict):
         None, description="Cloud spend a tenant of this tier may incur per process lifetime; None: unlimited."
     )
     max_tokens: Annotated[int | None, Field(ge=1)] = Field(None, description="Cap on completion tokens.")
+    deadline_s: Annotated[float | None, Field(gt=0)] = Field(
+        None,
+        description="Seconds a request may take, streamed or not, fallback included; None: server.deadline_s",
+    )
 
 
 class EdgeConfig(_Strict):
@@ -126,6 +130,12 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_body_bytes: Annotated[int, Field(ge=1024)] = Field(1_048_576, description="Larger bodies get 413.")
+    deadline_s: Annotated[float, Field(gt=0)] = Field(
+        120.0,
+        description="Deadline of a request whose tier sets none: room for the cloud's whole call "
+        "(cloud.timeouts.total) and a fallback after it. A stream past it ends with finish_reason "
+        "'length' and an error event; a response, with a 504.",
+    )
 
 
 class EstimatorConfig(_Strict):

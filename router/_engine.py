@@ -16,18 +16,28 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from router._accounting import CostLedger, Ledger, cloud_cost_usd
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
 from router._config import RouterConfig, TierConfig
 from router._errors import (
     BackendError,
+    DeadlineExceeded,
     ModelNotFound,
     NoBackendAvailable,
     RouterError,
 )
 from router._estimator import ComplexityEstimator, EstimatorSelector, SingleEstimator
+from router._failover import (
+    continued,
+    continues_cut_streams,
+    deadline_at,
+    deadline_chunk,
+    deadline_scope,
+    start_continuation,
+    until,
+)
 from router._metrics import DecisionLog, DecisionObserver, InMemoryMetrics, RequestOutcome, RouterMetrics
 from router._plan import (
     ApiKeys,
@@ -256,7 +266,7 @@ class RoutingEngine:
         decision, (chunks, head) = await self._run_with_fallback(plan, started, start, stream=True)
         route = self._route_info(decision, upstream=head[0].route if head else None)
         want_usage = bool(request.stream_options and request.stream_options.include_usage)
-        relay = self._relay(plan, decision, started, route, chunks, head, want_usage)
+        relay = self._relay(plan, decision, started, route, chunks, head, want_usage, request)
         return RoutedStream(route, relay, source=chunks)
 
     async def _run_with_fallback(
@@ -266,25 +276,28 @@ class RoutingEngine:
 
         A failure of the fallback goes to the policy too, which re-raises it or names a better error
         (the device: `EdgeOffline` when its escalation found the link down); it is never retried.
+        All of it runs within the request's deadline (`DeadlineExceeded` after it, with no fallback).
         """
         decision = plan.decision
+        seconds = self._deadline_s(plan)
         try:
-            try:
-                return decision, await run(decision.target)
-            except BackendError as exc:
-                decision = self.policy.fall_back(decision, exc, self._fallback_facts(plan))
-                logger.warning(
-                    "%s failed (%s: %s); answering on %s",
-                    plan.decision.target,
-                    exc.code,
-                    exc.message,
-                    decision.target,
-                )
-            try:
-                return decision, await run(decision.target)
-            except BackendError as exc:
-                self.policy.fall_back(decision, exc, self._fallback_facts(plan))
-                raise  # a policy that names a third place is not followed: one fallback at most
+            async with deadline_scope(deadline_at(seconds, time.perf_counter() - started), seconds):
+                try:
+                    return decision, await run(decision.target)
+                except BackendError as exc:
+                    decision = self.policy.fall_back(decision, exc, self._fallback_facts(plan))
+                    logger.warning(
+                        "%s failed (%s: %s); answering on %s",
+                        plan.decision.target,
+                        exc.code,
+                        exc.message,
+                        decision.target,
+                    )
+                try:
+                    return decision, await run(decision.target)
+                except BackendError as exc:
+                    self.policy.fall_back(decision, exc, self._fallback_facts(plan))
+                    raise  # a policy that names a third place is not followed: one fallback at most
         except RouterError as exc:
             self._record(plan, decision, started, status=exc.status_code, stream=stream, error=exc)
             raise
@@ -292,6 +305,10 @@ class RoutingEngine:
     def _fallback_facts(self, plan: RoutePlan) -> RequestFacts:
         """The backends' health now, for a request of this plan's size."""
         return self.facts(plan.prompt_tokens, plan.requested_max_tokens or self.config.edge.max_tokens, None)
+
+    def _deadline_s(self, plan: RoutePlan) -> float:
+        """Seconds the request may take: its tier's `deadline_s`, else the server's."""
+        return self.policy.tier(plan.decision.tier).deadline_s or self.config.server.deadline_s
 
     def _max_tokens(self, target: Target, plan: RoutePlan) -> int:
         backend = self.backend(target)
@@ -308,40 +325,69 @@ class RoutingEngine:
         chunks: AsyncIterator[ChatCompletionChunk],
         head: list[ChatCompletionChunk],
         want_usage: bool,
+        request: ChatCompletionRequest,
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
+        """The stream to the caller, within the deadline; a break after content fails over once."""
         usage: Usage | None = None
-        pieces = 0
-        status, error = 200, None
+        sent: list[str] = []  # the content the caller has: one piece per chunk, about a token each
+        finished = False
+        status, error = 200, cast(RouterError | None, None)
+        failover: tuple[str, int] | None = None  # (error code, pieces sent) when the stream failed over
+        seconds = self._deadline_s(plan)
+        at = deadline_at(seconds, time.perf_counter() - started)
+        source: AsyncIterator[ChatCompletionChunk] = chain_chunks(head, chunks)
+        more: AsyncIterator[ChatCompletionChunk] | None = None  # the continuation, once failed over
+        last = head[0] if head else None
         try:
             if head:
                 head[0].route = route
-            last = head[0] if head else None
-            async for chunk in chain_chunks(head, chunks):
-                chunk.model = route.model
-                usage = chunk.usage or usage
-                pieces += sum(1 for c in chunk.choices if c.delta.content)
-                last = chunk
-                yield chunk
+            while True:
+                try:
+                    async for chunk in until(at, seconds, source):
+                        chunk.model = route.model
+                        usage = chunk.usage or usage
+                        for choice in chunk.choices:
+                            if choice.delta.content:
+                                sent.append(choice.delta.content)
+                            finished = finished or bool(choice.finish_reason)
+                        last = chunk
+                        yield chunk
+                    break
+                except BackendError as exc:
+                    if failover is not None or finished or not sent or last is None:
+                        raise
+                    decision, more = await self._fail_over(plan, decision, exc, request, sent, at, seconds)
+                    failover, usage = (exc.code or exc.error_type, len(sent)), None
+                    final = self._route_info(decision)
+                    final.failover_at_tokens = len(sent)
+                    source = continued(more, completion_id=last.id, model=route.model, route=final)
             if want_usage and usage is None and last is not None:
                 # Some upstreams (llama.cpp's server) ignore stream_options: the client still gets usage.
                 usage = Usage(
                     prompt_tokens=plan.prompt_tokens,
-                    completion_tokens=pieces,
-                    total_tokens=plan.prompt_tokens + pieces,
+                    completion_tokens=len(sent),
+                    total_tokens=plan.prompt_tokens + len(sent),
                 )
                 yield ChatCompletionChunk(id=last.id, model=route.model, choices=[], usage=usage)
+        except DeadlineExceeded as exc:
+            status, error = exc.status_code, exc
+            if last is not None and not finished:
+                yield deadline_chunk(last.id, route.model)
+            raise
         except RouterError as exc:
             status, error = exc.status_code, exc
             raise
         finally:
             await aclose_stream(chunks)
+            if more is not None:
+                await aclose_stream(more)
             if usage is None:  # counted from the chunks: one token each for llama.cpp and vLLM
                 usage = Usage(
                     prompt_tokens=plan.prompt_tokens,
-                    completion_tokens=pieces,
-                    total_tokens=plan.prompt_tokens + pieces,
+                    completion_tokens=len(sent),
+                    total_tokens=plan.prompt_tokens + len(sent),
                 )
-            final = self._record(
+            recorded = self._record(
                 plan,
                 decision,
                 started,
@@ -350,8 +396,38 @@ class RoutingEngine:
                 usage=usage,
                 error=error,
                 upstream=route.upstream,
+                failover=failover,
             )
-            route.cost_usd, route.cost_saved_usd = final.cost_usd, final.cost_saved_usd
+            route.cost_usd, route.cost_saved_usd = recorded.cost_usd, recorded.cost_saved_usd
+
+    async def _fail_over(
+        self,
+        plan: RoutePlan,
+        decision: Decision,
+        failure: BackendError,
+        request: ChatCompletionRequest,
+        sent: list[str],
+        at: float,
+        seconds: float,
+    ) -> tuple[Decision, AsyncIterator[ChatCompletionChunk]]:
+        """Where the policy falls back to after `failure` cut a stream, and that backend's continuation
+        of the `sent` content, started (its first chunk read); `failure` when either cannot be had."""
+        if not continues_cut_streams(self.policy):
+            raise failure
+        other = self.policy.fall_back(decision, failure, self._fallback_facts(plan))
+        room = self.backend(other.target).context_window - plan.prompt_tokens - len(sent)
+        max_tokens = max(1, min(self._max_tokens(other.target, plan) - len(sent), room))
+        backend = self.backend(other.target)
+        chunks = await start_continuation(backend, request, sent, max_tokens, failure, at=at, seconds=seconds)
+        logger.warning(
+            "%s cut the stream after %d pieces (%s: %s); %s continues it",
+            decision.target,
+            len(sent),
+            failure.code,
+            failure.message,
+            other.target,
+        )
+        return other, chunks
 
     # -- accounting ----------------------------------------------------------------------------
 
@@ -376,6 +452,7 @@ class RoutingEngine:
         usage: Usage | None = None,
         error: RouterError | None = None,
         upstream: RouteInfo | None = None,
+        failover: tuple[str, int] | None = None,
     ) -> RouteInfo:
         usage = usage or Usage()
         price = self.config.cloud.price
@@ -401,6 +478,8 @@ class RoutingEngine:
             cost_usd=cost,
             cost_saved_usd=saved,
             error_code=error.code if error else None,
+            failover_from=failover[0] if failover else None,
+            failover_at_tokens=failover[1] if failover else None,
         )
         for observer in self.observers:
             try:

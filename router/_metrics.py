@@ -33,6 +33,10 @@ class RequestOutcome:
     cost_usd: float = 0.0
     cost_saved_usd: float = 0.0
     error_code: str | None = None
+    #: the error code of the mid-stream failure this answer was continued after on another backend
+    failover_from: str | None = None
+    #: content chunks the caller had (one token each, about) when the stream failed over
+    failover_at_tokens: int | None = None
 
 
 class DecisionObserver(Protocol):
@@ -60,6 +64,8 @@ class InMemoryMetrics:
         self.decisions: Counter[tuple[str, str, str]] = Counter()
         self.fallbacks = 0
         self.errors: Counter[str] = Counter()
+        #: streams continued on another backend, by the error code of the failure that cut them
+        self.failovers: Counter[str] = Counter()
         self.tokens: Counter[str] = Counter()
         self.cost_usd = 0.0
         self.cost_saved_usd = 0.0
@@ -72,6 +78,8 @@ class InMemoryMetrics:
             self.fallbacks += int(d.fallback)
             if outcome.error_code:
                 self.errors[outcome.error_code] += 1
+            if outcome.failover_from:
+                self.failovers[outcome.failover_from] += 1
             self.tokens[f"{d.target}_prompt"] += outcome.prompt_tokens
             self.tokens[f"{d.target}_completion"] += outcome.completion_tokens
             self.cost_usd += outcome.cost_usd
@@ -87,6 +95,7 @@ class InMemoryMetrics:
                 ],
                 "fallbacks": self.fallbacks,
                 "errors": dict(self.errors),
+                "failovers": dict(self.failovers),
                 "tokens": dict(self.tokens),
                 "cost_usd": round(self.cost_usd, 8),
                 "cost_saved_usd": round(self.cost_saved_usd, 8),
@@ -129,6 +138,8 @@ def log_decision(outcome: RequestOutcome) -> None:
                 "cost_usd": round(outcome.cost_usd, 8),
                 "cost_saved_usd": round(outcome.cost_saved_usd, 8),
                 "error_code": outcome.error_code,
+                "failover_from": outcome.failover_from,
+                "failover_at_tokens": outcome.failover_at_tokens,
             }
         )
     )

@@ -119,6 +119,10 @@ class Policy(Protocol):
 class TierPolicy:
     """The router's policy: `decide` with the tiers of a config, and the tier's fallback rules."""
 
+    #: A stream that breaks after its first content goes on where `fall_back` sends it (the engine
+    #: asks only a policy that says so; see `router._failover`).
+    continues_cut_streams = True
+
     def __init__(self, tiers: Mapping[str, TierConfig]) -> None:
         """Decide with `tiers` (kept by reference: a reloaded config passes a new policy)."""
         self.tiers = tiers

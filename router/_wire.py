@@ -139,6 +139,9 @@ class RouteInfo(BaseModel):
     cost_saved_usd: float = 0.0
     #: the route an upstream router reported, when the backend that answered is itself a router
     upstream: RouteInfo | None = None
+    #: set on a stream's last chunk when the stream broke and `target` continued the answer: the
+    #: content chunks (about one token each) the caller had from the first backend by then
+    failover_at_tokens: int | None = None
 
     @classmethod
     def from_decision(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -97,11 +98,23 @@ def running_router(config: dict[str, Any], tmp_path: Path, *, startup_s: float =
         log.close()
 
 
+#: What the "cut" upstream streams before it closes the connection: no finish_reason, no [DONE].
+CUT_PARTIAL = ["The", " capital", " of", " France"]
+
+
+def _sse_chunk(delta: dict[str, str]) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": None}
+    event = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": "up"}
+    return f"data: {json.dumps({**event, 'choices': [choice]})}\n\n".encode()
+
+
 class MisbehavingUpstream:
-    """An HTTP server on loopback that answers every request with a 500, or never answers at all."""
+    """An HTTP server on loopback that answers every request with a 500, never answers at all
+    ("hang"), streams a few words and closes the connection mid-answer ("cut"), or streams a word
+    every half second for ever ("slow")."""
 
     def __init__(self, mode: str) -> None:
-        assert mode in ("error", "hang")
+        assert mode in ("error", "hang", "cut", "slow")
         self.mode = mode
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
@@ -148,6 +161,18 @@ class MisbehavingUpstream:
             self.requests += 1
             if self.mode == "hang":
                 await asyncio.sleep(3600)
+            if self.mode in ("cut", "slow"):
+                # A body delimited by the connection's close: ending it early is a clean EOF.
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+                )
+                writer.write(_sse_chunk({"role": "assistant", "content": ""}))
+                words = CUT_PARTIAL if self.mode == "cut" else (" more" for _ in range(10_000))
+                for word in words:
+                    writer.write(_sse_chunk({"content": word}))
+                    await writer.drain()
+                    await asyncio.sleep(0.5 if self.mode == "slow" else 0.01)
+                return
             body = b'{"error": {"message": "upstream exploded", "type": "server_error"}}'
             writer.write(
                 b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -9,7 +10,14 @@ import httpx
 import openai
 import pytest
 
-from tests.servers import KEYS, MisbehavingUpstream, free_port, make_router_config, running_router
+from tests.servers import (
+    CUT_PARTIAL,
+    KEYS,
+    MisbehavingUpstream,
+    free_port,
+    make_router_config,
+    running_router,
+)
 
 pytestmark = pytest.mark.functional
 
@@ -104,3 +112,59 @@ def test_hanging_upstream_falls_back_within_the_deadline(tmp_path: Path) -> None
             "no_backend_available",
         )
         assert elapsed < DEADLINE_S + 2.0
+
+
+def test_a_cloud_stream_cut_mid_answer_is_continued_by_the_edge_model(tmp_path: Path) -> None:
+    # The upstream sends a few words and closes the connection: no finish_reason, no [DONE].
+    partial = "".join(CUT_PARTIAL)
+    with (
+        MisbehavingUpstream("cut") as upstream,
+        running_router(make_router_config(upstream.url, cloud=FAST_FAIL), tmp_path) as base,
+        openai.OpenAI(base_url=f"{base}/v1", api_key=KEYS["premium"], max_retries=0, timeout=60) as client,
+    ):
+        stream = client.chat.completions.create(
+            model="hybrid-router",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+        )
+        chunks = list(stream)  # one uninterrupted stream: an error event would raise here
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text.startswith(partial) and len(text.strip()) > len(partial), text
+        assert not text[len(partial) :].lstrip().startswith("The capital"), text  # continued, not restarted
+        assert len({c.id for c in chunks}) == 1
+        assert [c for c in chunks if c.choices and c.choices[0].delta.role] == chunks[:1]
+        (finish,) = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+        route = (finish.model_extra or {})["route"]
+        assert (route["target"], route["reason"], route["fallback"]) == ("edge", "cloud_unavailable", True)
+        assert route["failover_at_tokens"] == len(CUT_PARTIAL)
+        # A tier that forbids the edge gets the words, then a clean error event.
+        with (
+            openai.OpenAI(base_url=f"{base}/v1", api_key=KEYS["strict"], max_retries=0, timeout=60) as strict,
+            pytest.raises(openai.APIError, match="cut the stream off"),
+        ):
+            for _ in strict.chat.completions.create(
+                model="hybrid-router",
+                max_tokens=16,
+                stream=True,
+                messages=[{"role": "user", "content": "hi"}],
+            ):
+                pass
+
+
+def test_a_slow_stream_ends_at_its_tiers_deadline(tmp_path: Path) -> None:
+    config = make_router_config(None)
+    config["tiers"]["strict"]["deadline_s"] = 2.0
+    with MisbehavingUpstream("slow") as upstream:
+        config["cloud"]["url"] = upstream.url
+        with running_router(config, tmp_path) as base:
+            started = time.monotonic()
+            streamed, _ = ask(base, "strict", stream=True)
+            elapsed = time.monotonic() - started
+    assert streamed.status_code == 200
+    events = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "deadline_exceeded"
+    assert json.loads(events[-3])["choices"][0]["finish_reason"] == "length"
+    assert elapsed < 2.0 + 1.5
