@@ -5,11 +5,16 @@ backoff and full jitter, `Retry-After`, one total deadline, SSE). What this modu
 retried too (`GPU_RETRY_STATUSES`), every error status is a `CloudHTTPError` (so the engine falls
 back on it), and a circuit breaker, plugged into the client's admission check and outcome report,
 makes a dead endpoint fail fast.
+
+While the breaker is half-open its one probe goes out and every other call waits for the probe's
+outcome within its own deadline (`CircuitBreaker.admit`): then they all go to a recovered endpoint,
+or, if the probe failed, they are refused (`CloudUnavailable`) and the engine falls back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from cloud.breaker import BreakerState, CircuitBreaker
+from cloud.breaker import Admission, BreakerState, CircuitBreaker
 from router._backend import BackendHealth, ChatBackend, Target
 from router._config import CloudConfig
 from router._errors import CloudBackendError, CloudUnavailable, RouterError
@@ -61,6 +66,8 @@ class CloudEndpointClient(ChatBackend):
         self.context_window = config.context_window
         self.breaker = CircuitBreaker.from_config(config.breaker, clock=clock)
         self._clock = clock
+        # Calls waiting for a half-open breaker's probe; woken at each reported outcome.
+        self._probe_waiters: set[asyncio.Future[None]] = set()
         t = config.timeouts
         self._http = OpenAIHTTPClient(
             base_url=config.url,
@@ -106,9 +113,18 @@ class CloudEndpointClient(ChatBackend):
     def _body(self, request: ChatCompletionRequest, max_tokens: int, *, stream: bool) -> dict[str, Any]:
         return chat_body(request, model=self.config.model, stream=stream, max_tokens=max_tokens)
 
-    def _admit(self) -> None:
-        """Refuse a call with `CloudUnavailable`, without any network, while the breaker is open."""
-        if not self.breaker.allow():
+    async def _admit(self) -> None:
+        """Let a call go; while the probe is out, wait for its outcome (within the call's deadline,
+        which the HTTP client runs this in); refuse with `CloudUnavailable`, without any network,
+        while the breaker is open."""
+        while (admission := self.breaker.admit()) is Admission.WAIT:
+            waiter = asyncio.get_running_loop().create_future()
+            self._probe_waiters.add(waiter)
+            try:
+                await waiter
+            finally:
+                self._probe_waiters.discard(waiter)
+        if admission is Admission.REFUSE:
             retry_at = self.breaker.retry_at
             wait = "" if retry_at is None else f"; retry in {max(0.0, retry_at - self._clock()):.1f}s"
             raise CloudUnavailable(
@@ -116,7 +132,8 @@ class CloudEndpointClient(ChatBackend):
             )
 
     def _record_outcome(self, error: BaseException | None) -> None:
-        """Tell the breaker: one failure per failed call (retries included), or a stream that broke."""
+        """Tell the breaker: one failure per failed call (retries included), or a stream that broke;
+        then wake calls waiting on a probe."""
         if error is None:
             self.breaker.record_success()
         elif isinstance(error, CloudHTTPError):
@@ -129,3 +146,10 @@ class CloudEndpointClient(ChatBackend):
             self.breaker.record_failure()
         else:
             self.breaker.release()  # cancelled: says nothing about the endpoint
+        self._wake_probe_waiters()
+
+    def _wake_probe_waiters(self) -> None:
+        for waiter in list(self._probe_waiters):
+            if not waiter.done():
+                with contextlib.suppress(RuntimeError):  # a waiter of an event loop since closed
+                    waiter.set_result(None)

@@ -413,6 +413,101 @@ async def test_half_open_probe_after_cooldown() -> None:
     assert len(h.upstream.requests) == 4
 
 
+class RecoveringUpstream:
+    """Answers 503 while `down`; then holds each request until `gate` opens and answers `then`."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.gate = asyncio.Event()
+        self.then = 200
+        self.requests = 0
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        if self.down:
+            return httpx.Response(503, json={"error": {"message": "down"}})
+        await self.gate.wait()
+        if self.then != 200:
+            return httpx.Response(self.then, json={"error": {"message": "still down"}})
+        return httpx.Response(200, json=completion())
+
+
+async def half_open(upstream: RecoveringUpstream, **config: Any) -> Harness:
+    """A client whose breaker opened on a 503 and whose cooldown has just passed; the endpoint is back."""
+    h = Harness(
+        Upstream(ok()),
+        transport=httpx.MockTransport(upstream),
+        retries=CloudRetries(max_attempts=1),
+        breaker=CircuitBreakerConfig(failure_threshold=1, cooldown_s=30.0),
+        **config,
+    )
+    with pytest.raises(CloudHTTPError):
+        await h.client.complete(chat(), max_tokens=5)
+    assert h.client.breaker.state is BreakerState.OPEN
+    upstream.down = False
+    h.clock.now += 30.0
+    return h
+
+
+async def settle() -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def test_half_open_calls_wait_for_the_probe_and_all_go_when_it_succeeds() -> None:
+    upstream = RecoveringUpstream()
+    h = await half_open(upstream)
+    calls = [asyncio.create_task(h.client.complete(chat(), max_tokens=5)) for _ in range(5)]
+    await settle()
+    assert upstream.requests == 2  # the 503, then the one probe: the others wait, none is refused
+    assert h.client.breaker.probing and not any(call.done() for call in calls)
+    upstream.gate.set()
+    answers = await asyncio.gather(*calls)
+    assert all(a.choices[0].message.content == "Hello!" for a in answers)
+    assert upstream.requests == 6
+    assert h.client.breaker.state is BreakerState.CLOSED
+
+
+async def test_half_open_calls_are_refused_when_the_probe_fails() -> None:
+    upstream = RecoveringUpstream()
+    h = await half_open(upstream)
+    upstream.then = 503
+    calls = [asyncio.create_task(h.client.complete(chat(), max_tokens=5)) for _ in range(4)]
+    await settle()
+    upstream.gate.set()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(outcomes[0], CloudHTTPError)  # the probe
+    assert all(isinstance(o, CloudUnavailable) and "circuit breaker" in str(o) for o in outcomes[1:])
+    assert upstream.requests == 2  # no call but the probe reached the endpoint
+    assert h.client.breaker.state is BreakerState.OPEN
+
+
+async def test_a_wait_for_the_probe_is_bounded_by_the_calls_deadline() -> None:
+    upstream = RecoveringUpstream()  # the gate never opens: the probe hangs
+    h = await half_open(upstream, timeouts=CloudTimeouts(connect=0.1, read=0.1, total=0.2))
+    calls = [asyncio.create_task(h.client.complete(chat(), max_tokens=5)) for _ in range(3)]
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=5)
+    assert all(isinstance(o, CloudTimeout) for o in outcomes)
+    assert upstream.requests == 2
+    assert h.client.breaker.state is BreakerState.OPEN  # the probe's timeout counted; the waits did not
+    assert h.client.breaker.failures == 2
+
+
+async def test_a_cancelled_probe_hands_the_probe_to_a_waiting_call() -> None:
+    upstream = RecoveringUpstream()
+    h = await half_open(upstream)
+    probe = asyncio.create_task(h.client.complete(chat(), max_tokens=5))
+    await settle()
+    waiting = asyncio.create_task(h.client.complete(chat(), max_tokens=5))
+    await settle()
+    probe.cancel()
+    await settle()
+    assert upstream.requests == 3 and h.client.breaker.probing  # the waiting call is the probe now
+    upstream.gate.set()
+    assert (await waiting).choices[0].message.content == "Hello!"
+    assert h.client.breaker.state is BreakerState.CLOSED
+
+
 # -- not configured ---------------------------------------------------------------------------------
 
 

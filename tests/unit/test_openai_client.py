@@ -357,7 +357,7 @@ async def test_a_stream_that_fails_to_start_raises_on_the_first_chunk() -> None:
 
 
 async def test_admit_can_refuse_a_call_before_any_network() -> None:
-    def refuse() -> None:
+    async def refuse() -> None:
         raise CloudUnavailable("breaker open")
 
     script = Script(ok)
