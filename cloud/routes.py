@@ -102,7 +102,7 @@ def error_response(exc: RouterError) -> HttpResponse:
     """A `RouterError` as an OpenAI error object with its status (server-side ones are logged)."""
     if exc.status_code >= 500:
         logger.warning("request failed: %s: %s", exc.code, exc.message)
-    return json_response(error_body(exc), exc.status_code)
+    return json_response(error_body(exc), exc.status_code, exc.headers)
 
 
 def error_object(status: int, message: str, error_type: str, code: str, **headers: str) -> HttpResponse:

@@ -28,6 +28,9 @@ outcome: the GPU client's circuit breaker; the device has none); `require_done` 
 ends without `data: [DONE]` was cut). `admit` may wait (a half-open breaker's probe): the wait is part
 of the call's deadline, and a call that never got past it is not reported.
 
+An error status's `Retry-After` travels on in the error's `headers` (`retry-after`), so a caller that
+cannot fall back can pass it on with the status.
+
 httpx is imported at the top of this module, so `router/__init__` must not import it (cold start).
 """
 
@@ -356,9 +359,13 @@ class OpenAIHTTPClient:
         with contextlib.suppress(ValueError):
             message, code = error_body_message(response.json())
         text = message or response.text[:200] or response.reason_phrase
-        return self.status_error(
+        error = self.status_error(
             response.status_code, self.describe(f"answered {response.status_code}: {text}"), code
         )
+        retry_after = response.headers.get("retry-after")
+        if retry_after is not None and retry_after_seconds(retry_after) is not None:
+            error.headers["retry-after"] = retry_after.strip()
+        return error
 
     def _parse(self, response: httpx.Response) -> ChatCompletionResponse:
         try:
