@@ -80,7 +80,7 @@ class CloudTimeouts(_Strict):
 
 
 class CloudRetries(_Strict):
-    """Retries on connect errors, 429 and 5xx, with exponential backoff and full jitter."""
+    """Retries on connect errors, 429, 502, 503 and 504, with exponential backoff and full jitter."""
 
     max_attempts: Annotated[int, Field(ge=1)] = 3
     backoff_base_s: Annotated[float, Field(ge=0)] = 0.1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -97,11 +98,30 @@ def running_router(config: dict[str, Any], tmp_path: Path, *, startup_s: float =
         log.close()
 
 
+_COMPLETION = {
+    "id": "chatcmpl-up",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "upstream",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "from the cloud"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+}
+
+
 class MisbehavingUpstream:
-    """An HTTP server on loopback that answers every request with a 500, or never answers at all."""
+    """An HTTP server on loopback that misbehaves in one of these modes:
+
+    - `error`: a 500 to every request;
+    - `hang`: never answers;
+    - `bad_request`: what vLLM answers to a message with `content: null`: a 500 whose body blames the
+      request; any other request gets an answer;
+    - `rate_limited`: a 429 with `Retry-After: 9` to every request.
+    """
 
     def __init__(self, mode: str) -> None:
-        assert mode in ("error", "hang")
+        assert mode in ("error", "hang", "bad_request", "rate_limited")
         self.mode = mode
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
@@ -144,14 +164,40 @@ class MisbehavingUpstream:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         try:
-            await reader.readuntil(b"\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
             self.requests += 1
             if self.mode == "hang":
                 await asyncio.sleep(3600)
+            status, extra = b"500 Internal Server Error", b""
             body = b'{"error": {"message": "upstream exploded", "type": "server_error"}}'
+            if self.mode == "rate_limited":
+                status, extra = b"429 Too Many Requests", b"retry-after: 9\r\n"
+                body = (
+                    b'{"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}}'
+                )
+            elif self.mode == "bad_request":
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.lower().split(b"\r\n")
+                    if line.startswith(b"content-length:")
+                )
+                messages = json.loads(await reader.readexactly(length))["messages"]
+                if all(m.get("content") is not None for m in messages):
+                    status, body = b"200 OK", json.dumps(_COMPLETION).encode()
+                else:
+                    body = (
+                        b'{"object": "error", "message": "Assistant message must have content or tool_calls",'
+                    )
+                    body += b' "type": "BadRequestError", "param": null, "code": 400}'
             writer.write(
-                b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
-                b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+                b"HTTP/1.1 "
+                + status
+                + b"\r\ncontent-type: application/json\r\n"
+                + extra
+                + b"content-length: "
+                + str(len(body)).encode()
+                + b"\r\nconnection: close\r\n\r\n"
+                + body
             )
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):

@@ -1,5 +1,6 @@
-"""The shared cloud breaker through the engine: a half-open breaker sheds nobody while its probe
-succeeds (issue 15, item 3)."""
+"""The shared cloud breaker through the engine and the routes: no caller switches the cloud off for
+others, a half-open breaker sheds nobody while its probe succeeds, and an upstream 429 reaches the
+caller that cannot fall back, with its Retry-After (issue 15, items 2, 3 and 10)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from cloud.breaker import BreakerState
 from cloud.endpoint import CloudEndpointClient
+from cloud.routes import CHAT_COMPLETIONS, ROUTES, HttpRequest, respond
 from router import (
     ChatCompletionRequest,
     HeuristicEstimator,
@@ -110,6 +112,19 @@ def ask(content: str | None = "Hi") -> ChatCompletionRequest:
     return ChatCompletionRequest.model_validate({"model": "hybrid-router", "messages": messages})
 
 
+async def test_requests_that_provoke_a_500_do_not_switch_the_cloud_off_for_others() -> None:
+    endpoint = Endpoint()
+    engine, cloud, _edge, _ = setup(endpoint)
+    for tenant in PREMIUM:  # as many as the breaker's threshold
+        answer = await engine.complete(ask(None), tenant)
+        assert answer.route is not None and answer.route.target == "edge"  # their own degraded answer
+    assert len(endpoint.requests) == 3  # one call each: a 500 that blames the request is not retried
+    assert cloud.breaker.state is BreakerState.CLOSED and cloud.health().available
+    answer = await engine.complete(ask("Hi"), Tenant("someone-else", "premium"))
+    assert answer.route is not None and (answer.route.target, answer.route.fallback) == ("cloud", False)
+    assert answer.choices[0].message.content == "from the cloud"
+
+
 async def test_half_open_sheds_no_paying_request_to_the_edge() -> None:
     endpoint = Endpoint()
     engine, cloud, edge, clock = setup(endpoint)
@@ -130,3 +145,24 @@ async def test_half_open_sheds_no_paying_request_to_the_edge() -> None:
     assert [a.route.target for a in answers if a.route] == ["cloud"] * len(tenants)
     assert edge.calls == []  # nobody was shed to the edge
     assert cloud.breaker.state is BreakerState.CLOSED
+
+
+async def test_an_upstream_429_reaches_a_tier_without_fallback_with_its_retry_after() -> None:
+    endpoint = Endpoint()
+    endpoint.status, endpoint.headers = 429, {"Retry-After": "12"}
+    engine, cloud, edge, _ = setup(endpoint)
+    request = HttpRequest(
+        "POST",
+        CHAT_COMPLETIONS,
+        headers={"authorization": "Bearer k-strict", "content-type": "application/json"},
+        body=ask().model_dump_json().encode(),
+    )
+    route = next(r for r in ROUTES if r.path == CHAT_COMPLETIONS)
+    for _ in range(4):  # more than the breaker's threshold: a 429 is no evidence the endpoint is down
+        response = await respond(route, request, engine)
+        assert response.status == 429
+        assert response.headers["retry-after"] == "12"
+        error = json.loads(response.body)["error"]
+        assert error["code"] == "rate_limit_exceeded" and error["message"]
+    assert cloud.breaker.state is BreakerState.CLOSED
+    assert edge.calls == []
