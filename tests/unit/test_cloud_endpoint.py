@@ -562,6 +562,23 @@ async def test_half_open_calls_wait_for_the_probe_and_all_go_when_it_succeeds() 
     assert h.client.breaker.state is BreakerState.CLOSED
 
 
+async def test_half_open_streams_wait_for_the_probe_too() -> None:
+    upstream = RecoveringUpstream()
+    h = await half_open(upstream)
+    upstream.then = 503
+    probe = asyncio.create_task(anext(h.client.stream(chat(stream=True), max_tokens=5)))
+    await settle()
+    waiting = asyncio.create_task(anext(h.client.stream(chat(stream=True), max_tokens=5)))
+    await settle()
+    assert not waiting.done() and upstream.requests == 2
+    upstream.gate.set()
+    with pytest.raises(CloudHTTPError):
+        await probe
+    with pytest.raises(CloudUnavailable, match="circuit breaker"):
+        await waiting
+    assert upstream.requests == 2
+
+
 async def test_half_open_calls_are_refused_when_the_probe_fails() -> None:
     upstream = RecoveringUpstream()
     h = await half_open(upstream)
