@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -28,6 +29,10 @@ from typing import Any
 
 from cloud._http import error_body, parse_chat_request, route_headers
 from router import (
+    BackendError,
+    CloudBackendError,
+    EdgeBackendError,
+    EdgeBusy,
     InMemoryMetrics,
     ModelCard,
     ModelList,
@@ -99,10 +104,36 @@ def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | 
 
 
 def error_response(exc: RouterError) -> HttpResponse:
-    """A `RouterError` as an OpenAI error object with its status (server-side ones are logged)."""
-    if exc.status_code >= 500:
-        logger.warning("request failed: %s: %s", exc.code, exc.message)
-    return json_response(error_body(exc), exc.status_code)
+    """A `RouterError` as an OpenAI error object with its status (see `public_error_body`)."""
+    return json_response(public_error_body(exc), exc.status_code)
+
+
+def public_error_body(exc: RouterError) -> dict[str, Any]:
+    """`exc`'s OpenAI error object as a caller may read it, in a response or a stream's error event.
+
+    An error about the caller's own request (4xx) keeps its message: it says what to fix. A
+    server-side one (5xx) may carry the internal endpoint's URL and an exception's text: the caller
+    gets what failed, the code and a request id; the log gets the whole message under that id.
+    """
+    body = error_body(exc)
+    if exc.status_code < 500:
+        return body
+    request_id = uuid.uuid4().hex[:16]
+    logger.warning("request %s failed: %s (%s): %s", request_id, exc.code, type(exc).__name__, exc.message)
+    body["error"]["message"] = f"{_what_failed(exc)} ({exc.code}). Request id: {request_id}."
+    return body
+
+
+def _what_failed(exc: RouterError) -> str:
+    if isinstance(exc, CloudBackendError):
+        return "The cloud endpoint failed"
+    if isinstance(exc, EdgeBusy):
+        return "The edge model is busy"
+    if isinstance(exc, EdgeBackendError):
+        return "The edge model failed"
+    if isinstance(exc, BackendError):
+        return "No backend could answer"
+    return "The router failed"
 
 
 def error_object(status: int, message: str, error_type: str, code: str, **headers: str) -> HttpResponse:
@@ -209,7 +240,7 @@ async def sse_events(chunks: AsyncGenerator[Any, None]) -> AsyncIterator[bytes]:
             async for chunk in chunks:
                 yield f"data: {json.dumps(dump(chunk), separators=(',', ':'))}\n\n".encode()
     except RouterError as exc:  # the status line is gone: report in-band, as vLLM and OpenAI do
-        yield f"data: {json.dumps(error_body(exc))}\n\n".encode()
+        yield f"data: {json.dumps(public_error_body(exc))}\n\n".encode()
     yield b"data: [DONE]\n\n"
 
 

@@ -13,6 +13,7 @@ from router import (
     ChatCompletionRequest,
     ChunkChoice,
     CloudBackendError,
+    CloudUnavailable,
     Delta,
     HeuristicEstimator,
     RouterConfig,
@@ -75,7 +76,8 @@ def test_stream_error_after_first_chunk_is_reported_in_band(client: TestClient) 
     )
     assert r.status_code == 200 and r.headers["x-route-target"] == "cloud"
     events = [line for line in r.text.splitlines() if line.startswith("data: ")]
-    assert '"error"' in events[-2] and "mid-stream" in events[-2]
+    assert '"error"' in events[-2] and "cloud_error" in events[-2]
+    assert "mid-stream" not in events[-2]  # the internal text goes to the log, not to the caller
     assert events[-1] == "data: [DONE]"
 
 
@@ -112,3 +114,34 @@ def test_edge_config_sync_with_etag(client: TestClient) -> None:
     )
     assert again.status_code == 304
     assert client.get("/v1/edge/config").status_code == 401
+
+
+INTERNAL = "http://10.0.0.5:8000/v1/chat/completions: ConnectError: [Errno 111] Connection refused"
+
+
+def test_server_side_errors_hide_internal_text_and_log_it_under_a_request_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def factory(config: RouterConfig) -> RoutingEngine:
+        return RoutingEngine(
+            config,
+            estimator=HeuristicEstimator(),
+            edge=FakeBackend("edge"),
+            cloud=FakeBackend("cloud", fail=CloudUnavailable(INTERNAL)),
+        )
+
+    with TestClient(create_app(CONFIG, engine_factory=factory), raise_server_exceptions=False) as c:
+        r = c.post("/v1/chat/completions", json=BODY, headers={"authorization": "Bearer k-prem"})
+    assert r.status_code == 503
+    error = r.json()["error"]
+    assert error["code"] == "cloud_unavailable" and error["type"] == "server_error"
+    assert error["message"].startswith("The cloud endpoint failed (cloud_unavailable).")
+    assert "10.0.0.5" not in r.text and "Errno" not in r.text
+    request_id = error["message"].rsplit(" ", 1)[-1].rstrip(".")
+    logged = [rec.getMessage() for rec in caplog.records if request_id in rec.getMessage()]
+    assert logged and INTERNAL in logged[0]
+
+
+def test_caller_errors_keep_their_helpful_messages(client: TestClient) -> None:
+    r = client.post("/v1/chat/completions", content=b"{oops", headers={"authorization": "Bearer k-free"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
