@@ -6,9 +6,10 @@ streams `HttpResponse.stream`; the buffered Lambda handler joins it into one bod
 the local server, the Function URL and API Gateway serve the same routes, bodies, headers and errors::
 
     POST /v1/chat/completions   a chat completion; `stream: true` as server-sent events
-    GET  /v1/models             the one model id this router serves
-    GET  /health, /healthz      each backend's state; 503 when none can answer
-    GET  /metrics               decision counters, tokens and cost (in-process metrics only)
+    GET  /v1/models             the one model id this router serves (any API key)
+    GET  /health, /healthz      liveness for anyone: `{"status": "ok"}`, 503 when no backend can answer;
+                                `/healthz` with an admin key: each backend's state, the breaker, the queue
+    GET  /metrics               decision counters, tokens and cost (in-process metrics only; an admin key)
     GET  /v1/edge/config        the caller's tier policy for the edge SDK's config sync (ETag)
 
 The caller's tier comes from its key, never from the request body: an API Gateway key
@@ -19,6 +20,7 @@ No web framework is imported here (the Lambda handler imports this module at col
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import uuid
@@ -29,6 +31,7 @@ from typing import Any
 
 from cloud._http import error_body, parse_chat_request, route_headers
 from router import (
+    AuthenticationError,
     BackendError,
     CloudBackendError,
     EdgeBackendError,
@@ -41,6 +44,7 @@ from router import (
     RouterError,
     RoutingEngine,
     Tenant,
+    hash_api_key,
 )
 from router._wire import dump
 
@@ -190,6 +194,14 @@ def authenticate(request: HttpRequest, engine: RoutingEngine) -> Tenant:
     return engine.authenticate(key)
 
 
+def require_admin(request: HttpRequest, engine: RoutingEngine) -> None:
+    """Refuse (401) a caller whose key is not one of the config's `admin_keys`."""
+    key = request.api_key or bearer_token(request.headers)
+    digest = hash_api_key(key) if key else ""
+    if not any(hmac.compare_digest(digest, entry.sha256) for entry in engine.config.admin_keys):
+        raise AuthenticationError("This route needs an admin key: send 'Authorization: Bearer <admin key>'.")
+
+
 async def read_body(request: HttpRequest, limit: int) -> bytes:
     """The body, refused with 413 past `limit` bytes (a declared length is checked before reading)."""
     declared = request.headers.get("content-length")
@@ -245,12 +257,26 @@ async def sse_events(chunks: AsyncGenerator[Any, None]) -> AsyncIterator[bytes]:
 
 
 async def list_models(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
-    """`GET /v1/models`: the one model id this router serves."""
+    """`GET /v1/models`: the one model id this router serves, for any caller with an API key."""
+    authenticate(request, engine)
     return json_response(dump(ModelList(data=[ModelCard(id=engine.config.served_model_name)])))
 
 
 async def health(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
-    """`GET /health`: 200 while some backend can answer, with each backend's state; 503 when none can."""
+    """`GET /health`: liveness for anyone, and nothing more: 200 while some backend can answer, else 503."""
+    available = engine.health("edge").available or engine.health("cloud").available
+    return json_response({"status": "ok" if available else "unavailable"}, 200 if available else 503)
+
+
+async def health_detail(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
+    """`GET /healthz`: `/health`'s answer without a key; with an admin key, each backend's state too.
+
+    The detail (estimator version, breaker state, queue depth) tells an attacker when the router is
+    weakest, so only operators read it; a probe without a key still gets liveness.
+    """
+    if not (request.api_key or bearer_token(request.headers)):
+        return await health(request, engine)
+    require_admin(request, engine)
     edge, cloud = engine.health("edge"), engine.health("cloud")
     available = edge.available or cloud.available
     status = "ok" if edge.available and cloud.available else "degraded"
@@ -269,7 +295,11 @@ async def health(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
 
 
 async def metrics(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
-    """`GET /metrics`: decision counters, tokens and cost, as JSON (`{}` where metrics go elsewhere)."""
+    """`GET /metrics`: decision counters, tokens and cost, as JSON (`{}` where metrics go elsewhere).
+
+    Per-tier counts and cost are the operators' business: an admin key only.
+    """
+    require_admin(request, engine)
     snapshot = engine.metrics.snapshot() if isinstance(engine.metrics, InMemoryMetrics) else {}
     return json_response(snapshot)
 
@@ -296,7 +326,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", CHAT_COMPLETIONS, chat_completions),
     Route("GET", "/v1/models", list_models),
     Route("GET", "/health", health),
-    Route("GET", "/healthz", health),
+    Route("GET", "/healthz", health_detail),
     Route("GET", "/metrics", metrics),
     Route("GET", "/v1/edge/config", edge_config),
 )

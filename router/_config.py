@@ -144,6 +144,16 @@ class ApiKeyEntry(_Strict):
     note: str = ""
 
 
+class AdminKeyEntry(_Strict):
+    """One operator's key, stored as its SHA-256 hex digest: it reads `/metrics` and `/healthz` detail.
+
+    It is not a tenant's key: it routes no chat completions, and a tenant's key reads no metrics.
+    """
+
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    note: str = ""
+
+
 class ApiKeyIdEntry(_Strict):
     """The tenant and tier of one API Gateway key, found by its key id (the key itself is never stored)."""
 
@@ -166,6 +176,10 @@ class RouterConfig(_Strict):
         default_factory=dict,
         description="API Gateway key id -> tenant and tier (the key's value is never stored).",
     )
+    admin_keys: list[AdminKeyEntry] = Field(
+        default_factory=list,
+        description="Operators' keys (SHA-256 digests) that read /metrics and /healthz detail; none: nobody.",
+    )
 
     @model_validator(mode="after")
     def _keys_name_known_tiers(self) -> RouterConfig:
@@ -178,6 +192,8 @@ class RouterConfig(_Strict):
         digests = [entry.sha256 for entry in self.api_keys]
         if len(set(digests)) != len(digests):
             raise ValueError("the same api key is listed twice")
+        if {entry.sha256 for entry in self.admin_keys} & set(digests):
+            raise ValueError("an admin key is also listed in api_keys: give operators keys of their own")
         return self
 
     def with_env_overrides(

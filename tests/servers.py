@@ -25,6 +25,8 @@ KEYS = {
     "strict": "test-strict-key",
     "edge-only": "test-edge-only-key",
 }
+ADMIN_KEY = "test-admin-key"  # reads /metrics and /healthz detail
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def free_port() -> int:
@@ -51,6 +53,7 @@ def make_router_config(cloud_url: str | None, **overrides: Any) -> dict[str, Any
     data["api_keys"] = [
         {"sha256": hash_api_key(key), "tenant": f"t-{tier}", "tier": tier} for tier, key in KEYS.items()
     ]
+    data["admin_keys"] = [{"sha256": hash_api_key(ADMIN_KEY), "note": "tests"}]
     for section, values in overrides.items():
         data[section].update(values)
     return data

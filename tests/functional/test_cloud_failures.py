@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.servers import KEYS, MisbehavingUpstream, free_port, make_router_config, running_router
+from tests.servers import ADMIN, KEYS, MisbehavingUpstream, free_port, make_router_config, running_router
 
 pytestmark = pytest.mark.functional
 
@@ -52,7 +52,7 @@ def test_nothing_listening_falls_back_opens_the_breaker_and_503s_strict_tiers(tm
             response, elapsed = ask(base, "standard")
             assert_degraded_edge_answer(response, elapsed)
             assert response.json()["route"]["reason"] == "cloud_unavailable"
-        health = httpx.get(f"{base}/healthz").json()
+        health = httpx.get(f"{base}/healthz", headers=ADMIN).json()
         assert health["status"] == "degraded"
         assert not health["cloud"]["available"] and "circuit" in health["cloud"]["detail"]
         # The breaker is open: the decision is made before any call to the cloud.

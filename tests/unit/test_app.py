@@ -30,6 +30,7 @@ CONFIG = parse_config(
             {"sha256": hash_api_key("k-free"), "tenant": "a", "tier": "free"},
             {"sha256": hash_api_key("k-prem"), "tenant": "b", "tier": "premium"},
         ],
+        "admin_keys": [{"sha256": hash_api_key("k-admin"), "note": "operators"}],
     }
 )
 BODY = {"model": "hybrid-router", "messages": [{"role": "user", "content": "hi"}]}
@@ -99,9 +100,22 @@ def test_unexpected_errors_become_500_objects_without_a_trace(client: TestClient
     assert r.json()["error"]["code"] == "internal_error" and "boom" not in r.text
 
 
-def test_models_and_health(client: TestClient) -> None:
-    assert client.get("/v1/models").json()["data"][0]["id"] == "hybrid-router"
-    assert client.get("/healthz").json()["status"] == "ok"
+FREE = {"authorization": "Bearer k-free"}
+ADMIN = {"authorization": "Bearer k-admin"}
+
+
+def test_models_need_a_key_and_health_details_an_admin_key(client: TestClient) -> None:
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", headers=ADMIN).status_code == 401  # an admin key is not a tenant's
+    assert client.get("/v1/models", headers=FREE).json()["data"][0]["id"] == "hybrid-router"
+    for path in ("/health", "/healthz"):  # liveness for anyone, and nothing more
+        assert client.get(path).json() == {"status": "ok"}
+    assert client.get("/healthz", headers=FREE).status_code == 401
+    detail = client.get("/healthz", headers=ADMIN).json()
+    assert detail["status"] == "ok" and "queue_depth" in detail["edge"] and "estimator" in detail
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=FREE).status_code == 401
+    assert "decisions" in client.get("/metrics", headers=ADMIN).json()
 
 
 def test_edge_config_sync_with_etag(client: TestClient) -> None:
