@@ -8,9 +8,12 @@ none leaves as a stack trace.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import anyio
 from starlette.applications import Starlette
@@ -24,6 +27,23 @@ from cloud.engines import EngineFactory
 from router import RouterConfig, RouterError, RoutingEngine
 
 logger = logging.getLogger("hybrid_router")
+
+#: How a stream still open when the shutdown's grace period ends is ended: an error event, then `[DONE]`.
+SHUTDOWN_EVENTS = (
+    "data: "
+    + json.dumps(
+        {
+            "error": {
+                "message": "The server is shutting down; retry the request.",
+                "type": "server_error",
+                "param": None,
+                "code": "server_shutting_down",
+            }
+        },
+        separators=(",", ":"),
+    )
+    + "\n\ndata: [DONE]\n\n"
+).encode()
 
 
 def error_response(exc: RouterError) -> Response:
@@ -46,6 +66,7 @@ def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default
 
         engine = await engine_factory(config)
         app.state.engine = engine
+        app.state.streams_cut = asyncio.Event()
         logger.info(
             "hybrid-router ready: tiers %s, estimator %s",
             sorted(config.tiers),
@@ -69,6 +90,13 @@ def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default
     return app
 
 
+def cut_streams(app: Starlette) -> None:
+    """End `app`'s open streams now, each with an error event and `data: [DONE]` (for a shutdown)."""
+    cut: asyncio.Event | None = getattr(app.state, "streams_cut", None)
+    if cut is not None:
+        cut.set()
+
+
 def _endpoint(route: routes.Route) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         engine: RoutingEngine = request.app.state.engine
@@ -78,11 +106,55 @@ def _endpoint(route: routes.Route) -> Callable[[Request], Awaitable[Response]]:
             headers={name: request.headers[name] for name in request.headers},
             body=request.stream(),
         )
-        return _starlette(await routes.respond(route, shared, engine))
+        response = await routes.respond(route, shared, engine)
+        if response.stream is not None:
+            cut: asyncio.Event = request.app.state.streams_cut
+            response = replace(response, stream=_until_cut(response.stream, cut))
+        return _starlette(response)
 
     endpoint.__name__ = endpoint.__qualname__ = route.handler.__name__
     endpoint.__doc__ = route.handler.__doc__
     return endpoint
+
+
+async def _until_cut(parts: AsyncIterator[bytes], cut: asyncio.Event) -> AsyncIterator[bytes]:
+    """`parts`, until `cut` is set: then `SHUTDOWN_EVENTS` instead of the rest.
+
+    `parts` is read in a task of its own, so that a cut does not wait for a slow upstream's next
+    chunk; cancelling that task closes `parts`, which releases its backend.
+    """
+    queue: asyncio.Queue[bytes | Exception | None] = asyncio.Queue(maxsize=1)
+
+    async def pump() -> None:
+        try:
+            async for part in parts:
+                await queue.put(part)
+        except Exception as exc:  # raised again below, in the response's own task
+            await queue.put(exc)
+        else:
+            await queue.put(None)
+
+    producer = asyncio.create_task(pump())
+    cut_wait = asyncio.create_task(cut.wait())
+    try:
+        while True:
+            getter = asyncio.create_task(queue.get())
+            await asyncio.wait({getter, cut_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                logger.warning("shutting down: an open stream ends with an error event")
+                yield SHUTDOWN_EVENTS
+                return
+            item = getter.result()
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        producer.cancel()
+        cut_wait.cancel()
+        await asyncio.gather(producer, cut_wait, return_exceptions=True)
 
 
 def _starlette(response: routes.HttpResponse) -> Response:

@@ -126,6 +126,16 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_body_bytes: Annotated[int, Field(ge=1024)] = Field(1_048_576, description="Larger bodies get 413.")
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=list,
+        description="Proxies (IP addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto are "
+        "believed; empty: nobody's, the peer's address is the client's.",
+    )
+    shutdown_grace_s: Annotated[float, Field(ge=0)] = Field(
+        10.0,
+        description="On SIGTERM, how long requests in flight may finish; then open streams end with an "
+        "error event and the server exits.",
+    )
 
 
 class EstimatorConfig(_Strict):

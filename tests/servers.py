@@ -72,6 +72,29 @@ def spawn_router(config_file: Path, port: int, *, stdout: Any = None) -> subproc
 @contextlib.contextmanager
 def running_router(config: dict[str, Any], tmp_path: Path, *, startup_s: float = 120.0) -> Iterator[str]:
     """`hybrid-router serve` in a subprocess on a free port; yields its base URL."""
+    with router_process(config, tmp_path, startup_s=startup_s) as (_, base):
+        yield base
+
+
+def wait_until_up(process: subprocess.Popen[bytes], base: str, log_file: Path, startup_s: float) -> None:
+    """Wait until the server at `base` answers `/health`; raise if `process` exits or time runs out."""
+    deadline = time.monotonic() + startup_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"router exited: {log_file.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/health", timeout=1.0).status_code in (200, 503):
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError("router did not start")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def router_process(
+    config: dict[str, Any], tmp_path: Path, *, startup_s: float = 120.0
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`hybrid-router serve` in a subprocess on a free port; yields the process and its base URL."""
     port = free_port()
     config_file = tmp_path / f"router-{port}.yaml"
     config_file.write_text(yaml.safe_dump(config))
@@ -79,17 +102,8 @@ def running_router(config: dict[str, Any], tmp_path: Path, *, startup_s: float =
     process = spawn_router(config_file, port, stdout=log)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"router exited: {(tmp_path / f'router-{port}.log').read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/healthz", timeout=1.0).status_code in (200, 503):
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("router did not start")
-            time.sleep(0.1)
-        yield base
+        wait_until_up(process, base, tmp_path / f"router-{port}.log", startup_s)
+        yield process, base
     finally:
         process.terminate()
         try:
@@ -100,11 +114,20 @@ def running_router(config: dict[str, Any], tmp_path: Path, *, startup_s: float =
         log.close()
 
 
+SLOW_CHUNK = (
+    b'data: {"id":"slow","object":"chat.completion.chunk","created":0,"model":"slow-upstream",'
+    b'"choices":[{"index":0,"delta":{"role":"assistant","content":"tick "},"finish_reason":null}]}\n\n'
+)
+
+
 class MisbehavingUpstream:
-    """An HTTP server on loopback that answers every request with a 500, or never answers at all."""
+    """An HTTP server on loopback that answers every request with a 500, never answers at all, or
+    (`slow`) streams one token every `SLOW_INTERVAL_S` without ever finishing."""
+
+    SLOW_INTERVAL_S = 0.25
 
     def __init__(self, mode: str) -> None:
-        assert mode in ("error", "hang")
+        assert mode in ("error", "hang", "slow")
         self.mode = mode
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
@@ -151,6 +174,14 @@ class MisbehavingUpstream:
             self.requests += 1
             if self.mode == "hang":
                 await asyncio.sleep(3600)
+            if self.mode == "slow":
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+                )
+                while True:
+                    writer.write(SLOW_CHUNK)
+                    await writer.drain()
+                    await asyncio.sleep(self.SLOW_INTERVAL_S)
             body = b'{"error": {"message": "upstream exploded", "type": "server_error"}}'
             writer.write(
                 b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
