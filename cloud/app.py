@@ -107,8 +107,8 @@ def _endpoint(route: routes.Route) -> Callable[[Request], Awaitable[Response]]:
             body=request.stream(),
         )
         response = await routes.respond(route, shared, engine)
-        if response.stream is not None:
-            cut: asyncio.Event = request.app.state.streams_cut
+        cut: asyncio.Event | None = getattr(request.app.state, "streams_cut", None)
+        if response.stream is not None and cut is not None:
             response = replace(response, stream=_until_cut(response.stream, cut))
         return _starlette(response)
 

@@ -29,7 +29,12 @@ from router import (
     load_config,
 )
 
-DEMO_KEYS = {"free": "demo-free-key", "standard": "demo-standard-key", "premium": "demo-premium-key"}
+DEMO_KEYS = {
+    "free": "demo-free-key",
+    "standard": "demo-standard-key",
+    "premium": "demo-premium-key",
+    "admin": "demo-admin-key",  # reads /metrics and /healthz detail
+}
 
 
 def _load(args: argparse.Namespace, settings: RouterSettings | None = None) -> RouterConfig:
@@ -125,8 +130,9 @@ r = c.chat.completions.with_raw_response.create(model='{config.served_model_name
 messages=[{{'role': 'user', 'content': 'Say hello'}}]); \\
 print(r.headers['x-route-target'], r.headers['x-route-reason'], r.parse().choices[0].message.content)"
 
+  curl -s {base}/metrics -H 'Authorization: Bearer demo-admin-key'   # counters, tokens, cost
   hybrid-router route "Prove that sqrt(2) is irrational" --tier standard   # the decision, no generation
-Ctrl-C stops both servers.
+Ctrl-C (or SIGTERM) stops both servers.
 """
 
 
