@@ -28,13 +28,14 @@ from router import RouterConfig, RouterError, RoutingEngine
 
 logger = logging.getLogger("hybrid_router")
 
+SHUTTING_DOWN = "The server is shutting down; retry the request."
 #: How a stream still open when the shutdown's grace period ends is ended: an error event, then `[DONE]`.
 SHUTDOWN_EVENTS = (
     "data: "
     + json.dumps(
         {
             "error": {
-                "message": "The server is shutting down; retry the request.",
+                "message": SHUTTING_DOWN,
                 "type": "server_error",
                 "param": None,
                 "code": "server_shutting_down",
@@ -66,7 +67,7 @@ def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default
 
         engine = await engine_factory(config)
         app.state.engine = engine
-        app.state.streams_cut = asyncio.Event()
+        app.state.in_flight_cut = asyncio.Event()
         logger.info(
             "hybrid-router ready: tiers %s, estimator %s",
             sorted(config.tiers),
@@ -90,9 +91,10 @@ def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default
     return app
 
 
-def cut_streams(app: Starlette) -> None:
-    """End `app`'s open streams now, each with an error event and `data: [DONE]` (for a shutdown)."""
-    cut: asyncio.Event | None = getattr(app.state, "streams_cut", None)
+def cut_in_flight(app: Starlette) -> None:
+    """End what `app` still serves, for a shutdown whose grace is over: each open stream with an error
+    event and `data: [DONE]`, each request not yet answered with a 503 `server_shutting_down`."""
+    cut: asyncio.Event | None = getattr(app.state, "in_flight_cut", None)
     if cut is not None:
         cut.set()
 
@@ -106,15 +108,33 @@ def _endpoint(route: routes.Route) -> Callable[[Request], Awaitable[Response]]:
             headers={name: request.headers[name] for name in request.headers},
             body=request.stream(),
         )
-        response = await routes.respond(route, shared, engine)
-        cut: asyncio.Event | None = getattr(request.app.state, "streams_cut", None)
-        if response.stream is not None and cut is not None:
+        cut: asyncio.Event | None = getattr(request.app.state, "in_flight_cut", None)
+        if cut is None:
+            return _starlette(await routes.respond(route, shared, engine))
+        response = await _unless_cut(routes.respond(route, shared, engine), cut)
+        if response.stream is not None:
             response = replace(response, stream=_until_cut(response.stream, cut))
         return _starlette(response)
 
     endpoint.__name__ = endpoint.__qualname__ = route.handler.__name__
     endpoint.__doc__ = route.handler.__doc__
     return endpoint
+
+
+async def _unless_cut(answer: Awaitable[routes.HttpResponse], cut: asyncio.Event) -> routes.HttpResponse:
+    """`answer`, unless `cut` is set first: then a 503 `server_shutting_down` (and `answer` is cancelled)."""
+    task = asyncio.ensure_future(answer)
+    cut_wait = asyncio.ensure_future(cut.wait())
+    try:
+        await asyncio.wait({task, cut_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        logger.warning("shutting down: a request not yet answered gets a 503")
+        return routes.error_object(503, SHUTTING_DOWN, "server_error", "server_shutting_down")
+    finally:
+        task.cancel()
+        cut_wait.cancel()
+        await asyncio.gather(task, cut_wait, return_exceptions=True)
 
 
 async def _until_cut(parts: AsyncIterator[bytes], cut: asyncio.Event) -> AsyncIterator[bytes]:

@@ -53,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(config: RouterConfig, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from cloud.app import create_app, cut_streams
+    from cloud.app import create_app, cut_in_flight
     from cloud.server import GracefulServer, uvicorn_options
 
     if config.edge.enabled and args.edge_check and not _edge_build_runs(config):
@@ -64,7 +64,7 @@ def _serve(config: RouterConfig, args: argparse.Namespace) -> int:
     server = GracefulServer(
         uvicorn.Config(app, **options, log_level=args.log_level, access_log=args.access_log),
         grace_s=config.server.shutdown_grace_s,
-        cut_streams=lambda: cut_streams(app),
+        cut_in_flight=lambda: cut_in_flight(app),
     )
     server.run()
     return 0

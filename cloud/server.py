@@ -6,8 +6,8 @@
   (default: nobody), so a caller cannot choose the address the log and the router see.
 - SIGTERM (or Ctrl-C): stop accepting connections, let requests in flight finish for
   `server.shutdown_grace_s`, then end the streams still open with an error event and `data: [DONE]`
-  (`cloud.app` does, when the server calls `cut_streams`) and exit. uvicorn's own limit comes a
-  moment later, for whatever is not a stream.
+  and answer the requests still waiting with a 503 (`cloud.app` does, when the server calls
+  `cut_in_flight`), and exit. uvicorn's own limit comes a moment later, for anything left.
 """
 
 from __future__ import annotations
@@ -60,17 +60,17 @@ def uvicorn_options(server: ServerConfig) -> dict[str, Any]:
 
 
 class GracefulServer(uvicorn.Server):
-    """uvicorn's server, which calls `cut_streams` once the grace period after a signal has passed."""
+    """uvicorn's server, which calls `cut_in_flight` once the grace period after a signal has passed."""
 
-    def __init__(self, config: uvicorn.Config, *, grace_s: float, cut_streams: Callable[[], None]) -> None:
-        """Serve `config`; `cut_streams` ends the app's open streams (called on the event loop)."""
+    def __init__(self, config: uvicorn.Config, *, grace_s: float, cut_in_flight: Callable[[], None]) -> None:
+        """Serve `config`; `cut_in_flight` ends what the app still serves (called on the event loop)."""
         super().__init__(config)
         self.grace_s = grace_s
-        self.cut_streams = cut_streams
+        self.cut_in_flight = cut_in_flight
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's shutdown (stop accepting, wait for requests), with the streams cut at the grace."""
-        timer = asyncio.get_running_loop().call_later(self.grace_s, self.cut_streams)
+        """uvicorn's shutdown (stop accepting, wait for requests), with what is in flight cut at the grace."""
+        timer = asyncio.get_running_loop().call_later(self.grace_s, self.cut_in_flight)
         try:
             await super().shutdown(sockets)
         finally:

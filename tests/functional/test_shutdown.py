@@ -3,6 +3,7 @@ period, exit; `demo` stops its stand-in GPU endpoint too."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,8 +56,20 @@ def test_sigterm_ends_an_open_stream_with_an_error_event_and_exits(tmp_path: Pat
                 except httpx.HTTPError as exc:  # a stream cut without its end: asserted below
                     lines.append(f"cut: {exc!r}")
 
+            waiting: list[httpx.Response] = []
+
+            def ask_not_streamed() -> None:  # the slow upstream never finishes a JSON answer
+                body = {"model": "hybrid-router", "messages": [{"role": "user", "content": "Hi"}]}
+                headers = {"authorization": f"Bearer {KEYS['strict']}"}
+                with contextlib.suppress(httpx.HTTPError):
+                    waiting.append(
+                        httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers, timeout=60)
+                    )
+
             reader = threading.Thread(target=read_stream, daemon=True)
+            asker = threading.Thread(target=ask_not_streamed, daemon=True)
             reader.start()
+            asker.start()
             assert first_token.wait(30), "the stream did not start"
             sent = time.monotonic()
             process.send_signal(signal.SIGTERM)
@@ -66,8 +79,11 @@ def test_sigterm_ends_an_open_stream_with_an_error_event_and_exits(tmp_path: Pat
             process.wait(timeout=GRACE_S + MARGIN_S)
             took = time.monotonic() - sent
             reader.join(5)
+            asker.join(5)
     assert GRACE_S - 0.5 <= took <= GRACE_S + MARGIN_S
-    assert not reader.is_alive()
+    assert not reader.is_alive() and not asker.is_alive()
+    (answer,) = waiting  # a request not answered within the grace gets a 503, not a dropped connection
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "server_shutting_down"
     assert lines[-1] == "data: [DONE]"
     error = json.loads(lines[-2].removeprefix("data: "))["error"]
     assert error["code"] == "server_shutting_down" and error["type"] == "server_error"

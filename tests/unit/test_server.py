@@ -12,7 +12,8 @@ import pytest
 import uvicorn
 from uvicorn.logging import AccessFormatter
 
-from cloud.app import SHUTDOWN_EVENTS, _until_cut
+from cloud import routes
+from cloud.app import SHUTDOWN_EVENTS, _unless_cut, _until_cut
 from cloud.server import log_config, uvicorn_options
 from router import ServerConfig
 
@@ -109,3 +110,26 @@ async def test_without_a_cut_a_stream_passes_unchanged_errors_included() -> None
     with pytest.raises(ValueError, match="boom"):
         async for _ in _until_cut(failing(), asyncio.Event()):
             pass
+
+
+@pytest.mark.anyio
+async def test_a_cut_answers_a_request_still_waiting_with_a_503() -> None:
+    cancelled = asyncio.Event()
+
+    async def slow() -> routes.HttpResponse:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            cancelled.set()
+        return routes.HttpResponse(200)
+
+    cut = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.05, cut.set)
+    answer = await _unless_cut(slow(), cut)
+    assert answer.status == 503 and b'"code":"server_shutting_down"' in answer.body
+    assert cancelled.is_set()
+
+    async def quick() -> routes.HttpResponse:
+        return routes.HttpResponse(204)
+
+    assert (await _unless_cut(quick(), asyncio.Event())).status == 204
