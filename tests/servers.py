@@ -26,6 +26,8 @@ KEYS = {
     "strict": "test-strict-key",
     "edge-only": "test-edge-only-key",
 }
+ADMIN_KEY = "test-admin-key"  # reads /metrics and /healthz detail
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def free_port() -> int:
@@ -52,6 +54,7 @@ def make_router_config(cloud_url: str | None, **overrides: Any) -> dict[str, Any
     data["api_keys"] = [
         {"sha256": hash_api_key(key), "tenant": f"t-{tier}", "tier": tier} for tier, key in KEYS.items()
     ]
+    data["admin_keys"] = [{"sha256": hash_api_key(ADMIN_KEY), "note": "tests"}]
     for section, values in overrides.items():
         data[section].update(values)
     return data
@@ -70,6 +73,29 @@ def spawn_router(config_file: Path, port: int, *, stdout: Any = None) -> subproc
 @contextlib.contextmanager
 def running_router(config: dict[str, Any], tmp_path: Path, *, startup_s: float = 120.0) -> Iterator[str]:
     """`hybrid-router serve` in a subprocess on a free port; yields its base URL."""
+    with router_process(config, tmp_path, startup_s=startup_s) as (_, base):
+        yield base
+
+
+def wait_until_up(process: subprocess.Popen[bytes], base: str, log_file: Path, startup_s: float) -> None:
+    """Wait until the server at `base` answers `/health`; raise if `process` exits or time runs out."""
+    deadline = time.monotonic() + startup_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"router exited: {log_file.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/health", timeout=1.0).status_code in (200, 503):
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError("router did not start")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def router_process(
+    config: dict[str, Any], tmp_path: Path, *, startup_s: float = 120.0
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`hybrid-router serve` in a subprocess on a free port; yields the process and its base URL."""
     port = free_port()
     config_file = tmp_path / f"router-{port}.yaml"
     config_file.write_text(yaml.safe_dump(config))
@@ -77,17 +103,8 @@ def running_router(config: dict[str, Any], tmp_path: Path, *, startup_s: float =
     process = spawn_router(config_file, port, stdout=log)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"router exited: {(tmp_path / f'router-{port}.log').read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/healthz", timeout=1.0).status_code in (200, 503):
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("router did not start")
-            time.sleep(0.1)
-        yield base
+        wait_until_up(process, base, tmp_path / f"router-{port}.log", startup_s)
+        yield process, base
     finally:
         process.terminate()
         try:
@@ -96,6 +113,12 @@ def running_router(config: dict[str, Any], tmp_path: Path, *, startup_s: float =
             process.kill()
             process.wait()
         log.close()
+
+
+SLOW_CHUNK = (
+    b'data: {"id":"slow","object":"chat.completion.chunk","created":0,"model":"slow-upstream",'
+    b'"choices":[{"index":0,"delta":{"role":"assistant","content":"tick "},"finish_reason":null}]}\n\n'
+)
 
 
 _COMPLETION = {
@@ -117,11 +140,14 @@ class MisbehavingUpstream:
     - `hang`: never answers;
     - `bad_request`: what vLLM answers to a message with `content: null`: a 500 whose body blames the
       request; any other request gets an answer;
-    - `rate_limited`: a 429 with `Retry-After: 9` to every request.
+    - `rate_limited`: a 429 with `Retry-After: 9` to every request;
+    - `slow`: streams one token every `SLOW_INTERVAL_S` without ever finishing.
     """
 
+    SLOW_INTERVAL_S = 0.25
+
     def __init__(self, mode: str) -> None:
-        assert mode in ("error", "hang", "bad_request", "rate_limited")
+        assert mode in ("error", "hang", "bad_request", "rate_limited", "slow")
         self.mode = mode
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
@@ -168,6 +194,14 @@ class MisbehavingUpstream:
             self.requests += 1
             if self.mode == "hang":
                 await asyncio.sleep(3600)
+            if self.mode == "slow":
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+                )
+                while True:
+                    writer.write(SLOW_CHUNK)
+                    await writer.drain()
+                    await asyncio.sleep(self.SLOW_INTERVAL_S)
             status, extra = b"500 Internal Server Error", b""
             body = b'{"error": {"message": "upstream exploded", "type": "server_error"}}'
             if self.mode == "rate_limited":

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.servers import KEYS, MisbehavingUpstream, free_port, make_router_config, running_router
+from tests.servers import ADMIN, KEYS, MisbehavingUpstream, free_port, make_router_config, running_router
 
 pytestmark = pytest.mark.functional
 
@@ -52,7 +52,7 @@ def test_nothing_listening_falls_back_opens_the_breaker_and_503s_strict_tiers(tm
             response, elapsed = ask(base, "standard")
             assert_degraded_edge_answer(response, elapsed)
             assert response.json()["route"]["reason"] == "cloud_unavailable"
-        health = httpx.get(f"{base}/healthz").json()
+        health = httpx.get(f"{base}/healthz", headers=ADMIN).json()
         assert health["status"] == "degraded"
         assert not health["cloud"]["available"] and "circuit" in health["cloud"]["detail"]
         # The breaker is open: the decision is made before any call to the cloud.
@@ -116,7 +116,7 @@ def test_requests_that_provoke_a_500_do_not_switch_the_cloud_off_for_others(tmp_
             assert response.status_code == 200, response.text
             assert response.headers["x-route-target"] == "edge"  # its own degraded answer
         assert upstream.requests == 3  # not retried
-        assert httpx.get(f"{base}/healthz").json()["cloud"]["available"]
+        assert httpx.get(f"{base}/healthz", headers=ADMIN).json()["cloud"]["available"]
         response, _ = ask(base, "premium")
         assert response.status_code == 200, response.text
         assert response.headers["x-route-target"] == "cloud"
@@ -140,7 +140,7 @@ def test_an_upstream_429_reaches_a_tier_without_fallback_with_its_retry_after(tm
             assert info.value.response.headers["retry-after"] == "9"
             assert info.value.code == "rate_limit_exceeded"
         assert upstream.requests == 3  # Retry-After 9 s is past the 3 s deadline: no retry
-        assert httpx.get(f"{base}/healthz").json()["cloud"]["available"]
+        assert httpx.get(f"{base}/healthz", headers=ADMIN).json()["cloud"]["available"]
 
 
 def test_hanging_upstream_falls_back_within_the_deadline(tmp_path: Path) -> None:
