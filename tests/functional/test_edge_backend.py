@@ -227,6 +227,33 @@ async def test_cancelled_request_keeps_the_model_until_llama_returns(backend: Ll
     assert "Paris" in (answer.choices[0].message.content or "")
 
 
+async def test_a_deadline_stops_a_non_streamed_generation_between_tokens(backend: LlamaCppBackend) -> None:
+    # The engine's deadline cancels the call: llama ends at its next token, not after 400 of them.
+    prompt_tokens = backend.count_tokens(request(STORY).messages)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(backend.complete(request(STORY), max_tokens=400), timeout=0.5)
+    assert time.monotonic() - started < 3.0
+    assert backend.queue_depth == 0
+    assert backend._llm is not None and backend._llm.n_tokens < prompt_tokens + 100
+    answer = await backend.complete(request(CAPITAL), max_tokens=8)
+    assert "Paris" in (answer.choices[0].message.content or "")
+
+
+async def test_continue_stream_goes_on_from_a_partial_answer(backend: LlamaCppBackend) -> None:
+    chunks = [
+        c
+        async for c in backend.continue_stream(
+            request(CAPITAL, temperature=0), "The capital of France", max_tokens=8
+        )
+    ]
+    assert all(c.choices[0].delta.role is None for c in chunks)  # no role: the caller has one
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert "Paris" in text and not text.lstrip().startswith("The capital"), text
+    assert backend.queue_depth == 0
+
+
 async def test_concurrent_requests_are_served_one_at_a_time(backend: LlamaCppBackend) -> None:
     answers = await asyncio.gather(*(backend.complete(request(CAPITAL), max_tokens=8) for _ in range(2)))
     assert all("Paris" in (a.choices[0].message.content or "") for a in answers)
