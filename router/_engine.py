@@ -18,9 +18,9 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar, cast
 
-from router._accounting import CostLedger, Ledger, cloud_cost_usd
+from router._accounting import CostLedger, Ledger
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
-from router._config import RouterConfig, TierConfig
+from router._config import RouterConfig
 from router._errors import (
     BackendError,
     DeadlineExceeded,
@@ -38,7 +38,7 @@ from router._failover import (
     start_continuation,
     until,
 )
-from router._metrics import DecisionLog, DecisionObserver, InMemoryMetrics, RequestOutcome, RouterMetrics
+from router._metrics import DecisionLog, DecisionObserver, InMemoryMetrics, RouterMetrics
 from router._plan import (
     ApiKeys,
     RoutedStream,
@@ -49,6 +49,7 @@ from router._plan import (
     chain_chunks,
 )
 from router._policy import Decision, Policy, PolicyInput, RequestFacts, TierPolicy
+from router._recording import OutcomeRecording
 from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, RouteInfo, Usage
 
 logger = logging.getLogger("hybrid_router")
@@ -58,7 +59,7 @@ _Head = list[ChatCompletionChunk]  # a stream's chunks up to its first content, 
 _NOT_CONFIGURED = BackendHealth(available=False, detail="not configured")
 
 
-class RoutingEngine:
+class RoutingEngine(OutcomeRecording):
     """Routes chat completions between named backends (the edge model, the cloud endpoint) per tier."""
 
     def __init__(
@@ -198,17 +199,6 @@ class RoutingEngine:
         )
         given = PolicyInput(score, tenant.tier, tenant.name, estimator_id, facts, request)
         return RoutePlan(self.policy.decide(given), prompt_tokens, requested, estimator_ms)
-
-    def _budget_left(self, tenant: Tenant, tier: TierConfig) -> float | None:
-        """The tenant's budget left; unlimited (logged) when the ledger cannot say: a budget store
-        outage must not turn every request away."""
-        try:
-            return self.ledger.budget_left(tenant.name, tier.budget_usd)
-        except Exception:
-            logger.exception(
-                "ledger %r failed; %s's budget is not enforced for now", self.ledger, tenant.name
-            )
-            return None
 
     async def aclose(self) -> None:
         """Release every backend (models, connections), each even when another fails to close."""
@@ -430,60 +420,3 @@ class RoutingEngine:
         return other, chunks
 
     # -- accounting ----------------------------------------------------------------------------
-
-    def _route_info(
-        self, decision: Decision, cost: float = 0.0, saved: float = 0.0, *, upstream: RouteInfo | None = None
-    ) -> RouteInfo:
-        """The route of `decision`; behind a router upstream, the model is the one that answered there."""
-        backend = self.backends.get(decision.target)
-        model = upstream.model if upstream else backend.model_id if backend else ""
-        return RouteInfo.from_decision(
-            decision, model=model, cost_usd=cost, cost_saved_usd=saved, upstream=upstream
-        )
-
-    def _record(
-        self,
-        plan: RoutePlan,
-        decision: Decision,
-        started: float,
-        *,
-        status: int,
-        stream: bool,
-        usage: Usage | None = None,
-        error: RouterError | None = None,
-        upstream: RouteInfo | None = None,
-        failover: tuple[str, int] | None = None,
-    ) -> RouteInfo:
-        usage = usage or Usage()
-        price = self.config.cloud.price
-        cost = cloud_cost_usd(usage, price) if decision.target == "cloud" and error is None else 0.0
-        saved = cloud_cost_usd(usage, price) if decision.target == "edge" and error is None else 0.0
-        try:
-            if cost:
-                self.ledger.charge(decision.tenant, cost)
-            if saved:
-                self.ledger.credit_saving(decision.tenant, saved)
-        except Exception:  # the answer is given and paid for: a ledger outage must not lose it
-            logger.exception("ledger %r failed to record %s's spend", self.ledger, decision.tenant)
-        route = self._route_info(decision, cost, saved, upstream=upstream)
-        outcome = RequestOutcome(
-            decision=decision,
-            model=route.model,
-            status=status,
-            stream=stream,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            estimator_ms=plan.estimator_ms,
-            upstream_ms=(time.perf_counter() - started) * 1000.0,
-            cost_usd=cost,
-            cost_saved_usd=saved,
-            error_code=error.code if error else None,
-            failover_from=failover[0] if failover else None,
-            failover_at_tokens=failover[1] if failover else None,
-        )
-        for observer in self.observers:
-            try:
-                observer.record(outcome)
-            except Exception:  # an observer's failure must never fail the request it observes
-                logger.exception("observer %r failed", observer)
-        return route
