@@ -47,6 +47,7 @@ def _serve(config: RouterConfig, args: argparse.Namespace) -> int:
     import uvicorn
 
     from cloud.app import create_app
+    from cloud.server_protocol import OpenAIErrorH11Protocol
 
     if config.edge.enabled and args.edge_check and not _edge_build_runs(config):
         return 1
@@ -56,6 +57,7 @@ def _serve(config: RouterConfig, args: argparse.Namespace) -> int:
         port=config.server.port,
         log_level=args.log_level,
         access_log=args.access_log,
+        http=OpenAIErrorH11Protocol,  # an unreadable request gets an OpenAI error object too
     )
     return 0
 
