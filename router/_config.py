@@ -126,6 +126,16 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_body_bytes: Annotated[int, Field(ge=1024)] = Field(1_048_576, description="Larger bodies get 413.")
+    max_messages: Annotated[int, Field(ge=1)] = Field(
+        2048,
+        description="Messages one chat completion may carry (OpenAI's own limit); more get 400, "
+        "before any token is counted.",
+    )
+    max_prompt_chars: Annotated[int, Field(ge=1)] = Field(
+        400_000,
+        description="Characters of message text one chat completion may carry (about 100k tokens, more "
+        "than any context window served here); more get 413, before any token is counted.",
+    )
 
 
 class EstimatorConfig(_Strict):
