@@ -8,9 +8,12 @@ none leaves as a stack trace.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import anyio
 from starlette.applications import Starlette
@@ -24,6 +27,24 @@ from cloud.engines import EngineFactory
 from router import RouterConfig, RouterError, RoutingEngine
 
 logger = logging.getLogger("hybrid_router")
+
+SHUTTING_DOWN = "The server is shutting down; retry the request."
+#: How a stream still open when the shutdown's grace period ends is ended: an error event, then `[DONE]`.
+SHUTDOWN_EVENTS = (
+    "data: "
+    + json.dumps(
+        {
+            "error": {
+                "message": SHUTTING_DOWN,
+                "type": "server_error",
+                "param": None,
+                "code": "server_shutting_down",
+            }
+        },
+        separators=(",", ":"),
+    )
+    + "\n\ndata: [DONE]\n\n"
+).encode()
 
 
 def error_response(exc: RouterError) -> Response:
@@ -46,6 +67,7 @@ def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default
 
         engine = await engine_factory(config)
         app.state.engine = engine
+        app.state.in_flight_cut = asyncio.Event()
         logger.info(
             "hybrid-router ready: tiers %s, estimator %s",
             sorted(config.tiers),
@@ -69,6 +91,14 @@ def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default
     return app
 
 
+def cut_in_flight(app: Starlette) -> None:
+    """End what `app` still serves, for a shutdown whose grace is over: each open stream with an error
+    event and `data: [DONE]`, each request not yet answered with a 503 `server_shutting_down`."""
+    cut: asyncio.Event | None = getattr(app.state, "in_flight_cut", None)
+    if cut is not None:
+        cut.set()
+
+
 def _endpoint(route: routes.Route) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         engine: RoutingEngine = request.app.state.engine
@@ -78,11 +108,73 @@ def _endpoint(route: routes.Route) -> Callable[[Request], Awaitable[Response]]:
             headers={name: request.headers[name] for name in request.headers},
             body=request.stream(),
         )
-        return _starlette(await routes.respond(route, shared, engine))
+        cut: asyncio.Event | None = getattr(request.app.state, "in_flight_cut", None)
+        if cut is None:
+            return _starlette(await routes.respond(route, shared, engine))
+        response = await _unless_cut(routes.respond(route, shared, engine), cut)
+        if response.stream is not None:
+            response = replace(response, stream=_until_cut(response.stream, cut))
+        return _starlette(response)
 
     endpoint.__name__ = endpoint.__qualname__ = route.handler.__name__
     endpoint.__doc__ = route.handler.__doc__
     return endpoint
+
+
+async def _unless_cut(answer: Awaitable[routes.HttpResponse], cut: asyncio.Event) -> routes.HttpResponse:
+    """`answer`, unless `cut` is set first: then a 503 `server_shutting_down` (and `answer` is cancelled)."""
+    task = asyncio.ensure_future(answer)
+    cut_wait = asyncio.ensure_future(cut.wait())
+    try:
+        await asyncio.wait({task, cut_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        logger.warning("shutting down: a request not yet answered gets a 503")
+        return routes.error_object(503, SHUTTING_DOWN, "server_error", "server_shutting_down")
+    finally:
+        task.cancel()
+        cut_wait.cancel()
+        await asyncio.gather(task, cut_wait, return_exceptions=True)
+
+
+async def _until_cut(parts: AsyncIterator[bytes], cut: asyncio.Event) -> AsyncIterator[bytes]:
+    """`parts`, until `cut` is set: then `SHUTDOWN_EVENTS` instead of the rest.
+
+    `parts` is read in a task of its own, so that a cut does not wait for a slow upstream's next
+    chunk; cancelling that task closes `parts`, which releases its backend.
+    """
+    queue: asyncio.Queue[bytes | Exception | None] = asyncio.Queue(maxsize=1)
+
+    async def pump() -> None:
+        try:
+            async for part in parts:
+                await queue.put(part)
+        except Exception as exc:  # raised again below, in the response's own task
+            await queue.put(exc)
+        else:
+            await queue.put(None)
+
+    producer = asyncio.create_task(pump())
+    cut_wait = asyncio.create_task(cut.wait())
+    try:
+        while True:
+            getter = asyncio.create_task(queue.get())
+            await asyncio.wait({getter, cut_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                logger.warning("shutting down: an open stream ends with an error event")
+                yield SHUTDOWN_EVENTS
+                return
+            item = getter.result()
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        producer.cancel()
+        cut_wait.cancel()
+        await asyncio.gather(producer, cut_wait, return_exceptions=True)
 
 
 def _starlette(response: routes.HttpResponse) -> Response:

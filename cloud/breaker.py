@@ -1,7 +1,16 @@
 """A circuit breaker: stop calling an endpoint that keeps failing, then probe it once in a while.
 
-closed ──(failure_threshold consecutive failures)──> open ──(cooldown_s passed, allow())──> half_open
+closed ──(failure_threshold consecutive failures)──> open ──(cooldown_s passed, admit())──> half_open
 half_open ──(probe succeeds)──> closed;  half_open ──(probe fails)──> open (fresh cooldown)
+
+While half-open, the one probe is out and every other call is told to WAIT for its outcome rather
+than be refused: shedding them (to the edge, whose queue then fills) while a healthy endpoint answers
+the probe turned a recovery into a burst of 503s. When the probe succeeds they all go; when it fails
+the breaker is open again and they are refused; when it ends without an outcome one of them is the next
+probe. How long a call may wait is the caller's business (the cloud client: the call's own deadline).
+
+What counts as a failure is the caller's business too: it reports only evidence that the endpoint is
+down (see `cloud.endpoint`).
 
 No I/O and no locks: it is meant for one asyncio event loop, where these methods never interleave.
 """
@@ -23,12 +32,21 @@ class BreakerState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
+class Admission(enum.StrEnum):
+    """What a breaker says to a call that asks to go out."""
+
+    GO = "go"
+    WAIT = "wait"  # half-open with the probe out: wait for its outcome, then ask again
+    REFUSE = "refuse"  # open, cooling down
+
+
 class CircuitBreaker:
     """Counts consecutive failed calls and refuses calls for `cooldown_s` once there are too many.
 
-    Callers ask `allow()` before each call and report its outcome with `record_success()` or
-    `record_failure()`; a call that ends without telling anything about the endpoint (cancelled)
-    reports `release()`, so that a half-open breaker does not wait forever for its probe.
+    Callers ask `admit()` (or `allow()`) before each call and report its outcome with
+    `record_success()` or `record_failure()`; a call that ends without telling anything about the
+    endpoint (cancelled, or an answer that is no evidence either way) reports `release()`, so that a
+    half-open breaker does not wait forever for its probe.
     """
 
     def __init__(
@@ -70,22 +88,34 @@ class CircuitBreaker:
             return None
         return self._opened_at + self.cooldown_s
 
-    def allow(self) -> bool:
-        """Whether a call may go out now; an open breaker past its cooldown lets exactly one probe out."""
+    @property
+    def probing(self) -> bool:
+        """Whether a half-open breaker's probe is out (calls asking now are told to wait)."""
+        return self._state is BreakerState.HALF_OPEN and self._probe_out
+
+    def admit(self) -> Admission:
+        """Whether a call may go out now, must wait for the probe's outcome, or is refused.
+
+        An open breaker past its cooldown lets exactly one probe out; while it is out, others WAIT.
+        """
         if self._state is BreakerState.CLOSED:
-            return True
+            return Admission.GO
         if self._state is BreakerState.OPEN:
             retry_at = self.retry_at
             if retry_at is not None and self._clock() < retry_at:
-                return False
+                return Admission.REFUSE
             self._state = BreakerState.HALF_OPEN
             self._probe_out = True
-            return True
+            return Admission.GO
         # half_open: only one probe at a time, so a recovering endpoint is not flooded.
         if self._probe_out:
-            return False
+            return Admission.WAIT
         self._probe_out = True
-        return True
+        return Admission.GO
+
+    def allow(self) -> bool:
+        """Whether a call may go out now (`admit()` is GO); a call told to wait is not allowed yet."""
+        return self.admit() is Admission.GO
 
     def record_success(self) -> None:
         """A call succeeded: close the breaker and forget past failures."""
@@ -105,7 +135,7 @@ class CircuitBreaker:
         # is not extended, or a burst of slow failures would keep the breaker open for longer.
 
     def release(self) -> None:
-        """A call ended without an outcome (cancelled): a half-open breaker may send another probe."""
+        """A call ended without evidence either way: a half-open breaker may send another probe."""
         if self._state is BreakerState.HALF_OPEN:
             self._probe_out = False
 

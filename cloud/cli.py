@@ -13,9 +13,11 @@ import argparse
 import importlib.metadata
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 from router import (
     ConfigError,
@@ -27,7 +29,12 @@ from router import (
     load_config,
 )
 
-DEMO_KEYS = {"free": "demo-free-key", "standard": "demo-standard-key", "premium": "demo-premium-key"}
+DEMO_KEYS = {
+    "free": "demo-free-key",
+    "standard": "demo-standard-key",
+    "premium": "demo-premium-key",
+    "admin": "demo-admin-key",  # reads /metrics and /healthz detail
+}
 
 
 def _load(args: argparse.Namespace, settings: RouterSettings | None = None) -> RouterConfig:
@@ -46,20 +53,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(config: RouterConfig, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from cloud.app import create_app
-    from cloud.server_protocol import OpenAIErrorH11Protocol
+    from cloud.app import create_app, cut_in_flight
+    from cloud.server import GracefulServer, uvicorn_options
 
     if config.edge.enabled and args.edge_check and not _edge_build_runs(config):
         return 1
-    uvicorn.run(
-        create_app(config),
-        host=config.server.host,
-        port=config.server.port,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        http=OpenAIErrorH11Protocol,  # an unreadable request gets an OpenAI error object too
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    app = create_app(config)
+    options = uvicorn_options(config.server)
+    server = GracefulServer(
+        uvicorn.Config(app, **options, log_level=args.log_level, access_log=args.access_log),
+        grace_s=config.server.shutdown_grace_s,
+        cut_in_flight=lambda: cut_in_flight(app),
     )
+    server.run()
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # uvicorn raises the signal again once it has shut down: exit through `finally` blocks (the
+    # stand-in's stop) instead of dying where the signal lands.
+    raise SystemExit(128 + signum)
 
 
 def _edge_build_runs(config: RouterConfig) -> bool:
@@ -81,16 +95,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Start the stand-in GPU endpoint (unless a cloud URL is set) and serve the demo config."""
     from cloud.standin import start_standin
 
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that SIGTERM stops the stand-in too
     settings = RouterSettings.from_args(args)
     standin = None
-    if not settings.cloud_url:
-        print(
-            f"starting the stand-in GPU endpoint (llama-cpp-python) on 127.0.0.1:{args.cloud_port} ...",
-            flush=True,
-        )
-        standin = start_standin(port=args.cloud_port, log_file=Path(args.cloud_log))
-        settings = RouterSettings.from_args(args, cloud_url=standin.url)
     try:
+        if not settings.cloud_url:
+            print(
+                f"starting the stand-in GPU endpoint (llama-cpp-python) on 127.0.0.1:{args.cloud_port} ...",
+                flush=True,
+            )
+            standin = start_standin(port=args.cloud_port, log_file=Path(args.cloud_log))
+            settings = RouterSettings.from_args(args, cloud_url=standin.url)
         config = _load(args, settings)
         print(_demo_banner(config), flush=True)
         return _serve(config, args)
@@ -115,8 +130,9 @@ r = c.chat.completions.with_raw_response.create(model='{config.served_model_name
 messages=[{{'role': 'user', 'content': 'Say hello'}}]); \\
 print(r.headers['x-route-target'], r.headers['x-route-reason'], r.parse().choices[0].message.content)"
 
+  curl -s {base}/metrics -H 'Authorization: Bearer demo-admin-key'   # counters, tokens, cost
   hybrid-router route "Prove that sqrt(2) is irrational" --tier standard   # the decision, no generation
-Ctrl-C stops both servers.
+Ctrl-C (or SIGTERM) stops both servers.
 """
 
 

@@ -6,9 +6,10 @@ streams `HttpResponse.stream`; the buffered Lambda handler joins it into one bod
 the local server, the Function URL and API Gateway serve the same routes, bodies, headers and errors::
 
     POST /v1/chat/completions   a chat completion; `stream: true` as server-sent events
-    GET  /v1/models             the one model id this router serves
-    GET  /health, /healthz      each backend's state; 503 when none can answer
-    GET  /metrics               decision counters, tokens and cost (in-process metrics only)
+    GET  /v1/models             the one model id this router serves (any API key)
+    GET  /health, /healthz      liveness for anyone: `{"status": "ok"}`, 503 when no backend can answer;
+                                `/healthz` with an admin key: each backend's state, the breaker, the queue
+    GET  /metrics               decision counters, tokens and cost (in-process metrics only; an admin key)
     GET  /v1/edge/config        the caller's tier policy for the edge SDK's config sync (ETag)
 
 The caller's tier comes from its key, never from the request body: an API Gateway key
@@ -20,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -29,6 +32,11 @@ from typing import Any
 
 from cloud._http import error_body, parse_chat_request, route_headers
 from router import (
+    AuthenticationError,
+    BackendError,
+    CloudBackendError,
+    EdgeBackendError,
+    EdgeBusy,
     InMemoryMetrics,
     ModelCard,
     ModelList,
@@ -37,6 +45,7 @@ from router import (
     RouterError,
     RoutingEngine,
     Tenant,
+    hash_api_key,
 )
 from router._wire import dump
 
@@ -100,10 +109,36 @@ def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | 
 
 
 def error_response(exc: RouterError) -> HttpResponse:
-    """A `RouterError` as an OpenAI error object with its status (server-side ones are logged)."""
-    if exc.status_code >= 500:
-        logger.warning("request failed: %s: %s", exc.code, exc.message)
-    return json_response(error_body(exc), exc.status_code)
+    """A `RouterError` as an OpenAI error object with its status (see `public_error_body`)."""
+    return json_response(public_error_body(exc), exc.status_code, exc.headers)
+
+
+def public_error_body(exc: RouterError) -> dict[str, Any]:
+    """`exc`'s OpenAI error object as a caller may read it, in a response or a stream's error event.
+
+    An error about the caller's own request (4xx) keeps its message: it says what to fix. A
+    server-side one (5xx) may carry the internal endpoint's URL and an exception's text: the caller
+    gets what failed, the code and a request id; the log gets the whole message under that id.
+    """
+    body = error_body(exc)
+    if exc.status_code < 500:
+        return body
+    request_id = uuid.uuid4().hex[:16]
+    logger.warning("request %s failed: %s (%s): %s", request_id, exc.code, type(exc).__name__, exc.message)
+    body["error"]["message"] = f"{_what_failed(exc)} ({exc.code}). Request id: {request_id}."
+    return body
+
+
+def _what_failed(exc: RouterError) -> str:
+    if isinstance(exc, CloudBackendError):
+        return "The cloud endpoint failed"
+    if isinstance(exc, EdgeBusy):
+        return "The edge model is busy"
+    if isinstance(exc, EdgeBackendError):
+        return "The edge model failed"
+    if isinstance(exc, BackendError):
+        return "No backend could answer"
+    return "The router failed"
 
 
 def error_object(status: int, message: str, error_type: str, code: str, **headers: str) -> HttpResponse:
@@ -168,6 +203,14 @@ def authenticate(request: HttpRequest, engine: RoutingEngine) -> Tenant:
     return engine.authenticate(key)
 
 
+def require_admin(request: HttpRequest, engine: RoutingEngine) -> None:
+    """Refuse (401) a caller whose key is not one of the config's `admin_keys`."""
+    key = request.api_key or bearer_token(request.headers)
+    digest = hash_api_key(key) if key else ""
+    if not any(hmac.compare_digest(digest, entry.sha256) for entry in engine.config.admin_keys):
+        raise AuthenticationError("This route needs an admin key: send 'Authorization: Bearer <admin key>'.")
+
+
 async def read_body(request: HttpRequest, limit: int) -> bytes:
     """The body, refused with 413 past `limit` bytes (a declared length is checked before reading)."""
     declared = request.headers.get("content-length")
@@ -222,17 +265,31 @@ async def sse_events(chunks: AsyncGenerator[Any, None]) -> AsyncIterator[bytes]:
             async for chunk in chunks:
                 yield f"data: {json.dumps(dump(chunk), separators=(',', ':'))}\n\n".encode()
     except RouterError as exc:  # the status line is gone: report in-band, as vLLM and OpenAI do
-        yield f"data: {json.dumps(error_body(exc))}\n\n".encode()
+        yield f"data: {json.dumps(public_error_body(exc))}\n\n".encode()
     yield b"data: [DONE]\n\n"
 
 
 async def list_models(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
-    """`GET /v1/models`: the one model id this router serves."""
+    """`GET /v1/models`: the one model id this router serves, for any caller with an API key."""
+    authenticate(request, engine)
     return json_response(dump(ModelList(data=[ModelCard(id=engine.config.served_model_name)])))
 
 
 async def health(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
-    """`GET /health`: 200 while some backend can answer, with each backend's state; 503 when none can."""
+    """`GET /health`: liveness for anyone, and nothing more: 200 while some backend can answer, else 503."""
+    available = engine.health("edge").available or engine.health("cloud").available
+    return json_response({"status": "ok" if available else "unavailable"}, 200 if available else 503)
+
+
+async def health_detail(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
+    """`GET /healthz`: `/health`'s answer without a key; with an admin key, each backend's state too.
+
+    The detail (estimator version, breaker state, queue depth) tells an attacker when the router is
+    weakest, so only operators read it; a probe without a key still gets liveness.
+    """
+    if not (request.api_key or bearer_token(request.headers)):
+        return await health(request, engine)
+    require_admin(request, engine)
     edge, cloud = engine.health("edge"), engine.health("cloud")
     available = edge.available or cloud.available
     status = "ok" if edge.available and cloud.available else "degraded"
@@ -251,7 +308,11 @@ async def health(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
 
 
 async def metrics(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
-    """`GET /metrics`: decision counters, tokens and cost, as JSON (`{}` where metrics go elsewhere)."""
+    """`GET /metrics`: decision counters, tokens and cost, as JSON (`{}` where metrics go elsewhere).
+
+    Per-tier counts and cost are the operators' business: an admin key only.
+    """
+    require_admin(request, engine)
     snapshot = engine.metrics.snapshot() if isinstance(engine.metrics, InMemoryMetrics) else {}
     return json_response(snapshot)
 
@@ -278,7 +339,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", CHAT_COMPLETIONS, chat_completions),
     Route("GET", "/v1/models", list_models),
     Route("GET", "/health", health),
-    Route("GET", "/healthz", health),
+    Route("GET", "/healthz", health_detail),
     Route("GET", "/metrics", metrics),
     Route("GET", "/v1/edge/config", edge_config),
 )

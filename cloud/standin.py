@@ -77,18 +77,26 @@ def start_standin(
         with log_file.open("ab") as out:  # the child keeps its own descriptor
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     endpoint = StandinEndpoint(process, f"http://{host}:{port}/v1")
-    deadline = time.monotonic() + ready_timeout_s
+    try:
+        _wait_until_ready(endpoint, ready_timeout_s, log_file)
+    except BaseException:  # a signal (SystemExit, KeyboardInterrupt) while waiting too: no orphan
+        endpoint.stop()
+        raise
+    return endpoint
+
+
+def _wait_until_ready(endpoint: StandinEndpoint, timeout_s: float, log_file: Path | None) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if endpoint.process.poll() is not None:
             raise RuntimeError(
-                f"the stand-in endpoint exited with code {process.returncode}"
+                f"the stand-in endpoint exited with code {endpoint.process.returncode}"
                 + (f"; see {log_file}" if log_file else "")
             )
         try:
             if httpx.get(f"{endpoint.url}/models", timeout=1.0).status_code == 200:
-                return endpoint
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    endpoint.stop()
-    raise RuntimeError(f"the stand-in endpoint did not start within {ready_timeout_s:.0f} s")
+    raise RuntimeError(f"the stand-in endpoint did not start within {timeout_s:.0f} s")

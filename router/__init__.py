@@ -10,6 +10,7 @@ from router._accounting import CostLedger, Ledger, cloud_cost_usd
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
 from router._config import (
     DEMO_CONFIG_PATH,
+    AdminKeyEntry,
     ApiKeyEntry,
     ApiKeyIdEntry,
     CircuitBreakerConfig,
@@ -85,6 +86,7 @@ from router._wire import (
 
 __all__ = [
     "DEMO_CONFIG_PATH",
+    "AdminKeyEntry",
     "ApiKeyEntry",
     "ApiKeyIdEntry",
     "AuthenticationError",

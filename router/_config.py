@@ -80,7 +80,7 @@ class CloudTimeouts(_Strict):
 
 
 class CloudRetries(_Strict):
-    """Retries on connect errors, 429 and 5xx, with exponential backoff and full jitter."""
+    """Retries on connect errors, 429, 502, 503 and 504, with exponential backoff and full jitter."""
 
     max_attempts: Annotated[int, Field(ge=1)] = 3
     backoff_base_s: Annotated[float, Field(ge=0)] = 0.1
@@ -136,6 +136,16 @@ class ServerConfig(_Strict):
         description="Characters of message text one chat completion may carry (about 100k tokens, more "
         "than any context window served here); more get 413, before any token is counted.",
     )
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=list,
+        description="Proxies (IP addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto are "
+        "believed; empty: nobody's, the peer's address is the client's.",
+    )
+    shutdown_grace_s: Annotated[float, Field(ge=0)] = Field(
+        10.0,
+        description="On SIGTERM, how long requests in flight may finish; then open streams end with an "
+        "error event and the server exits.",
+    )
 
 
 class EstimatorConfig(_Strict):
@@ -151,6 +161,16 @@ class ApiKeyEntry(_Strict):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     tenant: str
     tier: str
+    note: str = ""
+
+
+class AdminKeyEntry(_Strict):
+    """One operator's key, stored as its SHA-256 hex digest: it reads `/metrics` and `/healthz` detail.
+
+    It is not a tenant's key: it routes no chat completions, and a tenant's key reads no metrics.
+    """
+
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     note: str = ""
 
 
@@ -176,6 +196,10 @@ class RouterConfig(_Strict):
         default_factory=dict,
         description="API Gateway key id -> tenant and tier (the key's value is never stored).",
     )
+    admin_keys: list[AdminKeyEntry] = Field(
+        default_factory=list,
+        description="Operators' keys (SHA-256 digests) that read /metrics and /healthz detail; none: nobody.",
+    )
 
     @model_validator(mode="after")
     def _keys_name_known_tiers(self) -> RouterConfig:
@@ -188,6 +212,8 @@ class RouterConfig(_Strict):
         digests = [entry.sha256 for entry in self.api_keys]
         if len(set(digests)) != len(digests):
             raise ValueError("the same api key is listed twice")
+        if {entry.sha256 for entry in self.admin_keys} & set(digests):
+            raise ValueError("an admin key is also listed in api_keys: give operators keys of their own")
         return self
 
     def with_env_overrides(

@@ -21,7 +21,8 @@ Every error that can reach a caller maps to an HTTP status and an OpenAI error b
         └── NoBackendAvailable       503 no_backend_available
 
 Callers catch the branch they mean: the engine falls back on `BackendError`, the HTTP app
-turns any `RouterError` into an error response.
+turns any `RouterError` into an error response, with the error's `headers` (an upstream's
+`Retry-After`, passed on with its 429).
 """
 
 from __future__ import annotations
@@ -36,10 +37,14 @@ class RouterError(Exception):
     error_type = "server_error"
     code: str | None = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        #: response headers the error response carries (lower-case names), e.g. `retry-after`
+        self.headers: dict[str, str] = dict(headers or {})
 
     def to_response(self) -> ErrorResponse:
         """The OpenAI-style error body for this error."""

@@ -25,7 +25,11 @@ status, by default the router's error tree, `error_for_status`); `network_error`
 every failure of the network instead of the default classes: the device's `CloudUnreachable`, which
 marks it offline); `admit` and `on_outcome` (an admission check before a call and the report of its
 outcome: the GPU client's circuit breaker; the device has none); `require_done` (whether a stream that
-ends without `data: [DONE]` was cut).
+ends without `data: [DONE]` was cut). `admit` may wait (a half-open breaker's probe): the wait is part
+of the call's deadline, and a call that never got past it is not reported.
+
+An error status's `Retry-After` travels on in the error's `headers` (`retry-after`), so a caller that
+cannot fall back can pass it on with the status.
 
 httpx is imported at the top of this module, so `router/__init__` must not import it (cold start).
 """
@@ -164,7 +168,7 @@ class OpenAIHTTPClient:
     #: (the router's Lambda) answers a retried call once, even when a dropped connection hid the answer
     idempotency_key: bool = False
     default_model: str | None = None
-    admit: Callable[[], None] | None = None
+    admit: Callable[[], Awaitable[None]] | None = None
     on_outcome: OutcomeHook | None = None
     transport: httpx.AsyncBaseTransport | None = None
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -185,9 +189,11 @@ class OpenAIHTTPClient:
     async def complete(self, body: dict[str, Any]) -> ChatCompletionResponse:
         """One non-streamed completion of `body` (see `chat_body`); raises a `RouterError` on failure."""
         client = await self._http()
-        self._admit()
+        admitted = False
         try:
             async with self._deadline():
+                await self._admit()
+                admitted = True
                 response = await self._send(client, body)
                 try:
                     await response.aread()
@@ -197,7 +203,8 @@ class OpenAIHTTPClient:
                     await response.aclose()
             answer = self._parse(response)
         except BaseException as exc:
-            self._report(exc)
+            if admitted:
+                self._report(exc)
             raise
         self._report(None)
         return answer
@@ -205,18 +212,21 @@ class OpenAIHTTPClient:
     async def stream(self, body: dict[str, Any]) -> AsyncGenerator[ChatCompletionChunk, None]:
         """The chunks of a streamed completion of `body`; a failure to start raises on the first chunk."""
         client = await self._http()
-        self._admit()
+        admitted = False
         response: httpx.Response | None = None
         try:
             try:
                 async with self._deadline():
+                    await self._admit()
+                    admitted = True
                     response = await self._send(client, body)
                     lines = response.aiter_lines()
                     chunk = await self._next_chunk(lines)
                     if chunk is None:
                         raise CloudBackendError(self.describe("ended the stream before any chunk"))
             except BaseException as exc:
-                self._report(exc)
+                if admitted:
+                    self._report(exc)
                 raise
             self._report(None)
             while chunk is not None:
@@ -270,10 +280,11 @@ class OpenAIHTTPClient:
     def _loop_closed(self) -> bool:
         return self._client_loop is None or self._client_loop.is_closed()
 
-    def _admit(self) -> None:
-        # Last before the outcome is reported: an admitted call (a breaker's probe) is always reported.
+    async def _admit(self) -> None:
+        # Inside the deadline, so that a wait for admission is bounded by it; a call is reported
+        # from the moment it is admitted (a breaker's probe always is), never before.
         if self.admit is not None:
-            self.admit()
+            await self.admit()
 
     def _report(self, error: BaseException | None) -> None:
         if self.on_outcome is not None:
@@ -348,9 +359,13 @@ class OpenAIHTTPClient:
         with contextlib.suppress(ValueError):
             message, code = error_body_message(response.json())
         text = message or response.text[:200] or response.reason_phrase
-        return self.status_error(
+        error = self.status_error(
             response.status_code, self.describe(f"answered {response.status_code}: {text}"), code
         )
+        retry_after = response.headers.get("retry-after")
+        if retry_after is not None and retry_after_seconds(retry_after) is not None:
+            error.headers["retry-after"] = retry_after.strip()
+        return error
 
     def _parse(self, response: httpx.Response) -> ChatCompletionResponse:
         try:

@@ -33,7 +33,8 @@ def describe_error(error: Any) -> str:
 
 
 def error_body_message(data: Any) -> tuple[str | None, str | None]:
-    """`(message, code)` of an error body: OpenAI's `{"error": {...}}`, or FastAPI's `detail`."""
+    """`(message, code)` of an error body: OpenAI's `{"error": {...}}`, vLLM's flat
+    `{"object": "error", "message": ..., "code": 400}`, or FastAPI's `detail`."""
     if not isinstance(data, dict):
         return None, None
     error = data.get("error")
@@ -42,7 +43,8 @@ def error_body_message(data: Any) -> tuple[str | None, str | None]:
         return describe_error(error), str(code) if code is not None else None
     for key in ("error", "detail", "message"):
         if data.get(key):
-            return describe_error(data[key]), None
+            code = data.get("code") if key == "message" else None
+            return describe_error(data[key]), str(code) if code is not None else None
     return None, None
 
 

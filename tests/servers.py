@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -25,6 +26,8 @@ KEYS = {
     "strict": "test-strict-key",
     "edge-only": "test-edge-only-key",
 }
+ADMIN_KEY = "test-admin-key"  # reads /metrics and /healthz detail
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def free_port() -> int:
@@ -51,6 +54,7 @@ def make_router_config(cloud_url: str | None, **overrides: Any) -> dict[str, Any
     data["api_keys"] = [
         {"sha256": hash_api_key(key), "tenant": f"t-{tier}", "tier": tier} for tier, key in KEYS.items()
     ]
+    data["admin_keys"] = [{"sha256": hash_api_key(ADMIN_KEY), "note": "tests"}]
     for section, values in overrides.items():
         data[section].update(values)
     return data
@@ -69,6 +73,29 @@ def spawn_router(config_file: Path, port: int, *, stdout: Any = None) -> subproc
 @contextlib.contextmanager
 def running_router(config: dict[str, Any], tmp_path: Path, *, startup_s: float = 120.0) -> Iterator[str]:
     """`hybrid-router serve` in a subprocess on a free port; yields its base URL."""
+    with router_process(config, tmp_path, startup_s=startup_s) as (_, base):
+        yield base
+
+
+def wait_until_up(process: subprocess.Popen[bytes], base: str, log_file: Path, startup_s: float) -> None:
+    """Wait until the server at `base` answers `/health`; raise if `process` exits or time runs out."""
+    deadline = time.monotonic() + startup_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"router exited: {log_file.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/health", timeout=1.0).status_code in (200, 503):
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError("router did not start")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def router_process(
+    config: dict[str, Any], tmp_path: Path, *, startup_s: float = 120.0
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`hybrid-router serve` in a subprocess on a free port; yields the process and its base URL."""
     port = free_port()
     config_file = tmp_path / f"router-{port}.yaml"
     config_file.write_text(yaml.safe_dump(config))
@@ -76,17 +103,8 @@ def running_router(config: dict[str, Any], tmp_path: Path, *, startup_s: float =
     process = spawn_router(config_file, port, stdout=log)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"router exited: {(tmp_path / f'router-{port}.log').read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/healthz", timeout=1.0).status_code in (200, 503):
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("router did not start")
-            time.sleep(0.1)
-        yield base
+        wait_until_up(process, base, tmp_path / f"router-{port}.log", startup_s)
+        yield process, base
     finally:
         process.terminate()
         try:
@@ -97,11 +115,39 @@ def running_router(config: dict[str, Any], tmp_path: Path, *, startup_s: float =
         log.close()
 
 
+SLOW_CHUNK = (
+    b'data: {"id":"slow","object":"chat.completion.chunk","created":0,"model":"slow-upstream",'
+    b'"choices":[{"index":0,"delta":{"role":"assistant","content":"tick "},"finish_reason":null}]}\n\n'
+)
+
+
+_COMPLETION = {
+    "id": "chatcmpl-up",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "upstream",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "from the cloud"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+}
+
+
 class MisbehavingUpstream:
-    """An HTTP server on loopback that answers every request with a 500, or never answers at all."""
+    """An HTTP server on loopback that misbehaves in one of these modes:
+
+    - `error`: a 500 to every request;
+    - `hang`: never answers;
+    - `bad_request`: what vLLM answers to a message with `content: null`: a 500 whose body blames the
+      request; any other request gets an answer;
+    - `rate_limited`: a 429 with `Retry-After: 9` to every request;
+    - `slow`: streams one token every `SLOW_INTERVAL_S` without ever finishing.
+    """
+
+    SLOW_INTERVAL_S = 0.25
 
     def __init__(self, mode: str) -> None:
-        assert mode in ("error", "hang")
+        assert mode in ("error", "hang", "bad_request", "rate_limited", "slow")
         self.mode = mode
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
@@ -144,14 +190,48 @@ class MisbehavingUpstream:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         try:
-            await reader.readuntil(b"\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
             self.requests += 1
             if self.mode == "hang":
                 await asyncio.sleep(3600)
+            if self.mode == "slow":
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+                )
+                while True:
+                    writer.write(SLOW_CHUNK)
+                    await writer.drain()
+                    await asyncio.sleep(self.SLOW_INTERVAL_S)
+            status, extra = b"500 Internal Server Error", b""
             body = b'{"error": {"message": "upstream exploded", "type": "server_error"}}'
+            if self.mode == "rate_limited":
+                status, extra = b"429 Too Many Requests", b"retry-after: 9\r\n"
+                body = (
+                    b'{"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}}'
+                )
+            elif self.mode == "bad_request":
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.lower().split(b"\r\n")
+                    if line.startswith(b"content-length:")
+                )
+                messages = json.loads(await reader.readexactly(length))["messages"]
+                if all(m.get("content") is not None for m in messages):
+                    status, body = b"200 OK", json.dumps(_COMPLETION).encode()
+                else:
+                    body = (
+                        b'{"object": "error", "message": "Assistant message must have content or tool_calls",'
+                    )
+                    body += b' "type": "BadRequestError", "param": null, "code": 400}'
             writer.write(
-                b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
-                b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+                b"HTTP/1.1 "
+                + status
+                + b"\r\ncontent-type: application/json\r\n"
+                + extra
+                + b"content-length: "
+                + str(len(body)).encode()
+                + b"\r\nconnection: close\r\n\r\n"
+                + body
             )
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):

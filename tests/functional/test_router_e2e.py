@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.servers import KEYS, make_router_config, running_router
+from tests.servers import ADMIN, KEYS, make_router_config, running_router
 
 pytestmark = pytest.mark.functional
 
@@ -124,7 +124,9 @@ def test_prompt_too_long_for_every_backend_is_a_400(router_url: str) -> None:
 def test_models_and_health(router_url: str) -> None:
     models = client(router_url, "free").models.list()
     assert [m.id for m in models.data] == ["hybrid-router"]
-    health = httpx.get(f"{router_url}/healthz").json()
+    assert httpx.get(f"{router_url}/health").json() == {"status": "ok"}  # liveness, for anyone
+    assert httpx.get(f"{router_url}/v1/models").status_code == 401
+    health = httpx.get(f"{router_url}/healthz", headers=ADMIN).json()
     assert health["status"] == "ok"
     assert health["edge"]["available"] and health["cloud"]["available"]
 
@@ -242,5 +244,6 @@ def test_server_keeps_serving_after_bad_input(router_url: str) -> None:
 
 def test_metrics_count_the_decisions(router_url: str) -> None:
     chat(router_url, "premium", EASY)
-    snapshot = httpx.get(f"{router_url}/metrics").json()
+    assert httpx.get(f"{router_url}/metrics").status_code == 401
+    snapshot = httpx.get(f"{router_url}/metrics", headers=ADMIN).json()
     assert any(d["target"] == "cloud" and d["tier"] == "premium" for d in snapshot["decisions"])

@@ -13,6 +13,7 @@ from router import (
     ChatCompletionRequest,
     ChunkChoice,
     CloudBackendError,
+    CloudUnavailable,
     Delta,
     HeuristicEstimator,
     RouterConfig,
@@ -29,6 +30,7 @@ CONFIG = parse_config(
             {"sha256": hash_api_key("k-free"), "tenant": "a", "tier": "free"},
             {"sha256": hash_api_key("k-prem"), "tenant": "b", "tier": "premium"},
         ],
+        "admin_keys": [{"sha256": hash_api_key("k-admin"), "note": "operators"}],
     }
 )
 BODY = {"model": "hybrid-router", "messages": [{"role": "user", "content": "hi"}]}
@@ -75,7 +77,8 @@ def test_stream_error_after_first_chunk_is_reported_in_band(client: TestClient) 
     )
     assert r.status_code == 200 and r.headers["x-route-target"] == "cloud"
     events = [line for line in r.text.splitlines() if line.startswith("data: ")]
-    assert '"error"' in events[-2] and "mid-stream" in events[-2]
+    assert '"error"' in events[-2] and "cloud_error" in events[-2]
+    assert "mid-stream" not in events[-2]  # the internal text goes to the log, not to the caller
     assert events[-1] == "data: [DONE]"
 
 
@@ -97,9 +100,22 @@ def test_unexpected_errors_become_500_objects_without_a_trace(client: TestClient
     assert r.json()["error"]["code"] == "internal_error" and "boom" not in r.text
 
 
-def test_models_and_health(client: TestClient) -> None:
-    assert client.get("/v1/models").json()["data"][0]["id"] == "hybrid-router"
-    assert client.get("/healthz").json()["status"] == "ok"
+FREE = {"authorization": "Bearer k-free"}
+ADMIN = {"authorization": "Bearer k-admin"}
+
+
+def test_models_need_a_key_and_health_details_an_admin_key(client: TestClient) -> None:
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", headers=ADMIN).status_code == 401  # an admin key is not a tenant's
+    assert client.get("/v1/models", headers=FREE).json()["data"][0]["id"] == "hybrid-router"
+    for path in ("/health", "/healthz"):  # liveness for anyone, and nothing more
+        assert client.get(path).json() == {"status": "ok"}
+    assert client.get("/healthz", headers=FREE).status_code == 401
+    detail = client.get("/healthz", headers=ADMIN).json()
+    assert detail["status"] == "ok" and "queue_depth" in detail["edge"] and "estimator" in detail
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=FREE).status_code == 401
+    assert "decisions" in client.get("/metrics", headers=ADMIN).json()
 
 
 def test_edge_config_sync_with_etag(client: TestClient) -> None:
@@ -112,3 +128,34 @@ def test_edge_config_sync_with_etag(client: TestClient) -> None:
     )
     assert again.status_code == 304
     assert client.get("/v1/edge/config").status_code == 401
+
+
+INTERNAL = "http://10.0.0.5:8000/v1/chat/completions: ConnectError: [Errno 111] Connection refused"
+
+
+def test_server_side_errors_hide_internal_text_and_log_it_under_a_request_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def factory(config: RouterConfig) -> RoutingEngine:
+        return RoutingEngine(
+            config,
+            estimator=HeuristicEstimator(),
+            edge=FakeBackend("edge"),
+            cloud=FakeBackend("cloud", fail=CloudUnavailable(INTERNAL)),
+        )
+
+    with TestClient(create_app(CONFIG, engine_factory=factory), raise_server_exceptions=False) as c:
+        r = c.post("/v1/chat/completions", json=BODY, headers={"authorization": "Bearer k-prem"})
+    assert r.status_code == 503
+    error = r.json()["error"]
+    assert error["code"] == "cloud_unavailable" and error["type"] == "server_error"
+    assert error["message"].startswith("The cloud endpoint failed (cloud_unavailable).")
+    assert "10.0.0.5" not in r.text and "Errno" not in r.text
+    request_id = error["message"].rsplit(" ", 1)[-1].rstrip(".")
+    logged = [rec.getMessage() for rec in caplog.records if request_id in rec.getMessage()]
+    assert logged and INTERNAL in logged[0]
+
+
+def test_caller_errors_keep_their_helpful_messages(client: TestClient) -> None:
+    r = client.post("/v1/chat/completions", content=b"{oops", headers={"authorization": "Bearer k-free"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]

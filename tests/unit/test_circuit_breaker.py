@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloud.breaker import BreakerState, CircuitBreaker
+from cloud.breaker import Admission, BreakerState, CircuitBreaker
 from router._config import CircuitBreakerConfig
 
 
@@ -66,6 +66,25 @@ def test_open_refuses_until_cooldown_then_lets_exactly_one_probe() -> None:
     assert breaker.retry_at is None
     assert not breaker.allow()
     assert not breaker.allow()
+
+
+def test_half_open_tells_others_to_wait_for_the_probe_not_to_go_elsewhere() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    assert breaker.admit() is Admission.REFUSE
+    clock.now += 10.0
+    assert breaker.admit() is Admission.GO and breaker.probing
+    assert breaker.admit() is Admission.WAIT
+    breaker.release()  # the probe said nothing: a waiting call becomes the next probe
+    assert breaker.admit() is Admission.GO and breaker.admit() is Admission.WAIT
+    breaker.record_success()
+    assert breaker.admit() is Admission.GO and not breaker.probing
+    breaker.record_failure()
+    breaker.record_failure()
+    clock.now += 10.0
+    assert breaker.admit() is Admission.GO
+    breaker.record_failure()  # the probe failed: the waiting calls are refused
+    assert breaker.admit() is Admission.REFUSE and not breaker.probing
 
 
 def test_successful_probe_closes() -> None:

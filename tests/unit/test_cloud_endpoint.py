@@ -14,7 +14,13 @@ import httpx
 import pytest
 
 from cloud.breaker import BreakerState
-from cloud.endpoint import CloudEndpointClient, CloudHTTPError
+from cloud.endpoint import (
+    CloudEndpointClient,
+    CloudHTTPError,
+    CloudRateLimited,
+    CloudRequestRejected,
+    is_request_fault,
+)
 from router._config import CircuitBreakerConfig, CloudConfig, CloudRetries, CloudTimeouts
 from router._errors import CloudBackendError, CloudTimeout, CloudUnavailable
 from router._openai_http import retry_after_seconds as _retry_after
@@ -307,6 +313,94 @@ async def test_400_not_retried_and_not_a_breaker_failure() -> None:
     assert h.client.breaker.state is BreakerState.CLOSED
 
 
+# What vLLM and llama.cpp's server answer, with a 500, for a request they cannot take.
+VLLM_BAD_REQUEST_500 = {
+    "object": "error",
+    "message": "Assistant message must have content or tool_calls",
+    "type": "BadRequestError",
+    "param": None,
+    "code": 400,
+}
+LLAMA_CPP_BAD_JSON_500 = {
+    "error": {
+        "code": 500,
+        "message": "[json.exception.type_error.302] type must be string, but is null",
+        "type": "server_error",
+    }
+}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        VLLM_BAD_REQUEST_500,
+        {"error": VLLM_BAD_REQUEST_500},
+        LLAMA_CPP_BAD_JSON_500,
+        {"error": {"message": "bad", "type": "x", "code": "invalid_request_error"}},
+    ],
+)
+async def test_a_500_that_blames_the_request_is_neither_retried_nor_counted(body: dict[str, Any]) -> None:
+    h = Harness(Upstream(status(500, body=body)), breaker=CircuitBreakerConfig(failure_threshold=1))
+    for _ in range(3):
+        with pytest.raises(CloudRequestRejected) as info:
+            await h.client.complete(chat(), max_tokens=5)
+    assert info.value.upstream_status == 500
+    assert (info.value.status_code, info.value.code) == (400, "invalid_request")
+    assert len(h.upstream.requests) == 3  # one each: not retried
+    assert h.client.breaker.state is BreakerState.CLOSED
+    assert h.client.health().available
+
+
+async def test_a_bare_500_is_not_retried_and_not_breaker_evidence() -> None:
+    h = Harness(Upstream(status(500)), breaker=CircuitBreakerConfig(failure_threshold=1))
+    for _ in range(3):
+        with pytest.raises(CloudHTTPError) as info:
+            await h.client.complete(chat(), max_tokens=5)
+    assert type(info.value) is CloudHTTPError and info.value.status_code == 502
+    assert len(h.upstream.requests) == 3
+    assert h.client.breaker.state is BreakerState.CLOSED
+
+
+@pytest.mark.parametrize("code", [502, 503, 504])
+async def test_gateway_statuses_are_breaker_evidence(code: int) -> None:
+    h = Harness(
+        Upstream(status(code)),
+        retries=CloudRetries(max_attempts=1),
+        breaker=CircuitBreakerConfig(failure_threshold=1),
+    )
+    with pytest.raises(CloudHTTPError):
+        await h.client.complete(chat(), max_tokens=5)
+    assert h.client.breaker.state is BreakerState.OPEN
+
+
+def test_is_request_fault() -> None:
+    assert is_request_fault("x", "400") and is_request_fault("x", "422")
+    assert is_request_fault("x", "BadRequestError") and is_request_fault("x", "context_length_exceeded")
+    assert is_request_fault("answered 500: [json.exception.parse_error.101] bad", "500")
+    assert not is_request_fault("x", None) and not is_request_fault("x", "500")
+    assert not is_request_fault("x", "429") and not is_request_fault("engine dead", "server_error")
+
+
+async def test_429_is_passed_on_with_retry_after_and_is_not_breaker_evidence() -> None:
+    h = Harness(
+        Upstream(status(429, headers={"Retry-After": "7"})),
+        retries=CloudRetries(max_attempts=2),
+        breaker=CircuitBreakerConfig(failure_threshold=1),
+    )
+    with pytest.raises(CloudRateLimited) as info:
+        await h.client.complete(chat(), max_tokens=5)
+    error = info.value
+    assert (error.status_code, error.code, error.upstream_status) == (429, "rate_limit_exceeded", 429)
+    assert error.headers == {"retry-after": "7"}
+    assert len(h.upstream.requests) == 2 and h.sleep.waits == [7.0]  # honoured once, then given up
+    assert h.client.breaker.state is BreakerState.CLOSED
+    stream = h.client.stream(chat(stream=True), max_tokens=5)
+    with pytest.raises(CloudRateLimited) as info:
+        await stream.__anext__()
+    assert info.value.headers == {"retry-after": "7"}
+    assert h.client.breaker.state is BreakerState.CLOSED
+
+
 async def test_connect_error_is_unavailable_after_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-secret")
     h = Harness(Upstream(raises(httpx.ConnectError, "connection refused")))
@@ -369,7 +463,7 @@ async def test_invalid_body_is_backend_error() -> None:
 
 async def test_breaker_opens_after_threshold_then_fails_fast() -> None:
     h = Harness(
-        Upstream(status(500)),
+        Upstream(status(503)),
         retries=CloudRetries(max_attempts=1),
         breaker=CircuitBreakerConfig(failure_threshold=2, cooldown_s=30.0),
     )
@@ -389,7 +483,7 @@ async def test_breaker_opens_after_threshold_then_fails_fast() -> None:
 
 async def test_half_open_probe_after_cooldown() -> None:
     h = Harness(
-        Upstream(status(500), status(500), status(500), ok()),
+        Upstream(status(502), status(504), status(503), ok()),
         retries=CloudRetries(max_attempts=1),
         breaker=CircuitBreakerConfig(failure_threshold=2, cooldown_s=30.0),
     )
@@ -398,7 +492,7 @@ async def test_half_open_probe_after_cooldown() -> None:
             await h.client.complete(chat(), max_tokens=5)
     h.clock.now += 30.0
     assert h.client.health().available is True  # cooldown passed: a probe may go out
-    # The probe fails (third 500): open again, with a fresh cooldown.
+    # The probe fails (a 503): open again, with a fresh cooldown.
     with pytest.raises(CloudBackendError):
         await h.client.complete(chat(), max_tokens=5)
     assert h.client.breaker.state is BreakerState.OPEN
@@ -411,6 +505,118 @@ async def test_half_open_probe_after_cooldown() -> None:
     assert h.client.breaker.state is BreakerState.CLOSED
     assert h.client.health().available is True
     assert len(h.upstream.requests) == 4
+
+
+class RecoveringUpstream:
+    """Answers 503 while `down`; then holds each request until `gate` opens and answers `then`."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.gate = asyncio.Event()
+        self.then = 200
+        self.requests = 0
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        if self.down:
+            return httpx.Response(503, json={"error": {"message": "down"}})
+        await self.gate.wait()
+        if self.then != 200:
+            return httpx.Response(self.then, json={"error": {"message": "still down"}})
+        return httpx.Response(200, json=completion())
+
+
+async def half_open(upstream: RecoveringUpstream, **config: Any) -> Harness:
+    """A client whose breaker opened on a 503 and whose cooldown has just passed; the endpoint is back."""
+    h = Harness(
+        Upstream(ok()),
+        transport=httpx.MockTransport(upstream),
+        retries=CloudRetries(max_attempts=1),
+        breaker=CircuitBreakerConfig(failure_threshold=1, cooldown_s=30.0),
+        **config,
+    )
+    with pytest.raises(CloudHTTPError):
+        await h.client.complete(chat(), max_tokens=5)
+    assert h.client.breaker.state is BreakerState.OPEN
+    upstream.down = False
+    h.clock.now += 30.0
+    return h
+
+
+async def settle() -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def test_half_open_calls_wait_for_the_probe_and_all_go_when_it_succeeds() -> None:
+    upstream = RecoveringUpstream()
+    h = await half_open(upstream)
+    calls = [asyncio.create_task(h.client.complete(chat(), max_tokens=5)) for _ in range(5)]
+    await settle()
+    assert upstream.requests == 2  # the 503, then the one probe: the others wait, none is refused
+    assert h.client.breaker.probing and not any(call.done() for call in calls)
+    upstream.gate.set()
+    answers = await asyncio.gather(*calls)
+    assert all(a.choices[0].message.content == "Hello!" for a in answers)
+    assert upstream.requests == 6
+    assert h.client.breaker.state is BreakerState.CLOSED
+
+
+async def test_half_open_streams_wait_for_the_probe_too() -> None:
+    upstream = RecoveringUpstream()
+    h = await half_open(upstream)
+    upstream.then = 503
+    probe = asyncio.create_task(anext(h.client.stream(chat(stream=True), max_tokens=5)))
+    await settle()
+    waiting = asyncio.create_task(anext(h.client.stream(chat(stream=True), max_tokens=5)))
+    await settle()
+    assert not waiting.done() and upstream.requests == 2
+    upstream.gate.set()
+    with pytest.raises(CloudHTTPError):
+        await probe
+    with pytest.raises(CloudUnavailable, match="circuit breaker"):
+        await waiting
+    assert upstream.requests == 2
+
+
+async def test_half_open_calls_are_refused_when_the_probe_fails() -> None:
+    upstream = RecoveringUpstream()
+    h = await half_open(upstream)
+    upstream.then = 503
+    calls = [asyncio.create_task(h.client.complete(chat(), max_tokens=5)) for _ in range(4)]
+    await settle()
+    upstream.gate.set()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(outcomes[0], CloudHTTPError)  # the probe
+    assert all(isinstance(o, CloudUnavailable) and "circuit breaker" in str(o) for o in outcomes[1:])
+    assert upstream.requests == 2  # no call but the probe reached the endpoint
+    assert h.client.breaker.state is BreakerState.OPEN
+
+
+async def test_a_wait_for_the_probe_is_bounded_by_the_calls_deadline() -> None:
+    upstream = RecoveringUpstream()  # the gate never opens: the probe hangs
+    h = await half_open(upstream, timeouts=CloudTimeouts(connect=0.1, read=0.1, total=0.2))
+    calls = [asyncio.create_task(h.client.complete(chat(), max_tokens=5)) for _ in range(3)]
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=5)
+    assert all(isinstance(o, CloudTimeout) for o in outcomes)
+    assert upstream.requests == 2
+    assert h.client.breaker.state is BreakerState.OPEN  # the probe's timeout counted; the waits did not
+    assert h.client.breaker.failures == 2
+
+
+async def test_a_cancelled_probe_hands_the_probe_to_a_waiting_call() -> None:
+    upstream = RecoveringUpstream()
+    h = await half_open(upstream)
+    probe = asyncio.create_task(h.client.complete(chat(), max_tokens=5))
+    await settle()
+    waiting = asyncio.create_task(h.client.complete(chat(), max_tokens=5))
+    await settle()
+    probe.cancel()
+    await settle()
+    assert upstream.requests == 3 and h.client.breaker.probing  # the waiting call is the probe now
+    upstream.gate.set()
+    assert (await waiting).choices[0].message.content == "Hello!"
+    assert h.client.breaker.state is BreakerState.CLOSED
 
 
 # -- not configured ---------------------------------------------------------------------------------
@@ -481,15 +687,25 @@ async def test_stream_error_event_first_raises_on_first_anext() -> None:
         await h.client.stream(chat(stream=True), max_tokens=5).__anext__()
 
 
-async def test_stream_500_before_stream_raises_on_first_anext() -> None:
+async def test_stream_502_before_stream_raises_on_first_anext() -> None:
+    h = Harness(Upstream(status(502)), retries=CloudRetries(max_attempts=2))
+    stream = h.client.stream(chat(stream=True), max_tokens=5)
+    with pytest.raises(CloudHTTPError) as info:
+        await stream.__anext__()
+    assert info.value.upstream_status == 502
+    assert len(h.upstream.requests) == 2
+    assert len(h.sleep.waits) == 1
+    assert h.client.breaker.failures == 1
+
+
+async def test_stream_500_before_stream_is_neither_retried_nor_counted() -> None:
     h = Harness(Upstream(status(500)), retries=CloudRetries(max_attempts=2))
     stream = h.client.stream(chat(stream=True), max_tokens=5)
     with pytest.raises(CloudHTTPError) as info:
         await stream.__anext__()
     assert info.value.upstream_status == 500
-    assert len(h.upstream.requests) == 2
-    assert len(h.sleep.waits) == 1
-    assert h.client.breaker.failures == 1
+    assert len(h.upstream.requests) == 1
+    assert h.client.breaker.failures == 0
 
 
 async def test_stream_503_then_success() -> None:

@@ -73,3 +73,16 @@ def test_unreadable_or_malformed_files(tmp_path: Path) -> None:
 
 def test_committed_json_schema_is_current() -> None:
     assert json.loads(SCHEMA_FILE.read_text()) == config_json_schema(), "run `make schema`"
+
+
+def test_admin_keys_are_hashed_and_are_not_tenant_keys() -> None:
+    from router import hash_api_key, parse_config
+
+    admin = {"sha256": hash_api_key("ops-key"), "note": "operators"}
+    config = parse_config({"admin_keys": [admin]})
+    assert config.admin_keys[0].sha256 == hash_api_key("ops-key")
+    with pytest.raises(ConfigError, match="admin_keys"):
+        parse_config({"admin_keys": [{"sha256": "ops-key"}]})  # the key itself, not its digest
+    tenant = {"sha256": admin["sha256"], "tenant": "t", "tier": "free"}
+    with pytest.raises(ConfigError, match="also listed in api_keys"):
+        parse_config({"tiers": {"free": {}}, "api_keys": [tenant], "admin_keys": [admin]})

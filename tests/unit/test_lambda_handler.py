@@ -42,6 +42,7 @@ CONFIG: dict[str, Any] = {
         "k1free0001": {"tenant": "acme-free", "tier": "free"},
         "k3prem0003": {"tenant": "acme-premium", "tier": "premium"},
     },
+    "admin_keys": [{"sha256": hash_api_key("hr-admin-0123456789abcdef"), "note": "operators"}],
 }
 
 

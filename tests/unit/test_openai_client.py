@@ -201,6 +201,18 @@ async def test_retry_after_is_honoured() -> None:
     assert script.waits == [7.0]
 
 
+async def test_an_error_keeps_the_retry_after_it_came_with() -> None:
+    script = Script(status(429, {"Retry-After": "7"}))
+    with pytest.raises(CloudBackendError) as info:
+        await script.client(retry=RetryPolicy(max_attempts=2)).complete(BODY)
+    assert info.value.headers == {"retry-after": "7"}
+    for headers in ({}, {"Retry-After": "soon"}):
+        script = Script(status(503, headers))
+        with pytest.raises(CloudBackendError) as info:
+            await script.client(retry=RetryPolicy(max_attempts=1)).complete(BODY)
+        assert info.value.headers == {}  # none, or none a client could read
+
+
 async def test_retry_after_is_capped() -> None:
     script = Script(status(503, {"Retry-After": "3600"}), ok)
     await script.client(retry=RetryPolicy(retry_after_max_s=5.0)).complete(BODY)
@@ -357,7 +369,7 @@ async def test_a_stream_that_fails_to_start_raises_on_the_first_chunk() -> None:
 
 
 async def test_admit_can_refuse_a_call_before_any_network() -> None:
-    def refuse() -> None:
+    async def refuse() -> None:
         raise CloudUnavailable("breaker open")
 
     script = Script(ok)

@@ -195,7 +195,7 @@ def test_stream_chunks_conform(client: TestClient) -> None:
 
 
 def test_models_and_errors_conform(client: TestClient) -> None:
-    assert violations("ListModelsResponse", client.get("/v1/models").json()) == []
+    assert violations("ListModelsResponse", client.get("/v1/models", headers=AUTH).json()) == []
     assert violations("ErrorResponse", client.post(CHAT, json=body()).json()) == []  # 401
 
 

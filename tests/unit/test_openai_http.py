@@ -20,6 +20,7 @@ def test_error_bodies_of_openai_and_fastapi() -> None:
         "context_length_exceeded",
     )
     assert error_body_message({"detail": "Not Found"}) == ("Not Found", None)
+    assert error_body_message({"object": "error", "message": "bad", "code": 400}) == ("bad", "400")
     assert error_body_message([1]) == (None, None)
 
 

@@ -26,6 +26,7 @@ ssm, log_lines, call_lambda = lambda_tests.ssm, lambda_tests.log_lines, lambda_t
 
 STANDARD_KEY = "hr-standard-0123456789abcdef"  # in CONFIG's `api_keys`, by sha256
 BEARER = {"authorization": f"Bearer {STANDARD_KEY}"}
+ADMIN = {"authorization": "Bearer hr-admin-0123456789abcdef"}  # in CONFIG's `admin_keys`
 CHAT = {"model": "hybrid-router", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 
 
@@ -116,9 +117,14 @@ SAME_REQUESTS = [
         id="unknown-key",
     ),
     pytest.param("POST", "/v1/chat/completions", {}, json.dumps(CHAT).encode(), id="missing-key"),
-    pytest.param("GET", "/v1/models", {}, None, id="models"),
+    pytest.param("GET", "/v1/models", BEARER, None, id="models"),
+    pytest.param("GET", "/v1/models", {}, None, id="models-without-a-key"),
     pytest.param("GET", "/health", {}, None, id="health"),
     pytest.param("GET", "/healthz", {}, None, id="healthz"),
+    pytest.param("GET", "/healthz", ADMIN, None, id="healthz-admin"),
+    pytest.param("GET", "/healthz", BEARER, None, id="healthz-tenant-key"),
+    pytest.param("GET", "/metrics", {}, None, id="metrics-without-a-key"),
+    pytest.param("GET", "/metrics", BEARER, None, id="metrics-tenant-key"),
     pytest.param("GET", "/v1/edge/config", BEARER, None, id="edge-config"),
     pytest.param("GET", "/v1/edge/config", {"authorization": "Bearer nope"}, None, id="edge-config-bad-key"),
     pytest.param("GET", "/v1/embeddings", {}, None, id="unknown-path"),
@@ -155,10 +161,17 @@ def test_the_errors_compared_are_the_documented_ones(local: TestClient, call_lam
     )
     assert stream.headers["content-type"] == "text/event-stream" and stream.body[-2] == "data: [DONE]"
     # The same route, but Lambda's metrics are EMF records in the log, not an in-process snapshot.
-    assert through_lambda(call_lambda, "GET", "/metrics", {}, None) == Answer(
+    assert through_lambda(call_lambda, "GET", "/metrics", ADMIN, None) == Answer(
         200, {"content-type": routes.JSON}, {}
     )
-    assert "decisions" in through_starlette(local, "GET", "/metrics", {}, None).body
+    assert "decisions" in through_starlette(local, "GET", "/metrics", ADMIN, None).body
+    # What anyone may read, and what only a key may read.
+    assert through_lambda(call_lambda, "GET", "/health", {}, None).body == {"status": "ok"}
+    assert through_lambda(call_lambda, "GET", "/healthz", {}, None).body == {"status": "ok"}
+    assert "estimator" in through_lambda(call_lambda, "GET", "/healthz", ADMIN, None).body
+    for path, headers in (("/v1/models", {}), ("/metrics", {}), ("/metrics", BEARER), ("/healthz", BEARER)):
+        denied = through_lambda(call_lambda, "GET", path, headers, None)
+        assert denied.status == 401 and denied.body["error"]["code"] == "invalid_api_key", path
 
 
 def test_every_route_is_compared(local: TestClient) -> None:

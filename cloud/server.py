@@ -1,0 +1,79 @@
+"""How `hybrid-router serve` runs the app under uvicorn: what it logs, whom it believes, how it stops.
+
+- The access log has each request's path without its query string: a key sent as `?api_key=` must
+  not end up in a log file.
+- `X-Forwarded-For` and `X-Forwarded-Proto` are believed only from `server.forwarded_allow_ips`
+  (default: nobody), so a caller cannot choose the address the log and the router see.
+- SIGTERM (or Ctrl-C): stop accepting connections, let requests in flight finish for
+  `server.shutdown_grace_s`, then end the streams still open with an error event and `data: [DONE]`
+  and answer the requests still waiting with a 503 (`cloud.app` does, when the server calls
+  `cut_in_flight`), and exit. uvicorn's own limit comes a moment later, for anything left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from uvicorn.config import LOGGING_CONFIG
+
+from cloud.server_protocol import OpenAIErrorH11Protocol
+from router import ServerConfig
+
+#: After the grace period, how long the streams have to send their error event before uvicorn cancels.
+FAREWELL_S = 2.0
+
+
+class PathWithoutQuery(logging.Filter):
+    """Drops the query string from uvicorn's access log records (`client - "METHOD path HTTP/v" status`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep the record, with the path's query string cut off."""
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], args[2].partition("?")[0], *args[3:])
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging config, with `PathWithoutQuery` on the access logger."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["path_without_query"] = {"()": PathWithoutQuery}
+    config["loggers"]["uvicorn.access"]["filters"] = ["path_without_query"]
+    return config
+
+
+def uvicorn_options(server: ServerConfig) -> dict[str, Any]:
+    """The `uvicorn.Config` arguments that `server` sets."""
+    return {
+        "host": server.host,
+        "port": server.port,
+        "proxy_headers": bool(server.forwarded_allow_ips),
+        "forwarded_allow_ips": list(server.forwarded_allow_ips),
+        "timeout_graceful_shutdown": server.shutdown_grace_s + FAREWELL_S,
+        "log_config": log_config(),
+        "http": OpenAIErrorH11Protocol,  # a request uvicorn cannot read gets an OpenAI error object too
+    }
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, which calls `cut_in_flight` once the grace period after a signal has passed."""
+
+    def __init__(self, config: uvicorn.Config, *, grace_s: float, cut_in_flight: Callable[[], None]) -> None:
+        """Serve `config`; `cut_in_flight` ends what the app still serves (called on the event loop)."""
+        super().__init__(config)
+        self.grace_s = grace_s
+        self.cut_in_flight = cut_in_flight
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown (stop accepting, wait for requests), with what is in flight cut at the grace."""
+        timer = asyncio.get_running_loop().call_later(self.grace_s, self.cut_in_flight)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
