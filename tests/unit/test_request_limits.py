@@ -196,3 +196,11 @@ async def test_an_unexpected_error_is_answered_not_raised() -> None:
     )
     assert response.status == 500 and json.loads(response.body)["error"]["code"] == "internal_error"
     assert b"boom" not in response.body
+
+
+def test_serve_answers_an_unreadable_request_head_with_an_error_object() -> None:
+    from cloud.server import uvicorn_options
+    from cloud.server_protocol import OpenAIErrorH11Protocol
+    from router import ServerConfig
+
+    assert uvicorn_options(ServerConfig())["http"] is OpenAIErrorH11Protocol
