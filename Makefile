@@ -64,6 +64,7 @@ functional: install
 ## make bench: benchmarks, JSON out under bench/results/ (never part of make test)
 bench: install
 	$(BIN)/python -m bench.router_overhead
+	$(BIN)/python -m bench.big_request
 	$(BIN)/python -m bench.edge_throughput
 	$(BIN)/python -m bench.cold_start
 	$(BIN)/python -m bench.lambda_init

@@ -7,11 +7,27 @@ Lambda handler uses this module at cold start, where starlette would only cost t
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import ValidationError
 
-from router import ChatCompletionRequest, RequestError, RouteInfo, RouterError
+from router import (
+    ChatCompletionRequest,
+    PayloadTooLarge,
+    RequestError,
+    RouteInfo,
+    RouterError,
+    ServerConfig,
+    TooManyMessages,
+    UnsupportedFeature,
+)
+
+#: How deep a request's JSON may nest: the deepest the chat completion schema needs is far less, and a
+#: deeper document would overflow the recursion of whatever reads it next.
+MAX_JSON_DEPTH = 64
+# A JSON escape of a UTF-16 surrogate: paired ones make one character, a lone one is not text at all.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def route_headers(route: RouteInfo) -> dict[str, str]:
@@ -26,13 +42,32 @@ def route_headers(route: RouteInfo) -> dict[str, str]:
     }
 
 
-def parse_chat_request(body: str | bytes) -> ChatCompletionRequest:
-    """A chat completion request from a JSON body; anything malformed is a `RequestError` (400)."""
+def parse_chat_request(body: str | bytes, limits: ServerConfig | None = None) -> ChatCompletionRequest:
+    """A chat completion request from a JSON body; anything malformed is a `RequestError` (400).
+
+    With `limits`, more messages than `max_messages` are refused (400) before they are validated, and
+    more message text than `max_prompt_chars` (413) before any token is counted.
+    """
     payload = _parse_json(body)
+    messages = payload.get("messages")
+    if limits is not None and isinstance(messages, list) and len(messages) > limits.max_messages:
+        raise TooManyMessages(
+            f"Invalid 'messages': {len(messages)} messages, more than the {limits.max_messages} allowed.",
+            param="messages",
+        )
     try:
-        return ChatCompletionRequest.model_validate(payload)
+        request = ChatCompletionRequest.model_validate(payload)
     except ValidationError as exc:
         raise _validation_error(exc) from None
+    if limits is not None:
+        chars = sum(len(message.text) for message in request.messages)
+        if chars > limits.max_prompt_chars:
+            raise PayloadTooLarge(
+                f"The messages hold {chars} characters of text, more than the {limits.max_prompt_chars} "
+                "allowed.",
+                param="messages",
+            )
+    return request
 
 
 def error_body(exc: RouterError) -> dict[str, Any]:
@@ -44,16 +79,53 @@ def _parse_json(body: str | bytes) -> dict[str, Any]:
     if not body:
         raise RequestError("The request body is empty; send a JSON chat completion request.")
     try:
-        payload = json.loads(body)
-    except ValueError as exc:  # UnicodeDecodeError included
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+    except UnicodeDecodeError as exc:  # json.loads would let raw surrogate bytes through
+        raise RequestError(f"The request body is not valid UTF-8: {exc}.") from None
+    try:
+        payload = json.loads(text)
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError as exc:
         raise RequestError(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(payload, dict):
         raise RequestError("The request body must be a JSON object.")
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth_over(payload, MAX_JSON_DEPTH):
+        raise _too_deep()
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(
+                "The request body holds a lone UTF-16 surrogate escape (such as \\ud800), which is not "
+                "Unicode text; pair it or leave it out."
+            ) from None
     return payload
+
+
+def _too_deep() -> RequestError:
+    return RequestError(f"The request body nests JSON more than {MAX_JSON_DEPTH} levels deep.")
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether `value` nests arrays and objects more than `limit` deep (iteratively: no recursion)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                pending.append((child, depth + 1))
+    return False
 
 
 def _validation_error(exc: ValidationError) -> RequestError:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
     extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-    return RequestError(f"Invalid request: {where}: {first['msg']}{extra}.", param=where or None)
+    message = f"Invalid request: {where}: {first['msg']}{extra}."
+    if first["type"] == UnsupportedFeature.code:  # the wire types' name for "allowed, not served here"
+        return UnsupportedFeature(message, param=where or None)
+    return RequestError(message, param=where or None)

@@ -19,6 +19,7 @@ No web framework is imported here (the Lambda handler imports this module at col
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -162,11 +163,19 @@ def internal_error() -> HttpResponse:
 
 
 async def respond(route: Route, request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
-    """`route`'s answer to `request`; a `RouterError` becomes its error object, anything else raises."""
+    """`route`'s answer to `request`: a `RouterError` becomes its error object, anything else unexpected
+    a logged 500 error object.
+
+    Handled here, not left to the web framework: a server that sees an exception escape its app
+    closes the connection, and the caller's next requests on it would fail.
+    """
     try:
         return await route.handler(request, engine)
     except RouterError as exc:
         return error_response(exc)
+    except Exception:
+        logger.exception("unexpected error on %s %s", request.method, request.path)
+        return internal_error()
 
 
 async def buffered(response: HttpResponse) -> HttpResponse:
@@ -234,8 +243,12 @@ async def chat_completions(request: HttpRequest, engine: RoutingEngine) -> HttpR
 
 
 async def answer_chat(engine: RoutingEngine, tenant: Tenant, body: bytes) -> HttpResponse:
-    """A chat completion request body, answered for `tenant` (raises `RouterError` before any byte)."""
-    chat = parse_chat_request(body)
+    """A chat completion request body, answered for `tenant` (raises `RouterError` before any byte).
+
+    The body is parsed and checked against the server's limits in a worker thread, as the plan is
+    computed: a megabyte of JSON must not hold up the event loop, `/healthz` included.
+    """
+    chat = await asyncio.to_thread(parse_chat_request, body, engine.config.server)
     if not chat.stream:
         response = await engine.complete(chat, tenant)
         assert response.route is not None

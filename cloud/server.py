@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
+from cloud.server_protocol import OpenAIErrorH11Protocol
 from router import ServerConfig
 
 #: After the grace period, how long the streams have to send their error event before uvicorn cancels.
@@ -56,6 +57,7 @@ def uvicorn_options(server: ServerConfig) -> dict[str, Any]:
         "forwarded_allow_ips": list(server.forwarded_allow_ips),
         "timeout_graceful_shutdown": server.shutdown_grace_s + FAREWELL_S,
         "log_config": log_config(),
+        "http": OpenAIErrorH11Protocol,  # a request uvicorn cannot read gets an OpenAI error object too
     }
 
 

@@ -44,11 +44,16 @@ _EMPTY_SYSTEM_TURN = "<|im_start|>system\n<|im_end|>\n"
 _DONE = object()  # end-of-stream marker the worker thread puts on the queue
 
 
+def chatml_turns(messages: Sequence[dict[str, str]]) -> list[str]:
+    """The ChatML prompt of `messages` in turns, each opening with a special token (see `render_chatml`)."""
+    head = [] if any(m["role"] == "system" for m in messages) else [_EMPTY_SYSTEM_TURN]
+    turns = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+    return [*head, *turns, "<|im_start|>assistant\n"]
+
+
 def render_chatml(messages: Sequence[dict[str, str]]) -> str:
     """The ChatML prompt of `messages` as llama-cpp-python's "chatml" format writes it."""
-    head = "" if any(m["role"] == "system" for m in messages) else _EMPTY_SYSTEM_TURN
-    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return head + turns + "<|im_start|>assistant\n"
+    return "".join(chatml_turns(messages))
 
 
 def _plain_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
@@ -236,7 +241,13 @@ class LlamaCppBackend(ChatBackend):
         # Tokenizing reads only the vocabulary, so it is safe while a generation runs.
         plain = _plain_messages(messages)
         if self.config.chat_format == "chatml":
-            return len(llm.tokenize(render_chatml(plain).encode("utf-8"), add_bos=False, special=True))
+            # Turn by turn: llama.cpp splits a prompt at its special tokens in time that grows with the
+            # square of their number (1,000 messages: 0.09 s, 4,000: 0.5 s, one call). Every turn opens
+            # with a special token, so the turns' counts add up to the whole prompt's, in linear time.
+            return sum(
+                len(llm.tokenize(turn.encode("utf-8", "replace"), add_bos=False, special=True))
+                for turn in chatml_turns(plain)
+            )
         try:
             return format_prompt_tokens(llm, plain)
         except Exception:  # a count is a routing input: estimate rather than fail the request

@@ -47,6 +47,8 @@ from router._errors import (
     PayloadTooLarge,
     RequestError,
     RouterError,
+    TooManyMessages,
+    UnsupportedFeature,
 )
 from router._estimator import (
     ComplexityEstimator,
@@ -154,6 +156,8 @@ __all__ = [
     "Tenant",
     "TierConfig",
     "TierPolicy",
+    "TooManyMessages",
+    "UnsupportedFeature",
     "Usage",
     "approximate_tokens",
     "available_estimators",

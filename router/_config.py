@@ -136,6 +136,16 @@ class ServerConfig(_Strict):
         "(cloud.timeouts.total) and a fallback after it. A stream past it ends with finish_reason "
         "'length' and an error event; a response, with a 504.",
     )
+    max_messages: Annotated[int, Field(ge=1)] = Field(
+        2048,
+        description="Messages one chat completion may carry (OpenAI's own limit); more get 400, "
+        "before any token is counted.",
+    )
+    max_prompt_chars: Annotated[int, Field(ge=1)] = Field(
+        400_000,
+        description="Characters of message text one chat completion may carry (about 100k tokens, more "
+        "than any context window served here); more get 413, before any token is counted.",
+    )
     forwarded_allow_ips: list[str] = Field(
         default_factory=list,
         description="Proxies (IP addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto are "

@@ -13,6 +13,7 @@ on-device SDK (`edge.EdgeRouter`) all call it, and differ only in what they plug
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -200,6 +201,11 @@ class RoutingEngine(OutcomeRecording):
         given = PolicyInput(score, tenant.tier, tenant.name, estimator_id, facts, request)
         return RoutePlan(self.policy.decide(given), prompt_tokens, requested, estimator_ms)
 
+    async def _plan_off_loop(self, request: ChatCompletionRequest, tenant: Tenant) -> RoutePlan:
+        """`plan` in a worker thread: counting a large prompt's tokens and scoring it is CPU work that
+        would stall every other request on the event loop, `/healthz` included."""
+        return await asyncio.to_thread(self.plan, request, tenant)
+
     async def aclose(self) -> None:
         """Release every backend (models, connections), each even when another fails to close."""
         for name, backend in self.backends.items():
@@ -214,7 +220,7 @@ class RoutingEngine(OutcomeRecording):
         self, request: ChatCompletionRequest, tenant: Tenant, *, plan: RoutePlan | None = None
     ) -> ChatCompletionResponse:
         """Answer `request` for `tenant` in one response carrying its `route` (decided now, or `plan`)."""
-        plan = plan or self.plan(request, tenant)
+        plan = plan or await self._plan_off_loop(request, tenant)
         started = time.perf_counter()
 
         async def run(target: Target) -> ChatCompletionResponse:
@@ -237,7 +243,7 @@ class RoutingEngine(OutcomeRecording):
         The backend's chunks are held back until the first content (or the end): up to there a
         failure still falls back to the other backend, and the caller has seen nothing.
         """
-        plan = plan or self.plan(request, tenant)
+        plan = plan or await self._plan_off_loop(request, tenant)
         started = time.perf_counter()
 
         async def start(target: Target) -> tuple[AsyncIterator[ChatCompletionChunk], _Head]:

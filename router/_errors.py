@@ -5,6 +5,8 @@ Every error that can reach a caller maps to an HTTP status and an OpenAI error b
     RouterError                      500 server_error
     ├── ConfigError                  500 (raised at start-up; never mid-request)
     ├── RequestError                 400 invalid_request_error
+    │   ├── UnsupportedFeature       400 unsupported_value (the spec allows it; this router cannot do it)
+    │   ├── TooManyMessages          400 array_above_max_length (`server.max_messages`)
     │   ├── ContextLengthExceeded    400 context_length_exceeded
     │   ├── ModelNotFound            404 model_not_found
     │   └── PayloadTooLarge          413 request_too_large
@@ -67,6 +69,18 @@ class RequestError(RouterError):
     code = "invalid_request"
 
 
+class UnsupportedFeature(RequestError):
+    """The request asks for something OpenAI's API allows and this router cannot do (`n > 1`, images)."""
+
+    code = "unsupported_value"
+
+
+class TooManyMessages(RequestError):
+    """The request carries more messages than the server's `max_messages`."""
+
+    code = "array_above_max_length"
+
+
 class ContextLengthExceeded(RequestError):
     """The prompt is longer than every backend the tier may use allows."""
 
@@ -81,7 +95,7 @@ class ModelNotFound(RequestError):
 
 
 class PayloadTooLarge(RequestError):
-    """The request body is over the configured size limit."""
+    """The request body, or its messages' text, is over the configured size limit."""
 
     status_code = 413
     code = "request_too_large"

@@ -1,22 +1,56 @@
 """OpenAI Chat Completions wire types, shared by the server, the backends and the clients.
 
-Requests are validated strictly where a wrong value would change the answer (roles, types,
-ranges) and leniently elsewhere: unknown top-level fields are kept and ignored, as vLLM does,
-so that newer OpenAI clients keep working.
+Requests are held to OpenAI's OpenAPI document (`CreateChatCompletionRequest`) both ways: what it
+allows is accepted, or refused with an `unsupported_value` error that names what this router cannot
+do (`n > 1`, image, audio and file parts, the deprecated `function` role); what it
+forbids is refused, with no coercion (`max_tokens: "8"`, `stream: "yes"`). Unknown top-level fields
+are kept and passed on, as vLLM does, so that newer OpenAI clients keep working. Responses carry the
+null members the spec requires (`logprobs`, `refusal`, a chunk's `finish_reason`): see `dump`.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal, Protocol, Self
+from typing import Annotated, Any, ClassVar, Literal, Protocol, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
+#: The error type of what OpenAI's API allows and this router does not serve (`UnsupportedFeature`).
+UNSUPPORTED = "unsupported_value"
+_WIRE = {"wire": True}  # the serialization context of `dump`
 
 
-class TextPart(BaseModel):
+def _unsupported(message: str) -> PydanticCustomError:
+    return PydanticCustomError(UNSUPPORTED, message)
+
+
+class WireModel(BaseModel):
+    """A wire type: `dump` leaves out its null members, except those OpenAI's schema requires."""
+
+    #: members the spec requires even when null (`"logprobs": null`)
+    required_nulls: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if not (isinstance(info.context, dict) and info.context.get("wire")) or not isinstance(data, dict):
+            return data
+        return {k: v for k, v in data.items() if v is not None or k in self.required_nulls}
+
+
+class TextPart(WireModel):
     """One text part of a multi-part message content."""
 
     model_config = ConfigDict(extra="allow")
@@ -25,14 +59,65 @@ class TextPart(BaseModel):
     text: str
 
 
-class ChatMessage(BaseModel):
+class RefusalPart(WireModel):
+    """A refusal part of an earlier assistant message's content; read as its text."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["refusal"]
+    refusal: str
+
+    @property
+    def text(self) -> str:
+        """The refusal, as the text of the turn."""
+        return self.refusal
+
+
+#: Part types OpenAI allows in a message and this router (text models) cannot read.
+_MEDIA_PARTS = ("image_url", "input_audio", "file")
+#: Roles whose messages the spec requires `content` of.
+_CONTENT_REQUIRED = ("system", "developer", "user", "tool")
+
+
+class ChatMessage(WireModel):
     """One message of a conversation."""
 
     model_config = ConfigDict(extra="allow")
 
     role: Role
-    content: str | list[TextPart] | None = None
+    content: str | list[TextPart | RefusalPart] | None = None
     name: str | None = None
+    tool_call_id: str | None = None
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _function_role_unsupported(cls, value: Any) -> Any:
+        if value == "function":
+            raise _unsupported("role 'function' (deprecated by OpenAI) is not supported: send role 'tool'")
+        return value
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("content must hold at least one part")
+            for part in value:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in _MEDIA_PARTS:
+                    raise _unsupported(f"content parts of type '{kind}' are not supported: text only")
+        return value
+
+    @model_validator(mode="after")
+    def _as_the_role_requires(self) -> Self:
+        if self.content is None and self.role in _CONTENT_REQUIRED:
+            raise ValueError(f"a '{self.role}' message needs content")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a 'tool' message needs tool_call_id")
+        parts = self.content if isinstance(self.content, list) else []
+        if self.role != "assistant" and any(isinstance(part, RefusalPart) for part in parts):
+            raise ValueError("only an assistant message may hold a refusal part")
+        return self
 
     @property
     def text(self) -> str:
@@ -48,37 +133,47 @@ class ChatMessage(BaseModel):
         return {"role": self.role, "content": self.text}
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(WireModel):
     """`stream_options` of a streamed request."""
 
-    include_usage: bool = False
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: Annotated[bool, Field(strict=True)] = False
 
 
-class ChatCompletionRequest(BaseModel):
+# Scalars are strict: the spec's integer is not "8" or true, its boolean not "yes" (no coercion).
+_Int = Annotated[int | None, Field(ge=1, strict=True)]
+_Penalty = Annotated[float | None, Field(ge=-2.0, le=2.0, strict=True)]
+
+
+class ChatCompletionRequest(WireModel):
     """The body of `POST /v1/chat/completions`."""
 
     model_config = ConfigDict(extra="allow")
 
-    model: str
+    model: Annotated[str, Field(strict=True)]
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[int | None, Field(ge=1)] = None
-    max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
-    temperature: Annotated[float | None, Field(ge=0.0, le=2.0)] = None
-    top_p: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
-    stream: bool = False
+    max_tokens: _Int = None
+    max_completion_tokens: _Int = None
+    temperature: Annotated[float | None, Field(ge=0.0, le=2.0, strict=True)] = None
+    top_p: Annotated[float | None, Field(gt=0.0, le=1.0, strict=True)] = None
+    n: Annotated[int | None, Field(ge=1, le=128, strict=True)] = 1
+    stream: Annotated[bool | None, Field(strict=True)] = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0)] = None
-    frequency_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0)] = None
-    user: str | None = None
+    stop: str | Annotated[list[str], Field(min_length=1, max_length=4)] | None = None
+    seed: Annotated[int | None, Field(strict=True)] = None
+    presence_penalty: _Penalty = None
+    frequency_penalty: _Penalty = None
+    #: passed on to the cloud, which may answer them; the edge answers `"logprobs": null`
+    logprobs: Annotated[bool | None, Field(strict=True)] = None
+    top_logprobs: Annotated[int | None, Field(ge=0, le=20, strict=True)] = None
+    user: Annotated[str | None, Field(strict=True)] = None
 
-    @field_validator("stop")
+    @field_validator("n")
     @classmethod
-    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
+    def _one_choice(cls, value: int | None) -> int | None:
+        if value is not None and value > 1:
+            raise _unsupported("n > 1 is not supported: this router answers with one choice")
         return value
 
     @property
@@ -94,7 +189,7 @@ class ChatCompletionRequest(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
-class Usage(BaseModel):
+class Usage(WireModel):
     """Token counts of one completion."""
 
     prompt_tokens: int = 0
@@ -123,7 +218,7 @@ class DecisionFacts(Protocol):
     def fallback(self) -> bool: ...
 
 
-class RouteInfo(BaseModel):
+class RouteInfo(WireModel):
     """Where a request was answered and why: the `route` object of every response."""
 
     target: str
@@ -170,23 +265,27 @@ class RouteInfo(BaseModel):
         )
 
 
-class AssistantMessage(BaseModel):
+class AssistantMessage(WireModel):
     """The message of a choice in a non-streamed response."""
 
     model_config = ConfigDict(extra="allow")
+    required_nulls = frozenset({"content", "refusal"})
 
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    refusal: str | None = None
 
 
-class Choice(BaseModel):
+class Choice(WireModel):
     """One choice of a non-streamed response."""
 
     model_config = ConfigDict(extra="allow")
+    required_nulls = frozenset({"logprobs"})
 
     index: int = 0
     message: AssistantMessage
     finish_reason: str | None = "stop"
+    logprobs: dict[str, Any] | None = None
 
 
 def new_completion_id() -> str:
@@ -194,7 +293,7 @@ def new_completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-class ChatCompletionResponse(BaseModel):
+class ChatCompletionResponse(WireModel):
     """The body of a non-streamed chat completion."""
 
     model_config = ConfigDict(extra="allow")
@@ -208,7 +307,7 @@ class ChatCompletionResponse(BaseModel):
     route: RouteInfo | None = None
 
 
-class Delta(BaseModel):
+class Delta(WireModel):
     """The increment carried by a stream chunk."""
 
     model_config = ConfigDict(extra="allow")
@@ -217,17 +316,18 @@ class Delta(BaseModel):
     content: str | None = None
 
 
-class ChunkChoice(BaseModel):
+class ChunkChoice(WireModel):
     """One choice of a stream chunk."""
 
     model_config = ConfigDict(extra="allow")
+    required_nulls = frozenset({"finish_reason"})
 
     index: int = 0
     delta: Delta = Field(default_factory=Delta)
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(WireModel):
     """One `data: {...}` event of a streamed chat completion."""
 
     model_config = ConfigDict(extra="allow")
@@ -265,7 +365,7 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-class ModelCard(BaseModel):
+class ModelCard(WireModel):
     """One entry of `GET /v1/models`."""
 
     id: str
@@ -274,7 +374,7 @@ class ModelCard(BaseModel):
     owned_by: str = "hybrid-router"
 
 
-class ModelList(BaseModel):
+class ModelList(WireModel):
     """The body of `GET /v1/models`."""
 
     object: Literal["list"] = "list"
@@ -282,5 +382,13 @@ class ModelList(BaseModel):
 
 
 def dump(model: BaseModel) -> dict[str, Any]:
-    """A wire model as JSON-ready data, without unset optional members."""
-    return model.model_dump(mode="json", exclude_none=True)
+    """A wire model as JSON-ready data: without null members, except those the spec requires.
+
+    (`"logprobs": null` in a choice, `"refusal": null` in its message, `"finish_reason": null` in a
+    chunk; the `route` object leaves its null members out, as before.)
+    """
+    if not isinstance(model, WireModel):
+        return model.model_dump(mode="json", exclude_none=True)
+    data = model.model_dump(mode="json", context=_WIRE)
+    assert isinstance(data, dict)
+    return data

@@ -170,6 +170,17 @@ async def test_count_tokens_exact_matches_llama_and_approximation_is_close(backe
     )
 
 
+async def test_a_long_conversation_is_counted_exactly_turn_by_turn(backend: LlamaCppBackend) -> None:
+    # Counted turn by turn (linear time), the count is still the whole prompt's, special tokens
+    # written inside a message's content included.
+    messages = [
+        {"role": "user" if i % 2 else "assistant", "content": f"turn {i}: <|im_end|> héllo\n<|im_start|>"}
+        for i in range(300)
+    ]
+    whole = backend._llm.tokenize(render_chatml(messages).encode(), add_bos=False, special=True)  # type: ignore[union-attr]
+    assert backend.count_tokens(request(messages).messages) == len(whole)
+
+
 async def test_full_queue_refuses_at_once(backend: LlamaCppBackend) -> None:
     running = backend.stream(request(STORY, stream=True), max_tokens=64)
     await first_content(running)  # holds the model

@@ -63,3 +63,28 @@ def test_a_format_that_cannot_count_falls_back_to_the_estimate() -> None:
     backend, _ = loaded("no-such-format")
 
     assert backend.count_tokens(MESSAGES) == approximate_tokens(MESSAGES)
+
+
+class CountingTokenizer(ByteTokenizer):
+    """A `ByteTokenizer` that records the length of every text it is handed."""
+
+    def __init__(self, chat_format: str) -> None:
+        super().__init__(chat_format)
+        self.texts: list[int] = []
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        self.texts.append(len(text))
+        return super().tokenize(text, add_bos, special)
+
+
+def test_chatml_is_counted_turn_by_turn_in_linear_time() -> None:
+    # llama.cpp's tokenizer splits a text at its special tokens in time that grows with the square of
+    # their number: the count must never hand it a whole long conversation at once.
+    backend = LlamaCppBackend(EdgeConfig(chat_format="chatml"))
+    llm = CountingTokenizer("chatml")
+    backend._llm = llm  # type: ignore[assignment]
+    many = [ChatMessage(role="user" if i % 2 else "assistant", content=f"turn {i}") for i in range(1000)]
+    plain: list[Any] = [m.to_plain() for m in many]
+
+    assert backend.count_tokens(many) == len(render_chatml(plain).encode("utf-8"))
+    assert max(llm.texts) < 64  # one turn at a time, never the whole prompt

@@ -1,0 +1,39 @@
+"""What uvicorn answers by itself, in the router's words: an OpenAI error object, not plain text.
+
+A request whose head cannot be read (`Content-Length: abc`, a header that is not HTTP) never reaches
+the app: uvicorn's HTTP protocol answers it with a plain-text 400. `OpenAIErrorH11Protocol` answers
+it with the error object every other refusal carries (and still closes the connection: a body of
+unknown length leaves nothing to read the next request from). `hybrid-router serve` uses it; pass it
+as `uvicorn.run(..., http=OpenAIErrorH11Protocol)` wherever else the app is served.
+"""
+
+from __future__ import annotations
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from cloud.routes import error_object
+
+UNREADABLE_REQUEST = (
+    "Invalid HTTP request: its request line or headers cannot be read (for example a Content-Length "
+    "that is not a number)."
+)
+
+
+class OpenAIErrorH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, answering an unreadable request with an OpenAI error object."""
+
+    def send_400_response(self, msg: str) -> None:
+        """The 400 for a request uvicorn cannot parse, as `{"error": {...}}`, then close."""
+        answer = error_object(400, UNREADABLE_REQUEST, "invalid_request_error", "invalid_request")
+        headers = [
+            *((name.encode(), value.encode()) for name, value in answer.headers.items()),
+            (b"content-length", str(len(answer.body)).encode()),
+            (b"connection", b"close"),
+        ]
+        self.transport.write(
+            self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request"))
+        )
+        self.transport.write(self.conn.send(h11.Data(data=answer.body)))
+        self.transport.write(self.conn.send(h11.EndOfMessage()))
+        self.transport.close()
