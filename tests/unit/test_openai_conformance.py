@@ -70,6 +70,10 @@ ALLOWED_AND_ANSWERED = {
     "max_tokens 8": body(max_tokens=8),
     "max_tokens null": body(max_tokens=None),
     "max_completion_tokens 8": body(max_completion_tokens=8),
+    # JSON Schema's integer is any number without a fraction (found by tests/reliability/test_spec_fuzz.py)
+    "integers written 8.0": body(
+        max_tokens=8.0, max_completion_tokens=8.0, n=1.0, seed=7.0, top_logprobs=0.0
+    ),
     "temperature 0 and 2": body(temperature=0, top_p=1),
     "temperature null": body(temperature=None, top_p=None),
     "stop string": body(stop="\n"),
@@ -113,6 +117,8 @@ ALLOWED_AND_UNSUPPORTED = {
 FORBIDDEN = {
     "max_tokens string": body(max_tokens="8"),
     "max_tokens true": body(max_tokens=True),
+    "max_tokens 8.5": body(max_tokens=8.5),
+    "n 1.5": body(n=1.5),
     "max_completion_tokens string": body(max_completion_tokens="8"),
     "stream yes": body(stream="yes"),
     "stream 1": body(stream=1),
