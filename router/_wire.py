@@ -169,7 +169,10 @@ class ChatCompletionRequest(WireModel):
     stream: Annotated[bool | None, Field(strict=True)] = False
     stream_options: StreamOptions | None = None
     stop: str | Annotated[list[str], Field(min_length=1, max_length=4)] | None = None
-    seed: Annotated[int | None, Field(strict=True), _Integral] = None
+    #: the spec's bounds, int64's as its document writes them (2**63 rounded)
+    seed: Annotated[
+        int | None, Field(ge=-9223372036854776000, le=9223372036854776000, strict=True), _Integral
+    ] = None
     presence_penalty: _Penalty = None
     frequency_penalty: _Penalty = None
     #: passed on to the cloud, which may answer them; the edge answers `"logprobs": null`
