@@ -42,7 +42,7 @@ from starlette.testclient import TestClient
 
 from cloud.app import create_app
 from router import HeuristicEstimator, RouterConfig, RoutingEngine, hash_api_key, parse_config
-from router._wire import ChatCompletionRequest, ChatMessage, RefusalPart, TextPart
+from router._wire import ChatCompletionRequest, ChatMessage, RefusalPart, StreamOptions, TextPart
 from tests.fakes import FakeBackend
 from tests.openai_spec import SCHEMAS, _nullable, violations
 
@@ -216,6 +216,7 @@ def streamed(body: Any) -> bool:
 _READ_TOP = frozenset(ChatCompletionRequest.model_fields)
 _READ_MESSAGE = frozenset(ChatMessage.model_fields)
 _READ_PART = {"text": frozenset(TextPart.model_fields), "refusal": frozenset(RefusalPart.model_fields)}
+_READ_STREAM_OPTIONS = frozenset(StreamOptions.model_fields)
 
 
 def _read_part(part: Any) -> Any:
@@ -238,6 +239,10 @@ def read_by_the_router(body: dict[str, Any]) -> dict[str, Any]:
     read = {k: v for k, v in body.items() if k in _READ_TOP}
     if isinstance(read.get("messages"), list):
         read["messages"] = [_read_message(m) for m in read["messages"]]
+    if isinstance(read.get("stream_options"), dict):
+        read["stream_options"] = {
+            k: v for k, v in read["stream_options"].items() if k in _READ_STREAM_OPTIONS
+        }
     return read
 
 
@@ -347,6 +352,11 @@ UNREAD_FAULTS = {
         "tools": [{"custom": {"format": True, "name": ""}, "type": "custom"}],
     },
     "store not a boolean": {"messages": [{"content": "", "role": "user"}], "model": MODEL, "store": 0.0},
+    "include_obfuscation not a boolean": {
+        "messages": [{"audio": False, "function_call": False, "role": "assistant"}],
+        "model": MODEL,
+        "stream_options": {"include_obfuscation": []},
+    },
     "assistant tool call without a name": {
         "messages": [
             {
@@ -387,6 +397,23 @@ FIXED = {
         "n": 1.0,
     },
 }
+#: Generated cases the spec forbids that were answered 200 before a fix.
+FIXED_FORBIDDEN = {
+    # The spec bounds `seed` to int64 (as its document writes it); the router took any integer.
+    "seed below int64": {
+        "messages": [{"content": "", "role": "developer"}],
+        "model": MODEL,
+        "seed": -9223372036854776001,
+    },
+}
+
+
+@pytest.mark.parametrize("request_body", FIXED_FORBIDDEN.values(), ids=FIXED_FORBIDDEN)
+def test_generated_forbidden_cases_that_found_bugs(client: TestClient, request_body: dict[str, Any]) -> None:
+    assert violations(REQUEST, request_body) != []
+    r = send(client, request_body, KEYS[0])
+    assert r.status_code == 400, r.text
+    assert violations("ErrorResponse", r.json()) == []
 
 
 @pytest.mark.parametrize("request_body", FIXED.values(), ids=FIXED)
