@@ -195,6 +195,21 @@ KNOWN_BUGS: dict[str, tuple[Any, dict[str, Any], str]] = {
         "generic invalid_request (OpenAI's own server refuses them too: to decide whether this becomes an "
         "accepted deviation with a specific code)",
     ),
+    "tool message with a non-string name": (
+        lambda body: any(
+            isinstance(m, dict) and m.get("role") == "tool" and not isinstance(m.get("name", ""), str | None)
+            for m in body.get("messages") or []
+        ),
+        {
+            "messages": [
+                {"content": "", "role": "developer"},
+                {"name": [], "content": "", "role": "tool", "tool_call_id": ""},
+            ],
+            "model": MODEL,
+        },
+        "the spec's tool message declares no `name` (so any value is an allowed extra member); the "
+        "router types `name` as a string for every role and refuses it",
+    ),
 }
 
 
