@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal, Protocol, Self
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializationInfo,
@@ -141,8 +142,15 @@ class StreamOptions(WireModel):
     include_usage: Annotated[bool, Field(strict=True)] = False
 
 
-# Scalars are strict: the spec's integer is not "8" or true, its boolean not "yes" (no coercion).
-_Int = Annotated[int | None, Field(ge=1, strict=True)]
+def _integral_float_as_int(value: Any) -> Any:
+    """`8.0` as `8`: JSON Schema's integer is any number without a fraction (the spec allows `"n": 1.0`)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Scalars are strict: the spec's integer is not "8" or true, its boolean not "yes" (no coercion); a
+# number without a fraction is an integer, as JSON Schema has it.
+_Integral = BeforeValidator(_integral_float_as_int)
+_Int = Annotated[int | None, Field(ge=1, strict=True), _Integral]
 _Penalty = Annotated[float | None, Field(ge=-2.0, le=2.0, strict=True)]
 
 
@@ -157,16 +165,19 @@ class ChatCompletionRequest(WireModel):
     max_completion_tokens: _Int = None
     temperature: Annotated[float | None, Field(ge=0.0, le=2.0, strict=True)] = None
     top_p: Annotated[float | None, Field(gt=0.0, le=1.0, strict=True)] = None
-    n: Annotated[int | None, Field(ge=1, le=128, strict=True)] = 1
+    n: Annotated[int | None, Field(ge=1, le=128, strict=True), _Integral] = 1
     stream: Annotated[bool | None, Field(strict=True)] = False
     stream_options: StreamOptions | None = None
     stop: str | Annotated[list[str], Field(min_length=1, max_length=4)] | None = None
-    seed: Annotated[int | None, Field(strict=True)] = None
+    #: the spec's bounds, int64's as its document writes them (2**63 rounded)
+    seed: Annotated[
+        int | None, Field(ge=-9223372036854776000, le=9223372036854776000, strict=True), _Integral
+    ] = None
     presence_penalty: _Penalty = None
     frequency_penalty: _Penalty = None
     #: passed on to the cloud, which may answer them; the edge answers `"logprobs": null`
     logprobs: Annotated[bool | None, Field(strict=True)] = None
-    top_logprobs: Annotated[int | None, Field(ge=0, le=20, strict=True)] = None
+    top_logprobs: Annotated[int | None, Field(ge=0, le=20, strict=True), _Integral] = None
     user: Annotated[str | None, Field(strict=True)] = None
 
     @field_validator("n")

@@ -70,12 +70,17 @@ ALLOWED_AND_ANSWERED = {
     "max_tokens 8": body(max_tokens=8),
     "max_tokens null": body(max_tokens=None),
     "max_completion_tokens 8": body(max_completion_tokens=8),
+    # JSON Schema's integer is any number without a fraction (found by tests/reliability/test_spec_fuzz.py)
+    "integers written 8.0": body(
+        max_tokens=8.0, max_completion_tokens=8.0, n=1.0, seed=7.0, top_logprobs=0.0
+    ),
     "temperature 0 and 2": body(temperature=0, top_p=1),
     "temperature null": body(temperature=None, top_p=None),
     "stop string": body(stop="\n"),
     "stop four": body(stop=["a", "b", "c", "d"]),
     "stop null": body(stop=None),
     "seed and penalties": body(seed=7, presence_penalty=-2, frequency_penalty=2.0),
+    "seed at the spec's bounds": body(seed=-9223372036854776000),
     "logprobs false": body(logprobs=False, top_logprobs=0),
     "user and metadata": body(user="u-1", metadata={"k": "v"}, store=False),
     "stream_options null": body(stream_options=None),
@@ -113,6 +118,8 @@ ALLOWED_AND_UNSUPPORTED = {
 FORBIDDEN = {
     "max_tokens string": body(max_tokens="8"),
     "max_tokens true": body(max_tokens=True),
+    "max_tokens 8.5": body(max_tokens=8.5),
+    "n 1.5": body(n=1.5),
     "max_completion_tokens string": body(max_completion_tokens="8"),
     "stream yes": body(stream="yes"),
     "stream 1": body(stream=1),
@@ -122,6 +129,8 @@ FORBIDDEN = {
     "n 0": body(n=0),
     "n string": body(n="1"),
     "seed string": body(seed="7"),
+    "seed below int64": body(seed=-9223372036854776001),
+    "seed above int64": body(seed=9223372036854776001),
     "stop five": body(stop=["a", "b", "c", "d", "e"]),
     "stop empty": body(stop=[]),
     "logprobs yes": body(logprobs="yes"),
