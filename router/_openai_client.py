@@ -367,6 +367,8 @@ class OpenAIHTTPClient:
         error = self.status_error(
             response.status_code, self.describe(f"answered {response.status_code}: {text}"), code
         )
+        # A 4xx-like error is passed on with its text (it says what to fix), never with our URL.
+        error.public_message = f"The {self.name} answered {response.status_code}: {text}"
         retry_after = response.headers.get("retry-after")
         if retry_after is not None and retry_after_seconds(retry_after) is not None:
             error.headers["retry-after"] = retry_after.strip()
