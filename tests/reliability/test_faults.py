@@ -84,18 +84,10 @@ STRICT = {
 
 
 #: Bugs found by the campaign and not fixed yet: their cases are strict xfails, each naming its bug.
-_CUTS_RESET_THE_BREAKER = (
-    "a stream reports success to the breaker at its first chunk, which resets the count of consecutive "
-    "failures, then a failure at its cut: an endpoint that cuts every stream never opens the breaker"
-)
 _REFUSALS_UNRECORDED = (
     "a request refused at the decision (the breaker open, a tier without fallback: 503) reaches no "
     "observer: /metrics counts neither its decision nor its error"
 )
-#: Modes whose breaker check fails today, and why.
-BREAKER_BUGS: dict[str, str] = {
-    mode: _CUTS_RESET_THE_BREAKER for mode in ("reset_after", "truncated", "malformed_sse", "error_event")
-}
 
 
 @dataclass
@@ -238,10 +230,8 @@ def answer_text(response: httpx.Response, stream: bool) -> str:
     return "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e.get("choices"))
 
 
-def test_breaker_after_the_mode(campaign: Campaign, request: pytest.FixtureRequest) -> None:
+def test_breaker_after_the_mode(campaign: Campaign) -> None:
     """After the six cases: open where the fault shows the endpoint down, closed where it does not."""
-    if campaign.mode in BREAKER_BUGS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=BREAKER_BUGS[campaign.mode]))
     metrics = campaign.metrics()
     assert sum(d["count"] for d in metrics["decisions"]) == CASES_PER_MODE  # one decision per case
     if campaign.mode != "refuse":
@@ -263,8 +253,7 @@ def test_an_open_breaker_refuses_at_once_and_says_so(
     """With the breaker open, no call goes out: a tier with fallback gets the edge, a strict tier a 503."""
     if campaign.mode not in OPENS_BREAKER:
         pytest.skip("the breaker stays closed in this mode")
-    reason = " and ".join(filter(None, [BREAKER_BUGS.get(campaign.mode), _REFUSALS_UNRECORDED]))
-    request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+    request.applymarker(pytest.mark.xfail(strict=True, reason=_REFUSALS_UNRECORDED))
     calls = campaign.upstream.requests
     for tier in TIERS:
         before = campaign.metrics()
