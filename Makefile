@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install llama run serve test lint typecheck unit functional bench schema template models clean
+.PHONY: install llama run serve test lint typecheck unit functional reliability bench schema template models clean
 
 # llama-cpp-python compiles llama.cpp from source (about 7 minutes on 2 cores). infra/llama_cpp_build.py is
 # the one place that builds it: portably (x86-64-v3 / armv8.2-a, never -march=native), keyed by its flags in
@@ -40,7 +40,7 @@ run: install
 serve: install
 	$(BIN)/hybrid-router serve $(if $(CONFIG),--config $(CONFIG))
 
-## make test: lint, types, the SAM template checks, then every test (unit and functional on loopback)
+## make test: lint, types, the SAM template checks, then every test (unit, functional and reliability on loopback)
 test: install lint typecheck template
 	$(BIN)/python -m pytest -p no:cacheprovider
 
@@ -61,6 +61,10 @@ unit: install
 functional: install
 	$(BIN)/python -m pytest -p no:cacheprovider tests/functional
 
+## make reliability: the fault campaign (13 upstream faults × tiers × streamed or not; about a minute, also in make test)
+reliability: install
+	$(BIN)/python -m pytest -p no:cacheprovider tests/reliability
+
 ## make bench: benchmarks, JSON out under bench/results/ (never part of make test)
 bench: install
 	$(BIN)/python -m bench.router_overhead
@@ -71,6 +75,7 @@ bench: install
 	$(BIN)/python -m bench.edge_sdk
 	$(BIN)/python -m bench.estimator_latency
 	$(BIN)/python -m bench.llama_build
+	$(BIN)/python -m bench.load
 
 ## make models: rebuild the learned estimator (models/artefacts) from shared/data in its own venv with torch
 ## (CPU wheel); serving never needs it. OMP_NUM_THREADS=1: torch's spinning threads crawl on a shared 2-core box.

@@ -1,4 +1,4 @@
-"""An OpenAI-compatible upstream that answers instantly with a fixed completion.
+"""An OpenAI-compatible upstream that answers instantly with a fixed completion (streamed when asked).
 
 It isolates the router's own overhead: whatever time a request through the router takes beyond a
 direct request to this server is the router's.
@@ -7,6 +7,7 @@ direct request to this server is the router's.
 from __future__ import annotations
 
 import argparse
+import json
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,8 +24,25 @@ ANSWER = {
 }
 
 
+def _chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+    chunk = {"id": ANSWER["id"], "object": "chat.completion.chunk", "created": 0, "model": "canned"}
+    return f"data: {json.dumps({**chunk, 'choices': [choice]})}\n\n"
+
+
+#: The same answer as server-sent events, as vLLM streams it.
+STREAMED = (
+    _chunk({"role": "assistant", "content": ""})
+    + _chunk({"content": "Paris."})
+    + _chunk({}, "stop")
+    + "data: [DONE]\n\n"
+)
+
+
 async def completions(request: Request) -> Response:
-    await request.body()
+    body = json.loads(await request.body())
+    if body.get("stream"):
+        return Response(STREAMED, media_type="text/event-stream")
     return JSONResponse(ANSWER)
 
 

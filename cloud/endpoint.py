@@ -16,7 +16,10 @@ what one caller's request provoked (or one tenant could switch the cloud off for
   could send three; an engine that is really down shows it by the other signs (its process exits:
   connections refused; SageMaker and load balancers answer 502/503/504; requests hang into
   timeouts). A 429 says the endpoint is up and busy; it is passed on (below);
-- success: an answer, and a 4xx other than 429 (the endpoint is up and judged the request).
+- success: an answer, and a 4xx other than 429 (the endpoint is up and judged the request). A
+  stream's answer counts when it ends whole (its `finish_reason`); its first chunk only lets a
+  half-open breaker's waiting calls go, so a stream cut after it is one failure, and an endpoint
+  that cuts every stream opens the breaker like one that refuses every call.
 
 Retries are the shared client's defaults (429, 502, 503, 504, and the network failures it lists): a
 500 is not retried, for the same reason it is not counted (`GPU_RETRY_STATUSES` is kept as the name
@@ -143,6 +146,7 @@ class CloudEndpointClient(ChatBackend):
             default_model=config.model,
             admit=self._admit,
             on_outcome=self._record_outcome,
+            on_started=self._stream_started,
             transport=transport,
             sleep=sleep,
             clock=clock,
@@ -197,7 +201,8 @@ class CloudEndpointClient(ChatBackend):
 
     def _record_outcome(self, error: BaseException | None) -> None:
         """Tell the breaker what the call says about the endpoint (see the module docstring), once per
-        call (retries included), or again for a stream that broke; then wake calls waiting on a probe."""
+        call (retries included; a stream's when it ends whole or breaks); then wake calls waiting on a
+        probe."""
         if error is None:
             self.breaker.record_success()
         elif isinstance(error, CloudHTTPError):
@@ -211,6 +216,15 @@ class CloudEndpointClient(ChatBackend):
             self.breaker.record_failure()
         else:
             self.breaker.release()  # cancelled: says nothing about the endpoint
+        self._wake_probe_waiters()
+
+    def _stream_started(self) -> None:
+        """A stream's first chunk: the endpoint answers, so a half-open breaker's probe has passed and
+        the calls waiting on it go. A closed breaker's count of failures stays until the answer ends
+        whole: a stream cut after its first chunk is then one failure, not a success that wipes the
+        count and a failure after it (an endpoint that cuts every stream would never open the breaker)."""
+        if self.breaker.state is BreakerState.HALF_OPEN:
+            self.breaker.record_success()
         self._wake_probe_waiters()
 
     def _wake_probe_waiters(self) -> None:

@@ -116,12 +116,15 @@ def error_response(exc: RouterError) -> HttpResponse:
 def public_error_body(exc: RouterError) -> dict[str, Any]:
     """`exc`'s OpenAI error object as a caller may read it, in a response or a stream's error event.
 
-    An error about the caller's own request (4xx) keeps its message: it says what to fix. A
+    An error about the caller's own request (4xx) keeps its message: it says what to fix (an
+    upstream's 400 or 429 passed on says it without the endpoint's URL: its `public_message`). A
     server-side one (5xx) may carry the internal endpoint's URL and an exception's text: the caller
     gets what failed, the code and a request id; the log gets the whole message under that id.
     """
     body = error_body(exc)
     if exc.status_code < 500:
+        if exc.public_message is not None:
+            body["error"]["message"] = exc.public_message
         return body
     request_id = uuid.uuid4().hex[:16]
     logger.warning("request %s failed: %s (%s): %s", request_id, exc.code, type(exc).__name__, exc.message)

@@ -38,6 +38,8 @@ class RouterError(Exception):
     status_code = 500
     error_type = "server_error"
     code: str | None = "internal_error"
+    #: what a caller may read where `message` names internals (an upstream's URL); None: `message`
+    public_message: str | None = None
 
     def __init__(
         self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None

@@ -24,7 +24,10 @@ What differs between callers is passed in, not copied: `retry`; `status_error` (
 status, by default the router's error tree, `error_for_status`); `network_error` (one error class for
 every failure of the network instead of the default classes: the device's `CloudUnreachable`, which
 marks it offline); `admit` and `on_outcome` (an admission check before a call and the report of its
-outcome: the GPU client's circuit breaker; the device has none); `require_done` (whether a stream that
+outcome: the GPU client's circuit breaker; the device has none); `on_started` (a stream's first chunk:
+the endpoint answers; a caller that sets it hears the stream's success only when its answer ends whole,
+at its `finish_reason`, so that a stream cut after its first chunk is one failure and nothing else;
+without it the first chunk reports the success); `require_done` (whether a stream that
 ends without `data: [DONE]` was cut even after its `finish_reason`). A stream that ends with neither a
 `finish_reason` nor `[DONE]` was cut for every caller: `CloudStreamCut`, reported as the call's failure.
 `admit` may wait (a half-open breaker's probe): the wait is part of the call's deadline, and a call that
@@ -173,6 +176,7 @@ class OpenAIHTTPClient:
     default_model: str | None = None
     admit: Callable[[], Awaitable[None]] | None = None
     on_outcome: OutcomeHook | None = None
+    on_started: Callable[[], None] | None = None
     transport: httpx.AsyncBaseTransport | None = None
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     clock: Callable[[], float] = time.monotonic
@@ -231,10 +235,16 @@ class OpenAIHTTPClient:
                 if admitted:
                     self._report(exc)
                 raise
-            self._report(None)
+            if self.on_started is not None:
+                self.on_started()
+            else:
+                self._report(None)
             finished = False
             while chunk is not None:
-                finished = finished or any(c.finish_reason for c in chunk.choices)
+                if not finished and any(c.finish_reason for c in chunk.choices):
+                    finished = True
+                    if self.on_started is not None:
+                        self._report(None)  # the answer is whole: the call succeeded
                 yield chunk
                 try:
                     chunk = await self._next_chunk(lines, finished=finished)
@@ -367,6 +377,8 @@ class OpenAIHTTPClient:
         error = self.status_error(
             response.status_code, self.describe(f"answered {response.status_code}: {text}"), code
         )
+        # A 4xx-like error is passed on with its text (it says what to fix), never with our URL.
+        error.public_message = f"The {self.name} answered {response.status_code}: {text}"
         retry_after = response.headers.get("retry-after")
         if retry_after is not None and retry_after_seconds(retry_after) is not None:
             error.headers["retry-after"] = retry_after.strip()

@@ -154,9 +154,10 @@ class MisbehavingUpstream:
     """
 
     SLOW_INTERVAL_S = 0.25
+    MODES: tuple[str, ...] = ("error", "hang", "bad_request", "rate_limited", "slow", "cut")
 
     def __init__(self, mode: str) -> None:
-        assert mode in ("error", "hang", "bad_request", "rate_limited", "slow", "cut")
+        assert mode in self.MODES, mode
         self.mode = mode
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"

@@ -164,5 +164,24 @@ async def test_an_upstream_429_reaches_a_tier_without_fallback_with_its_retry_af
         assert response.headers["retry-after"] == "12"
         error = json.loads(response.body)["error"]
         assert error["code"] == "rate_limit_exceeded" and error["message"]
+        assert "gpu.test" not in error["message"]  # the endpoint's URL stays inside
     assert cloud.breaker.state is BreakerState.CLOSED
     assert edge.calls == []
+
+
+async def test_a_500_that_blames_the_request_reaches_a_strict_tier_as_a_400_without_the_url() -> None:
+    engine, _, _, _ = setup(Endpoint())
+    strict = [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": None}]
+    request = HttpRequest(
+        "POST",
+        CHAT_COMPLETIONS,
+        headers={"authorization": "Bearer k-strict", "content-type": "application/json"},
+        body=json.dumps({"model": "hybrid-router", "messages": strict}).encode(),
+    )
+    response = await respond(next(r for r in ROUTES if r.path == CHAT_COMPLETIONS), request, engine)
+    assert response.status == 400
+    error = json.loads(response.body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_request")
+    assert error["message"] == (
+        "The cloud endpoint answered 500: Assistant message must have content or tool_calls"
+    )

@@ -738,6 +738,38 @@ async def test_stream_dropped_mid_stream(error: Exception) -> None:
     assert body.closed
 
 
+async def test_streams_cut_after_their_first_chunk_open_the_breaker() -> None:
+    # The first chunks, then the end: no finish_reason, no [DONE]. Each stream is one failure; its
+    # first chunk is no success that would wipe the count (issue 15: cuts never opened the breaker).
+    def cut(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=sse(chunk(role=True), chunk("a")))
+
+    h = Harness(Upstream(cut), breaker=CircuitBreakerConfig(failure_threshold=2))
+    for failures in (1, 2):
+        stream = h.client.stream(chat(stream=True), max_tokens=5)
+        assert (await stream.__anext__()).choices[0].delta.role == "assistant"
+        assert h.client.breaker.failures == failures - 1  # the first chunk changed nothing
+        await stream.__anext__()
+        with pytest.raises(CloudStreamCut):
+            await stream.__anext__()
+        assert h.client.breaker.failures == failures
+    assert h.client.breaker.state is BreakerState.OPEN
+
+
+async def test_a_stream_that_ends_whole_resets_the_breakers_count() -> None:
+    whole = sse(chunk(role=True), chunk("a"), chunk(finish="stop"), "[DONE]")
+    h = Harness(
+        Upstream(status(503), lambda request: httpx.Response(200, content=whole)),
+        retries=CloudRetries(max_attempts=1),
+        breaker=CircuitBreakerConfig(failure_threshold=3),
+    )
+    with pytest.raises(CloudHTTPError):
+        await h.client.stream(chat(stream=True), max_tokens=5).__anext__()
+    assert h.client.breaker.failures == 1
+    assert [c.choices[0].finish_reason async for c in h.client.stream(chat(stream=True), max_tokens=5)][-1]
+    assert h.client.breaker.failures == 0
+
+
 async def test_stream_ending_before_any_chunk_is_an_error() -> None:
     h = Harness(Upstream(lambda request: httpx.Response(200, content=b": nothing\n\n")))
     with pytest.raises(CloudBackendError, match="before any chunk"):
