@@ -61,7 +61,7 @@ unit: install
 functional: install
 	$(BIN)/python -m pytest -p no:cacheprovider tests/functional
 
-## make reliability: the fault campaign (13 upstream faults × tiers × streamed or not; about a minute, also in make test)
+## make reliability: the fault campaign (13 upstream faults × tiers × streamed or not) and the spec fuzzer; also in make test
 reliability: install
 	$(BIN)/python -m pytest -p no:cacheprovider tests/reliability
 
