@@ -106,10 +106,12 @@ def decide_on_device(
         )
     except NoBackendAvailable as exc:
         if not online and facts.cloud.available:
-            raise EdgeOffline(
+            offline = EdgeOffline(
                 f"The device is offline (the cloud router cannot be reached) and tier {tier_name!r} does "
                 "not allow this request to be answered on the device."
-            ) from exc
+            )
+            offline.decision = exc.decision
+            raise offline from exc
         raise
     reason: RouteReason = base.reason
     if base.fallback and base.reason is RouteReason.CLOUD_UNAVAILABLE and not online:

@@ -199,7 +199,14 @@ class RoutingEngine(OutcomeRecording):
             prompt_tokens, requested or self.config.edge.max_tokens, self._budget_left(tenant, tier)
         )
         given = PolicyInput(score, tenant.tier, tenant.name, estimator_id, facts, request)
-        return RoutePlan(self.policy.decide(given), prompt_tokens, requested, estimator_ms)
+        try:
+            decision = self.policy.decide(given)
+        except RouterError as exc:
+            self._record_refusal(
+                exc, RoutePlan(exc.decision, prompt_tokens, requested, estimator_ms), request
+            )
+            raise
+        return RoutePlan(decision, prompt_tokens, requested, estimator_ms)
 
     async def _plan_off_loop(self, request: ChatCompletionRequest, tenant: Tenant) -> RoutePlan:
         """`plan` in a worker thread: counting a large prompt's tokens and scoring it is CPU work that

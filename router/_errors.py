@@ -29,6 +29,8 @@ turns any `RouterError` into an error response, with the error's `headers` (an u
 
 from __future__ import annotations
 
+from typing import Any
+
 from router._wire import ErrorDetail, ErrorResponse
 
 
@@ -40,6 +42,9 @@ class RouterError(Exception):
     code: str | None = "internal_error"
     #: what a caller may read where `message` names internals (an upstream's URL); None: `message`
     public_message: str | None = None
+    #: the `router.Decision` a policy made and could not carry out (no backend it allows can answer),
+    #: so that the refusal is recorded like any decision; None for errors that decide nothing
+    decision: Any = None
 
     def __init__(
         self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None

@@ -193,11 +193,13 @@ def decide(
     if tier.cloud == "never":
         if needed > facts.edge_context_window:
             raise too_long("the edge model", facts.edge_context_window)
+        decided = make("edge", RouteReason.TIER_FORBIDS_CLOUD)
         if not facts.edge.available:
-            raise NoBackendAvailable(
-                f"The edge model is unavailable ({facts.edge.detail}) and this tier may not use the cloud."
+            raise _refused(
+                decided,
+                f"The edge model is unavailable ({facts.edge.detail}) and this tier may not use the cloud.",
             )
-        return make("edge", RouteReason.TIER_FORBIDS_CLOUD)
+        return decided
 
     if tier.cloud == "forced":
         wanted = make("cloud", RouteReason.TIER_FORCES_CLOUD)
@@ -223,8 +225,16 @@ def decide(
     if not facts.cloud.available:
         if fits_edge and tier.fallback_to_edge:
             return wanted.fall_back("edge", RouteReason.CLOUD_UNAVAILABLE)
-        raise NoBackendAvailable(
+        raise _refused(
+            wanted,
             f"The cloud endpoint is unavailable ({facts.cloud.detail}) and this request "
-            "cannot be answered on the edge."
+            "cannot be answered on the edge.",
         )
     return wanted
+
+
+def _refused(decision: Decision, message: str) -> NoBackendAvailable:
+    """The error for a decision no backend can carry out, carrying the decision so it is recorded."""
+    error = NoBackendAvailable(message)
+    error.decision = decision
+    return error

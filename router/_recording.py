@@ -17,7 +17,7 @@ from router._errors import RouterError
 from router._metrics import DecisionObserver, RequestOutcome
 from router._plan import RoutePlan, Tenant
 from router._policy import Decision
-from router._wire import RouteInfo, Usage
+from router._wire import ChatCompletionRequest, RouteInfo, Usage
 
 logger = logging.getLogger("hybrid_router")
 
@@ -40,6 +40,14 @@ class OutcomeRecording:
                 "ledger %r failed; %s's budget is not enforced for now", self.ledger, tenant.name
             )
             return None
+
+    def _record_refusal(self, exc: RouterError, plan: RoutePlan, request: ChatCompletionRequest) -> None:
+        """Record a policy's refusal (no backend it allows can answer) as the decision it made."""
+        if exc.decision is not None:  # an error that decided nothing (a prompt too long) is not one
+            stream = bool(request.stream)
+            self._record(
+                plan, exc.decision, time.perf_counter(), status=exc.status_code, stream=stream, error=exc
+            )
 
     def _route_info(
         self, decision: Decision, cost: float = 0.0, saved: float = 0.0, *, upstream: RouteInfo | None = None

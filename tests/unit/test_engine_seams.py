@@ -300,3 +300,26 @@ async def test_a_stream_closed_unread_frees_its_backend() -> None:
     assert not edge.closed  # held open under the route: the model's turn is taken
     await stream.aclose()
     assert edge.closed
+
+
+async def test_a_refused_request_is_recorded_as_the_decision_it_could_not_carry_out() -> None:
+    from router import BackendHealth, NoBackendAvailable
+
+    recorder = Recorder()
+    strict = parse_config({"tiers": {"strict": {"cloud": "forced", "fallback_to_edge": False}}})
+    engine = RoutingEngine(
+        strict,
+        estimator=HeuristicEstimator(),
+        edge=FakeBackend("edge"),
+        cloud=FakeBackend("cloud", health=BackendHealth(available=False, detail="circuit open")),
+        observers=[recorder],
+    )
+    with pytest.raises(NoBackendAvailable):
+        await engine.complete(request(), Tenant("acme", "strict"))
+    [outcome] = recorder.outcomes
+    assert (outcome.decision.target, outcome.decision.reason, outcome.status) == (
+        "cloud",
+        "tier_forces_cloud",
+        503,
+    )
+    assert outcome.error_code == "no_backend_available"
