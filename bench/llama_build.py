@@ -4,8 +4,8 @@
 
 Both wheels come from infra/llama_cpp_build.py: the portable one as `make install` builds it, the
 native one with `-DGGML_NATIVE=ON` (each built on first use, then kept in the keyed wheelhouse). Each
-is unpacked into its own folder under bench/.cache; every round runs one child process per build,
-alternately, never at once, on the same model, prompt, threads and greedy decoding. llama.cpp's own
+is unpacked into its own folder beside the wheelhouse (~/.cache/hybrid-router/bench); every round
+runs one child process per build, alternately, never at once, on the same model, prompt, threads and greedy decoding. llama.cpp's own
 counters give prompt tokens/s and generation tokens/s; the report has the medians and their ratios.
 """
 
@@ -24,7 +24,8 @@ from bench.common import report
 from edge.model_files import default_model_path
 from infra import llama_cpp_build as build
 
-CACHE = Path(__file__).with_name(".cache")
+#: Where each wheel is unpacked for the children: beside the wheelhouse, never in the source tree.
+CACHE = build.wheelhouse_root().parent / "bench"
 NATIVE_ARGS = "-DGGML_NATIVE=ON"
 # About 230 tokens of plain prose, so that prompt processing runs in full batches.
 PROMPT = (
