@@ -5,8 +5,9 @@
 Both wheels come from infra/llama_cpp_build.py: the portable one as `make install` builds it, the
 native one with `-DGGML_NATIVE=ON` (each built on first use, then kept in the keyed wheelhouse). Each
 is unpacked into its own folder beside the wheelhouse (~/.cache/hybrid-router/bench); every round
-runs one child process per build, alternately, never at once, on the same model, prompt, threads and greedy decoding. llama.cpp's own
-counters give prompt tokens/s and generation tokens/s; the report has the medians and their ratios.
+runs one child process per build, alternately, never at once, on the same model, prompt, threads
+and greedy decoding. llama.cpp's own counters give prompt tokens/s and generation tokens/s; the
+report has the medians and their ratios.
 """
 
 from __future__ import annotations
