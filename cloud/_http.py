@@ -10,8 +10,6 @@ import json
 import re
 from typing import Any
 
-from pydantic import ValidationError
-
 from router import (
     ChatCompletionRequest,
     PayloadTooLarge,
@@ -20,8 +18,8 @@ from router import (
     RouterError,
     ServerConfig,
     TooManyMessages,
-    UnsupportedFeature,
 )
+from router._requests import validate_chat_request
 
 #: How deep a request's JSON may nest: the deepest the chat completion schema needs is far less, and a
 #: deeper document would overflow the recursion of whatever reads it next.
@@ -55,10 +53,7 @@ def parse_chat_request(body: str | bytes, limits: ServerConfig | None = None) ->
             f"Invalid 'messages': {len(messages)} messages, more than the {limits.max_messages} allowed.",
             param="messages",
         )
-    try:
-        request = ChatCompletionRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise _validation_error(exc) from None
+    request = validate_chat_request(payload)
     if limits is not None:
         chars = sum(len(message.text) for message in request.messages)
         if chars > limits.max_prompt_chars:
@@ -119,13 +114,3 @@ def _depth_over(value: Any, limit: int) -> bool:
                     return True
                 pending.append((child, depth + 1))
     return False
-
-
-def _validation_error(exc: ValidationError) -> RequestError:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
-    extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-    message = f"Invalid request: {where}: {first['msg']}{extra}."
-    if first["type"] == UnsupportedFeature.code:  # the wire types' name for "allowed, not served here"
-        return UnsupportedFeature(message, param=where or None)
-    return RequestError(message, param=where or None)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import logging
 import uuid
@@ -32,7 +31,6 @@ from typing import Any
 
 from cloud._http import error_body, parse_chat_request, route_headers
 from router import (
-    AuthenticationError,
     BackendError,
     CloudBackendError,
     EdgeBackendError,
@@ -45,7 +43,6 @@ from router import (
     RouterError,
     RoutingEngine,
     Tenant,
-    hash_api_key,
 )
 from router._wire import dump
 
@@ -208,10 +205,7 @@ def authenticate(request: HttpRequest, engine: RoutingEngine) -> Tenant:
 
 def require_admin(request: HttpRequest, engine: RoutingEngine) -> None:
     """Refuse (401) a caller whose key is not one of the config's `admin_keys`."""
-    key = request.api_key or bearer_token(request.headers)
-    digest = hash_api_key(key) if key else ""
-    if not any(hmac.compare_digest(digest, entry.sha256) for entry in engine.config.admin_keys):
-        raise AuthenticationError("This route needs an admin key: send 'Authorization: Bearer <admin key>'.")
+    engine.keys.require_admin(request.api_key or bearer_token(request.headers))
 
 
 async def read_body(request: HttpRequest, limit: int) -> bytes:

@@ -20,7 +20,6 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
 
 from edge._device_policy import DevicePolicy
 from edge._errors import CloudUnreachable
@@ -35,9 +34,10 @@ from edge._types import EdgeChunk, EdgeCompletion, EdgeRoute, EdgeStream
 from router._backend import ChatBackend
 from router._config import CloudConfig, RouterConfig
 from router._engine import RoutingEngine
-from router._errors import ModelNotFound, RequestError
+from router._errors import ModelNotFound
 from router._estimator import ComplexityEstimator, load_estimator
 from router._plan import RoutedStream, RoutePlan, Tenant
+from router._requests import validate_chat_request
 from router._wire import ChatCompletionRequest, RouteInfo
 
 logger = logging.getLogger("hybrid_router.edge")
@@ -202,14 +202,7 @@ class EdgeRouter:
         if isinstance(request, ChatCompletionRequest):
             chat = request
         else:
-            try:
-                chat = ChatCompletionRequest.model_validate({"model": self.config.cloud.model, **request})
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                raise RequestError(
-                    f"Invalid request: {where}: {first['msg']}.", param=where or None
-                ) from None
+            chat = validate_chat_request({"model": self.config.cloud.model, **request})
         if chat.model != self.config.cloud.model:
             raise ModelNotFound(
                 f"The model '{chat.model}' does not exist; this SDK serves '{self.config.cloud.model}'.",

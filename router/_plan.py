@@ -3,6 +3,7 @@ routed stream with the helpers that hold it together."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
@@ -27,6 +28,15 @@ class ApiKeys:
         """Index the config's `api_keys` and `api_key_ids`."""
         self._by_digest = {entry.sha256: Tenant(entry.tenant, entry.tier) for entry in config.api_keys}
         self._by_id = {key_id: Tenant(e.tenant, e.tier) for key_id, e in config.api_key_ids.items()}
+        self._admin_digests = [entry.sha256 for entry in config.admin_keys]
+
+    def require_admin(self, api_key: str | None) -> None:
+        """Refuse (401) a key that is not one of the config's `admin_keys` (compared in constant time)."""
+        digest = hash_api_key(api_key) if api_key else ""
+        if not any(hmac.compare_digest(digest, admin) for admin in self._admin_digests):
+            raise AuthenticationError(
+                "This route needs an admin key: send 'Authorization: Bearer <admin key>'."
+            )
 
     def tenant(self, api_key: str | None) -> Tenant:
         """The tenant an API key belongs to; the tier comes from the config, never the request."""
