@@ -27,7 +27,7 @@ from edge._sdk_config import DeviceTierPolicy, PrivacyConfig
 from edge._signals import DeviceSignals
 from router._backend import BackendHealth, Target
 from router._config import TierConfig
-from router._errors import BackendError, ContextLengthExceeded, NoBackendAvailable
+from router._errors import BackendError, ContextLengthExceeded, NoBackendAvailable, UnsupportedFeature
 from router._policy import Decision, PolicyInput, RequestFacts, RouteReason, TierPolicy, decide
 
 #: The device's reasons are the router's: one enum, so that a route reads the same everywhere.
@@ -58,7 +58,7 @@ def decide_on_device(
     `ContextLengthExceeded` or `NoBackendAvailable` when no allowed place can answer it."""
     tier = policy.routing
     needed = facts.prompt_tokens + facts.max_tokens
-    fits_edge = facts.edge.available and needed <= facts.edge_context_window
+    fits_edge = facts.edge.available and needed <= facts.edge_context_window and facts.edge_lacks is None
 
     def make(target: Target, reason: RouteReason, notes: tuple[str, ...] = ()) -> Decision:
         return Decision(
@@ -79,6 +79,11 @@ def decide_on_device(
             raise PersonalDataKeptLocal(
                 f"This request contains personal data ({', '.join(personal_data)}), which this device keeps "
                 f"local, but tier {tier_name!r} does not allow answers on the device."
+            )
+        if facts.edge_lacks is not None:
+            raise UnsupportedFeature(
+                f"This request contains personal data ({', '.join(personal_data)}), which this device keeps "
+                f"local, and needs {facts.edge_lacks.replace('_', ' ')}, which the device model cannot give."
             )
         if needed > facts.edge_context_window:
             raise ContextLengthExceeded(
@@ -212,7 +217,8 @@ class DevicePolicy:
         unreachable = isinstance(failure, CloudUnreachable)
         needed = facts.prompt_tokens + facts.max_tokens
         allowed = local_answer_allowed(policy)
-        if allowed and not decision.fallback and facts.edge.available and needed <= facts.edge_context_window:
+        fits = facts.edge.available and needed <= facts.edge_context_window and facts.edge_lacks is None
+        if allowed and not decision.fallback and fits:
             if unreachable:
                 return decision.fall_back("edge", RouteReason.OFFLINE, offline=True)
             return decision.fall_back("edge", RouteReason.CLOUD_UNAVAILABLE)

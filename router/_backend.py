@@ -56,6 +56,15 @@ class ChatBackend(abc.ABC):
     def health(self) -> BackendHealth:
         """The backend's state now; cheap, no I/O."""
 
+    def cannot_honour(self, request: ChatCompletionRequest) -> str | None:
+        """What `request` asks that this backend cannot give, or None when it can answer it all.
+
+        One of "tools", "logprobs", "structured_output" (the policy routes such a request where it
+        can be honoured, as `needs_<what>`, or refuses it); the default honours everything, as an
+        OpenAI-compatible endpoint that is passed the request does.
+        """
+        return None
+
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Prompt tokens of `messages` with the chat template; exact where the backend can tell."""
         return approximate_tokens(messages)

@@ -159,7 +159,13 @@ class RoutingEngine(OutcomeRecording):
         backend = self.backends.get(target)
         return _NOT_CONFIGURED if backend is None else backend.health()
 
-    def facts(self, prompt_tokens: int, max_tokens: int, budget_left_usd: float | None) -> RequestFacts:
+    def facts(
+        self,
+        prompt_tokens: int,
+        max_tokens: int,
+        budget_left_usd: float | None,
+        edge_lacks: str | None = None,
+    ) -> RequestFacts:
         """What the policy knows about the backends now, for a request of this size."""
         edge, cloud = self.edge, self.cloud
         return RequestFacts(
@@ -170,6 +176,7 @@ class RoutingEngine(OutcomeRecording):
             edge_context_window=edge.context_window if edge else 0,
             cloud_context_window=cloud.context_window if cloud else 0,
             budget_left_usd=budget_left_usd,
+            edge_lacks=edge_lacks,
         )
 
     def plan(self, request: ChatCompletionRequest, tenant: Tenant) -> RoutePlan:
@@ -195,18 +202,21 @@ class RoutingEngine(OutcomeRecording):
             counter.count_tokens(request.messages) if counter else approximate_tokens(request.messages)
         )
         requested = cap_max_tokens(request.requested_max_tokens, tier)
+        edge_lacks = self.edge.cannot_honour(request) if self.edge else None
         facts = self.facts(
-            prompt_tokens, requested or self.config.edge.max_tokens, self._budget_left(tenant, tier)
+            prompt_tokens,
+            requested or self.config.edge.max_tokens,
+            self._budget_left(tenant, tier),
+            edge_lacks,
         )
         given = PolicyInput(score, tenant.tier, tenant.name, estimator_id, facts, request)
         try:
             decision = self.policy.decide(given)
         except RouterError as exc:
-            self._record_refusal(
-                exc, RoutePlan(exc.decision, prompt_tokens, requested, estimator_ms), request
-            )
+            refused = RoutePlan(exc.decision, prompt_tokens, requested, estimator_ms, edge_lacks)
+            self._record_refusal(exc, refused, request)
             raise
-        return RoutePlan(decision, prompt_tokens, requested, estimator_ms)
+        return RoutePlan(decision, prompt_tokens, requested, estimator_ms, edge_lacks)
 
     async def _plan_off_loop(self, request: ChatCompletionRequest, tenant: Tenant) -> RoutePlan:
         """`plan` in a worker thread: counting a large prompt's tokens and scoring it is CPU work that
@@ -307,7 +317,8 @@ class RoutingEngine(OutcomeRecording):
 
     def _fallback_facts(self, plan: RoutePlan) -> RequestFacts:
         """The backends' health now, for a request of this plan's size."""
-        return self.facts(plan.prompt_tokens, plan.requested_max_tokens or self.config.edge.max_tokens, None)
+        max_tokens = plan.requested_max_tokens or self.config.edge.max_tokens
+        return self.facts(plan.prompt_tokens, max_tokens, None, plan.edge_lacks)
 
     def _deadline_s(self, plan: RoutePlan) -> float:
         """Seconds the request may take: its tier's `deadline_s`, else the server's."""

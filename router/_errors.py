@@ -76,6 +76,15 @@ class RequestError(RouterError):
     code = "invalid_request"
 
 
+class OutOfRange(RequestError):
+    """A number outside its bounds; `code` names which bound, as OpenAI's own API does
+    (`integer_below_min_value` for `max_tokens: 0`)."""
+
+    def __init__(self, message: str, *, code: str, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.code = code
+
+
 class UnsupportedFeature(RequestError):
     """The request asks for something OpenAI's API allows and this router cannot do (`n > 1`, images)."""
 

@@ -74,6 +74,8 @@ class RoutePlan:
     prompt_tokens: int
     requested_max_tokens: int | None
     estimator_ms: float
+    #: what the request asks that the edge cannot give (`ChatBackend.cannot_honour`): no fallback there
+    edge_lacks: str | None = None
 
 
 @dataclass

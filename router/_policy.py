@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Protocol
 
 from router._backend import BackendHealth, Target
 from router._config import TierConfig
-from router._errors import BackendError, ContextLengthExceeded, EdgeBusy, NoBackendAvailable
+from router._errors import (
+    BackendError,
+    ContextLengthExceeded,
+    EdgeBusy,
+    NoBackendAvailable,
+    UnsupportedFeature,
+)
 
 if TYPE_CHECKING:
     from router._wire import ChatCompletionRequest
@@ -32,6 +38,10 @@ class RouteReason(enum.StrEnum):
     EDGE_BUSY = "edge_busy"
     CLOUD_UNAVAILABLE = "cloud_unavailable"
     BUDGET_EXHAUSTED = "budget_exhausted"
+    # The request asks what the edge model cannot give (`ChatBackend.cannot_honour`).
+    NEEDS_TOOLS = "needs_tools"
+    NEEDS_LOGPROBS = "needs_logprobs"
+    NEEDS_STRUCTURED_OUTPUT = "needs_structured_output"
     # Given only by the device policy (`edge/`), which sees the device and its link.
     OFFLINE = "offline"
     PRIVATE_DATA = "private_data"
@@ -53,6 +63,8 @@ class RequestFacts:
     edge_context_window: int
     cloud_context_window: int
     budget_left_usd: float | None = None
+    #: what the request asks that the edge model cannot give ("tools"; see `ChatBackend.cannot_honour`)
+    edge_lacks: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +165,8 @@ class TierPolicy:
             other, allowed = "cloud", tier.fallback_to_cloud and tier.cloud != "never"
             reason = RouteReason.EDGE_BUSY if isinstance(failure, EdgeBusy) else RouteReason.EDGE_UNAVAILABLE
             health, window = facts.cloud, facts.cloud_context_window
-        if allowed and not decision.fallback and health.available and needed <= window:
+        honoured = other != "edge" or facts.edge_lacks is None
+        if allowed and honoured and not decision.fallback and health.available and needed <= window:
             return decision.fall_back(other, reason)
         raise failure
 
@@ -163,12 +176,13 @@ def decide(
 ) -> Decision:
     """Apply the tier's policy.
 
-    Order: what the tier forces or forbids; whether the prompt fits the edge model; whether the edge
-    can take it now; the budget; then the score against the threshold. A cloud target whose
+    Order: what the tier forces or forbids; whether the edge model can give what the request asks
+    (tools, ...); whether the prompt fits the edge model; whether the edge can take it now; the
+    budget; then the score against the threshold. A cloud target whose
     endpoint is down becomes a degraded edge answer where the tier allows it.
     """
     needed = facts.prompt_tokens + facts.max_tokens
-    fits_edge = facts.edge.available and needed <= facts.edge_context_window
+    fits_edge = facts.edge.available and needed <= facts.edge_context_window and facts.edge_lacks is None
     fits_cloud = needed <= facts.cloud_context_window
 
     def make(target: Target, reason: RouteReason) -> Decision:
@@ -191,6 +205,12 @@ def decide(
         )
 
     if tier.cloud == "never":
+        if facts.edge_lacks is not None:
+            raise UnsupportedFeature(
+                f"This request needs {facts.edge_lacks.replace('_', ' ')}, which the edge model cannot "
+                "give, and this tier may not use the cloud.",
+                param=_PARAM_OF.get(facts.edge_lacks),
+            )
         if needed > facts.edge_context_window:
             raise too_long("the edge model", facts.edge_context_window)
         decided = make("edge", RouteReason.TIER_FORBIDS_CLOUD)
@@ -203,6 +223,8 @@ def decide(
 
     if tier.cloud == "forced":
         wanted = make("cloud", RouteReason.TIER_FORCES_CLOUD)
+    elif facts.edge_lacks is not None:
+        wanted = make("cloud", RouteReason(f"needs_{facts.edge_lacks}"))
     elif needed > facts.edge_context_window:
         wanted = make("cloud", RouteReason.CONTEXT_TOO_LONG)
     elif not facts.edge.available:
@@ -231,6 +253,10 @@ def decide(
             "cannot be answered on the edge.",
         )
     return wanted
+
+
+#: The request member behind each thing the edge can lack, for the error's `param`.
+_PARAM_OF = {"tools": "tools", "logprobs": "logprobs", "structured_output": "response_format"}
 
 
 def _refused(decision: Decision, message: str) -> NoBackendAvailable:

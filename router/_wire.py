@@ -10,6 +10,7 @@ null members the spec requires (`logprobs`, `refusal`, a chunk's `finish_reason`
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, ClassVar, Literal, Protocol, Self
@@ -27,6 +28,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from router._wire_tools import ResponseFormat, Tool, ToolCall, ToolChoice
+
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 #: The error type of what OpenAI's API allows and this router does not serve (`UnsupportedFeature`).
 UNSUPPORTED = "unsupported_value"
@@ -42,12 +45,17 @@ class WireModel(BaseModel):
 
     #: members the spec requires even when null (`"logprobs": null`)
     required_nulls: ClassVar[frozenset[str]] = frozenset()
+    #: members the spec forbids to be null: left out of every dump when unset, so that a dump
+    #: validates again (`tools`)
+    forbidden_nulls: ClassVar[frozenset[str]] = frozenset()
 
     @model_serializer(mode="wrap")
     def _without_nulls(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
         data = handler(self)
-        if not (isinstance(info.context, dict) and info.context.get("wire")) or not isinstance(data, dict):
+        if not isinstance(data, dict):
             return data
+        if not (isinstance(info.context, dict) and info.context.get("wire")):
+            return {k: v for k, v in data.items() if v is not None or k not in self.forbidden_nulls}
         return {k: v for k, v in data.items() if v is not None or k in self.required_nulls}
 
 
@@ -87,8 +95,12 @@ class ChatMessage(WireModel):
 
     role: Role
     content: str | list[TextPart | RefusalPart] | None = None
-    name: str | None = None
+    #: a string for every role the spec gives a `name`; the tool role has none, so any value is an
+    #: undeclared member there (see `_as_the_role_requires`)
+    name: Any = None
     tool_call_id: str | None = None
+    #: an assistant's earlier calls (null is taken as none: OpenAI's own client sends it back so)
+    tool_calls: list[ToolCall] | None = None
 
     @field_validator("role", mode="before")
     @classmethod
@@ -115,6 +127,8 @@ class ChatMessage(WireModel):
             raise ValueError(f"a '{self.role}' message needs content")
         if self.role == "tool" and self.tool_call_id is None:
             raise ValueError("a 'tool' message needs tool_call_id")
+        if self.role != "tool" and self.name is not None and not isinstance(self.name, str):
+            raise ValueError("name must be a string")
         parts = self.content if isinstance(self.content, list) else []
         if self.role != "assistant" and any(isinstance(part, RefusalPart) for part in parts):
             raise ValueError("only an assistant message may hold a refusal part")
@@ -130,8 +144,23 @@ class ChatMessage(WireModel):
         return "\n".join(part.text for part in self.content)
 
     def to_plain(self) -> dict[str, str]:
-        """The message as `{"role", "content"}` with string content, for a chat template."""
-        return {"role": self.role, "content": self.text}
+        """The message as `{"role", "content"}` with string content, for a chat template; an
+        assistant's tool calls follow its text as JSON, so that a model without tools still sees them."""
+        text = self.text
+        if self.tool_calls:
+            calls = json.dumps([call.model_dump(mode="json", exclude_none=True) for call in self.tool_calls])
+            text = f"{text}\n{calls}" if text else calls
+        return {"role": self.role, "content": text}
+
+
+def _not_null(value: Any) -> Any:
+    """Refuse an explicit null for a member the spec allows to be absent but not null."""
+    if value is None:
+        raise ValueError("must not be null: leave the member out instead")
+    return value
+
+
+_NotNull = BeforeValidator(_not_null)
 
 
 class StreamOptions(WireModel):
@@ -139,7 +168,11 @@ class StreamOptions(WireModel):
 
     model_config = ConfigDict(extra="allow")
 
+    forbidden_nulls = frozenset({"include_obfuscation"})
+
     include_usage: Annotated[bool, Field(strict=True)] = False
+    #: OpenAI's padding of stream events; read only to hold it to the spec (no padding is sent)
+    include_obfuscation: Annotated[bool | None, Field(strict=True), _NotNull] = None
 
 
 def _integral_float_as_int(value: Any) -> Any:
@@ -158,6 +191,7 @@ class ChatCompletionRequest(WireModel):
     """The body of `POST /v1/chat/completions`."""
 
     model_config = ConfigDict(extra="allow")
+    forbidden_nulls = frozenset({"tools", "tool_choice", "parallel_tool_calls", "response_format"})
 
     model: Annotated[str, Field(strict=True)]
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
@@ -175,10 +209,15 @@ class ChatCompletionRequest(WireModel):
     ] = None
     presence_penalty: _Penalty = None
     frequency_penalty: _Penalty = None
-    #: passed on to the cloud, which may answer them; the edge answers `"logprobs": null`
+    #: answered where the backend can (`ChatBackend.cannot_honour`): else the request goes elsewhere
     logprobs: Annotated[bool | None, Field(strict=True)] = None
     top_logprobs: Annotated[int | None, Field(ge=0, le=20, strict=True), _Integral] = None
     user: Annotated[str | None, Field(strict=True)] = None
+    store: Annotated[bool | None, Field(strict=True)] = None
+    tools: Annotated[list[Tool] | None, _NotNull] = None
+    tool_choice: Annotated[ToolChoice | None, _NotNull] = None
+    parallel_tool_calls: Annotated[bool | None, Field(strict=True), _NotNull] = None
+    response_format: Annotated[ResponseFormat | None, _NotNull] = None
 
     @field_validator("n")
     @classmethod
@@ -186,6 +225,23 @@ class ChatCompletionRequest(WireModel):
         if value is not None and value > 1:
             raise _unsupported("n > 1 is not supported: this router answers with one choice")
         return value
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether answering takes a model that calls tools: tools offered, and `tool_choice` is not
+        "none". (Earlier calls in the conversation are shown to a chat template as text: `to_plain`.)"""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def json_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema `response_format` asks the answer to follow (`{"type": "object"}` for any JSON
+        object); None for free text."""
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_object":
+            return {"type": "object"}
+        return fmt.json_schema.json_schema or {"type": "object"}
 
     @property
     def requested_max_tokens(self) -> int | None:

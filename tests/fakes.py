@@ -40,8 +40,10 @@ class FakeBackend(ChatBackend):
         delay: float = 0.0,
         cut: BackendError | None = None,
         cut_after: int = 1,
+        lacks: str | None = None,
     ) -> None:
         self.target = target
+        self.lacks = lacks  # what `cannot_honour` says of every request
         self.model_id = model_id or f"{target}-model"
         self.context_window = context_window
         self.reply = reply
@@ -53,6 +55,9 @@ class FakeBackend(ChatBackend):
 
     def health(self) -> BackendHealth:
         return self._health
+
+    def cannot_honour(self, request: ChatCompletionRequest) -> str | None:
+        return self.lacks
 
     async def complete(self, request: ChatCompletionRequest, *, max_tokens: int) -> ChatCompletionResponse:
         self.calls.append(max_tokens)

@@ -62,6 +62,7 @@ def client() -> Iterator[TestClient]:
 
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 ALLOWED_AND_ANSWERED = {
     "stream null": body(stream=None),
     "stream false": body(stream=False),
@@ -96,6 +97,14 @@ ALLOWED_AND_ANSWERED = {
         {"role": "assistant", "content": None, "tool_calls": [CALL]},
         {"role": "tool", "content": "42", "tool_call_id": "call_1"},
     ),
+    # The spec's tool message declares no `name`: any value is an undeclared member (the fuzzer's find).
+    "tool message with any name": conversation(
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "content": "42", "tool_call_id": "call_1", "name": []},
+    ),
+    "tools not to be called": body(tools=[TOOL], tool_choice="none", parallel_tool_calls=False),
+    "response_format text": body(response_format={"type": "text"}),
+    "store and include_obfuscation": body(store=True, stream_options={"include_obfuscation": False}),
 }
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
 AUDIO = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
@@ -137,6 +146,23 @@ FORBIDDEN = {
     "top_logprobs 21": body(top_logprobs=21),
     "include_usage yes": body(stream=True, stream_options={"include_usage": "yes"}),
     "user number": body(user=7),
+    "tools null": body(tools=None),
+    "tool without a function": body(tools=[{"type": "function"}]),
+    "custom tool with a boolean format": body(
+        tools=[{"type": "custom", "custom": {"name": "c", "format": True}}]
+    ),
+    "tool_choice not a choice": body(tool_choice=[]),
+    "tool_choice unknown": body(tool_choice="sometimes"),
+    "tool_choice null": body(tool_choice=None),
+    "store not a boolean": body(store=0.0),
+    "include_obfuscation not a boolean": body(stream_options={"include_obfuscation": []}),
+    "parallel_tool_calls null": body(parallel_tool_calls=None),
+    "response_format json_schema without a schema object": body(response_format={"type": "json_schema"}),
+    "response_format unknown": body(response_format={"type": "yaml"}),
+    "assistant tool call without a name": conversation(
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "custom", "custom": {}}]}
+    ),
+    "user name not a string": conversation({"role": "user", "content": "hi", "name": 7}),
     "model number": {"model": 7, "messages": [USER]},
     "no messages": body(messages=[]),
     "unknown role": conversation({"role": "robot", "content": "hi"}),
@@ -178,8 +204,38 @@ def test_what_the_spec_forbids_is_refused(client: TestClient, request_body: dict
     r = client.post(CHAT, json=request_body, headers=AUTH)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["type"] == "invalid_request_error"
-    assert r.json()["error"]["code"] == "invalid_request"
+    assert r.json()["error"]["code"] in REFUSAL_CODES
     assert violations("ErrorResponse", r.json()) == []
+
+
+def test_an_assistant_message_echoed_back_with_null_tool_calls_is_answered(client: TestClient) -> None:
+    """A leniency the spec does not have: OpenAI's own client sends a response's message back as it
+    came (`messages.append(completion.choices[0].message)`), `"tool_calls": null` and all."""
+    echoed = {"role": "assistant", "content": "Hi", "tool_calls": None, "refusal": None, "audio": None}
+    request_body = conversation(echoed)
+    assert violations(REQUEST, request_body) != []
+    r = client.post(CHAT, json=request_body, headers=AUTH)
+    assert r.status_code == 200, r.text
+
+
+#: A request's fault in general, and a number out of bounds named as OpenAI's API names it.
+REFUSAL_CODES = {"invalid_request"} | {
+    f"{kind}_{bound}" for kind in ("integer", "decimal") for bound in ("below_min_value", "above_max_value")
+}
+
+
+@pytest.mark.parametrize("member", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_max_tokens_below_one_is_refused_as_openai_refuses_it(
+    client: TestClient, member: str, value: int
+) -> None:
+    """The spec sets no minimum; OpenAI's API and vLLM refuse it, so the router does, with their code."""
+    request_body = body(**{member: value})
+    assert violations(REQUEST, request_body) == []
+    r = client.post(CHAT, json=request_body, headers=AUTH)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["code"], error["param"]) == ("integer_below_min_value", member), error
 
 
 def test_a_non_streamed_response_conforms(client: TestClient) -> None:
