@@ -173,3 +173,17 @@ def test_unavailable_cloud_is_decided_before_calling_it() -> None:
     plan = engine(cloud=cloud).plan(request(EASY), Tenant("a", "premium"))
     assert (plan.decision.target, plan.decision.reason) == ("edge", "cloud_unavailable")
     assert cloud.calls == []
+
+
+@pytest.mark.anyio
+async def test_a_request_the_edge_cannot_honour_is_answered_by_the_cloud_and_never_falls_back() -> None:
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    e = engine(edge=FakeBackend("edge", lacks="tools"))
+    answer = await e.complete(request(EASY, tools=tools), Tenant("a", "free"))
+    assert answer.route is not None and (answer.route.target, answer.route.reason) == ("cloud", "needs_tools")
+    failing = engine(
+        edge=FakeBackend("edge", lacks="tools"), cloud=FakeBackend("cloud", fail=CloudTimeout("x"))
+    )
+    with pytest.raises(CloudTimeout):  # a degraded edge answer would drop the tools
+        await failing.complete(request(EASY, tools=tools), Tenant("a", "standard"))
+    assert failing.edge is not None and failing.edge.calls == []  # type: ignore[attr-defined]

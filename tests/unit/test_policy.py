@@ -6,11 +6,14 @@ import pytest
 
 from router import (
     BackendHealth,
+    CloudTimeout,
     ContextLengthExceeded,
     NoBackendAvailable,
     RequestFacts,
     RouteReason,
     TierConfig,
+    TierPolicy,
+    UnsupportedFeature,
     decide,
 )
 
@@ -97,3 +100,44 @@ def test_spent_budget_keeps_requests_on_the_edge() -> None:
     d = run(0.9, ALLOWED, budget_left_usd=0.0)
     assert (d.target, d.reason) == ("edge", RouteReason.BUDGET_EXHAUSTED)
     assert run(0.9, ALLOWED, budget_left_usd=0.01).target == "cloud"
+
+
+@pytest.mark.parametrize(
+    ("lacks", "reason"),
+    [
+        ("tools", RouteReason.NEEDS_TOOLS),
+        ("logprobs", RouteReason.NEEDS_LOGPROBS),
+        ("structured_output", RouteReason.NEEDS_STRUCTURED_OUTPUT),
+    ],
+)
+def test_what_the_edge_cannot_give_goes_to_the_cloud_with_its_own_reason(
+    lacks: str, reason: RouteReason
+) -> None:
+    d = run(0.0, ALLOWED, edge_lacks=lacks)  # an easy prompt: the score alone would keep it on the edge
+    assert (d.target, d.reason, d.fallback) == ("cloud", reason, False)
+    forced = run(0.0, TierConfig(cloud="forced"), edge_lacks=lacks)
+    assert (forced.target, forced.reason) == ("cloud", RouteReason.TIER_FORCES_CLOUD)
+
+
+def test_what_the_edge_cannot_give_is_never_a_degraded_edge_answer() -> None:
+    with pytest.raises(NoBackendAvailable):  # the cloud is down: no silent answer without the tools
+        run(0.9, ALLOWED, edge_lacks="tools", cloud=DOWN)
+    with pytest.raises(ContextLengthExceeded):
+        run(0.9, ALLOWED, edge_lacks="tools", prompt_tokens=5000)
+    d = run(0.9, ALLOWED, edge_lacks="tools", budget_left_usd=0.0)
+    assert d.target == "cloud"
+
+
+def test_a_tier_without_the_cloud_refuses_what_the_edge_cannot_give_by_name() -> None:
+    with pytest.raises(UnsupportedFeature) as refused:
+        run(0.0, TierConfig(cloud="never"), edge_lacks="structured_output")
+    assert refused.value.param == "response_format" and refused.value.status_code == 400
+    assert "structured output" in refused.value.message
+
+
+def test_a_failed_cloud_call_does_not_fall_back_to_an_edge_that_cannot_give_it() -> None:
+    decision = run(0.9, ALLOWED, edge_lacks="tools")
+    failure = CloudTimeout("slow")
+    with pytest.raises(CloudTimeout):
+        TierPolicy({"t": ALLOWED}).fall_back(decision, failure, facts(edge_lacks="tools"))
+    assert TierPolicy({"t": ALLOWED}).fall_back(decision, failure, facts()).target == "edge"
