@@ -7,10 +7,12 @@ It reports the kinds found, never the values. Each kind is a pattern, then its i
 - `card`: 13 to 19 digits (spaces or dashes between groups), a card issuer's prefix and the Luhn check;
 - `ssn`: a US Social Security number written AAA-GG-SSSS (or with spaces), or nine digits right after
   "SSN" / "social security number", with an area, group and serial the SSA can issue;
-- `phone`: libphonenumber's (phonenumberslite) matcher, at its `VALID` leniency: a number written
-  with `+` and a country code (E.164 style, any country), or `00` / `011` and one, is checked against
-  that country's numbering plan; a number written in national format (`020 7946 0958`,
-  `(415) 555-0132`) is checked against each region of `regions` (ISO 3166 codes) in turn.
+- `phone`: libphonenumber's (phonenumberslite) matcher: a number written with `+` and a country
+  code (E.164 style) counts in any country when its length is possible there (the `POSSIBLE`
+  leniency: validity lags behind numbering plans, and reserved ranges are "invalid"); a number in
+  national format (`020 7946 0958`, `(415) 555-0132`, or `0049 ...` / `011 ...`) counts when valid
+  (`VALID`) in one of `regions` (ISO 3166 codes). Candidates that are ISBNs, part of a version or an
+  address (`124.0.6367.207`), or glued to letters (`ORD-2024-000123`) are not phones.
 
 A span one kind claimed is not looked at again by the kinds after it (in the order above): a card
 or an IBAN is not also a phone, an SSN is not a phone.
@@ -52,13 +54,13 @@ _SSN = re.compile(
     r"(?<![\w-])(\d{3})([- ])(\d{2})\2(\d{4})(?![\w-])"
     r"|(?i:\bSSN|\bsocial security(?: number| no\.?)?)\W{0,5}(\d{3})(\d{2})(\d{4})\b"
 )
-# No phone number has fewer than seven digits (with separators between them): most texts stop here,
-# before libphonenumber is imported or run.
 # A book number: after "ISBN", or hyphenated in groups that end in a single check digit.
 _ISBN_CONTEXT = re.compile(r"ISBN(?:-1[03])?:?\s*$", re.IGNORECASE)
 _ISBN_GROUPS = re.compile(r"\d{1,5}-\d{1,7}-\d{1,7}-(?:\d{1,7}-)?[\dXx]")
 _CODE_BEFORE = re.compile(r"(?:\w-|\d[./]|[A-Za-z])$")
 _CODE_AFTER = re.compile(r"-\w|[./]\d|[A-Za-z]")
+# No phone number has fewer than seven digits (with separators between them): most texts stop here,
+# before libphonenumber is imported or run.
 _SEVEN_DIGITS = re.compile(r"\d(?:[^\S\n]?[-./()]?[^\S\n]?\d){6}")
 
 
