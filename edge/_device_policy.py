@@ -188,7 +188,12 @@ class DevicePolicy:
         """Privacy, link and device signals around the router's `decide`."""
         tier_name, policy = self._current()
         keep_local = self.privacy.keep_personal_data_local
-        personal = tuple(personal_data_in(given.request.messages, self.privacy.kinds)) if keep_local else ()
+        privacy = self.privacy
+        personal = (
+            tuple(personal_data_in(given.request.messages, privacy.kinds, privacy.phone_regions))
+            if keep_local
+            else ()
+        )
         return decide_on_device(
             score=given.score,
             tier_name=tier_name,

@@ -8,10 +8,11 @@ a constructor argument overrides.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edge._privacy import DEFAULT_KINDS, DEFAULT_PHONE_REGIONS, PersonalDataKind
 from edge._settings import EdgeSettings
 from router._config import (
     CloudPrice,
@@ -26,8 +27,6 @@ from router._errors import ConfigError
 from router._settings import secret_from_env
 
 ENV_DEVICE_KEY = EdgeSettings.SECRET_ENV["device_key"]
-
-PersonalDataKind = Literal["email", "phone", "card"]
 
 
 class _Strict(BaseModel):
@@ -118,9 +117,21 @@ class PrivacyConfig(_Strict):
     keep_personal_data_local: bool = Field(
         False, description="Answer requests that contain personal data on the device, whatever the score."
     )
-    kinds: tuple[PersonalDataKind, ...] = Field(
-        ("email", "phone", "card"), description="What counts as personal data."
+    kinds: tuple[PersonalDataKind, ...] = Field(DEFAULT_KINDS, description="What counts as personal data.")
+    phone_regions: tuple[str, ...] = Field(
+        DEFAULT_PHONE_REGIONS,
+        description="ISO 3166 regions whose national phone formats count; +country code numbers always do.",
     )
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _known_regions(cls, regions: tuple[str, ...]) -> tuple[str, ...]:
+        import phonenumbers  # lazy: only a config that names regions pays for it
+
+        unknown = [r for r in regions if r not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"not a region libphonenumber knows (ISO 3166, e.g. GB not UK): {unknown}")
+        return regions
 
 
 class ConfigSyncSettings(_Strict):

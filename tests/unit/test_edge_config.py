@@ -49,7 +49,8 @@ def test_load_from_yaml_with_env_override(tmp_path: Path, monkeypatch: pytest.Mo
     [
         ("tier: gold\n", "tier 'gold' is not one of the configured tiers"),
         ("cloud: {deadline_s: 0}\n", "cloud.deadline_s"),
-        ("privacy: {kinds: [ssn]}\n", "privacy.kinds"),
+        ("privacy: {kinds: [passport]}\n", "privacy.kinds"),
+        ("privacy: {phone_regions: [UK]}\n", "privacy.phone_regions.*e.g. GB not UK"),
         ("surprise: 1\n", "surprise"),
         ("tier: [\n", "not valid YAML"),
     ],

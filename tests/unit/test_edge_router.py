@@ -288,6 +288,23 @@ async def test_personal_data_never_leaves_the_device() -> None:
     assert cloud.calls == []
 
 
+async def personal_in(router: EdgeRouter, text: str) -> list[str]:
+    answer = await router.complete({"messages": [{"role": "user", "content": text}]})
+    assert answer.route is not None
+    return answer.route.personal_data
+
+
+async def test_ibans_ssns_and_the_configured_phone_regions_stay_on_the_device() -> None:
+    cloud = CloudRouter()
+    us_only = make(cloud, tier="premium", privacy={"keep_personal_data_local": True, "phone_regions": ["US"]})
+    assert await personal_in(us_only, "Pay DE89 3704 0044 0532 0130 00") == ["iban"]
+    assert await personal_in(us_only, "My SSN is 457-55-5462") == ["ssn"]
+    assert await personal_in(us_only, "Ruf an: 030 23125 456") == []  # German national format
+    assert len(cloud.chat_calls()) == 1
+    germany = make(cloud, tier="premium", privacy={"keep_personal_data_local": True, "phone_regions": ["DE"]})
+    assert await personal_in(germany, "Ruf an: 030 23125 456") == ["phone"]
+
+
 async def test_low_battery_escalates_an_easy_request() -> None:
     cloud = CloudRouter()
     router = make(cloud, signals=DeviceSignals(battery_pct=9, charging=False))
