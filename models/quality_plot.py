@@ -128,7 +128,7 @@ def _panel(
 
 def _mark_tiers(ax: Axes, curve: QualityCurve, tiers: TierMarks) -> None:
     """A triangle per tier where its threshold puts it on `curve`; forced and never tiers at the ends."""
-    for name, tier in tiers.tiers.items():
+    for i, (name, tier) in enumerate(tiers.tiers.items()):
         if tier.cloud == "allowed":
             x, y = curve.at_threshold(tier.threshold)
             label = f"{name} ≥ {tier.threshold:g}"
@@ -136,11 +136,11 @@ def _mark_tiers(ax: Axes, curve: QualityCurve, tiers: TierMarks) -> None:
             x, y = (1.0, curve.strong) if tier.cloud == "forced" else (0.0, curve.weak)
             label = f"{name} ({tier.cloud})"
         ax.plot([x], [y], "^", c="black", ms=7, gid=f"tier:{name}")
-        right = x > 0.8  # keep the label inside the panel
-        ax.annotate(
+        right, up = x > 0.8, y < 0.2  # keep the label inside the panel
+        ax.annotate(  # one line further per tier: tiers often sit close together
             label,
             (x, y),
-            xytext=(-4 if right else 4, -11),
+            xytext=(-4 if right else 4, 5 + 9 * i if up else -11 - 9 * i),
             textcoords="offset points",
             ha="right" if right else "left",
             fontsize=7,
