@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from models.evaluate import tier_marks
 from models.quality import QualityCurve, quality_curve
@@ -50,6 +51,11 @@ def _panels(fig: Figure) -> list[Axes]:
     return [ax for ax in fig.axes if ax.get_visible()]
 
 
+def _xy(line: Line2D) -> tuple[float, float]:
+    """The one point a marker line draws."""
+    return float(np.asarray(line.get_xdata())[0]), float(np.asarray(line.get_ydata())[0])
+
+
 def _texts(ax: Axes) -> list[str]:
     return [t.get_text() for t in ax.texts]
 
@@ -63,7 +69,9 @@ def test_the_caption_says_how_to_read_the_plot(figure: Figure) -> None:
 
 def test_the_weak_and_strong_lines_are_labelled_in_every_legend(figure: Figure) -> None:
     for ax in _panels(figure):
-        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        legend = ax.get_legend()
+        assert legend is not None
+        labels = [t.get_text() for t in legend.get_texts()]
         assert "weak alone: small (0.375)" in labels and "strong alone: big (0.750)" in labels
         assert "CPT(50%) of each router" in labels and "tier thresholds (oracle@1)" in labels
         assert any(ABOVE_IS_BETTER in text for text in _texts(ax))
@@ -73,18 +81,14 @@ def test_each_router_has_its_cpt50_marker_halfway_up_the_gap(figure: Figure) -> 
     good = _panels(figure)[0]
     markers = [line for line in good.lines if line.get_gid() == "cpt50"]
     assert len(markers) == 2  # oracle and random
-    xs = sorted(float(line.get_xdata()[0]) for line in markers)  # type: ignore[index]
-    assert xs == pytest.approx([1.5 / 8, 0.5])
-    assert all(float(line.get_ydata()[0]) == pytest.approx(0.5625) for line in markers)  # type: ignore[index]
+    points = sorted(_xy(line) for line in markers)
+    assert [x for x, _ in points] == pytest.approx([1.5 / 8, 0.5])  # the oracle's, random's
+    assert [y for _, y in points] == pytest.approx([0.5625, 0.5625])  # half of 0.375 -> 0.75
 
 
 def test_each_tier_is_marked_where_its_threshold_routes(figure: Figure) -> None:
     good = _panels(figure)[0]
-    marks = {
-        line.get_gid(): (line.get_xdata()[0], line.get_ydata()[0])  # type: ignore[index]
-        for line in good.lines
-        if str(line.get_gid()).startswith("tier:")
-    }
+    marks = {line.get_gid(): _xy(line) for line in good.lines if str(line.get_gid()).startswith("tier:")}
     assert marks["tier:free"] == pytest.approx((3 / 8, 0.75))  # 0.9, 0.8, 0.75 escalate: the whole gap
     assert marks["tier:standard"] == pytest.approx((4 / 8, 0.75))  # and 0.4
     assert marks["tier:premium"] == pytest.approx((1.0, 0.75))  # forced: every call
@@ -105,9 +109,9 @@ def test_the_panels_share_one_y_scale(figure: Figure) -> None:
 
 def test_a_curve_knows_where_a_threshold_puts_it() -> None:
     curve = quality_curve(ORACLE, WEAK, STRONG)
-    assert curve.at_threshold(1.0) == (0.0, pytest.approx(0.375))  # nothing escalates
-    assert curve.at_threshold(0.8) == (2 / 8, pytest.approx(0.625))  # at or above: 0.9 and 0.8
-    assert curve.at_threshold(0.0) == (1.0, pytest.approx(0.75))
+    assert curve.at_threshold(1.0) == pytest.approx((0.0, 0.375))  # nothing escalates
+    assert curve.at_threshold(0.8) == pytest.approx((2 / 8, 0.625))  # at or above: 0.9 and 0.8
+    assert curve.at_threshold(0.0) == pytest.approx((1.0, 0.75))
     tied = quality_curve(np.full(8, 0.5), WEAK, STRONG)
     assert tied.at_threshold(0.5)[0] == 1.0 and tied.at_threshold(0.6)[0] == 0.0
 
