@@ -1,6 +1,7 @@
 """Router-quality evaluation: estimators and baselines on held-out routing benchmarks, side by side.
 
     hybrid-router eval [--benchmark mmlu --benchmark gsm8k-edge ...] [--json out.json] [--plot out.png]
+                      [--config router/demo-config.yaml]
 
 Every router is scored on the same items: the configured estimators, plus the baselines every
 router must beat: random routing (constant score: APGR 0.5 by construction) and prompt length.
@@ -22,11 +23,18 @@ import numpy as np
 
 from models.litellm_baseline import litellm_complexity_scorer
 from models.quality import NoQualityGapError, QualityCurve, quality_curve, summarize
+from models.quality_plot import TierMarks, plot_curves
 from models.routing_data import ALL_BENCHMARKS, MissingLabelsError, RoutingBenchmark, load_benchmark
-from router import ChatMessage, ComplexityEstimator, available_estimators, load_estimator
+from router import (
+    DEMO_CONFIG_PATH,
+    ChatMessage,
+    ComplexityEstimator,
+    available_estimators,
+    load_config,
+    load_estimator,
+)
 
 Scorer = Callable[[Sequence[ChatMessage]], float]
-PLOT_COLUMNS = 4  # panels per row of the quality plot
 
 
 def baseline_scorers() -> dict[str, Scorer]:
@@ -67,33 +75,19 @@ def evaluate(
     return curves
 
 
-def plot_curves(
-    results: dict[str, dict[str, QualityCurve]], path: Path, pairs: dict[str, str] | None = None
-) -> None:
-    """Quality vs cloud fraction: one panel per benchmark, titled with its pair; one line per router."""
-    import matplotlib
+def tier_marks(config_path: Path, evaluated: Sequence[str]) -> TierMarks | None:
+    """The tiers of the routing config at `config_path`, for the estimator it uses if it was evaluated.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(len(results), PLOT_COLUMNS)
-    rows = -(-len(results) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
-    for ax in axes.flat[len(results) :]:
-        ax.set_visible(False)
-    for ax, (bench, curves) in zip(axes.flat, results.items(), strict=False):
-        for name, curve in curves.items():
-            apgr = summarize(curve)["apgr"]  # the report's rounding, so legend and table agree
-            ax.plot(curve.cloud_fraction, curve.quality, label=f"{name} (APGR {apgr:.3f})")
-        first = next(iter(curves.values()))
-        ax.axhline(first.strong, ls=":", c="grey")
-        ax.axhline(first.weak, ls=":", c="grey")
-        title = f"{bench} ({pairs[bench]})" if pairs and bench in pairs else bench
-        ax.set(title=title, xlabel="fraction of calls to the strong model", ylabel="quality")
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    None (with a note on stderr) when that estimator is not among `evaluated`: its thresholds mean
+    nothing on another estimator's scores.
+    """
+    config = load_config(config_path, apply_env=False)
+    estimator = load_estimator(config.estimator.name, config.estimator.version)
+    key = f"{estimator.name}@{estimator.version}"
+    if key not in evaluated:
+        print(f"note: {config_path} routes with {key}, not evaluated: no tier marks", file=sys.stderr)
+        return None
+    return TierMarks(estimator=key, tiers=config.tiers, source=config_path.name)
 
 
 def run_eval(
@@ -159,6 +153,12 @@ def add_eval_command(subparsers: Any) -> None:
     p.add_argument("--labels-dir", type=Path, help="edge labels folder (default: models/data/edge-labels)")
     p.add_argument("--json", type=Path, help="write the numbers here")
     p.add_argument("--plot", type=Path, help="write the quality-vs-cloud-fraction curves here (PNG)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=DEMO_CONFIG_PATH,
+        help="routing config whose tier thresholds the plot marks (default: the demo config)",
+    )
     p.set_defaults(func=_cmd_eval)
 
 
@@ -177,5 +177,7 @@ def _cmd_eval(args: Any) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.plot:
-        plot_curves(curves, args.plot, {b: e["pair"] for b, e in report["benchmarks"].items()})
+        pairs = {b: e["pair"] for b, e in report["benchmarks"].items()}
+        evaluated = list(next(iter(curves.values())))
+        plot_curves(curves, args.plot, pairs, tier_marks(args.config, evaluated))
     return 0

@@ -28,6 +28,21 @@ class QualityCurve:
     quality: FloatArray
     weak: float
     strong: float
+    # The lowest score sent to the strong model at each point (+inf at the first, where none is).
+    cut_scores: FloatArray | None = None
+
+    def at_threshold(self, threshold: float) -> tuple[float, float]:
+        """(cloud fraction, quality) when every score at or above `threshold` goes to the strong model.
+
+        That is how a tier's `threshold` routes (the policy escalates at or above it).
+
+        Raises:
+            ValueError: the curve was built without its scores.
+        """
+        if self.cut_scores is None:
+            raise ValueError("this curve does not know its scores: build it with quality_curve")
+        i = int(np.count_nonzero(self.cut_scores >= threshold)) - 1  # cut scores never increase
+        return float(self.cloud_fraction[i]), float(self.quality[i])
 
     def pgr(self) -> FloatArray:
         """Performance gap recovered at each point."""
@@ -86,6 +101,7 @@ def quality_curve(scores: FloatArray, weak: FloatArray, strong: FloatArray) -> Q
         quality=base + cum_gain[boundaries] / n,
         weak=base,
         strong=float(strong.mean()),
+        cut_scores=np.concatenate([[np.inf], sorted_scores[boundaries[1:] - 1]]),
     )
 
 

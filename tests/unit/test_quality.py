@@ -57,7 +57,7 @@ def test_equal_weak_and_strong_quality_is_a_clear_error_not_a_division_by_zero()
 def test_the_quality_plot_wraps_into_rows_of_four_panels(tmp_path: Path) -> None:
     import matplotlib.image
 
-    from models.evaluate import PLOT_COLUMNS, plot_curves
+    from models.quality_plot import PLOT_COLUMNS, plot_curves
 
     curve = quality_curve(np.array([0.1, 0.9, 0.5]), np.array([1.0, 0.0, 1.0]), np.array([1.0, 1.0, 1.0]))
     results = {f"b{i}": {"r": curve} for i in range(PLOT_COLUMNS + 1)}
