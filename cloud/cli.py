@@ -74,6 +74,8 @@ def _serve(config: RouterConfig, args: argparse.Namespace, *, reload: Callable[[
             return 1
     listener = _listen(config.server.host, config.server.port)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if hasattr(signal, "SIGHUP"):  # until the server has started, a reload must not kill the process
+        signal.signal(signal.SIGHUP, _hangup_before_start)
     app = create_app(config)
     options = uvicorn_options(config.server)
     server = GracefulServer(
@@ -102,6 +104,10 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from None
     listener.set_inheritable(True)
     return listener
+
+
+def _hangup_before_start(signum: int, frame: FrameType | None) -> None:
+    logger.warning("SIGHUP before the server has started: ignored (the config file is read at start)")
 
 
 def _reload(app: Starlette, load: Callable[[], RouterConfig]) -> None:

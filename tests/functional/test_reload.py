@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.servers import KEYS, make_router_config, router_process
+from tests.servers import KEYS, free_port, make_router_config, router_process, spawn_router, wait_until_up
 
 pytestmark = pytest.mark.functional
 
@@ -84,3 +84,20 @@ def test_sighup_reloads_without_dropping_a_stream_and_keeps_the_last_good_config
         assert len(failures) == 2, failures
         assert "keeping the last good config" in failures[0] and "not valid YAML" in failures[0]
         assert "tiers.free.threshold" in failures[1]
+
+
+def test_sighup_while_starting_does_not_kill_the_server(tmp_path: Path) -> None:
+    port = free_port()
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(make_router_config(None)))
+    log_file = tmp_path / "router.log"
+    with log_file.open("wb") as log:
+        process = spawn_router(config_file, port, stdout=log)
+        try:
+            time.sleep(1.5)  # importing, checking the llama.cpp build, loading the model
+            process.send_signal(signal.SIGHUP)
+            wait_until_up(process, f"http://127.0.0.1:{port}", log_file, 120)
+            assert free_threshold(f"http://127.0.0.1:{port}") == 0.7
+        finally:
+            process.terminate()
+            process.wait(timeout=15)
