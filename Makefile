@@ -95,6 +95,7 @@ models: $(MODELS_STAMP)
 
 schema: install
 	$(BIN)/hybrid-router schema > router/config.schema.json
+	$(BIN)/hybrid-router edge schema > edge/device-config.schema.json
 
 clean:
 	rm -rf $(VENV) $(MODELS_VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

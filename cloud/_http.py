@@ -28,6 +28,17 @@ MAX_JSON_DEPTH = 64
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
+#: The headers `route_headers` sets (a browser's script reads them only when CORS exposes them).
+ROUTE_HEADERS = (
+    "x-route-target",
+    "x-route-reason",
+    "x-route-score",
+    "x-route-tier",
+    "x-route-model",
+    "x-route-fallback",
+)
+
+
 def route_headers(route: RouteInfo) -> dict[str, str]:
     """The `x-route-*` headers that say where and why a request was answered."""
     return {

@@ -18,13 +18,16 @@ from dataclasses import replace
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from cloud import routes
+from cloud._http import ROUTE_HEADERS
 from cloud.engines import EngineFactory
-from router import RouterConfig, RouterError, RoutingEngine
+from router import ConfigError, RouterConfig, RouterError, RoutingEngine
 
 logger = logging.getLogger("hybrid_router")
 
@@ -80,6 +83,7 @@ def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default
 
     app = Starlette(
         routes=[Route(route.path, _endpoint(route), methods=[route.method]) for route in routes.ROUTES],
+        middleware=_cors(config),
         lifespan=lifespan,
         exception_handlers={
             RouterError: _router_error,
@@ -89,6 +93,50 @@ def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default
     )
     app.state.config = config
     return app
+
+
+def _cors(config: RouterConfig) -> list[Middleware]:
+    cors = config.server.cors
+    if not cors.enabled:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=cors.allow_origins,
+            allow_methods=cors.allow_methods,
+            allow_headers=cors.allow_headers,
+            allow_credentials=cors.allow_credentials,
+            expose_headers=list(ROUTE_HEADERS),
+            max_age=cors.max_age_s,
+        )
+    ]
+
+
+#: What a config reload cannot change in a running server: the backends (rebuilt only at start) and
+#: the listener (host, port, CORS, proxies, grace).
+_RESTART_ONLY = ("edge", "cloud", "estimator")
+
+
+def reload_config(app: Starlette, config: RouterConfig) -> None:
+    """Serve `config` from the next request on: tiers, keys, limits, the served model name.
+
+    Requests in flight finish on the engine they started with (`RoutingEngine.reconfigured` shares the
+    backends, so nothing is closed). A change of the backends' sections is refused with a `ConfigError`
+    (the caller keeps the last good config); a change of `server`'s listener settings is logged and
+    waits for a restart.
+    """
+    old: RouterConfig = app.state.config
+    changed = [name for name in _RESTART_ONLY if getattr(old, name) != getattr(config, name)]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)} changed: restart the server to apply that")
+    listener = ("host", "port", "cors", "forwarded_allow_ips", "shutdown_grace_s")
+    if any(getattr(old.server, name) != getattr(config.server, name) for name in listener):
+        logger.warning("config reload: server host, port, cors, proxies and grace apply at the next restart")
+    engine: RoutingEngine | None = getattr(app.state, "engine", None)
+    if engine is not None:
+        app.state.engine = engine.reconfigured(config)
+    app.state.config = config
+    logger.info("config reloaded: tiers %s, %d api keys", sorted(config.tiers), len(config.api_keys))
 
 
 def cut_in_flight(app: Starlette) -> None:

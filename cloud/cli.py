@@ -1,6 +1,6 @@
 """The `hybrid-router` command line.
 
-hybrid-router serve [--config FILE] [--host H] [--port P]
+hybrid-router serve [--config FILE] [--host H] [--port P]   # SIGHUP reloads FILE
 hybrid-router demo                     # stand-in GPU endpoint + router, as `make run` does
 hybrid-router route "<prompt>" --tier T [--config FILE]
 hybrid-router schema                   # JSON Schema of the config, for editors
@@ -14,10 +14,12 @@ import importlib.metadata
 import json
 import logging
 import signal
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from router import (
     ConfigError,
@@ -28,6 +30,9 @@ from router import (
     hash_api_key,
     load_config,
 )
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 DEMO_KEYS = {
     "free": "demo-free-key",
@@ -45,29 +50,75 @@ def _load(args: argparse.Namespace, settings: RouterSettings | None = None) -> R
     return config
 
 
+#: uvicorn's log levels, for `--log-level`.
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+logger = logging.getLogger("hybrid_router")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve the router over HTTP until interrupted."""
-    return _serve(_load(args), args)
+    """Serve the router over HTTP until interrupted; SIGHUP reloads the config file."""
+    return _serve(_load(args), args, reload=lambda: _load(args))
 
 
-def _serve(config: RouterConfig, args: argparse.Namespace) -> int:
+def _serve(config: RouterConfig, args: argparse.Namespace, *, reload: Callable[[], RouterConfig]) -> int:
     import uvicorn
 
     from cloud.app import create_app, cut_in_flight
     from cloud.server import GracefulServer, uvicorn_options
 
-    if config.edge.enabled and args.edge_check and not _edge_build_runs(config):
-        return 1
+    if config.edge.enabled:
+        from edge.model_files import resolve_model_path
+
+        resolve_model_path(config.edge)  # a missing GGUF is one line now, not a trace at start-up
+        if args.edge_check and not _edge_build_runs(config):
+            return 1
+    listener = _listen(config.server.host, config.server.port)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if hasattr(signal, "SIGHUP"):  # until the server has started, a reload must not kill the process
+        signal.signal(signal.SIGHUP, _hangup_before_start)
     app = create_app(config)
     options = uvicorn_options(config.server)
     server = GracefulServer(
         uvicorn.Config(app, **options, log_level=args.log_level, access_log=args.access_log),
         grace_s=config.server.shutdown_grace_s,
         cut_in_flight=lambda: cut_in_flight(app),
+        on_hangup=lambda: _reload(app, reload),
     )
-    server.run()
+    server.run(sockets=[listener])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` as uvicorn binds one; a port in use is a `ConfigError`.
+
+    Bound before the engine is built: the error is one line at once, not a log after the model loaded.
+    """
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (set --host/--port or server.host/port)"
+        ) from None
+    listener.set_inheritable(True)
+    return listener
+
+
+def _hangup_before_start(signum: int, frame: FrameType | None) -> None:
+    logger.warning("SIGHUP before the server has started: ignored (the config file is read at start)")
+
+
+def _reload(app: Starlette, load: Callable[[], RouterConfig]) -> None:
+    """Reload the config on SIGHUP; an invalid one is logged on one line and the last good one kept."""
+    from cloud.app import reload_config
+
+    try:
+        reload_config(app, load())
+    except RouterError as exc:
+        problem = " ".join(exc.message.split())  # a YAML error spans lines: keep the log's one line
+        logger.error("config reload failed, keeping the last good config: %s", problem)
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -108,7 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             settings = RouterSettings.from_args(args, cloud_url=standin.url)
         config = _load(args, settings)
         print(_demo_banner(config), flush=True)
-        return _serve(config, args)
+        return _serve(config, args, reload=lambda: _load(args, settings))
     finally:
         if standin is not None:
             standin.stop()
@@ -185,11 +236,36 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help with each option's default; a default of None is said in words by the help itself."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose every sub-parser shows defaults and reports a bad argument on one line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """`argparse.ArgumentParser`, with `HelpFormatter` unless another is given."""
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """`hybrid-router: <command>: <message>` on stderr, exit status 2 (no usage dump)."""
+        command = self.prog.removeprefix("hybrid-router").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"hybrid-router: {where}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `hybrid-router`."""
-    parser = argparse.ArgumentParser(
-        prog="hybrid-router", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    from cloud._version import installed_version
+
+    parser = CommandParser(prog="hybrid-router", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -197,15 +273,20 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     for name, func, help_text in (
-        ("serve", cmd_serve, "serve the router over HTTP"),
+        ("serve", cmd_serve, "serve the router over HTTP (SIGHUP reloads the config)"),
         ("demo", cmd_demo, "start the stand-in GPU endpoint and serve the router"),
     ):
         p = with_config(sub.add_parser(name, help=help_text))
-        p.add_argument("--host")
-        p.add_argument("--port", type=int)
+        p.add_argument("--host", help="address to listen on; default: server.host of the config")
+        p.add_argument("--port", type=int, help="port to listen on; default: server.port of the config")
         RouterSettings.add_arguments(p)  # --cloud-url, --cloud-model: over the env and the file
-        p.add_argument("--log-level", default="info")
-        p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
+        p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="uvicorn's log level")
+        p.add_argument(
+            "--access-log",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="log one line per request (paths without their query string)",
+        )
         p.add_argument(
             "--edge-check",
             action=argparse.BooleanOptionalAction,
@@ -214,18 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.set_defaults(func=func)
     demo = sub.choices["demo"]
-    demo.add_argument("--cloud-port", type=int, default=8081)
-    demo.add_argument("--cloud-log", default="standin-endpoint.log")
+    demo.add_argument("--cloud-port", type=int, default=8081, help="port of the stand-in GPU endpoint")
+    demo.add_argument("--cloud-log", default="standin-endpoint.log", help="the stand-in endpoint's log file")
 
     route = with_config(sub.add_parser("route", help="print the decision for a prompt, without generating"))
-    route.add_argument("prompt")
-    route.add_argument("--tier", required=True)
-    route.add_argument("--max-tokens", type=int)
+    route.add_argument("prompt", help="the user message to route")
+    route.add_argument("--tier", required=True, help="the tier whose policy decides")
+    route.add_argument("--max-tokens", type=int, help="the request's max_tokens; default: none set")
     route.set_defaults(func=cmd_route)
 
     sub.add_parser("schema", help="print the config JSON Schema").set_defaults(func=cmd_schema)
     hk = sub.add_parser("hash-key", help="print the sha256 to store for an API key")
-    hk.add_argument("key")
+    hk.add_argument("key", help="the API key to hash")
     hk.set_defaults(func=cmd_hash_key)
     # Commands of the other packages (`eval` from models/, ...), registered as entry points.
     for entry_point in importlib.metadata.entry_points(group="hybrid_router.commands"):

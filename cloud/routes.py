@@ -11,6 +11,7 @@ the local server, the Function URL and API Gateway serve the same routes, bodies
                                 `/healthz` with an admin key: each backend's state, the breaker, the queue
     GET  /metrics               decision counters, tokens and cost (in-process metrics only; an admin key)
     GET  /v1/edge/config        the caller's tier policy for the edge SDK's config sync (ETag)
+    GET  /openapi.json          the OpenAPI 3.1 document of these routes, for anyone
 
 The caller's tier comes from its key, never from the request body: an API Gateway key
 (`HttpRequest.api_key_id` / `api_key`, from `requestContext.identity`) or `Authorization: Bearer`.
@@ -331,6 +332,13 @@ async def edge_config(request: HttpRequest, engine: RoutingEngine) -> HttpRespon
     return HttpResponse(200, {"content-type": JSON, "etag": etag, "cache-control": "private, no-cache"}, body)
 
 
+async def openapi(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
+    """`GET /openapi.json`: the OpenAPI document of these routes, for anyone (no key, as vLLM's)."""
+    from cloud.openapi import openapi_document  # lazy: pydantic's schema generation, once, on first ask
+
+    return json_response(await asyncio.to_thread(openapi_document))
+
+
 #: Every route, for every front door.
 ROUTES: tuple[Route, ...] = (
     Route("POST", CHAT_COMPLETIONS, chat_completions),
@@ -339,4 +347,5 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", health_detail),
     Route("GET", "/metrics", metrics),
     Route("GET", "/v1/edge/config", edge_config),
+    Route("GET", "/openapi.json", openapi),
 )

@@ -4,6 +4,7 @@
   not end up in a log file.
 - `X-Forwarded-For` and `X-Forwarded-Proto` are believed only from `server.forwarded_allow_ips`
   (default: nobody), so a caller cannot choose the address the log and the router see.
+- SIGHUP: `on_hangup` is called on the event loop (the CLI reloads the config file there).
 - SIGTERM (or Ctrl-C): stop accepting connections, let requests in flight finish for
   `server.shutdown_grace_s`, then end the streams still open with an error event and `data: [DONE]`
   and answer the requests still waiting with a 503 (`cloud.app` does, when the server calls
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -64,11 +66,26 @@ def uvicorn_options(server: ServerConfig) -> dict[str, Any]:
 class GracefulServer(uvicorn.Server):
     """uvicorn's server, which calls `cut_in_flight` once the grace period after a signal has passed."""
 
-    def __init__(self, config: uvicorn.Config, *, grace_s: float, cut_in_flight: Callable[[], None]) -> None:
-        """Serve `config`; `cut_in_flight` ends what the app still serves (called on the event loop)."""
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        grace_s: float,
+        cut_in_flight: Callable[[], None],
+        on_hangup: Callable[[], None] | None = None,
+    ) -> None:
+        """Serve `config`; `cut_in_flight` ends what the app still serves, `on_hangup` answers SIGHUP
+        (both called on the event loop)."""
         super().__init__(config)
         self.grace_s = grace_s
         self.cut_in_flight = cut_in_flight
+        self.on_hangup = on_hangup
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up, then SIGHUP handled on the loop (between requests, never inside one)."""
+        await super().startup(sockets)
+        if self.on_hangup is not None and hasattr(signal, "SIGHUP"):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.on_hangup)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's shutdown (stop accepting, wait for requests), with what is in flight cut at the grace."""

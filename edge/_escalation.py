@@ -20,14 +20,30 @@ import httpx
 from edge._errors import CloudUnreachable
 from edge._sdk_config import CloudLink
 from router._errors import AuthenticationError, RouterError
-from router._openai_client import HTTPTimeouts, OpenAIHTTPClient, RetryPolicy, chat_body, error_for_status
+from router._openai_client import (
+    HTTPTimeouts,
+    OpenAIHTTPClient,
+    RetryPolicy,
+    StatusError,
+    chat_body,
+    error_for_status,
+)
 from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 
 
-def _status_error(status: int, message: str, code: str | None) -> RouterError:
-    if status == 401:
-        return AuthenticationError(f"{message} (check the device's API key)")
-    return error_for_status(status, message, code)
+def _status_error_for(link: CloudLink, *, explicit_key: bool) -> StatusError:
+    """The error of an error status; a 401 names the env var of the device's key, where it is fixed."""
+    if explicit_key:
+        refused = f"the API key given to the SDK (in place of the env var {link.api_key_env})"
+    else:
+        refused = f"the device's API key: set the env var {link.api_key_env} to a key the cloud router knows"
+
+    def status_error(status: int, message: str, code: str | None) -> RouterError:
+        if status == 401:
+            return AuthenticationError(f"{message} (the cloud router refused {refused})")
+        return error_for_status(status, message, code)
+
+    return status_error
 
 
 class EscalationClient:
@@ -53,7 +69,7 @@ class EscalationClient:
             retry=RetryPolicy.from_config(link.retries),
             api_key=lambda: api_key or link.api_key,  # the environment is read at call time
             headers={"User-Agent": "hybrid-router-edge-sdk"},
-            status_error=_status_error,
+            status_error=_status_error_for(link, explicit_key=api_key is not None),
             network_error=CloudUnreachable,
             # The cloud router ends every stream with [DONE], errors included: a body that just stops
             # was cut in the network.

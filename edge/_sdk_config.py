@@ -27,6 +27,8 @@ from router._errors import ConfigError
 from router._settings import secret_from_env
 
 ENV_DEVICE_KEY = EdgeSettings.SECRET_ENV["device_key"]
+#: A commented example of the SDK config (every section), which the JSON Schema below validates.
+EXAMPLE_CONFIG_PATH = Path(__file__).with_name("device.example.yaml")
 
 
 class _Strict(BaseModel):
@@ -203,3 +205,11 @@ def load_edge_router_config(
     if apply_env and (url := (settings or EdgeSettings.from_env()).edge_cloud_url):
         config = config.model_copy(update={"cloud": config.cloud.model_copy(update={"url": url})})
     return config
+
+
+def edge_config_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the SDK config document, for editors (`hybrid-router edge schema`)."""
+    schema = EdgeRouterConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "hybrid-router edge SDK config"
+    return schema

@@ -3,6 +3,7 @@
 hybrid-router edge ask "<prompt>" [--config FILE] [--cloud-url URL] [--tier T] [--json]
 hybrid-router edge chat [--config FILE] ...        # interactive; /route, /status, /reset, /quit
 hybrid-router edge check [--model GGUF] [--json]   # does the llama.cpp build decode on this CPU?
+hybrid-router edge schema                          # JSON Schema of the SDK config (device.yaml)
 
 The answer goes to stdout as it is generated; where it was answered and why goes to stderr, e.g.
 `[edge · score_below_threshold · score 0.08]` or `[edge · offline · OFFLINE]`. The device's API key
@@ -50,7 +51,7 @@ def add_edge_commands(subparsers: Any) -> argparse.ArgumentParser:
         return p
 
     ask = common(commands.add_parser("ask", help="answer one prompt"))
-    ask.add_argument("prompt")
+    ask.add_argument("prompt", help="the user message to answer")
     ask.add_argument("--json", action="store_true", help="print the whole answer as JSON (not streamed)")
     ask.set_defaults(func=cmd_ask)
     chat = common(commands.add_parser("chat", help="an interactive chat"))
@@ -61,7 +62,17 @@ def add_edge_commands(subparsers: Any) -> argparse.ArgumentParser:
     check.add_argument("--model", help="a GGUF file (default: the packaged SmolLM2)")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.set_defaults(func=cmd_check)
+    schema = commands.add_parser("schema", help="print the JSON Schema of the SDK config, for editors")
+    schema.set_defaults(func=cmd_schema)
     return edge
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the SDK config's JSON Schema (edge/device-config.schema.json is this output)."""
+    from edge._sdk_config import edge_config_json_schema
+
+    print(json.dumps(edge_config_json_schema(), indent=2))
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -6,12 +6,14 @@
 
 With `--cloud-fraction F` the threshold is the (1 - F) quantile of the estimator's scores on the
 calibration prompts; with `--target-pgr P` it is the score at which the router first recovers P of
-the weak-to-strong gap on a benchmark with known outcomes (the CPT(P) point).
+the weak-to-strong gap on a benchmark with known outcomes (the CPT(P) point). It only prints the
+threshold unless `--output` names where to write the config with it.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,20 +96,27 @@ def write_threshold(config_path: Path, output: Path, tier: str, threshold: float
 
 def add_calibrate_command(subparsers: Any) -> None:
     """Register `hybrid-router calibrate`."""
-    p = subparsers.add_parser("calibrate", help="set a tier's threshold from a target cloud share or PGR")
-    p.add_argument("--tier", required=True)
+    p = subparsers.add_parser(
+        "calibrate",
+        help="compute a tier's threshold from a target cloud share or PGR (written only with --output)",
+    )
+    p.add_argument("--tier", required=True, help="the tier whose threshold to set")
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--cloud-fraction", type=float, help="share of calls to escalate, in [0, 1]")
     goal.add_argument("--target-pgr", type=float, help="share of the weak-to-strong gap to recover")
     p.add_argument("--config", type=Path, default=DEMO_CONFIG_PATH, help="config to read")
-    p.add_argument("--output", type=Path, help="where to write the new config (default: print only)")
+    p.add_argument(
+        "--output", type=Path, help="write the config with the new threshold here; default: print only"
+    )
     p.add_argument(
         "--benchmark",
         action="append",
         choices=ALL_BENCHMARKS,
         help="calibration prompts (repeatable); default: the Mixtral/GPT-4 benchmarks",
     )
-    p.add_argument("--data-dir", type=Path)
+    p.add_argument(
+        "--data-dir", type=Path, help="the benchmarks' data; default: $HYBRID_ROUTER_DATA_DIR or shared/data"
+    )
     p.set_defaults(func=_cmd_calibrate)
 
 
@@ -128,4 +137,9 @@ def _cmd_calibrate(args: Any) -> int:
         f"tier {args.tier}: threshold {result['threshold']} escalates "
         f"{result['expected_cloud_fraction']:.1%} of {result['calibration_prompts']} calibration prompts"
     )
+    if not args.output:
+        print(
+            f"printed only, no config changed: pass --output FILE to write {args.config} with this threshold",
+            file=sys.stderr,
+        )
     return 0

@@ -272,13 +272,15 @@ def run_labels(
 def add_labels_command(subparsers: Any) -> None:
     """Register `hybrid-router labels`."""
     p = subparsers.add_parser("labels", help="record where the edge model is right (resumable, long)")
-    p.add_argument("--benchmark", choices=("mmlu", "gsm8k"), required=True)
+    p.add_argument("--benchmark", choices=("mmlu", "gsm8k"), required=True, help="what to label")
     p.add_argument("--model", choices=tuple(EDGE_MODELS), default=SMOLLM2.key, help="the small model")
     p.add_argument("--per-subject", type=int, help="MMLU: the first N items of each subject")
     p.add_argument("--limit", type=int, help="at most N items")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--out-dir", type=Path, default=LABELS_DIR)
-    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--threads", type=int, help="CPU threads of the small model; default: all cores")
+    p.add_argument("--out-dir", type=Path, default=LABELS_DIR, help="where the labels are written")
+    p.add_argument(
+        "--data-dir", type=Path, help="the benchmarks' data; default: $HYBRID_ROUTER_DATA_DIR or shared/data"
+    )
     p.set_defaults(func=_cmd_labels)
 
 

@@ -124,6 +124,38 @@ class CloudConfig(_Strict):
         return secret_from_env(self.api_key_env)
 
 
+class CorsConfig(_Strict):
+    """Cross-origin requests from browsers (Starlette's CORSMiddleware); off while no origin is allowed."""
+
+    allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins a browser page may call the API from ('https://app.example.com', or '*' for "
+        "any); empty: CORS off, no CORS headers are sent.",
+    )
+    allow_methods: list[str] = Field(
+        default_factory=lambda: ["GET", "POST"], description="Methods a cross-origin request may use."
+    )
+    allow_headers: list[str] = Field(
+        default_factory=lambda: ["authorization", "content-type"],
+        description="Request headers a cross-origin request may send.",
+    )
+    allow_credentials: bool = Field(
+        False, description="Let browsers send cookies and credentials; not with the origin '*'."
+    )
+    max_age_s: Annotated[int, Field(ge=0)] = Field(600, description="How long browsers cache a preflight.")
+
+    @model_validator(mode="after")
+    def _no_credentials_for_any_origin(self) -> CorsConfig:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError("allow_credentials needs explicit origins: browsers refuse it with '*'")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any origin is allowed."""
+        return bool(self.allow_origins)
+
+
 class ServerConfig(_Strict):
     """The HTTP server of the router."""
 
@@ -156,6 +188,7 @@ class ServerConfig(_Strict):
         description="On SIGTERM, how long requests in flight may finish; then open streams end with an "
         "error event and the server exits.",
     )
+    cors: CorsConfig = Field(CorsConfig(), description="Cross-origin requests from browsers; off by default.")
 
 
 class EstimatorConfig(_Strict):

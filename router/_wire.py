@@ -84,6 +84,8 @@ class RefusalPart(WireModel):
 
 #: Part types OpenAI allows in a message and this router (text models) cannot read.
 _MEDIA_PARTS = ("image_url", "input_audio", "file")
+#: Part types this router reads.
+_TEXT_PARTS = ("text", "refusal")
 #: Roles whose messages the spec requires `content` of.
 _CONTENT_REQUIRED = ("system", "developer", "user", "tool")
 
@@ -118,7 +120,16 @@ class ChatMessage(WireModel):
             for part in value:
                 kind = part.get("type") if isinstance(part, dict) else None
                 if kind in _MEDIA_PARTS:
-                    raise _unsupported(f"content parts of type '{kind}' are not supported: text only")
+                    raise _unsupported(
+                        f"content parts of type '{kind}' are not supported: this router serves text only"
+                    )
+                if isinstance(kind, str) and kind not in _TEXT_PARTS:  # not OpenAI's: say so, not a dump
+                    raise PydanticCustomError(
+                        "unknown_content_part",
+                        "content part type '{kind}' is not one of OpenAI's ({known}); this router serves "
+                        "text only",
+                        {"kind": kind, "known": ", ".join((*_TEXT_PARTS, *_MEDIA_PARTS))},
+                    )
         return value
 
     @model_validator(mode="after")

@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from cloud.app import create_app
+from cloud.app import create_app, reload_config
 from router import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkChoice,
     CloudBackendError,
     CloudUnavailable,
+    ConfigError,
     Delta,
     HeuristicEstimator,
     RouterConfig,
@@ -159,3 +161,85 @@ def test_server_side_errors_hide_internal_text_and_log_it_under_a_request_id(
 def test_caller_errors_keep_their_helpful_messages(client: TestClient) -> None:
     r = client.post("/v1/chat/completions", content=b"{oops", headers={"authorization": "Bearer k-free"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+
+
+# -- CORS ----------------------------------------------------------------------------------------
+
+
+def _plain(config: RouterConfig) -> TestClient:
+    async def factory(config: RouterConfig) -> RoutingEngine:
+        return RoutingEngine(config, estimator=HeuristicEstimator(), edge=FakeBackend("edge", reply="hi"))
+
+    return TestClient(create_app(config, engine_factory=factory))
+
+
+PREFLIGHT = {
+    "origin": "https://app.example.com",
+    "access-control-request-method": "POST",
+    "access-control-request-headers": "authorization, content-type",
+}
+
+
+def test_cors_is_off_by_default() -> None:
+    with _plain(CONFIG) as c:
+        preflight = c.options("/v1/chat/completions", headers=PREFLIGHT)
+        answer = c.get("/health", headers={"origin": "https://app.example.com"})
+    assert preflight.status_code == 405
+    assert not [h for h in (*preflight.headers, *answer.headers) if h.startswith("access-control-")]
+
+
+def test_cors_allows_the_configured_origins_only() -> None:
+    cors = {"allow_origins": ["https://app.example.com"], "max_age_s": 60}
+    config = CONFIG.model_copy(update={"server": CONFIG.server.model_validate({"cors": cors})})
+    with _plain(config) as c:
+        preflight = c.options("/v1/chat/completions", headers=PREFLIGHT)
+        other = c.options("/v1/chat/completions", headers={**PREFLIGHT, "origin": "https://evil.example"})
+        answer = c.post(
+            "/v1/chat/completions",
+            json=BODY,
+            headers={"authorization": "Bearer k-free", "origin": "https://app.example.com"},
+        )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert preflight.headers["access-control-max-age"] == "60"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "x-route-target" in answer.headers["access-control-expose-headers"]
+
+
+def test_cors_credentials_need_explicit_origins() -> None:
+    with pytest.raises(ConfigError, match="allow_credentials"):
+        parse_config({"server": {"cors": {"allow_origins": ["*"], "allow_credentials": True}}})
+
+
+# -- config reload -------------------------------------------------------------------------------
+
+
+def test_a_reload_serves_new_tiers_and_keys_while_requests_in_flight_keep_theirs() -> None:
+    with _plain(CONFIG) as c:
+        app = c.app
+        assert isinstance(app, Starlette)
+        before = app.state.engine
+        data = CONFIG.model_dump(mode="json")
+        data["tiers"]["free"]["threshold"] = 0.123
+        data["api_keys"].append({"sha256": hash_api_key("k-new"), "tenant": "c", "tier": "free"})
+        reload_config(app, parse_config(data))
+        assert c.get("/v1/edge/config", headers={"authorization": "Bearer k-new"}).json()["policy"][
+            "routing"
+        ]["threshold"] == pytest.approx(0.123)
+        assert app.state.engine is not before
+        assert app.state.engine.backends["edge"] is before.backends["edge"]  # nothing rebuilt
+        assert before.config.tiers["free"].threshold == 0.7  # what a request in flight holds is unchanged
+
+
+def test_a_reload_that_changes_the_backends_is_refused() -> None:
+    with _plain(CONFIG) as c:
+        app = c.app
+        assert isinstance(app, Starlette)
+        before = app.state.engine
+        changed = CONFIG.model_copy(update={"cloud": CONFIG.cloud.model_copy(update={"url": "http://x/v1"})})
+        with pytest.raises(ConfigError, match="cloud changed: restart"):
+            reload_config(app, changed)
+        assert app.state.engine is before and app.state.config is CONFIG

@@ -57,10 +57,22 @@ def test_calibrating_on_the_edge_pair_and_a_clear_error_without_labels(
         ["calibrate", "--tier", "free", "--cloud-fraction", "0.2", "--benchmark", "mmlu-edge"]
     )
     assert args.func(args) == 0
-    assert '"benchmarks": [\n    "mmlu-edge"\n  ]' in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert '"benchmarks": [\n    "mmlu-edge"\n  ]' in printed.out
+    assert "printed only, no config changed: pass --output FILE" in printed.err
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("models.routing_data.EDGE_LABELS_DIR", tmp_path / "no-labels")
         code = main(
             [*("calibrate", "--tier", "free", "--cloud-fraction", "0.2", "--benchmark", "mmlu-gemma")]
         )
     assert code == 2 and "no edge labels" in capsys.readouterr().err
+
+
+def test_with_output_it_writes_and_does_not_say_printed_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "tiers.yaml"
+    args = ["calibrate", "--tier", "free", "--cloud-fraction", "0.2", "--benchmark", "mmlu-edge"]
+    assert main([*args, "--output", str(out)]) == 0
+    assert "printed only" not in capsys.readouterr().err
+    assert load_config(out, apply_env=False).tiers["free"].threshold > 0

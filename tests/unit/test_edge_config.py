@@ -99,3 +99,31 @@ def test_the_llama_backend_does_not_import_the_sdk() -> None:
     code = "import sys, edge.llama_cpp_backend; print(any(m.startswith('edge._router') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_example_config_validates_against_the_schema_and_loads() -> None:
+    import json
+
+    import yaml
+    from jsonschema import Draft202012Validator
+
+    from edge._sdk_config import EXAMPLE_CONFIG_PATH, edge_config_json_schema
+
+    committed = json.loads(EXAMPLE_CONFIG_PATH.with_name("device-config.schema.json").read_text())
+    assert committed == edge_config_json_schema(), "run `make schema`"
+    validator = Draft202012Validator(committed)
+    example = yaml.safe_load(EXAMPLE_CONFIG_PATH.read_text())
+    assert [e.message for e in validator.iter_errors(example)] == []
+    assert list(validator.iter_errors({**example, "tier": 3}))  # the schema can refuse
+    config = load_edge_router_config(EXAMPLE_CONFIG_PATH, apply_env=False)
+    assert config.tier == "standard" and config.cloud.api_key_env == "HYBRID_ROUTER_DEVICE_KEY"
+
+
+def test_edge_schema_command_prints_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from cloud.cli import main
+    from edge._sdk_config import edge_config_json_schema
+
+    assert main(["edge", "schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == edge_config_json_schema()

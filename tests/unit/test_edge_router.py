@@ -18,7 +18,8 @@ from edge import (
     EscalationInterrupted,
     StaticSignals,
 )
-from router import AuthenticationError, EdgeBusy, ModelNotFound, RequestError
+from edge._sdk_config import CloudLink
+from router import AuthenticationError, ChatCompletionRequest, EdgeBusy, ModelNotFound, RequestError
 from tests.fakes import FakeBackend
 
 pytestmark = pytest.mark.anyio
@@ -257,9 +258,22 @@ async def test_a_wrong_device_key_is_an_error_not_a_fallback() -> None:
     cloud = CloudRouter()
     cloud.mode = "401"
     router = make(cloud, tier="premium")
-    with pytest.raises(AuthenticationError, match="device's API key"):
+    with pytest.raises(AuthenticationError, match=r"API key given to the SDK .*HYBRID_ROUTER_DEVICE_KEY"):
         await router.complete(EASY)
     assert len(cloud.chat_calls()) == 1
+
+
+async def test_a_refused_key_from_the_environment_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge._escalation import EscalationClient
+
+    monkeypatch.setenv("HYBRID_ROUTER_DEVICE_KEY", "revoked-key")
+    cloud = CloudRouter()
+    cloud.mode = "401"
+    client = EscalationClient(CloudLink(url="http://cloud.test/v1"), transport=httpx.MockTransport(cloud))
+    with pytest.raises(AuthenticationError, match="set the env var HYBRID_ROUTER_DEVICE_KEY to a key"):
+        await client.complete(ChatCompletionRequest.model_validate({**EASY, "model": "hybrid-router"}))
+    assert cloud.calls[-1].headers["authorization"] == "Bearer revoked-key"
+    await client.aclose()
 
 
 async def test_a_busy_device_model_escalates() -> None:

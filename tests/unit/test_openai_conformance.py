@@ -196,6 +196,22 @@ def test_what_the_spec_allows_and_the_router_cannot_do_is_named(
     error = r.json()["error"]
     assert error["code"] == "unsupported_value" and error["param"] == param, error
     assert named in error["message"] and "not supported" in error["message"], error
+    if param == "messages.0.content":
+        assert "this router serves text only" in error["message"], error
+
+
+@pytest.mark.parametrize("kind", ["image", "input_image", "video_url"])
+def test_a_part_type_not_in_the_spec_is_a_clear_400_not_a_validation_dump(
+    client: TestClient, kind: str
+) -> None:
+    request_body = conversation({"role": "user", "content": [{"type": kind, "image": "https://x/cat.png"}]})
+    assert violations(REQUEST, request_body) != []
+    r = client.post(CHAT, json=request_body, headers=AUTH)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "messages.0.content" and error["code"] == "invalid_request", error
+    assert f"content part type '{kind}' is not one of OpenAI's" in error["message"], error
+    assert "this router serves text only" in error["message"] and "more problems" not in error["message"]
 
 
 @pytest.mark.parametrize("request_body", FORBIDDEN.values(), ids=FORBIDDEN)

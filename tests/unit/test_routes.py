@@ -127,6 +127,7 @@ SAME_REQUESTS = [
     pytest.param("GET", "/metrics", BEARER, None, id="metrics-tenant-key"),
     pytest.param("GET", "/v1/edge/config", BEARER, None, id="edge-config"),
     pytest.param("GET", "/v1/edge/config", {"authorization": "Bearer nope"}, None, id="edge-config-bad-key"),
+    pytest.param("GET", "/openapi.json", {}, None, id="openapi"),
     pytest.param("GET", "/v1/embeddings", {}, None, id="unknown-path"),
     pytest.param("DELETE", "/v1/models", {}, None, id="wrong-method"),
 ]
