@@ -1,7 +1,7 @@
 """The `hybrid-router` command line.
 
-hybrid-router serve [--config FILE] [--host H] [--port P]
-hybrid-router demo                     # stand-in GPU endpoint + router, as `make run` does
+hybrid-router serve --config FILE [--host H] [--port P]
+hybrid-router demo                     # stand-in GPU endpoint + router on the demo config (public keys)
 hybrid-router route "<prompt>" --tier T [--config FILE]
 hybrid-router schema                   # JSON Schema of the config, for editors
 hybrid-router hash-key KEY             # the sha256 to store for an API key
@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from router import (
+    DEMO_KEYS,
     ConfigError,
     RouterConfig,
     RouterError,
@@ -27,14 +28,14 @@ from router import (
     config_json_schema,
     hash_api_key,
     load_config,
+    warn_about_demo_keys,
 )
 
-DEMO_KEYS = {
-    "free": "demo-free-key",
-    "standard": "demo-standard-key",
-    "premium": "demo-premium-key",
-    "admin": "demo-admin-key",  # reads /metrics and /healthz detail
-}
+#: Why `serve` has no default config: the demo config's keys are public.
+SERVE_NEEDS_CONFIG = (
+    "serve needs --config FILE (a config with keys of your own); the embedded demo config's keys "
+    "are public: `hybrid-router demo` serves it, for trying out on this machine"
+)
 
 
 def _load(args: argparse.Namespace, settings: RouterSettings | None = None) -> RouterConfig:
@@ -46,8 +47,12 @@ def _load(args: argparse.Namespace, settings: RouterSettings | None = None) -> R
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve the router over HTTP until interrupted."""
-    return _serve(_load(args), args)
+    """Serve the router over HTTP until interrupted, on the config `--config` names (never the demo's)."""
+    if not args.config:
+        raise ConfigError(SERVE_NEEDS_CONFIG)
+    config = _load(args)
+    warn_about_demo_keys(config, source=args.config)
+    return _serve(config, args)
 
 
 def _serve(config: RouterConfig, args: argparse.Namespace) -> int:
@@ -192,15 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", help="tier config (YAML or JSON); default: the embedded demo config")
+    def with_config(
+        p: argparse.ArgumentParser, default: str = "the embedded demo config"
+    ) -> argparse.ArgumentParser:
+        p.add_argument("--config", help=f"tier config (YAML or JSON); default: {default}")
         return p
 
-    for name, func, help_text in (
-        ("serve", cmd_serve, "serve the router over HTTP"),
-        ("demo", cmd_demo, "start the stand-in GPU endpoint and serve the router"),
+    for name, func, help_text, default in (
+        ("serve", cmd_serve, "serve the router over HTTP", "none: required (the demo's keys are public)"),
+        ("demo", cmd_demo, "start the stand-in GPU endpoint and serve the demo config", "the demo config"),
     ):
-        p = with_config(sub.add_parser(name, help=help_text))
+        p = with_config(sub.add_parser(name, help=help_text), default)
         p.add_argument("--host")
         p.add_argument("--port", type=int)
         RouterSettings.add_arguments(p)  # --cloud-url, --cloud-model: over the env and the file
