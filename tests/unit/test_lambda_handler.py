@@ -367,6 +367,15 @@ def test_real_engine_without_backends(invoke: Any, monkeypatch: pytest.MonkeyPat
     assert result["statusCode"] == 503 and error["code"] == "no_backend_available"
 
 
+def test_no_config_source_fails_init_with_a_clear_message_never_the_demo_config(
+    invoke: Any, log_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ENV_CONFIG_PARAMETER)
+    result = invoke("health.json")
+    assert result["statusCode"] == 500 and json.loads(result["body"])["error"]["code"] == "config_error"
+    assert "no tier config: set HYBRID_ROUTER_CONFIG_PARAMETER" in log_lines.getvalue()
+
+
 def test_idempotency_key_replays_the_first_answer(invoke: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     boto3.client("dynamodb").create_table(
         TableName="idem",
