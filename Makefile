@@ -36,7 +36,7 @@ llama: $(STAMP)
 run: install
 	$(BIN)/hybrid-router demo
 
-## make serve CONFIG=file.yaml: the router alone, on your config
+## make serve CONFIG=file.yaml: the router alone, on your config (required: the demo keys are for `make run` only)
 serve: install
 	$(BIN)/hybrid-router serve $(if $(CONFIG),--config $(CONFIG))
 

@@ -1,7 +1,7 @@
 """The `hybrid-router` command line.
 
-hybrid-router serve [--config FILE] [--host H] [--port P]   # SIGHUP reloads FILE
-hybrid-router demo                     # stand-in GPU endpoint + router, as `make run` does
+hybrid-router serve --config FILE [--host H] [--port P]   # SIGHUP reloads FILE
+hybrid-router demo                     # stand-in GPU endpoint + router on the demo config (public keys)
 hybrid-router route "<prompt>" --tier T [--config FILE]
 hybrid-router schema                   # JSON Schema of the config, for editors
 hybrid-router hash-key KEY             # the sha256 to store for an API key
@@ -22,6 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from router import (
+    DEMO_KEYS,
     ConfigError,
     RouterConfig,
     RouterError,
@@ -29,17 +30,17 @@ from router import (
     config_json_schema,
     hash_api_key,
     load_config,
+    warn_about_demo_keys,
 )
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-DEMO_KEYS = {
-    "free": "demo-free-key",
-    "standard": "demo-standard-key",
-    "premium": "demo-premium-key",
-    "admin": "demo-admin-key",  # reads /metrics and /healthz detail
-}
+#: Why `serve` has no default config: the demo config's keys are public.
+SERVE_NEEDS_CONFIG = (
+    "serve needs --config FILE (a config with keys of your own); the embedded demo config's keys "
+    "are public: `hybrid-router demo` serves it, for trying out on this machine"
+)
 
 
 def _load(args: argparse.Namespace, settings: RouterSettings | None = None) -> RouterConfig:
@@ -56,8 +57,13 @@ logger = logging.getLogger("hybrid_router")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve the router over HTTP until interrupted; SIGHUP reloads the config file."""
-    return _serve(_load(args), args, reload=lambda: _load(args))
+    """Serve the router over HTTP until interrupted, on the config `--config` names (never the demo's);
+    SIGHUP reloads the file."""
+    if not args.config:
+        raise ConfigError(SERVE_NEEDS_CONFIG)
+    config = _load(args)
+    warn_about_demo_keys(config, source=args.config)
+    return _serve(config, args, reload=lambda: _load(args))
 
 
 def _serve(config: RouterConfig, args: argparse.Namespace, *, reload: Callable[[], RouterConfig]) -> int:
@@ -268,15 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", help="tier config (YAML or JSON); default: the embedded demo config")
+    def with_config(
+        p: argparse.ArgumentParser, default: str = "the embedded demo config"
+    ) -> argparse.ArgumentParser:
+        p.add_argument("--config", help=f"tier config (YAML or JSON); default: {default}")
         return p
 
-    for name, func, help_text in (
-        ("serve", cmd_serve, "serve the router over HTTP (SIGHUP reloads the config)"),
-        ("demo", cmd_demo, "start the stand-in GPU endpoint and serve the router"),
+    for name, func, help_text, default in (
+        (
+            "serve",
+            cmd_serve,
+            "serve the router over HTTP (SIGHUP reloads the config)",
+            "none: required (the demo's keys are public)",
+        ),
+        ("demo", cmd_demo, "start the stand-in GPU endpoint and serve the demo config", "the demo config"),
     ):
-        p = with_config(sub.add_parser(name, help=help_text))
+        p = with_config(sub.add_parser(name, help=help_text), default)
         p.add_argument("--host", help="address to listen on; default: server.host of the config")
         p.add_argument("--port", type=int, help="port to listen on; default: server.port of the config")
         RouterSettings.add_arguments(p)  # --cloud-url, --cloud-model: over the env and the file

@@ -8,7 +8,8 @@ the local server, the Function URL and API Gateway serve the same routes, bodies
     POST /v1/chat/completions   a chat completion; `stream: true` as server-sent events
     GET  /v1/models             the one model id this router serves (any API key)
     GET  /health, /healthz      liveness for anyone: `{"status": "ok"}`, 503 when no backend can answer;
-                                `/healthz` with an admin key: each backend's state, the breaker, the queue
+                                `/healthz` with an admin key: the mode (hybrid, edge-only, cloud-only),
+                                each backend's state, the breaker, the queue
     GET  /metrics               decision counters, tokens and cost (in-process metrics only; an admin key)
     GET  /v1/edge/config        the caller's tier policy for the edge SDK's config sync (ETag)
     GET  /openapi.json          the OpenAPI 3.1 document of these routes, for anyone
@@ -290,17 +291,20 @@ async def health_detail(request: HttpRequest, engine: RoutingEngine) -> HttpResp
     require_admin(request, engine)
     edge, cloud = engine.health("edge"), engine.health("cloud")
     available = edge.available or cloud.available
-    status = "ok" if edge.available and cloud.available else "degraded"
+    # Edge-only and cloud-only are modes, not faults: only a configured backend that is down degrades.
+    whole = all(h.available for h in (edge, cloud) if h.configured)
     body = {
-        "status": status if available else "unavailable",
+        "status": ("ok" if whole else "degraded") if available else "unavailable",
+        "mode": engine.mode,
         "estimator": f"{engine.estimator.name}@{engine.estimator.version}",
         "edge": {
+            "configured": edge.configured,
             "available": edge.available,
             "busy": edge.busy,
             "detail": edge.detail,
             "queue_depth": getattr(engine.edge, "queue_depth", 0),
         },
-        "cloud": {"available": cloud.available, "detail": cloud.detail},
+        "cloud": {"configured": cloud.configured, "available": cloud.available, "detail": cloud.detail},
     }
     return json_response(body, 200 if available else 503)
 

@@ -28,6 +28,7 @@ from router._config import (
     load_config,
     parse_config,
 )
+from router._demo_keys import DEMO_KEYS, demo_keys_in, warn_about_demo_keys
 from router._engine import RoutingEngine
 from router._errors import (
     AuthenticationError,
@@ -88,6 +89,7 @@ from router._wire import (
 
 __all__ = [
     "DEMO_CONFIG_PATH",
+    "DEMO_KEYS",
     "AdminKeyEntry",
     "ApiKeyEntry",
     "ApiKeyIdEntry",
@@ -164,6 +166,7 @@ __all__ = [
     "cloud_cost_usd",
     "config_json_schema",
     "decide",
+    "demo_keys_in",
     "hash_api_key",
     "load_config",
     "load_estimator",
@@ -171,4 +174,5 @@ __all__ = [
     "parse_config",
     "register_estimator",
     "secret_from_env",
+    "warn_about_demo_keys",
 ]

@@ -24,12 +24,14 @@ class BackendHealth:
 
     `available` is false when the backend cannot answer at all (model not loaded, breaker open,
     endpoint not configured); `busy` is true when it could answer but would make the caller wait
-    (edge queue at its bound).
+    (edge queue at its bound); `configured` is false when the deployment has no such backend at all
+    (edge disabled, no cloud URL): not a failure, a mode (edge-only, cloud-only).
     """
 
     available: bool
     busy: bool = False
     detail: str = ""
+    configured: bool = True
 
 
 def approximate_tokens(messages: Sequence[ChatMessage]) -> int:

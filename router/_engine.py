@@ -57,7 +57,7 @@ logger = logging.getLogger("hybrid_router")
 T = TypeVar("T")
 _Head = list[ChatCompletionChunk]  # a stream's chunks up to its first content, held back
 
-_NOT_CONFIGURED = BackendHealth(available=False, detail="not configured")
+_NOT_CONFIGURED = BackendHealth(available=False, detail="not configured", configured=False)
 
 
 class RoutingEngine(OutcomeRecording):
@@ -136,6 +136,14 @@ class RoutingEngine(OutcomeRecording):
     def cloud(self) -> ChatBackend | None:
         """The backend named "cloud", if any."""
         return self.backends.get("cloud")
+
+    @property
+    def mode(self) -> str:
+        """Which backends this deployment has: "hybrid", "edge-only", "cloud-only" (or "none")."""
+        has_edge, has_cloud = "edge" in self.backends, "cloud" in self.backends
+        if has_edge and has_cloud:
+            return "hybrid"
+        return "edge-only" if has_edge else "cloud-only" if has_cloud else "none"
 
     # -- who and where -------------------------------------------------------------------------
 

@@ -36,7 +36,8 @@ never got past it is not reported.
 An error status's `Retry-After` travels on in the error's `headers` (`retry-after`), so a caller that
 cannot fall back can pass it on with the status.
 
-httpx is imported at the top of this module, so `router/__init__` must not import it (cold start).
+httpx and httpx-sse are imported at the top of this module, so `router/__init__` must not import it
+(cold start).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from typing import Any
 
 import httpx
 import pydantic
+from httpx_sse import EventSource, ServerSentEvent
 
 from router._config import CloudRetries
 from router._errors import (
@@ -221,14 +223,15 @@ class OpenAIHTTPClient:
         client = await self._http()
         admitted = False
         response: httpx.Response | None = None
+        events: AsyncGenerator[ServerSentEvent, None] | None = None
         try:
             try:
                 async with self._deadline():
                     await self._admit()
                     admitted = True
                     response = await self._send(client, body)
-                    lines = response.aiter_lines()
-                    chunk = await self._next_chunk(lines, finished=True)  # nothing cut yet
+                    events = self._events(response)
+                    chunk = await self._next_chunk(events, finished=True)  # nothing cut yet
                     if chunk is None:
                         raise CloudBackendError(self.describe("ended the stream before any chunk"))
             except BaseException as exc:
@@ -247,11 +250,13 @@ class OpenAIHTTPClient:
                         self._report(None)  # the answer is whole: the call succeeded
                 yield chunk
                 try:
-                    chunk = await self._next_chunk(lines, finished=finished)
+                    chunk = await self._next_chunk(events, finished=finished)
                 except RouterError as exc:  # reported again: the stream failed after it started
                     self._report(exc)
                     raise
         finally:
+            if events is not None:
+                await events.aclose()
             if response is not None:
                 await response.aclose()
 
@@ -393,8 +398,18 @@ class OpenAIHTTPClient:
         except (ValueError, pydantic.ValidationError) as exc:
             raise CloudBackendError(self.describe(f"sent an invalid response: {exc}")) from None
 
+    def _events(self, response: httpx.Response) -> AsyncGenerator[ServerSentEvent, None]:
+        """The server-sent events of a streamed answer (httpx-sse: multi-line `data:`, `event:`, `id:`).
+
+        httpx-sse refuses a body whose content type is not `text/event-stream`; we asked for a stream,
+        so a body labelled otherwise is read as one all the same (what it lacks shows as no chunk).
+        """
+        if "text/event-stream" not in response.headers.get("content-type", ""):
+            response.headers["content-type"] = "text/event-stream"
+        return EventSource(response).aiter_sse()
+
     async def _next_chunk(
-        self, lines: AsyncIterator[str], *, finished: bool = False
+        self, events: AsyncIterator[ServerSentEvent], *, finished: bool = False
     ) -> ChatCompletionChunk | None:
         """The next chunk of the SSE body, or None at `data: [DONE]` (or at the body's end, if allowed).
 
@@ -402,7 +417,7 @@ class OpenAIHTTPClient:
         and always where `require_done` (a server that ends every stream with [DONE], errors included).
         """
         try:
-            event = await next_sse_event(lines, describe=self.describe, default_model=self.default_model)
+            event = await next_sse_event(events, describe=self.describe, default_model=self.default_model)
         except httpx.HTTPError as exc:
             raise self._failure(exc, "mid-stream") from None
         if event is None and (self.require_done or not finished):

@@ -1,8 +1,9 @@
 """Reading an OpenAI-compatible server's answers, for every client of one: the GPU endpoint client
 (`cloud/`) and the on-device SDK's escalation to the cloud router (`edge/`).
 
-Transport-free (strings and parsed JSON in, wire types out): the one HTTP client that uses them,
-with its retry loop and error mapping, is `router._openai_client`.
+Transport-free (strings, parsed JSON and parsed SSE events in, wire types out): the one HTTP client
+that uses them, with its retry loop, error mapping and SSE parsing (httpx-sse), is
+`router._openai_client`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import email.utils
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import pydantic
 
@@ -20,11 +21,22 @@ from router._errors import CloudBackendError
 from router._wire import ChatCompletionChunk
 
 SSE_DONE = "[DONE]"
+#: The SSE event type some servers (TGI, proxies) send a mid-stream failure as.
+SSE_ERROR_EVENT = "error"
 
 
-def sse_data(line: str) -> str | None:
-    """The payload of an SSE `data:` line; None for blank lines, `:` comments, `event:`/`id:` fields."""
-    return line[5:].strip() if line.startswith("data:") else None
+class SSEEvent(Protocol):
+    """One parsed server-sent event (`httpx_sse.ServerSentEvent`): its type and its joined `data:` lines."""
+
+    @property
+    def event(self) -> str:
+        """The `event:` field; "message" where the server sent none."""
+        ...
+
+    @property
+    def data(self) -> str:
+        """The event's `data:` lines, joined by newlines."""
+        ...
 
 
 def describe_error(error: Any) -> str:
@@ -83,17 +95,31 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 async def next_sse_event(
-    lines: AsyncIterator[str], *, describe: Callable[[str], str], default_model: str | None = None
+    events: AsyncIterator[SSEEvent], *, describe: Callable[[str], str], default_model: str | None = None
 ) -> ChatCompletionChunk | str | None:
     """The next chunk of an SSE body; `SSE_DONE` at `data: [DONE]`; None when the body ends first.
 
-    Transport errors propagate: each client maps them its own way.
+    An `event: error` is the server's error, whatever its data; an event without data (a bare `id:`
+    or `retry:`) carries nothing. Transport errors propagate: each client maps them its own way.
     """
-    async for line in lines:
-        data = sse_data(line)
-        if data is None:
+    async for event in events:
+        data = event.data.strip()
+        if event.event == SSE_ERROR_EVENT:
+            message = _error_event_message(data)
+            raise CloudBackendError(describe(f"sent an error: {message}"))
+        if not data:
             continue
         if data == SSE_DONE:
             return SSE_DONE
         return decode_chunk(data, describe=describe, default_model=default_model)
     return None
+
+
+def _error_event_message(data: str) -> str:
+    """What an `event: error`'s data says: an error body's message, or its text."""
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return data or "an error event"
+    message, _ = error_body_message(parsed)
+    return message or data

@@ -8,7 +8,7 @@ wrapper (the device policy in `edge/`: privacy, link, device signals) adds its o
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,6 +42,9 @@ class RouteReason(enum.StrEnum):
     NEEDS_TOOLS = "needs_tools"
     NEEDS_LOGPROBS = "needs_logprobs"
     NEEDS_STRUCTURED_OUTPUT = "needs_structured_output"
+    # The deployment has one backend only (edge-only, cloud-only): what the other would have taken.
+    EDGE_DISABLED = "edge_disabled"
+    CLOUD_NOT_CONFIGURED = "cloud_not_configured"
     # Given only by the device policy (`edge/`), which sees the device and its link.
     OFFLINE = "offline"
     PRIVATE_DATA = "private_data"
@@ -176,10 +179,11 @@ def decide(
 ) -> Decision:
     """Apply the tier's policy.
 
-    Order: what the tier forces or forbids; whether the edge model can give what the request asks
-    (tools, ...); whether the prompt fits the edge model; whether the edge can take it now; the
-    budget; then the score against the threshold. A cloud target whose
-    endpoint is down becomes a degraded edge answer where the tier allows it.
+    Order: what the tier forces or forbids; whether the deployment has an edge model at all; whether
+    the edge model can give what the request asks (tools, ...); whether the prompt fits it; whether
+    the edge can take it now; the budget; then the score against the threshold. A cloud target whose
+    endpoint is down becomes a degraded edge answer where the tier allows it; one where no cloud
+    endpoint is configured (edge-only) becomes the edge's answer on the same terms, with its own reason.
     """
     needed = facts.prompt_tokens + facts.max_tokens
     fits_edge = facts.edge.available and needed <= facts.edge_context_window and facts.edge_lacks is None
@@ -205,15 +209,15 @@ def decide(
         )
 
     if tier.cloud == "never":
-        if facts.edge_lacks is not None:
-            raise UnsupportedFeature(
-                f"This request needs {facts.edge_lacks.replace('_', ' ')}, which the edge model cannot "
-                "give, and this tier may not use the cloud.",
-                param=_PARAM_OF.get(facts.edge_lacks),
+        decided = make("edge", RouteReason.TIER_FORBIDS_CLOUD)
+        if not facts.edge.configured:
+            raise _refused(
+                decided, "This router has no edge model (edge disabled) and this tier may not use the cloud."
             )
+        if facts.edge_lacks is not None:
+            raise _lacking(facts.edge_lacks, "this tier may not use the cloud")
         if needed > facts.edge_context_window:
             raise too_long("the edge model", facts.edge_context_window)
-        decided = make("edge", RouteReason.TIER_FORBIDS_CLOUD)
         if not facts.edge.available:
             raise _refused(
                 decided,
@@ -223,6 +227,8 @@ def decide(
 
     if tier.cloud == "forced":
         wanted = make("cloud", RouteReason.TIER_FORCES_CLOUD)
+    elif not facts.edge.configured:
+        wanted = make("cloud", RouteReason.EDGE_DISABLED)
     elif facts.edge_lacks is not None:
         wanted = make("cloud", RouteReason(f"needs_{facts.edge_lacks}"))
     elif needed > facts.edge_context_window:
@@ -236,6 +242,8 @@ def decide(
     else:
         return make("edge", RouteReason.SCORE_BELOW_THRESHOLD)
 
+    if not facts.cloud.configured:
+        return _edge_only(wanted, facts, tier, needed, too_long)
     if not fits_cloud and fits_edge and tier.fallback_to_edge:
         return replace(wanted, target="edge", reason=RouteReason.CONTEXT_TOO_LONG)
     if not fits_cloud:
@@ -255,8 +263,45 @@ def decide(
     return wanted
 
 
+def _edge_only(
+    wanted: Decision,
+    facts: RequestFacts,
+    tier: TierConfig,
+    needed: int,
+    too_long: Callable[[str, int], ContextLengthExceeded],
+) -> Decision:
+    """Where a request that wants the cloud goes when no cloud endpoint is configured: the edge, where
+    the prompt fits, the model is up and the tier allows answers there (`fallback_to_edge`)."""
+    if not facts.edge.configured:
+        raise _refused(wanted, "This router has neither an edge model nor a cloud endpoint configured.")
+    if facts.edge_lacks is not None:
+        raise _lacking(facts.edge_lacks, "no cloud endpoint is configured")
+    if needed > facts.edge_context_window:
+        raise too_long("the edge model (no cloud endpoint is configured)", facts.edge_context_window)
+    if not facts.edge.available:
+        raise _refused(
+            wanted,
+            f"The edge model is unavailable ({facts.edge.detail}) and no cloud endpoint is configured.",
+        )
+    if not tier.fallback_to_edge:
+        raise _refused(
+            wanted,
+            "No cloud endpoint is configured and this tier does not take an edge answer in its place.",
+        )
+    return replace(wanted, target="edge", reason=RouteReason.CLOUD_NOT_CONFIGURED)
+
+
 #: The request member behind each thing the edge can lack, for the error's `param`.
 _PARAM_OF = {"tools": "tools", "logprobs": "logprobs", "structured_output": "response_format"}
+
+
+def _lacking(what: str, why_not_the_cloud: str) -> UnsupportedFeature:
+    """The 400 for a request that needs `what` (`RequestFacts.edge_lacks`) where only the edge may answer."""
+    return UnsupportedFeature(
+        f"This request needs {what.replace('_', ' ')}, which the edge model cannot give, and "
+        f"{why_not_the_cloud}.",
+        param=_PARAM_OF.get(what),
+    )
 
 
 def _refused(decision: Decision, message: str) -> NoBackendAvailable:

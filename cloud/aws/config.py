@@ -10,8 +10,11 @@ Where it comes from is set by the environment (`LambdaSettings`; the template se
 
     HYBRID_ROUTER_CONFIG_PARAMETER   an SSM parameter name (String or SecureString, YAML or JSON)
     HYBRID_ROUTER_CONFIG_APPCONFIG   "application/environment/profile" in AWS AppConfig
-    HYBRID_ROUTER_CONFIG_FILE        a file (local runs, benchmarks); none of them: the demo config
+    HYBRID_ROUTER_CONFIG_FILE        a file (local runs, benchmarks)
     HYBRID_ROUTER_CONFIG_MAX_AGE_S   seconds a fetched document is reused (default 60)
+
+None of the first three is an error at init: the Lambda never falls back to the demo config, whose
+keys are public.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cloud.aws.settings import LambdaSettings
-from router import DEMO_CONFIG_PATH, ConfigError, RouterConfig, parse_config
+from router import ConfigError, RouterConfig, parse_config
 
 ENV_CONFIG_PARAMETER = LambdaSettings.env_name("config_parameter")
 ENV_CONFIG_APPCONFIG = LambdaSettings.env_name("config_appconfig")
@@ -57,12 +60,12 @@ class ConfigSource:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ConfigSource:
-        """The source the environment (or `env`) names; the embedded demo config when it names none."""
+        """The source the environment (or `env`) names; a `ConfigError` when it names none."""
         return cls.from_settings(LambdaSettings.from_env(env))
 
     @classmethod
     def from_settings(cls, settings: LambdaSettings) -> ConfigSource:
-        """The source `settings` name; the embedded demo config when they name none."""
+        """The source `settings` name; a `ConfigError` when they name none (never the demo config)."""
         max_age = settings.config_max_age_s
         if settings.config_parameter:
             return cls("ssm", settings.config_parameter, max_age)
@@ -70,7 +73,12 @@ class ConfigSource:
             if settings.config_appconfig.count("/") != 2:
                 raise ConfigError(f"{ENV_CONFIG_APPCONFIG} must be 'application/environment/profile'")
             return cls("appconfig", settings.config_appconfig, max_age)
-        return cls("file", settings.config_file or str(DEMO_CONFIG_PATH), max_age)
+        if settings.config_file:
+            return cls("file", settings.config_file, max_age)
+        raise ConfigError(
+            f"no tier config: set {ENV_CONFIG_PARAMETER}, {ENV_CONFIG_APPCONFIG} or {ENV_CONFIG_FILE} "
+            "(the Lambda never serves the demo config: its keys are public)"
+        )
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}"

@@ -24,7 +24,7 @@ from cloud.aws.config import ConfigSource, LambdaRouterConfig, parse_text
 from cloud.aws.settings import LambdaSettings
 from cloud.aws.telemetry import EmfRouterMetrics
 from cloud.engines import EngineFactory
-from router import ConfigError, CostLedger, RouterConfig, RouterMetrics, RoutingEngine
+from router import ConfigError, CostLedger, RouterConfig, RouterMetrics, RoutingEngine, warn_about_demo_keys
 
 logger = logging.getLogger("hybrid_router")
 T = TypeVar("T")
@@ -149,6 +149,7 @@ class LambdaEnvironment:
             logger.exception("config %s is invalid; keeping the last good config", self.source)
             self._text_digest = digest  # log once per bad document, not once per invocation
             return self._snapshot
+        warn_about_demo_keys(config.router, source=str(self.source))  # each new document, at init too
         self._snapshot = self._swap(config)
         self._text_digest = digest
         self.init_ms.setdefault("config_ms", round(fetched_ms, 3))

@@ -26,7 +26,7 @@ class LambdaSettings(HybridRouterSettings):
     config_file: str | None = Field(
         None,
         validation_alias="HYBRID_ROUTER_CONFIG_FILE",
-        description="A tier config file (local runs, benchmarks); none of the three: the demo config.",
+        description="A tier config file (local runs, benchmarks); none of the three: an error at init.",
     )
     config_max_age_s: int = Field(
         60,

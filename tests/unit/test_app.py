@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 
 from cloud.app import create_app, reload_config
 from router import (
+    BackendHealth,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkChoice,
@@ -118,6 +119,37 @@ def test_models_need_a_key_and_health_details_an_admin_key(client: TestClient) -
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers=FREE).status_code == 401
     assert "decisions" in client.get("/metrics", headers=ADMIN).json()
+
+
+@pytest.mark.parametrize(
+    ("backends", "mode", "status", "code"),
+    [
+        ({"edge": BackendHealth(available=True)}, "edge-only", "ok", 200),
+        ({"cloud": BackendHealth(available=True)}, "cloud-only", "ok", 200),
+        ({"cloud": BackendHealth(available=False, detail="circuit open")}, "cloud-only", "unavailable", 503),
+        (
+            {"edge": BackendHealth(available=True), "cloud": BackendHealth(available=False)},
+            "hybrid",
+            "degraded",
+            200,
+        ),
+    ],
+)
+def test_health_detail_of_each_mode(
+    backends: dict[str, BackendHealth], mode: str, status: str, code: int
+) -> None:
+    async def factory(config: RouterConfig) -> RoutingEngine:
+        made = {name: FakeBackend(name, health=health) for name, health in backends.items()}
+        return RoutingEngine(
+            config, estimator=HeuristicEstimator(), edge=made.get("edge"), cloud=made.get("cloud")
+        )
+
+    with TestClient(create_app(CONFIG, engine_factory=factory)) as c:
+        r = c.get("/healthz", headers=ADMIN)
+    detail = r.json()
+    assert (r.status_code, detail["status"], detail["mode"]) == (code, status, mode)
+    for name in ("edge", "cloud"):
+        assert detail[name]["configured"] is (name in backends)
 
 
 def test_edge_config_sync_with_etag(client: TestClient) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +63,46 @@ def test_source_from_env() -> None:
     )
     assert ConfigSource.from_env({ENV_CONFIG_APPCONFIG: "app/prod/tiers"}).kind == "appconfig"
     assert ConfigSource.from_env({ENV_CONFIG_FILE: "/x.yaml"}).name == "/x.yaml"
-    assert ConfigSource.from_env({}).name == str(DEMO_CONFIG_PATH)
     with pytest.raises(ConfigError):
         ConfigSource.from_env({ENV_CONFIG_APPCONFIG: "app-only"})
     with pytest.raises(ConfigError):
         ConfigSource.from_env({ENV_CONFIG_MAX_AGE: "soon"})
+
+
+def test_no_configured_source_is_an_init_error_never_the_demo_config() -> None:
+    message = (
+        f"no tier config: set {ENV_CONFIG_PARAMETER}, {ENV_CONFIG_APPCONFIG} or {ENV_CONFIG_FILE} "
+        r"\(the Lambda never serves the demo config: its keys are public\)"
+    )
+    with pytest.raises(ConfigError, match=message):
+        ConfigSource.from_env({})
+    with pytest.raises(ConfigError, match="no tier config"):
+        ConfigSource.from_env({ENV_CONFIG_FILE: "", ENV_CONFIG_MAX_AGE: "5"})  # empty counts as unset
+
+
+def test_a_lambda_config_with_a_demo_key_logs_a_warning_at_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(DOC))
+    environment = LambdaEnvironment(ConfigSource("file", str(path)), engine_factory=_engine)
+    with caplog.at_level(logging.WARNING, logger="hybrid_router"):
+        environment.current()
+    assert not caplog.records  # keys of its own: nothing to say
+    demo = {
+        **DOC,
+        "api_keys": [
+            *DOC["api_keys"],
+            {"sha256": hash_api_key("demo-free-key"), "tenant": "x", "tier": "free"},
+        ],
+    }
+    path.write_text(yaml.safe_dump(demo))
+    with caplog.at_level(logging.WARNING, logger="hybrid_router"):
+        environment.current()
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and "PUBLIC demo key(s) demo-free-key" in record.getMessage()
+    assert f"file:{path}" in record.getMessage()
+    environment.close()
 
 
 def test_demo_config_loads_as_a_lambda_config() -> None:

@@ -361,10 +361,19 @@ def test_real_engine_without_backends(invoke: Any, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(lambda_handler, "engine_factory", lambda_engine)  # edge disabled, no cloud URL
     health = invoke("health.json")
     assert health["statusCode"] == 503 and json.loads(health["body"])["status"] == "unavailable"
-    # With no backend at all, the engine reports that no backend's context can hold the request.
+    # With no backend at all, the engine says so (not that the request is too long for a window of 0).
     result = invoke("chat_completions.json")
-    assert result["statusCode"] == 400
-    assert json.loads(result["body"])["error"]["code"] == "context_length_exceeded"
+    error = json.loads(result["body"])["error"]
+    assert result["statusCode"] == 503 and error["code"] == "no_backend_available"
+
+
+def test_no_config_source_fails_init_with_a_clear_message_never_the_demo_config(
+    invoke: Any, log_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ENV_CONFIG_PARAMETER)
+    result = invoke("health.json")
+    assert result["statusCode"] == 500 and json.loads(result["body"])["error"]["code"] == "config_error"
+    assert "no tier config: set HYBRID_ROUTER_CONFIG_PARAMETER" in log_lines.getvalue()
 
 
 def test_idempotency_key_replays_the_first_answer(invoke: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -125,7 +125,7 @@ class Body(httpx.AsyncByteStream):
             raise self.error
 
 
-def sse(body: Body) -> Step:
+def sse(body: httpx.AsyncByteStream) -> Step:
     return lambda request: httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=body)
 
 
@@ -376,6 +376,37 @@ async def test_a_stream_that_fails_to_start_raises_on_the_first_chunk() -> None:
     script = Script(status(502), sse(Body(chunk("x"), "[DONE]")))
     assert [c.choices[0].delta.content async for c in script.client().stream(BODY)] == ["x"]
     assert len(script.requests) == 2
+
+
+class RawBody(httpx.AsyncByteStream):
+    """An SSE body sent as written, in pieces that split its lines anywhere."""
+
+    def __init__(self, text: str, piece: int = 7) -> None:
+        self.data, self.piece = text.encode(), piece
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.data), self.piece):
+            yield self.data[start : start + self.piece]
+
+
+async def test_a_data_field_over_several_lines_is_one_event() -> None:
+    first, rest = chunk("multi").split(', "choices"')
+    text = (
+        ": keep-alive\n\n"
+        f'id: 1\nevent: message\ndata: {first},\ndata:  "choices"{rest}\n\n'
+        f"data: {finish()}\r\n\r\ndata: [DONE]\n\n"
+    )
+    script = Script(sse(RawBody(text)))
+    chunks = [c async for c in script.client(require_done=True).stream(BODY)]
+    assert [c.choices[0].delta.content for c in chunks] == ["multi", None]
+
+
+async def test_an_error_event_is_the_servers_error() -> None:
+    text = f'data: {chunk("a")}\n\nevent: error\ndata: {{"message": "GPU overloaded"}}\n\n'
+    stream = Script(sse(RawBody(text))).client().stream(BODY)
+    assert (await anext(stream)).choices[0].delta.content == "a"
+    with pytest.raises(CloudBackendError, match="sent an error: GPU overloaded"):
+        await anext(stream)
 
 
 # -- hooks, probe, clients per loop ------------------------------------------------------------------

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
+from httpx_sse import ServerSentEvent
 
 from router import CloudBackendError
-from router._openai_http import SSE_DONE, decode_chunk, error_body_message, sse_data
+from router._openai_http import SSE_DONE, decode_chunk, error_body_message, next_sse_event
 
 
-def test_sse_data_keeps_only_data_lines() -> None:
-    assert sse_data('data: {"a": 1}') == '{"a": 1}'
-    assert sse_data("data: [DONE]") == SSE_DONE
-    assert sse_data(": keep-alive") is None and sse_data("") is None and sse_data("event: x") is None
+async def _events(*events: ServerSentEvent) -> AsyncIterator[ServerSentEvent]:
+    for event in events:
+        yield event
+
+
+@pytest.mark.anyio
+async def test_next_sse_event_reads_data_events_and_raises_error_events() -> None:
+    async def first(*events: ServerSentEvent) -> object:
+        return await next_sse_event(_events(*events), describe=lambda w: f"at X: {w}", default_model="m")
+
+    no_data = ServerSentEvent(id="7")  # skipped
+    assert await first(no_data, ServerSentEvent(data="[DONE]")) == SSE_DONE
+    assert await first() is None
+    with pytest.raises(CloudBackendError, match="at X: sent an error: busy"):
+        await first(ServerSentEvent(event="error", data='{"error": {"message": "busy"}}'))
+    with pytest.raises(CloudBackendError, match="at X: sent an error: plain words"):
+        await first(ServerSentEvent(event="error", data="plain words"))
 
 
 def test_error_bodies_of_openai_and_fastapi() -> None:

@@ -141,3 +141,49 @@ def test_a_failed_cloud_call_does_not_fall_back_to_an_edge_that_cannot_give_it()
     with pytest.raises(CloudTimeout):
         TierPolicy({"t": ALLOWED}).fall_back(decision, failure, facts(edge_lacks="tools"))
     assert TierPolicy({"t": ALLOWED}).fall_back(decision, failure, facts()).target == "edge"
+
+
+# A deployment with one backend: the engine reports the other as not configured, with no context window.
+NO_EDGE = {
+    "edge": BackendHealth(available=False, detail="not configured", configured=False),
+    "edge_context_window": 0,
+}
+NO_CLOUD = {
+    "cloud": BackendHealth(available=False, detail="not configured", configured=False),
+    "cloud_context_window": 0,
+}
+
+
+@pytest.mark.parametrize("score", [0.0, 0.9])
+def test_edge_disabled_sends_everything_to_the_cloud_for_that_reason(score: float) -> None:
+    d = run(score, ALLOWED, **NO_EDGE)
+    assert (d.target, d.reason, d.fallback) == ("cloud", RouteReason.EDGE_DISABLED, False)
+    assert run(score, TierConfig(cloud="forced"), **NO_EDGE).reason == RouteReason.TIER_FORCES_CLOUD
+    with pytest.raises(NoBackendAvailable, match=r"no edge model \(edge disabled\)") as refused:
+        run(score, TierConfig(cloud="never"), **NO_EDGE)
+    assert refused.value.decision is not None
+    with pytest.raises(NoBackendAvailable, match="cloud endpoint is unavailable"):  # no degraded edge answer
+        run(score, ALLOWED, **NO_EDGE, cloud=DOWN)
+
+
+def test_no_cloud_endpoint_answers_on_the_edge_for_that_reason() -> None:
+    assert run(0.1, ALLOWED, **NO_CLOUD).reason == RouteReason.SCORE_BELOW_THRESHOLD
+    for tier in (ALLOWED, TierConfig(cloud="forced")):
+        d = run(0.9, tier, **NO_CLOUD)
+        assert (d.target, d.reason, d.fallback) == ("edge", RouteReason.CLOUD_NOT_CONFIGURED, False)
+    d = run(0.9, ALLOWED, **NO_CLOUD, budget_left_usd=0.0)
+    assert d.reason == RouteReason.CLOUD_NOT_CONFIGURED  # no cloud, so no budget to speak of
+
+
+def test_no_cloud_endpoint_refuses_clearly_what_the_edge_cannot_take() -> None:
+    with pytest.raises(NoBackendAvailable, match="does not take an edge answer") as refused:
+        run(0.9, TierConfig(cloud="forced", fallback_to_edge=False), **NO_CLOUD)
+    assert refused.value.decision is not None and refused.value.decision.target == "cloud"
+    with pytest.raises(
+        ContextLengthExceeded, match=r"the edge model \(no cloud endpoint is configured\) allows \(512\)"
+    ):
+        run(0.1, ALLOWED, **NO_CLOUD, prompt_tokens=1000)
+    with pytest.raises(NoBackendAvailable, match=r"edge model is unavailable \(circuit open\) and no cloud"):
+        run(0.1, ALLOWED, **NO_CLOUD, edge=DOWN)
+    with pytest.raises(NoBackendAvailable, match="neither an edge model nor a cloud endpoint"):
+        run(0.1, ALLOWED, **NO_CLOUD, **NO_EDGE)
