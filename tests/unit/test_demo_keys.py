@@ -16,7 +16,7 @@ def test_serve_without_a_config_refuses_with_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     served: list[object] = []
-    monkeypatch.setattr(cli, "_serve", lambda config, args: served.append(config) or 0)
+    monkeypatch.setattr(cli, "_serve", lambda config, args, **_: served.append(config) or 0)
     assert cli.main(["serve", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hybrid-router: serve needs --config FILE") and err.count("\n") == 1
@@ -41,7 +41,7 @@ def test_serve_on_a_config_with_a_demo_key_logs_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     served: list[object] = []
-    monkeypatch.setattr(cli, "_serve", lambda config, args: served.append(config) or 0)
+    monkeypatch.setattr(cli, "_serve", lambda config, args, **_: served.append(config) or 0)
     own = _config_file(tmp_path, "a-key-of-our-own")
     with caplog.at_level(logging.WARNING, logger="hybrid_router"):
         assert cli.main(["serve", "--config", str(own)]) == 0
