@@ -42,6 +42,7 @@ from router._errors import (
     EdgeBackendError,
     EdgeBusy,
     EstimatorError,
+    MissingExtra,
     ModelNotFound,
     NoBackendAvailable,
     PayloadTooLarge,
@@ -59,6 +60,7 @@ from router._estimator import (
     load_estimator,
     register_estimator,
 )
+from router._extras import import_extra
 from router._metrics import (
     DecisionLog,
     DecisionObserver,
@@ -131,6 +133,7 @@ __all__ = [
     "HybridRouterSettings",
     "InMemoryMetrics",
     "Ledger",
+    "MissingExtra",
     "ModelCard",
     "ModelList",
     "ModelNotFound",
@@ -165,6 +168,7 @@ __all__ = [
     "config_json_schema",
     "decide",
     "hash_api_key",
+    "import_extra",
     "load_config",
     "load_estimator",
     "log_decision",
