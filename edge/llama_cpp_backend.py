@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from edge.model_files import resolve_model_path
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
 from router._config import EdgeConfig
-from router._errors import EdgeBackendError, EdgeBusy
+from router._errors import EdgeBackendError, EdgeBusy, MissingExtra
+from router._extras import import_extra
 from router._wire import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -202,14 +203,19 @@ class LlamaCppBackend(ChatBackend):
         return self._waiting + self._running
 
     def load(self) -> None:
-        """Load the GGUF model (blocking; a no-op when loaded). Raises `EdgeBackendError`."""
+        """Load the GGUF model (blocking; a no-op when loaded). Raises `EdgeBackendError`, which names
+        the `edge` extra when llama-cpp-python is not installed."""
         with self._load_lock:
             if self._llm is not None:
                 return
+            try:  # lazy: a compiled extension that cloud-only installs lack
+                llama_cpp = import_extra("llama_cpp", feature="the edge model", extra="edge")
+            except MissingExtra as exc:
+                raise EdgeBackendError(exc.message) from exc
+            except Exception as exc:  # installed but its library does not load (OSError, RuntimeError)
+                raise EdgeBackendError(f"cannot import llama_cpp: {exc}") from exc
             path = resolve_model_path(self.config)
             try:
-                import llama_cpp  # lazy: a compiled extension that cloud-only installs lack
-
                 llm = llama_cpp.Llama(
                     model_path=str(path),
                     n_ctx=self.config.n_ctx,
@@ -221,7 +227,7 @@ class LlamaCppBackend(ChatBackend):
                     seed=self.config.seed if self.config.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
                     verbose=False,
                 )
-            except Exception as exc:  # ImportError, ValueError (bad GGUF), RuntimeError, ...
+            except Exception as exc:  # ValueError (bad GGUF), RuntimeError, ...
                 raise EdgeBackendError(f"cannot load edge model {path}: {exc}") from exc
             self.warm_up_s = _warm_up(llm, path)
             self._llm = llm

@@ -23,7 +23,7 @@ import numpy as np
 from models.litellm_baseline import litellm_complexity_scorer
 from models.quality import NoQualityGapError, QualityCurve, quality_curve, summarize
 from models.routing_data import ALL_BENCHMARKS, MissingLabelsError, RoutingBenchmark, load_benchmark
-from router import ChatMessage, ComplexityEstimator, available_estimators, load_estimator
+from router import ChatMessage, ComplexityEstimator, available_estimators, import_extra, load_estimator
 
 Scorer = Callable[[Sequence[ChatMessage]], float]
 PLOT_COLUMNS = 4  # panels per row of the quality plot
@@ -58,8 +58,7 @@ def evaluate(
     benchmark: RoutingBenchmark, scorers: dict[str, Scorer], *, progress: bool = False
 ) -> dict[str, QualityCurve]:
     """The quality curve of each scorer on `benchmark` (with a progress bar per scorer if asked)."""
-    from tqdm import tqdm
-
+    tqdm = import_extra("tqdm", feature="eval", extra="eval").tqdm
     curves = {}
     for name, score in scorers.items():
         items = tqdm(benchmark.conversations, desc=f"{name} {benchmark.name}", disable=not progress)
@@ -71,8 +70,7 @@ def plot_curves(
     results: dict[str, dict[str, QualityCurve]], path: Path, pairs: dict[str, str] | None = None
 ) -> None:
     """Quality vs cloud fraction: one panel per benchmark, titled with its pair; one line per router."""
-    import matplotlib
-
+    matplotlib = import_extra("matplotlib", feature="eval --plot", extra="eval")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
