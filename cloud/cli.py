@@ -57,7 +57,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(config: RouterConfig, args: argparse.Namespace) -> int:
     _require_server_extra(args.command)
     if config.edge.enabled:
-        import_extra("llama_cpp", feature=f"{args.command} with edge.enabled", extra="edge")
+        from edge.llama_cpp_backend import require_llama_cpp
+
+        require_llama_cpp()  # before the build check, whose child would fail with a traceback
     import uvicorn
 
     from cloud.app import create_app, cut_in_flight

@@ -20,7 +20,7 @@ from edge.model_files import resolve_model_path
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
 from router._config import EdgeConfig
 from router._errors import EdgeBackendError, EdgeBusy, MissingExtra
-from router._extras import import_extra
+from router._extras import require_extra
 from router._wire import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -50,6 +50,18 @@ def chatml_turns(messages: Sequence[dict[str, str]]) -> list[str]:
     head = [] if any(m["role"] == "system" for m in messages) else [_EMPTY_SYSTEM_TURN]
     turns = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
     return [*head, *turns, "<|im_start|>assistant\n"]
+
+
+def require_llama_cpp() -> None:
+    """Raise `EdgeBackendError` naming the `edge` extra unless llama-cpp-python is installed.
+
+    It is not imported here: a build for other CPUs may die with SIGILL once loaded, so `serve` and
+    `edge check` try it in a child process first (`edge.build_check`).
+    """
+    try:
+        require_extra("llama_cpp", feature="the edge model", extra="edge")
+    except MissingExtra as exc:
+        raise EdgeBackendError(exc.message) from exc
 
 
 def render_chatml(messages: Sequence[dict[str, str]]) -> str:
@@ -208,14 +220,11 @@ class LlamaCppBackend(ChatBackend):
         with self._load_lock:
             if self._llm is not None:
                 return
-            try:  # lazy: a compiled extension that cloud-only installs lack
-                llama_cpp = import_extra("llama_cpp", feature="the edge model", extra="edge")
-            except MissingExtra as exc:
-                raise EdgeBackendError(exc.message) from exc
-            except Exception as exc:  # installed but its library does not load (OSError, RuntimeError)
-                raise EdgeBackendError(f"cannot import llama_cpp: {exc}") from exc
+            require_llama_cpp()
             path = resolve_model_path(self.config)
             try:
+                import llama_cpp  # lazy: a compiled extension that cloud-only installs lack
+
                 llm = llama_cpp.Llama(
                     model_path=str(path),
                     n_ctx=self.config.n_ctx,
@@ -227,7 +236,7 @@ class LlamaCppBackend(ChatBackend):
                     seed=self.config.seed if self.config.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
                     verbose=False,
                 )
-            except Exception as exc:  # ValueError (bad GGUF), RuntimeError, ...
+            except Exception as exc:  # ImportError, ValueError (bad GGUF), RuntimeError, ...
                 raise EdgeBackendError(f"cannot load edge model {path}: {exc}") from exc
             self.warm_up_s = _warm_up(llm, path)
             self._llm = llm

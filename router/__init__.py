@@ -60,7 +60,7 @@ from router._estimator import (
     load_estimator,
     register_estimator,
 )
-from router._extras import import_extra
+from router._extras import import_extra, require_extra
 from router._metrics import (
     DecisionLog,
     DecisionObserver,
@@ -174,5 +174,6 @@ __all__ = [
     "log_decision",
     "parse_config",
     "register_estimator",
+    "require_extra",
     "secret_from_env",
 ]

@@ -122,3 +122,11 @@ def test_route_on_a_cloud_only_config_works_with_the_heuristic_and_names_onnx_fo
 def test_eval_names_the_eval_extra(venv: Path, tmp_path: Path) -> None:
     line = _one_line(_run(venv, "eval", "--benchmark", "gsm8k", cwd=tmp_path))
     assert line.startswith("hybrid-router: eval needs the eval extra: pip install 'hybrid-router[eval]'")
+
+
+@pytest.mark.parametrize("command", [("edge", "check"), ("edge", "ask", "hi")])
+def test_the_edge_sdk_names_the_edge_extra_before_the_model(
+    venv: Path, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    line = _one_line(_run(venv, *command, cwd=tmp_path))
+    assert line.startswith("hybrid-router: the edge model needs the edge extra: ")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from router import ConfigError, MissingExtra, import_extra
+from router import ConfigError, MissingExtra, import_extra, require_extra
 
 
 def test_an_installed_module_is_imported_and_returned() -> None:
@@ -48,3 +48,12 @@ def test_an_import_that_fails_otherwise_is_not_taken_for_a_missing_extra(
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(RuntimeError, match="native library"):
         import_extra("broken_for_the_test", feature="the edge model", extra="edge")
+
+
+def test_require_extra_checks_without_importing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "dies_on_import_for_the_test.py").write_text("raise SystemExit('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    require_extra("dies_on_import_for_the_test", feature="the edge model", extra="edge")
+    assert "dies_on_import_for_the_test" not in sys.modules
+    with pytest.raises(MissingExtra, match=r"^the edge model needs the edge extra: .*'nope_not_installed'"):
+        require_extra("nope_not_installed", feature="the edge model", extra="edge")

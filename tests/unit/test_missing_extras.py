@@ -51,7 +51,7 @@ def test_serve_with_edge_enabled_and_no_llama_cpp_names_the_edge_extra(
 ) -> None:
     _not_installed(monkeypatch, "llama_cpp")
     assert cli.main(["serve"]) == 2  # the demo config enables the edge model
-    assert "serve with edge.enabled needs the edge extra" in _one_line_error(capsys)
+    assert "the edge model needs the edge extra" in _one_line_error(capsys)
 
 
 def test_serve_with_a_learned_estimator_and_no_onnxruntime_fails_at_load_before_serving(
@@ -90,3 +90,11 @@ def test_a_command_whose_module_needs_an_extra_is_still_listed_and_says_which(
 def test_eval_without_the_data_sets_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["eval", "--benchmark", "gsm8k", "--data-dir", str(tmp_path)]) == 2
     assert "benchmark gsm8k: no file" in _one_line_error(capsys)
+
+
+def test_edge_check_without_llama_cpp_is_one_line_not_the_childs_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _not_installed(monkeypatch, "llama_cpp")
+    assert cli.main(["edge", "check", "--model", "/no/such/model.gguf"]) == 2
+    assert "the edge model needs the edge extra" in _one_line_error(capsys)
