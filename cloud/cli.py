@@ -24,11 +24,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from router import (
     DEMO_KEYS,
     ConfigError,
+    MissingExtra,
     RouterConfig,
     RouterError,
     RouterSettings,
+    RoutingEngine,
     config_json_schema,
     hash_api_key,
+    import_extra,
     load_config,
     warn_about_demo_keys,
 )
@@ -67,9 +70,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(config: RouterConfig, args: argparse.Namespace, *, reload: Callable[[], RouterConfig]) -> int:
+    _require_server_extra(args.command)
+    if config.edge.enabled:
+        from edge.llama_cpp_backend import require_llama_cpp
+
+        require_llama_cpp()  # before the build check, whose child would fail with a traceback
     import uvicorn
 
     from cloud.app import create_app, cut_in_flight
+    from cloud.engines import build_engine
     from cloud.server import GracefulServer, uvicorn_options
 
     if config.edge.enabled:
@@ -79,10 +88,17 @@ def _serve(config: RouterConfig, args: argparse.Namespace, *, reload: Callable[[
         if args.edge_check and not _edge_build_runs(config):
             return 1
     listener = _listen(config.server.host, config.server.port)
+    # Built before uvicorn starts, so that a config the engine cannot be built from (an estimator
+    # without its extra, a missing model file) is one line on stderr, not uvicorn's start-up traceback.
+    engine = build_engine(config)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if hasattr(signal, "SIGHUP"):  # until the server has started, a reload must not kill the process
         signal.signal(signal.SIGHUP, _hangup_before_start)
-    app = create_app(config)
+
+    async def built(config: RouterConfig) -> RoutingEngine:
+        return engine
+
+    app = create_app(config, engine_factory=built)
     options = uvicorn_options(config.server)
     server = GracefulServer(
         uvicorn.Config(app, **options, log_level=args.log_level, access_log=args.access_log),
@@ -127,6 +143,12 @@ def _reload(app: Starlette, load: Callable[[], RouterConfig]) -> None:
         logger.error("config reload failed, keeping the last good config: %s", problem)
 
 
+def _require_server_extra(command: str) -> None:
+    """Raise `MissingExtra` naming the `server` extra unless uvicorn and starlette are installed."""
+    for module in ("uvicorn", "starlette"):
+        import_extra(module, feature=command, extra="server")
+
+
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     # uvicorn raises the signal again once it has shut down: exit through `finally` blocks (the
     # stand-in's stop) instead of dying where the signal lands.
@@ -152,6 +174,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Start the stand-in GPU endpoint (unless a cloud URL is set) and serve the demo config."""
     from cloud.standin import start_standin
 
+    _require_server_extra(args.command)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that SIGTERM stops the stand-in too
     settings = RouterSettings.from_args(args)
     standin = None
@@ -323,8 +346,34 @@ def build_parser() -> argparse.ArgumentParser:
     hk.set_defaults(func=cmd_hash_key)
     # Commands of the other packages (`eval` from models/, ...), registered as entry points.
     for entry_point in importlib.metadata.entry_points(group="hybrid_router.commands"):
-        entry_point.load()(sub)
+        try:
+            add_command = entry_point.load()
+        except ModuleNotFoundError as exc:  # its extra is not installed: the command says which
+            if (exc.name or "").partition(".")[0] in OUR_PACKAGES:
+                raise  # one of our own modules is missing: a bug, not an install to complete
+            _add_missing_extra_command(sub, entry_point.name, exc.name)
+        else:
+            add_command(sub)
     return parser
+
+
+#: Our top-level packages: one of them missing is a bug, never an extra to install.
+OUR_PACKAGES = frozenset({"router", "edge", "cloud", "models"})
+#: The extra each entry-point command needs beyond the core, named when its module cannot be imported.
+COMMAND_EXTRAS = {"eval": "eval", "calibrate": "eval", "labels": "edge", "models": "models", "edge": "edge"}
+
+
+def _add_missing_extra_command(subparsers: Any, name: str, missing: str | None) -> None:
+    """Register `name` as a command that only says which extra it needs (any arguments accepted)."""
+    extra = COMMAND_EXTRAS.get(name, "dev")
+    # No prefix characters: every argument, `--help` too, is taken as it comes and answered the same.
+    p = subparsers.add_parser(name, help=f"(needs the {extra} extra)", add_help=False, prefix_chars="\0")
+    p.add_argument("args", nargs="*")
+
+    def needs_extra(args: argparse.Namespace) -> int:
+        raise MissingExtra(name, extra, missing)
+
+    p.set_defaults(func=needs_extra)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

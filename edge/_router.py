@@ -124,11 +124,12 @@ class EdgeRouter:
 
     def load(self) -> None:
         """Load the local model after checking it fits; raises `ModelTooLarge` or `EdgeBackendError`."""
-        from edge.llama_cpp_backend import LlamaCppBackend
+        from edge.llama_cpp_backend import LlamaCppBackend, require_llama_cpp
         from edge.model_files import resolve_model_path
 
         if isinstance(self.local, LlamaCppBackend):
             if not self.local.loaded:
+                require_llama_cpp()  # before the model: the extra is what to install first
                 check_model_fits(
                     resolve_model_path(self.config.model),
                     max_model_memory_mb=self.config.max_model_memory_mb,

@@ -80,6 +80,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from edge.build_check import cpu_flags, explain, run_build_check
+    from edge.llama_cpp_backend import require_llama_cpp
+
+    require_llama_cpp()  # the child would fail on its import with a traceback
 
     check = run_build_check(Path(args.model) if args.model else None)
     if args.json:

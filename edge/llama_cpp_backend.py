@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from edge.model_files import resolve_model_path
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
 from router._config import EdgeConfig
-from router._errors import EdgeBackendError, EdgeBusy
+from router._errors import EdgeBackendError, EdgeBusy, MissingExtra
+from router._extras import require_extra
 from router._wire import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -51,6 +52,18 @@ def chatml_turns(messages: Sequence[dict[str, str]]) -> list[str]:
     head = [] if any(m["role"] == "system" for m in messages) else [_EMPTY_SYSTEM_TURN]
     turns = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
     return [*head, *turns, "<|im_start|>assistant\n"]
+
+
+def require_llama_cpp() -> None:
+    """Raise `EdgeBackendError` naming the `edge` extra unless llama-cpp-python is installed.
+
+    It is not imported here: a build for other CPUs may die with SIGILL once loaded, so `serve` and
+    `edge check` try it in a child process first (`edge.build_check`).
+    """
+    try:
+        require_extra("llama_cpp", feature="the edge model", extra="edge")
+    except MissingExtra as exc:
+        raise EdgeBackendError(exc.message) from exc
 
 
 def render_chatml(messages: Sequence[dict[str, str]]) -> str:
@@ -220,10 +233,12 @@ class LlamaCppBackend(ChatBackend):
         return self._waiting + self._running
 
     def load(self) -> None:
-        """Load the GGUF model (blocking; a no-op when loaded). Raises `EdgeBackendError`."""
+        """Load the GGUF model (blocking; a no-op when loaded). Raises `EdgeBackendError`, which names
+        the `edge` extra when llama-cpp-python is not installed."""
         with self._load_lock:
             if self._llm is not None:
                 return
+            require_llama_cpp()
             path = resolve_model_path(self.config)
             try:
                 import llama_cpp  # lazy: a compiled extension that cloud-only installs lack

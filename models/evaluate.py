@@ -30,6 +30,7 @@ from router import (
     ChatMessage,
     ComplexityEstimator,
     available_estimators,
+    import_extra,
     load_config,
     load_estimator,
 )
@@ -66,8 +67,7 @@ def evaluate(
     benchmark: RoutingBenchmark, scorers: dict[str, Scorer], *, progress: bool = False
 ) -> dict[str, QualityCurve]:
     """The quality curve of each scorer on `benchmark` (with a progress bar per scorer if asked)."""
-    from tqdm import tqdm
-
+    tqdm = import_extra("tqdm", feature="eval", extra="eval").tqdm
     curves = {}
     for name, score in scorers.items():
         items = tqdm(benchmark.conversations, desc=f"{name} {benchmark.name}", disable=not progress)

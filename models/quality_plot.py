@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from models.quality import QualityCurve, summarize
-from router import TierConfig
+from router import TierConfig, import_extra
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -62,6 +62,7 @@ def plot_curves(
     tiers: TierMarks | None = None,
 ) -> None:
     """Write `quality_figure` to `path` (PNG)."""
+    import_extra("matplotlib", feature="eval --plot", extra="eval")
     import matplotlib.pyplot as plt
 
     fig = quality_figure(results, pairs, tiers)

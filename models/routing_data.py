@@ -82,10 +82,23 @@ class RoutingBenchmark:
         return len(self.conversations)
 
 
+DATA_HINT = "set HYBRID_ROUTER_DATA_DIR (or pass --data-dir) to the routing data folder"
+
+
 def default_data_dir(settings: DataSettings | None = None) -> Path:
-    """`$HYBRID_ROUTER_DATA_DIR`, else the `shared/data` folder beside the checkout."""
+    """`$HYBRID_ROUTER_DATA_DIR`, else the `shared/data` folder beside the checkout.
+
+    Raises:
+        ConfigError: neither: the package is installed (not a checkout), and the data sets (hundreds
+        of MB, under their own licences) are not part of it.
+    """
     data_dir = (settings or DataSettings.from_env()).data_dir
-    return Path(data_dir) if data_dir else Path(__file__).resolve().parents[2] / "shared" / "data"
+    if data_dir:
+        return Path(data_dir)
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "pyproject.toml").is_file():  # site-packages has no pyproject.toml
+        raise ConfigError(f"the routing data sets are not installed with the package: {DATA_HINT}")
+    return checkout.parent / "shared" / "data"
 
 
 def _user(text: str) -> list[ChatMessage]:
@@ -313,15 +326,19 @@ EDGE_LOADERS = {"mmlu": load_mmlu_edge, "gsm8k": load_gsm8k_edge}
 def load_benchmark(
     name: str, data_dir: Path | None = None, *, labels_dir: Path | None = None
 ) -> RoutingBenchmark:
-    """Load benchmark `name` (one of `ALL_BENCHMARKS`) from `data_dir` (default: shared/data).
+    """Load benchmark `name` (one of `ALL_BENCHMARKS`) from `data_dir` (default: `default_data_dir()`).
 
     The edge benchmarks also read the edge labels in `labels_dir` (default: models/data/edge-labels)
-    and raise `MissingLabelsError` when there are none.
+    and raise `MissingLabelsError` when there are none. A data file that is not there raises
+    `ConfigError`.
     """
     data_dir = data_dir or default_data_dir()
-    if name in LOADERS:
-        return LOADERS[name](data_dir)
-    if name in EDGE_BENCHMARK_MODELS:
-        task, model = EDGE_BENCHMARK_MODELS[name]
-        return EDGE_LOADERS[task](data_dir, labels_dir or EDGE_LABELS_DIR, model, name)
+    try:
+        if name in LOADERS:
+            return LOADERS[name](data_dir)
+        if name in EDGE_BENCHMARK_MODELS:
+            task, model = EDGE_BENCHMARK_MODELS[name]
+            return EDGE_LOADERS[task](data_dir, labels_dir or EDGE_LABELS_DIR, model, name)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"benchmark {name}: no file {exc.filename}: {DATA_HINT}") from exc
     raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(ALL_BENCHMARKS)}")

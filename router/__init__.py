@@ -43,6 +43,7 @@ from router._errors import (
     EdgeBackendError,
     EdgeBusy,
     EstimatorError,
+    MissingExtra,
     ModelNotFound,
     NoBackendAvailable,
     PayloadTooLarge,
@@ -60,6 +61,7 @@ from router._estimator import (
     load_estimator,
     register_estimator,
 )
+from router._extras import import_extra, require_extra
 from router._metrics import (
     DecisionLog,
     DecisionObserver,
@@ -133,6 +135,7 @@ __all__ = [
     "HybridRouterSettings",
     "InMemoryMetrics",
     "Ledger",
+    "MissingExtra",
     "ModelCard",
     "ModelList",
     "ModelNotFound",
@@ -168,11 +171,13 @@ __all__ = [
     "decide",
     "demo_keys_in",
     "hash_api_key",
+    "import_extra",
     "load_config",
     "load_estimator",
     "log_decision",
     "parse_config",
     "register_estimator",
+    "require_extra",
     "secret_from_env",
     "warn_about_demo_keys",
 ]

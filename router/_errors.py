@@ -4,6 +4,7 @@ Every error that can reach a caller maps to an HTTP status and an OpenAI error b
 
     RouterError                      500 server_error
     ├── ConfigError                  500 (raised at start-up; never mid-request)
+    │   └── MissingExtra             500 a feature needs an extra that is not installed (`import_extra`)
     ├── RequestError                 400 invalid_request_error
     │   ├── UnsupportedFeature       400 unsupported_value (the spec allows it; this router cannot do it)
     │   ├── TooManyMessages          400 array_above_max_length (`server.max_messages`)
@@ -32,6 +33,9 @@ from __future__ import annotations
 from typing import Any
 
 from router._wire import ErrorDetail, ErrorResponse
+
+#: The distribution `pip install` names in the hint of `MissingExtra`.
+DISTRIBUTION = "hybrid-router"
 
 
 class RouterError(Exception):
@@ -66,6 +70,23 @@ class ConfigError(RouterError):
     """The configuration is invalid or cannot be read."""
 
     code = "config_error"
+
+
+class MissingExtra(ConfigError):
+    """A feature needs an optional dependency group (an extra) that is not installed.
+
+    Its message is one line that names the extra and the command that installs it.
+    """
+
+    code = "missing_extra"
+
+    def __init__(self, feature: str, extra: str, missing: str | None = None) -> None:
+        """`feature` (e.g. `serve`) needs `extra`; `missing` is the module that could not be imported."""
+        found = f" (no module named {missing!r})" if missing else ""
+        super().__init__(f"{feature} needs the {extra} extra: pip install '{DISTRIBUTION}[{extra}]'{found}")
+        self.feature = feature
+        self.extra = extra
+        self.missing = missing
 
 
 class RequestError(RouterError):

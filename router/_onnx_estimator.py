@@ -6,7 +6,8 @@ file whose digest does not match (a clear `EstimatorError`, never a silent fallb
 estimator). The model takes the token ids of `conversation_text(messages)` as `input_ids`
 (int64, shape [1, n]) and returns the score as `score` (float, shape [1]).
 
-onnxruntime, tokenizers and numpy are imported when an estimator is loaded, not when `router` is.
+onnxruntime, tokenizers and numpy are imported when an estimator is loaded, not when `router` is;
+they come with the `onnx` extra (`MissingExtra` names it when they are not installed).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from router._errors import EstimatorError
 from router._estimator import conversation_text, register_estimator
+from router._extras import import_extra
 from router._wire import ChatMessage
 
 MANIFEST_NAME = "registry.json"
@@ -107,16 +109,13 @@ class OnnxEstimator:
         self.entry = entry
         model_path = verified_file(root, entry, "model")
         tokenizer_path = verified_file(root, entry, "tokenizer")
-        try:
-            import numpy as np
-            import onnxruntime as ort
-            from tokenizers import Tokenizer
-        except ImportError as exc:
-            raise EstimatorError(
-                f"estimator {self.name}@{self.version} needs onnxruntime and tokenizers: {exc}"
-            ) from exc
+        feature = f"estimator {self.name}@{self.version}"
+        np, ort, tokenizers = (
+            import_extra(module, feature=feature, extra="onnx")
+            for module in ("numpy", "onnxruntime", "tokenizers")
+        )
         self._np = np
-        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length=self.max_tokens)
         self._tokenizer = tokenizer

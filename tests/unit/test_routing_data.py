@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from models import routing_data
 from models.routing_data import load_benchmark
+from router import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -33,3 +37,22 @@ def test_mt_bench_keeps_both_turns_of_the_conversation() -> None:
 def test_unknown_benchmark() -> None:
     with pytest.raises(ValueError, match="unknown benchmark"):
         load_benchmark("hellaswag")
+
+
+def test_an_installed_package_has_no_default_data_dir_and_says_how_to_set_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Installed, the module lies in site-packages, where no `shared/data` lies two folders up.
+    installed = tmp_path / "site-packages" / "models" / "routing_data.py"
+    monkeypatch.setattr(routing_data, "__file__", str(installed))
+    monkeypatch.delenv("HYBRID_ROUTER_DATA_DIR", raising=False)
+    with pytest.raises(ConfigError, match="set HYBRID_ROUTER_DATA_DIR"):
+        routing_data.default_data_dir()
+    monkeypatch.setenv("HYBRID_ROUTER_DATA_DIR", str(tmp_path))
+    assert routing_data.default_data_dir() == tmp_path
+
+
+@pytest.mark.parametrize("name", ["mmlu", "gsm8k-edge"])
+def test_a_data_folder_without_the_files_is_a_config_error(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match=f"^benchmark {name}: no file .*HYBRID_ROUTER_DATA_DIR"):
+        load_benchmark(name, tmp_path)
