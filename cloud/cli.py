@@ -90,7 +90,11 @@ def _serve(config: RouterConfig, args: argparse.Namespace, *, reload: Callable[[
     listener = _listen(config.server.host, config.server.port)
     # Built before uvicorn starts, so that a config the engine cannot be built from (an estimator
     # without its extra, a missing model file) is one line on stderr, not uvicorn's start-up traceback.
-    engine = build_engine(config)
+    try:
+        engine = build_engine(config)
+    except BaseException:
+        listener.close()
+        raise
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if hasattr(signal, "SIGHUP"):  # until the server has started, a reload must not kill the process
         signal.signal(signal.SIGHUP, _hangup_before_start)

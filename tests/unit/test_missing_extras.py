@@ -38,19 +38,29 @@ def test_the_learned_estimator_without_onnxruntime_names_the_onnx_extra(
         load_estimator("static-minilm")
 
 
+EDGE_ENABLED = """
+edge: {enabled: true}
+tiers: {free: {cloud: never}}
+"""
+
+
 def test_serve_without_the_server_extra_is_one_line_and_exit_2(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    config = tmp_path / "edge.yaml"
+    config.write_text(EDGE_ENABLED)
     _not_installed(monkeypatch, "uvicorn")
-    assert cli.main(["serve", "--no-edge-check"]) == 2
+    assert cli.main(["serve", "--config", str(config), "--no-edge-check"]) == 2
     assert "serve needs the server extra: pip install 'hybrid-router[server]'" in _one_line_error(capsys)
 
 
 def test_serve_with_edge_enabled_and_no_llama_cpp_names_the_edge_extra(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    config = tmp_path / "edge.yaml"
+    config.write_text(EDGE_ENABLED)
     _not_installed(monkeypatch, "llama_cpp")
-    assert cli.main(["serve"]) == 2  # the demo config enables the edge model
+    assert cli.main(["serve", "--config", str(config)]) == 2
     assert "the edge model needs the edge extra" in _one_line_error(capsys)
 
 
