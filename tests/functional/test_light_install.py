@@ -93,7 +93,9 @@ def test_help_lists_every_command_and_what_each_needs(venv: Path, tmp_path: Path
 
 
 def test_serve_names_the_server_extra(venv: Path, tmp_path: Path) -> None:
-    assert _one_line(_run(venv, "serve", cwd=tmp_path)) == (
+    config = tmp_path / "cloud-only.yaml"
+    config.write_text(CLOUD_ONLY.format(estimator="heuristic"))
+    assert _one_line(_run(venv, "serve", "--config", str(config), cwd=tmp_path)) == (
         "hybrid-router: serve needs the server extra: pip install 'hybrid-router[server]' "
         "(no module named 'uvicorn')"
     )
