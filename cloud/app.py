@@ -3,7 +3,7 @@
 Served by uvicorn locally, and by the Lambda Web Adapter behind a Function URL for streaming. The
 routes are `cloud.routes`'s, which the Lambda handler mounts too; this module only adapts Starlette's
 request and response to them. Every error leaves as an OpenAI-style error object with its status;
-none leaves as a stack trace.
+none leaves as a stack trace. Every answer carries the request's `x-request-id` (`cloud.request_ids`).
 """
 
 from __future__ import annotations
@@ -18,33 +18,46 @@ from dataclasses import replace
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from cloud import routes
 from cloud.engines import EngineFactory
-from router import RouterConfig, RouterError, RoutingEngine
+from cloud.request_ids import STATE_KEY, RequestIdMiddleware
+from router import (
+    REQUEST_ID_HEADER,
+    RouterConfig,
+    RouterError,
+    RoutingEngine,
+    current_request_id,
+    new_request_id,
+    request_id_scope,
+)
 
 logger = logging.getLogger("hybrid_router")
 
 SHUTTING_DOWN = "The server is shutting down; retry the request."
-#: How a stream still open when the shutdown's grace period ends is ended: an error event, then `[DONE]`.
-SHUTDOWN_EVENTS = (
-    "data: "
-    + json.dumps(
-        {
-            "error": {
-                "message": SHUTTING_DOWN,
-                "type": "server_error",
-                "param": None,
-                "code": "server_shutting_down",
-            }
-        },
-        separators=(",", ":"),
-    )
-    + "\n\ndata: [DONE]\n\n"
-).encode()
+_SHUTDOWN_ERROR = {
+    "message": SHUTTING_DOWN,
+    "type": "server_error",
+    "param": None,
+    "code": "server_shutting_down",
+}
+
+
+def shutdown_events() -> bytes:
+    """How a stream still open when the shutdown's grace period ends is ended: an error event (with the
+    request's id, when there is one), then `[DONE]`."""
+    error = dict(_SHUTDOWN_ERROR)
+    if (request_id := current_request_id()) is not None:
+        error["request_id"] = request_id
+    return f"data: {json.dumps({'error': error}, separators=(',', ':'))}\n\ndata: [DONE]\n\n".encode()
+
+
+#: `shutdown_events()` outside any request.
+SHUTDOWN_EVENTS = shutdown_events()
 
 
 def error_response(exc: RouterError) -> Response:
@@ -81,6 +94,7 @@ def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default
     app = Starlette(
         routes=[Route(route.path, _endpoint(route), methods=[route.method]) for route in routes.ROUTES],
         lifespan=lifespan,
+        middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers={
             RouterError: _router_error,
             HTTPException: _http_error,
@@ -163,7 +177,7 @@ async def _until_cut(parts: AsyncIterator[bytes], cut: asyncio.Event) -> AsyncIt
             if not getter.done():
                 getter.cancel()
                 logger.warning("shutting down: an open stream ends with an error event")
-                yield SHUTDOWN_EVENTS
+                yield shutdown_events()
                 return
             item = getter.result()
             if item is None:
@@ -194,17 +208,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code in (404, 405):
         return _starlette(routes.unrouted(request.method, request.url.path))
-    body = {
-        "error": {
-            "message": f"{request.method} {request.url.path}: {exc.detail}",
-            "type": "invalid_request_error",
-            "param": None,
-            "code": str(exc.status_code),
-        }
-    }
-    return _starlette(routes.json_response(body, exc.status_code, exc.headers))
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    status, headers = exc.status_code, exc.headers or {}
+    return _starlette(routes.error_object(status, message, "invalid_request_error", str(status), **headers))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _starlette(routes.internal_error())
+    # Starlette runs this outside the middleware (and so outside the request's id scope): restore it.
+    request_id = getattr(request.state, STATE_KEY, None) or new_request_id()
+    with request_id_scope(request_id):
+        logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        response = routes.internal_error()
+    return _starlette(replace(response, headers={**response.headers, REQUEST_ID_HEADER: request_id}))

@@ -14,6 +14,8 @@ the local server, the Function URL and API Gateway serve the same routes, bodies
 
 The caller's tier comes from its key, never from the request body: an API Gateway key
 (`HttpRequest.api_key_id` / `api_key`, from `requestContext.identity`) or `Authorization: Bearer`.
+Each front door serves a request inside `router.request_id_scope` and returns its id in the
+`x-request-id` header; every error object built here carries it as `error.request_id`.
 No web framework is imported here (the Lambda handler imports this module at cold start).
 """
 
@@ -23,13 +25,12 @@ import asyncio
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud._http import error_body, parse_chat_request, route_headers
+from cloud._http import error_body, parse_chat_request, route_headers, with_request_id
 from router import (
     BackendError,
     CloudBackendError,
@@ -43,6 +44,8 @@ from router import (
     RouterError,
     RoutingEngine,
     Tenant,
+    current_request_id,
+    new_request_id,
 )
 from router._wire import dump
 
@@ -123,7 +126,7 @@ def public_error_body(exc: RouterError) -> dict[str, Any]:
         if exc.public_message is not None:
             body["error"]["message"] = exc.public_message
         return body
-    request_id = uuid.uuid4().hex[:16]
+    request_id = current_request_id() or new_request_id()
     logger.warning("request %s failed: %s (%s): %s", request_id, exc.code, type(exc).__name__, exc.message)
     body["error"]["message"] = f"{_what_failed(exc)} ({exc.code}). Request id: {request_id}."
     return body
@@ -143,9 +146,8 @@ def _what_failed(exc: RouterError) -> str:
 
 def error_object(status: int, message: str, error_type: str, code: str, **headers: str) -> HttpResponse:
     """An OpenAI error object built here (not from a `RouterError`), every member present."""
-    return json_response(
-        {"error": {"message": message, "type": error_type, "param": None, "code": code}}, status, headers
-    )
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    return json_response(with_request_id(body), status, headers)
 
 
 def unrouted(method: str, path: str) -> HttpResponse:

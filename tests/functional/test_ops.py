@@ -1,0 +1,84 @@
+"""The operations surface end to end: request ids and the JSON decision
+log; the real router (`hybrid-router serve`, real uvicorn), the real SmolLM2 model,
+the stand-in GPU endpoint, the official `openai` client."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.servers import KEYS, make_router_config, router_process
+
+pytestmark = pytest.mark.functional
+
+EASY = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def router(standin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The router on loopback; yields its URL and its log file."""
+    config = make_router_config(standin_url)
+    tmp = tmp_path_factory.mktemp("ops")
+    with router_process(config, tmp) as (_, base):
+        yield base, tmp / f"router-{base.rsplit(':', 1)[1]}.log"
+
+
+def openai_client(base: str, tier: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=KEYS[tier], max_retries=0, timeout=60)
+
+
+def decision_lines(log_file: Path, request_id: str, wait_s: float = 10.0) -> list[dict[str, Any]]:
+    """The decision log's lines for `request_id`: each a whole line of JSON, with no prefix."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = [
+            json.loads(line)
+            for line in log_file.read_text().splitlines()
+            if line.startswith("{") and f'"request_id": "{request_id}"' in line
+        ]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_a_streamed_answer_carries_the_callers_request_id_into_the_decision_log(
+    router: tuple[str, Path],
+) -> None:
+    base, log_file = router
+    with openai_client(base, "free") as c:
+        raw = c.chat.completions.with_raw_response.create(
+            model="hybrid-router",
+            messages=[{"role": "user", "content": EASY}],
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            extra_headers={"X-Request-Id": "ops-stream-1"},
+        )
+        assert raw.headers["x-request-id"] == "ops-stream-1"
+        assert raw.headers["content-type"].startswith("text/event-stream")
+        assert "".join(ch.choices[0].delta.content or "" for ch in raw.parse() if ch.choices)
+    (line,) = decision_lines(log_file, "ops-stream-1")
+    assert line["event"] == "route_decision" and line["target"] == "edge" and line["stream"] is True
+    assert line["level"] == "INFO" and "capital" not in json.dumps(line)  # no prompt text
+
+
+def test_an_error_carries_a_request_id_in_its_header_and_body(router: tuple[str, Path]) -> None:
+    base, _ = router
+    with openai_client(base, "free") as c, pytest.raises(openai.BadRequestError) as info:
+        c.chat.completions.create(
+            model="hybrid-router", messages=[], extra_headers={"x-request-id": "x" * 200}
+        )
+    made = info.value.request_id  # what the official client reads from `x-request-id`
+    assert made is not None and len(made) == 32 and made != "x" * 200
+    body = info.value.body
+    assert isinstance(body, dict) and body.get("error", body)["request_id"] == made
+    denied = httpx.get(f"{base}/v1/models", headers={"x-request-id": "ops-401"})
+    assert denied.status_code == 401 and denied.headers["x-request-id"] == "ops-401"
+    assert denied.json()["error"]["request_id"] == "ops-401"
