@@ -3,7 +3,8 @@
 Served by uvicorn locally, and by the Lambda Web Adapter behind a Function URL for streaming. The
 routes are `cloud.routes`'s, which the Lambda handler mounts too; this module only adapts Starlette's
 request and response to them. Every error leaves as an OpenAI-style error object with its status;
-none leaves as a stack trace. Every answer carries the request's `x-request-id` (`cloud.request_ids`).
+none leaves as a stack trace. Every answer carries the request's `x-request-id` (`cloud.request_ids`);
+the engine's decisions are also counted for Prometheus (`cloud.prometheus`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starlette.routing import Route
 
 from cloud import routes
 from cloud.engines import EngineFactory
+from cloud.prometheus import PrometheusMetrics
 from cloud.request_ids import STATE_KEY, RequestIdMiddleware
 from router import (
     REQUEST_ID_HEADER,
@@ -79,6 +81,7 @@ def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default
         from cloud.engines import close_engine
 
         engine = await engine_factory(config)
+        engine.observers.append(PrometheusMetrics(engine))  # a registry per app
         app.state.engine = engine
         app.state.in_flight_cut = asyncio.Event()
         logger.info(
@@ -121,6 +124,7 @@ def _endpoint(route: routes.Route) -> Callable[[Request], Awaitable[Response]]:
             path=request.url.path,
             headers={name: request.headers[name] for name in request.headers},
             body=request.stream(),
+            query=dict(request.query_params),
         )
         cut: asyncio.Event | None = getattr(request.app.state, "in_flight_cut", None)
         if cut is None:

@@ -9,7 +9,8 @@ the local server, the Function URL and API Gateway serve the same routes, bodies
     GET  /v1/models             the one model id this router serves (any API key)
     GET  /health, /healthz      liveness for anyone: `{"status": "ok"}`, 503 when no backend can answer;
                                 `/healthz` with an admin key: each backend's state, the breaker, the queue
-    GET  /metrics               decision counters, tokens and cost (in-process metrics only; an admin key)
+    GET  /metrics               Prometheus text (an admin key); the JSON counters with `?format=json` or
+                                `Accept: application/json` (JSON only where metrics go elsewhere: Lambda)
     GET  /v1/edge/config        the caller's tier policy for the edge SDK's config sync (ETag)
 
 The caller's tier comes from its key, never from the request body: an API Gateway key
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloud._http import error_body, parse_chat_request, route_headers, with_request_id
+from cloud.prometheus import PrometheusMetrics
 from router import (
     BackendError,
     CloudBackendError,
@@ -63,7 +65,8 @@ class HttpRequest:
 
     `headers` have lower-case names. `body` is the whole body, or its parts as they arrive (a chunked
     upload is then counted against the body limit as it comes). `api_key_id` and `api_key` are the
-    key API Gateway authenticated (`requestContext.identity`); a local request has neither.
+    key API Gateway authenticated (`requestContext.identity`); a local request has neither. `query`
+    is the query string's parameters (the last value of a repeated one).
     """
 
     method: str
@@ -72,6 +75,7 @@ class HttpRequest:
     body: bytes | AsyncIterator[bytes] = b""
     api_key_id: str | None = None
     api_key: str | None = None
+    query: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -307,13 +311,24 @@ async def health_detail(request: HttpRequest, engine: RoutingEngine) -> HttpResp
 
 
 async def metrics(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
-    """`GET /metrics`: decision counters, tokens and cost, as JSON (`{}` where metrics go elsewhere).
+    """`GET /metrics`: Prometheus text by default (what scrapers expect); the JSON counters with
+    `?format=json` or `Accept: application/json`, and where there is no Prometheus registry (Lambda,
+    whose metrics are EMF records: `{}` there).
 
     Per-tier counts and cost are the operators' business: an admin key only.
     """
     require_admin(request, engine)
+    exporter = next((o for o in engine.observers if isinstance(o, PrometheusMetrics)), None)
+    if exporter is not None and not _wants_json(request):
+        return HttpResponse(200, {"content-type": exporter.content_type}, exporter.exposition())
     snapshot = engine.metrics.snapshot() if isinstance(engine.metrics, InMemoryMetrics) else {}
     return json_response(snapshot)
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    if "format" in request.query:
+        return request.query["format"] == "json"
+    return JSON in request.headers.get("accept", "")
 
 
 async def edge_config(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:

@@ -1,5 +1,5 @@
-"""The operations surface end to end: request ids and the JSON decision
-log; the real router (`hybrid-router serve`, real uvicorn), the real SmolLM2 model,
+"""The operations surface end to end: request ids, the JSON decision log and Prometheus
+text; the real router (`hybrid-router serve`, real uvicorn), the real SmolLM2 model,
 the stand-in GPU endpoint, the official `openai` client."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import KEYS, make_router_config, router_process
+from tests.servers import ADMIN, KEYS, make_router_config, router_process
 
 pytestmark = pytest.mark.functional
 
@@ -82,3 +83,22 @@ def test_an_error_carries_a_request_id_in_its_header_and_body(router: tuple[str,
     denied = httpx.get(f"{base}/v1/models", headers={"x-request-id": "ops-401"})
     assert denied.status_code == 401 and denied.headers["x-request-id"] == "ops-401"
     assert denied.json()["error"]["request_id"] == "ops-401"
+
+
+def test_metrics_are_prometheus_text_that_prometheus_client_parses(router: tuple[str, Path]) -> None:
+    base, _ = router
+    with openai_client(base, "premium") as c:
+        c.chat.completions.create(
+            model="hybrid-router", messages=[{"role": "user", "content": EASY}], max_tokens=4
+        )
+    scraped = httpx.get(f"{base}/metrics", headers=ADMIN)
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(scraped.text)}
+    requests = families["hybrid_router_requests"]
+    assert requests.type == "counter"
+    wanted = {"tier": "premium", "target": "cloud", "reason": "tier_forces_cloud"}
+    assert any(s.labels == wanted for s in requests.samples), requests.samples
+    assert families["hybrid_router_upstream_latency_seconds"].type == "histogram"
+    assert 0 < families["hybrid_router_cloud_share"].samples[0].value <= 1
+    assert families["hybrid_router_cloud_breaker_state"].samples[0].value == 0
+    assert httpx.get(f"{base}/metrics").status_code == 401

@@ -171,7 +171,7 @@ def test_the_errors_compared_are_the_documented_ones(local: TestClient, call_lam
         routes.JSON,
         {},
     )
-    assert "decisions" in through_starlette(local, "GET", "/metrics", ADMIN, None).body
+    assert "decisions" in through_starlette(local, "GET", "/metrics?format=json", ADMIN, None).body
     # What anyone may read, and what only a key may read.
     assert through_lambda(call_lambda, "GET", "/health", {}, None).body == {"status": "ok"}
     assert through_lambda(call_lambda, "GET", "/healthz", {}, None).body == {"status": "ok"}
