@@ -4,7 +4,8 @@ Served by uvicorn locally, and by the Lambda Web Adapter behind a Function URL f
 routes are `cloud.routes`'s, which the Lambda handler mounts too; this module only adapts Starlette's
 request and response to them. Every error leaves as an OpenAI-style error object with its status;
 none leaves as a stack trace. Every answer carries the request's `x-request-id` (`cloud.request_ids`);
-the engine's decisions are also counted for Prometheus (`cloud.prometheus`).
+the engine's decisions are also counted for Prometheus (`cloud.prometheus`), and the cloud endpoint's
+active probe runs while the app does (`cloud.probe`).
 """
 
 from __future__ import annotations
@@ -73,8 +74,14 @@ async def _default_engine(config: RouterConfig) -> RoutingEngine:
     return await anyio.to_thread.run_sync(build_engine, config)
 
 
-def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default_engine) -> Starlette:
-    """The ASGI app serving `config`; the engine (and the edge model) is built at start-up."""
+def create_app(
+    config: RouterConfig, *, engine_factory: EngineFactory = _default_engine, cloud_probe: bool = True
+) -> Starlette:
+    """The ASGI app serving `config`; the engine (and the edge model) is built at start-up.
+
+    With `cloud_probe` (and a cloud URL and a `cloud.probe_interval_s`), the cloud endpoint is probed in
+    the background while the app runs; a Lambda, frozen between invocations, leaves it off.
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -82,6 +89,9 @@ def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default
 
         engine = await engine_factory(config)
         engine.observers.append(PrometheusMetrics(engine))  # a registry per app
+        probe = getattr(engine.cloud, "endpoint_probe", None)
+        if cloud_probe and probe is not None:
+            probe.start()  # stopped by `close_engine`
         app.state.engine = engine
         app.state.in_flight_cut = asyncio.Event()
         logger.info(

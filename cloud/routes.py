@@ -7,8 +7,12 @@ the local server, the Function URL and API Gateway serve the same routes, bodies
 
     POST /v1/chat/completions   a chat completion; `stream: true` as server-sent events
     GET  /v1/models             the one model id this router serves (any API key)
-    GET  /health, /healthz      liveness for anyone: `{"status": "ok"}`, 503 when no backend can answer;
-                                `/healthz` with an admin key: each backend's state, the breaker, the queue
+    GET  /health, /healthz      for anyone: `{"status": "ok"}`, 503 when no backend can answer; `/healthz`
+                                with an admin key: each backend's state, the breaker, the queue, the
+                                cloud probe's last result
+    GET  /livez                 liveness: 200 while the process answers (no key, no detail)
+    GET  /readyz                readiness: 200 once the config is loaded and the edge model (when enabled)
+                                has decoded its first token; else 503 with a short reason (no key)
     GET  /metrics               Prometheus text (an admin key); the JSON counters with `?format=json` or
                                 `Accept: application/json` (JSON only where metrics go elsewhere: Lambda)
     GET  /v1/edge/config        the caller's tier policy for the edge SDK's config sync (ETag)
@@ -305,9 +309,30 @@ async def health_detail(request: HttpRequest, engine: RoutingEngine) -> HttpResp
             "detail": edge.detail,
             "queue_depth": getattr(engine.edge, "queue_depth", 0),
         },
-        "cloud": {"available": cloud.available, "detail": cloud.detail},
+        "cloud": {"available": cloud.available, "detail": cloud.detail, "probe": _probe_status(engine)},
     }
     return json_response(body, 200 if available else 503)
+
+
+def _probe_status(engine: RoutingEngine) -> dict[str, Any] | None:
+    probe = getattr(engine.cloud, "endpoint_probe", None)
+    return probe.status() if probe is not None else None
+
+
+async def livez(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
+    """`GET /livez`: the process is up and answers; 200 always, for anyone (restart it if not)."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
+    """`GET /readyz`: 200 once the config is loaded and the edge model, when enabled, has decoded its
+    first token (it does at load, before it reports available); else 503 with a short reason.
+
+    For anyone, and nothing more: which backend lags is `/healthz`'s detail.
+    """
+    if engine.config.edge.enabled and not engine.health("edge").available:
+        return json_response({"status": "not_ready", "reason": "edge model not warm"}, 503)
+    return json_response({"status": "ready"})
 
 
 async def metrics(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
@@ -354,6 +379,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/models", list_models),
     Route("GET", "/health", health),
     Route("GET", "/healthz", health_detail),
+    Route("GET", "/livez", livez),
+    Route("GET", "/readyz", readyz),
     Route("GET", "/metrics", metrics),
     Route("GET", "/v1/edge/config", edge_config),
 )

@@ -1,10 +1,11 @@
-"""The operations surface end to end: request ids, the JSON decision log and Prometheus
-text; the real router (`hybrid-router serve`, real uvicorn), the real SmolLM2 model,
+"""The operations surface end to end: request ids, the JSON decision log, Prometheus text, readiness
+and the cloud probe; the real router (`hybrid-router serve`, real uvicorn), the real SmolLM2 model,
 the stand-in GPU endpoint, the official `openai` client."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +14,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import ADMIN, KEYS, make_router_config, router_process
+from cloud.app import create_app
+from cloud.engines import build_engine
+from router import RouterConfig, RoutingEngine, parse_config
+from tests.servers import ADMIN, KEYS, free_port, make_router_config, router_process
 
 pytestmark = pytest.mark.functional
 
@@ -24,8 +29,9 @@ EASY = "What is the capital of France?"
 
 @pytest.fixture(scope="module")
 def router(standin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """The router on loopback; yields its URL and its log file."""
+    """The router on loopback, probing the stand-in every half second; yields its URL and its log file."""
     config = make_router_config(standin_url)
+    config["cloud"]["probe_interval_s"] = 0.5
     tmp = tmp_path_factory.mktemp("ops")
     with router_process(config, tmp) as (_, base):
         yield base, tmp / f"router-{base.rsplit(':', 1)[1]}.log"
@@ -102,3 +108,55 @@ def test_metrics_are_prometheus_text_that_prometheus_client_parses(router: tuple
     assert 0 < families["hybrid_router_cloud_share"].samples[0].value <= 1
     assert families["hybrid_router_cloud_breaker_state"].samples[0].value == 0
     assert httpx.get(f"{base}/metrics").status_code == 401
+
+
+def test_the_cloud_probe_shows_in_healthz_and_the_router_is_live_and_ready(router: tuple[str, Path]) -> None:
+    base, _ = router
+    assert httpx.get(f"{base}/livez").json() == {"status": "ok"}
+    assert httpx.get(f"{base}/readyz").json() == {"status": "ready"}
+    deadline = time.monotonic() + 10
+    while (probe := httpx.get(f"{base}/healthz", headers=ADMIN).json()["cloud"]["probe"]) is None:
+        assert time.monotonic() < deadline, "no probe result within 10 s"
+        time.sleep(0.2)
+    assert probe["ok"] and probe["status"] == 200 and probe["interval_s"] == 0.5, probe
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}  # no detail without a key
+
+
+@pytest.fixture
+def cold_router() -> Iterator[tuple[str, RoutingEngine]]:
+    """The app under real uvicorn on loopback, with the real SmolLM2 backend not loaded yet."""
+    config = parse_config(make_router_config(None))
+    built: list[RoutingEngine] = []
+
+    async def unloaded(config: RouterConfig) -> RoutingEngine:
+        built.append(build_engine(config, load_edge=False))
+        return built[0]
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config, engine_factory=unloaded), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the app did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", built[0]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_readyz_is_503_until_the_edge_model_has_decoded_its_first_token(
+    cold_router: tuple[str, RoutingEngine],
+) -> None:
+    base, engine = cold_router
+    assert httpx.get(f"{base}/livez").status_code == 200
+    cold = httpx.get(f"{base}/readyz")
+    assert cold.status_code == 503 and cold.json() == {"status": "not_ready", "reason": "edge model not warm"}
+    assert cold.headers["x-request-id"]
+    assert engine.edge is not None
+    engine.edge.load()  # type: ignore[attr-defined]  # loads SmolLM2 and decodes its warm-up tokens
+    assert httpx.get(f"{base}/readyz").status_code == 200
