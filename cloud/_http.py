@@ -18,6 +18,7 @@ from router import (
     RouterError,
     ServerConfig,
     TooManyMessages,
+    current_request_id,
 )
 from router._requests import validate_chat_request
 
@@ -78,7 +79,19 @@ def parse_chat_request(body: str | bytes, limits: ServerConfig | None = None) ->
 
 def error_body(exc: RouterError) -> dict[str, Any]:
     """The OpenAI error object of `exc`, every member present (`"param": null` too, as OpenAI sends it)."""
-    return exc.to_response().model_dump(mode="json")  # not `dump`: it drops null members
+    return with_request_id(exc.to_response().model_dump(mode="json"))  # not `dump`: it drops null members
+
+
+def with_request_id(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` (an OpenAI error object) with the current request's id as `error.request_id`, if any.
+
+    An extra member beside `message`, `type`, `param` and `code`: OpenAI's clients keep members they do
+    not know, and a caller can quote the id when it reports the error.
+    """
+    request_id = current_request_id()
+    if request_id is not None:
+        body["error"]["request_id"] = request_id
+    return body
 
 
 def _parse_json(body: str | bytes) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 Served by uvicorn locally, and by the Lambda Web Adapter behind a Function URL for streaming. The
 routes are `cloud.routes`'s, which the Lambda handler mounts too; this module only adapts Starlette's
 request and response to them. Every error leaves as an OpenAI-style error object with its status;
-none leaves as a stack trace.
+none leaves as a stack trace. Every answer carries the request's `x-request-id` (`cloud.request_ids`);
+the engine's decisions are also counted for Prometheus (`cloud.prometheus`), and the cloud endpoint's
+active probe runs while the app does (`cloud.probe`).
 """
 
 from __future__ import annotations
@@ -27,27 +29,41 @@ from starlette.routing import Route
 from cloud import routes
 from cloud._http import ROUTE_HEADERS
 from cloud.engines import EngineFactory
-from router import ConfigError, RouterConfig, RouterError, RoutingEngine
+from cloud.prometheus import PrometheusMetrics
+from cloud.request_ids import STATE_KEY, RequestIdMiddleware
+from router import (
+    REQUEST_ID_HEADER,
+    ConfigError,
+    RouterConfig,
+    RouterError,
+    RoutingEngine,
+    current_request_id,
+    new_request_id,
+    request_id_scope,
+)
 
 logger = logging.getLogger("hybrid_router")
 
 SHUTTING_DOWN = "The server is shutting down; retry the request."
-#: How a stream still open when the shutdown's grace period ends is ended: an error event, then `[DONE]`.
-SHUTDOWN_EVENTS = (
-    "data: "
-    + json.dumps(
-        {
-            "error": {
-                "message": SHUTTING_DOWN,
-                "type": "server_error",
-                "param": None,
-                "code": "server_shutting_down",
-            }
-        },
-        separators=(",", ":"),
-    )
-    + "\n\ndata: [DONE]\n\n"
-).encode()
+_SHUTDOWN_ERROR = {
+    "message": SHUTTING_DOWN,
+    "type": "server_error",
+    "param": None,
+    "code": "server_shutting_down",
+}
+
+
+def shutdown_events() -> bytes:
+    """How a stream still open when the shutdown's grace period ends is ended: an error event (with the
+    request's id, when there is one), then `[DONE]`."""
+    error = dict(_SHUTDOWN_ERROR)
+    if (request_id := current_request_id()) is not None:
+        error["request_id"] = request_id
+    return f"data: {json.dumps({'error': error}, separators=(',', ':'))}\n\ndata: [DONE]\n\n".encode()
+
+
+#: `shutdown_events()` outside any request.
+SHUTDOWN_EVENTS = shutdown_events()
 
 
 def error_response(exc: RouterError) -> Response:
@@ -61,14 +77,24 @@ async def _default_engine(config: RouterConfig) -> RoutingEngine:
     return await anyio.to_thread.run_sync(build_engine, config)
 
 
-def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default_engine) -> Starlette:
-    """The ASGI app serving `config`; the engine (and the edge model) is built at start-up."""
+def create_app(
+    config: RouterConfig, *, engine_factory: EngineFactory = _default_engine, cloud_probe: bool = True
+) -> Starlette:
+    """The ASGI app serving `config`; the engine (and the edge model) is built at start-up.
+
+    With `cloud_probe` (and a cloud URL and a `cloud.probe_interval_s`), the cloud endpoint is probed in
+    the background while the app runs; a Lambda, frozen between invocations, leaves it off.
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         from cloud.engines import close_engine
 
         engine = await engine_factory(config)
+        engine.observers.append(PrometheusMetrics(engine))  # a registry per app
+        probe = getattr(engine.cloud, "endpoint_probe", None)
+        if cloud_probe and probe is not None:
+            probe.start()  # stopped by `close_engine`
         app.state.engine = engine
         app.state.in_flight_cut = asyncio.Event()
         logger.info(
@@ -83,8 +109,9 @@ def create_app(config: RouterConfig, *, engine_factory: EngineFactory = _default
 
     app = Starlette(
         routes=[Route(route.path, _endpoint(route), methods=[route.method]) for route in routes.ROUTES],
-        middleware=_cors(config),
         lifespan=lifespan,
+        # The request id outermost: a CORS refusal has one too.
+        middleware=[Middleware(RequestIdMiddleware), *_cors(config)],
         exception_handlers={
             RouterError: _router_error,
             HTTPException: _http_error,
@@ -106,7 +133,7 @@ def _cors(config: RouterConfig) -> list[Middleware]:
             allow_methods=cors.allow_methods,
             allow_headers=cors.allow_headers,
             allow_credentials=cors.allow_credentials,
-            expose_headers=list(ROUTE_HEADERS),
+            expose_headers=[*ROUTE_HEADERS, REQUEST_ID_HEADER],
             max_age=cors.max_age_s,
         )
     ]
@@ -155,6 +182,7 @@ def _endpoint(route: routes.Route) -> Callable[[Request], Awaitable[Response]]:
             path=request.url.path,
             headers={name: request.headers[name] for name in request.headers},
             body=request.stream(),
+            query=dict(request.query_params),
         )
         cut: asyncio.Event | None = getattr(request.app.state, "in_flight_cut", None)
         if cut is None:
@@ -211,7 +239,7 @@ async def _until_cut(parts: AsyncIterator[bytes], cut: asyncio.Event) -> AsyncIt
             if not getter.done():
                 getter.cancel()
                 logger.warning("shutting down: an open stream ends with an error event")
-                yield SHUTDOWN_EVENTS
+                yield shutdown_events()
                 return
             item = getter.result()
             if item is None:
@@ -242,17 +270,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code in (404, 405):
         return _starlette(routes.unrouted(request.method, request.url.path))
-    body = {
-        "error": {
-            "message": f"{request.method} {request.url.path}: {exc.detail}",
-            "type": "invalid_request_error",
-            "param": None,
-            "code": str(exc.status_code),
-        }
-    }
-    return _starlette(routes.json_response(body, exc.status_code, exc.headers))
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    status, headers = exc.status_code, exc.headers or {}
+    return _starlette(routes.error_object(status, message, "invalid_request_error", str(status), **headers))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _starlette(routes.internal_error())
+    # Starlette runs this outside the middleware (and so outside the request's id scope): restore it.
+    request_id = getattr(request.state, STATE_KEY, None) or new_request_id()
+    with request_id_scope(request_id):
+        logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        response = routes.internal_error()
+    return _starlette(replace(response, headers={**response.headers, REQUEST_ID_HEADER: request_id}))

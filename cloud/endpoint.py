@@ -52,6 +52,7 @@ from typing import Any
 import httpx
 
 from cloud.breaker import Admission, BreakerState, CircuitBreaker
+from cloud.probe import CloudProbe
 from router._backend import BackendHealth, ChatBackend, Target
 from router._config import CloudConfig
 from router._errors import CloudBackendError, CloudUnavailable, RouterError
@@ -132,6 +133,8 @@ class CloudEndpointClient(ChatBackend):
         self.model_id = config.model
         self.context_window = config.context_window
         self.breaker = CircuitBreaker.from_config(config.breaker, clock=clock)
+        #: The active probe of the endpoint; the local server starts it, Lambda does not.
+        self.endpoint_probe = CloudProbe(config, transport=transport)
         self._clock = clock
         # Calls waiting for a half-open breaker's probe; woken at each reported outcome.
         self._probe_waiters: set[asyncio.Future[None]] = set()
@@ -173,7 +176,8 @@ class CloudEndpointClient(ChatBackend):
         return self._http.stream(self._body(request, max_tokens, stream=True))
 
     async def aclose(self) -> None:
-        """Close the HTTP client and its connections."""
+        """Stop the probe; close the HTTP client and its connections."""
+        await self.endpoint_probe.aclose()
         await self._http.aclose()
 
     # -- internals -------------------------------------------------------------------------------

@@ -46,6 +46,11 @@ _HEALTH = {
     "properties": {"status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]}},
     "required": ["status"],
 }
+_READY = {
+    "type": "object",
+    "properties": {"status": {"type": "string"}, "reason": {"type": "string"}},
+    "required": ["status"],
+}
 _UNAUTHORIZED = _error("No API key, or one the router does not know.")
 
 #: What each route takes and answers, by method and path.
@@ -100,11 +105,43 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             "503": _json({**_HEALTH, "additionalProperties": True}, "No backend can answer."),
         },
     },
+    ("GET", "/livez"): {
+        "operationId": "livez",
+        "summary": "Liveness: 200 while the process answers",
+        "security": _ANYONE,
+        "responses": {"200": _json(_HEALTH, "The process answers.")},
+    },
+    ("GET", "/readyz"): {
+        "operationId": "readyz",
+        "summary": "Readiness: the config is loaded and the edge model, when enabled, has decoded",
+        "security": _ANYONE,
+        "responses": {
+            "200": _json(_READY, "Ready for traffic."),
+            "503": _json(_READY, "Not ready yet, with a short reason."),
+        },
+    },
     ("GET", "/metrics"): {
         "operationId": "metrics",
-        "summary": "Decision counters, tokens and cost (an admin key)",
+        "summary": "Decision counters, tokens and cost (an admin key): Prometheus text, or JSON on request",
         "security": _BEARER,
-        "responses": {"200": _json({"type": "object"}, "The in-process metrics."), "401": _UNAUTHORIZED},
+        "parameters": [
+            {
+                "name": "format",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "enum": ["json"]},
+            }
+        ],
+        "responses": {
+            "200": {
+                "description": "Prometheus text by default; the JSON counters with `?format=json`.",
+                "content": {
+                    "text/plain": {"schema": {"type": "string"}},
+                    "application/json": {"schema": {"type": "object"}},
+                },
+            },
+            "401": _UNAUTHORIZED,
+        },
     },
     ("GET", "/v1/edge/config"): {
         "operationId": "edgeConfig",

@@ -7,15 +7,21 @@ the local server, the Function URL and API Gateway serve the same routes, bodies
 
     POST /v1/chat/completions   a chat completion; `stream: true` as server-sent events
     GET  /v1/models             the one model id this router serves (any API key)
-    GET  /health, /healthz      liveness for anyone: `{"status": "ok"}`, 503 when no backend can answer;
-                                `/healthz` with an admin key: the mode (hybrid, edge-only, cloud-only),
-                                each backend's state, the breaker, the queue
-    GET  /metrics               decision counters, tokens and cost (in-process metrics only; an admin key)
+    GET  /health, /healthz      for anyone: `{"status": "ok"}`, 503 when no backend can answer; `/healthz`
+                                with an admin key: the mode (hybrid, edge-only, cloud-only), each
+                                backend's state, the breaker, the queue, the cloud probe's last result
+    GET  /livez                 liveness: 200 while the process answers (no key, no detail)
+    GET  /readyz                readiness: 200 once the config is loaded and the edge model (when enabled)
+                                has decoded its first token; else 503 with a short reason (no key)
+    GET  /metrics               Prometheus text (an admin key); the JSON counters with `?format=json` or
+                                `Accept: application/json` (JSON only where metrics go elsewhere: Lambda)
     GET  /v1/edge/config        the caller's tier policy for the edge SDK's config sync (ETag)
     GET  /openapi.json          the OpenAPI 3.1 document of these routes, for anyone
 
 The caller's tier comes from its key, never from the request body: an API Gateway key
 (`HttpRequest.api_key_id` / `api_key`, from `requestContext.identity`) or `Authorization: Bearer`.
+Each front door serves a request inside `router.request_id_scope` and returns its id in the
+`x-request-id` header; every error object built here carries it as `error.request_id`.
 No web framework is imported here (the Lambda handler imports this module at cold start).
 """
 
@@ -25,13 +31,13 @@ import asyncio
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud._http import error_body, parse_chat_request, route_headers
+from cloud._http import error_body, parse_chat_request, route_headers, with_request_id
+from cloud.prometheus import PrometheusMetrics
 from router import (
     BackendError,
     CloudBackendError,
@@ -45,6 +51,8 @@ from router import (
     RouterError,
     RoutingEngine,
     Tenant,
+    current_request_id,
+    new_request_id,
 )
 from router._wire import dump
 
@@ -62,7 +70,8 @@ class HttpRequest:
 
     `headers` have lower-case names. `body` is the whole body, or its parts as they arrive (a chunked
     upload is then counted against the body limit as it comes). `api_key_id` and `api_key` are the
-    key API Gateway authenticated (`requestContext.identity`); a local request has neither.
+    key API Gateway authenticated (`requestContext.identity`); a local request has neither. `query`
+    is the query string's parameters (the last value of a repeated one).
     """
 
     method: str
@@ -71,6 +80,7 @@ class HttpRequest:
     body: bytes | AsyncIterator[bytes] = b""
     api_key_id: str | None = None
     api_key: str | None = None
+    query: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,7 @@ def public_error_body(exc: RouterError) -> dict[str, Any]:
         if exc.public_message is not None:
             body["error"]["message"] = exc.public_message
         return body
-    request_id = uuid.uuid4().hex[:16]
+    request_id = current_request_id() or new_request_id()
     logger.warning("request %s failed: %s (%s): %s", request_id, exc.code, type(exc).__name__, exc.message)
     body["error"]["message"] = f"{_what_failed(exc)} ({exc.code}). Request id: {request_id}."
     return body
@@ -145,9 +155,8 @@ def _what_failed(exc: RouterError) -> str:
 
 def error_object(status: int, message: str, error_type: str, code: str, **headers: str) -> HttpResponse:
     """An OpenAI error object built here (not from a `RouterError`), every member present."""
-    return json_response(
-        {"error": {"message": message, "type": error_type, "param": None, "code": code}}, status, headers
-    )
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    return json_response(with_request_id(body), status, headers)
 
 
 def unrouted(method: str, path: str) -> HttpResponse:
@@ -304,19 +313,56 @@ async def health_detail(request: HttpRequest, engine: RoutingEngine) -> HttpResp
             "detail": edge.detail,
             "queue_depth": getattr(engine.edge, "queue_depth", 0),
         },
-        "cloud": {"configured": cloud.configured, "available": cloud.available, "detail": cloud.detail},
+        "cloud": {
+            "configured": cloud.configured,
+            "available": cloud.available,
+            "detail": cloud.detail,
+            "probe": _probe_status(engine),
+        },
     }
     return json_response(body, 200 if available else 503)
 
 
+def _probe_status(engine: RoutingEngine) -> dict[str, Any] | None:
+    probe = getattr(engine.cloud, "endpoint_probe", None)
+    return probe.status() if probe is not None else None
+
+
+async def livez(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
+    """`GET /livez`: the process is up and answers; 200 always, for anyone (restart it if not)."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
+    """`GET /readyz`: 200 once the config is loaded and the edge model, when enabled, has decoded its
+    first token (it does at load, before it reports available); else 503 with a short reason.
+
+    For anyone, and nothing more: which backend lags is `/healthz`'s detail.
+    """
+    if engine.config.edge.enabled and not engine.health("edge").available:
+        return json_response({"status": "not_ready", "reason": "edge model not warm"}, 503)
+    return json_response({"status": "ready"})
+
+
 async def metrics(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
-    """`GET /metrics`: decision counters, tokens and cost, as JSON (`{}` where metrics go elsewhere).
+    """`GET /metrics`: Prometheus text by default (what scrapers expect); the JSON counters with
+    `?format=json` or `Accept: application/json`, and where there is no Prometheus registry (Lambda,
+    whose metrics are EMF records: `{}` there).
 
     Per-tier counts and cost are the operators' business: an admin key only.
     """
     require_admin(request, engine)
+    exporter = next((o for o in engine.observers if isinstance(o, PrometheusMetrics)), None)
+    if exporter is not None and not _wants_json(request):
+        return HttpResponse(200, {"content-type": exporter.content_type}, exporter.exposition())
     snapshot = engine.metrics.snapshot() if isinstance(engine.metrics, InMemoryMetrics) else {}
     return json_response(snapshot)
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    if "format" in request.query:
+        return request.query["format"] == "json"
+    return JSON in request.headers.get("accept", "")
 
 
 async def edge_config(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
@@ -349,6 +395,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/models", list_models),
     Route("GET", "/health", health),
     Route("GET", "/healthz", health_detail),
+    Route("GET", "/livez", livez),
+    Route("GET", "/readyz", readyz),
     Route("GET", "/metrics", metrics),
     Route("GET", "/v1/edge/config", edge_config),
     Route("GET", "/openapi.json", openapi),

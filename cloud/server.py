@@ -25,7 +25,8 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from cloud.server_protocol import OpenAIErrorH11Protocol
-from router import ServerConfig
+from router import RequestIdFilter, ServerConfig
+from router._metrics import DECISION_LOGGER
 
 #: After the grace period, how long the streams have to send their error event before uvicorn cancels.
 FAREWELL_S = 2.0
@@ -42,11 +43,50 @@ class PathWithoutQuery(logging.Filter):
         return True
 
 
+#: The router's own log lines (stderr): the request id after the logger's name, "-" outside a request.
+ROUTER_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+def decision_log_formatter() -> logging.Formatter:
+    """The decision log's formatter: one JSON object per line, no prefix (python-json-logger).
+
+    Each line is the decision's members (`router.decision_fields`, `request_id` among them) after
+    `time` and `level`.
+    """
+    from pythonjsonlogger.json import JsonFormatter
+
+    return JsonFormatter("{asctime}{levelname}", style="{", rename_fields=_JSON_RENAMES)
+
+
+_JSON_RENAMES = {"asctime": "time", "levelname": "level"}
+
+
 def log_config() -> dict[str, Any]:
-    """uvicorn's logging config, with `PathWithoutQuery` on the access logger."""
+    """uvicorn's logging config, with `PathWithoutQuery` on the access logger, the request id on every
+    line served for a request, and the decision log as JSON lines on stdout."""
     config = copy.deepcopy(LOGGING_CONFIG)
-    config.setdefault("filters", {})["path_without_query"] = {"()": PathWithoutQuery}
+    filters = config.setdefault("filters", {})
+    filters["path_without_query"] = {"()": PathWithoutQuery}
+    filters["request_id"] = {"()": RequestIdFilter}
     config["loggers"]["uvicorn.access"]["filters"] = ["path_without_query"]
+    for name in ("default", "access"):
+        config["handlers"][name]["filters"] = ["request_id"]
+        config["formatters"][name]["fmt"] += " [%(request_id)s]"
+    config["formatters"]["router"] = {"format": ROUTER_LOG_FORMAT}
+    config["formatters"]["decisions"] = {"()": decision_log_formatter}
+    config["handlers"]["router"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "router",
+        "filters": ["request_id"],
+        "stream": "ext://sys.stderr",
+    }
+    config["handlers"]["decisions"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "decisions",
+        "stream": "ext://sys.stdout",
+    }
+    config["loggers"]["hybrid_router"] = {"handlers": ["router"], "level": "INFO", "propagate": False}
+    config["loggers"][DECISION_LOGGER.name] = {"handlers": ["decisions"], "level": "INFO", "propagate": False}
     return config
 
 

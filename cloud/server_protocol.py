@@ -13,6 +13,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cloud.routes import error_object
+from router import REQUEST_ID_HEADER, new_request_id, request_id_scope
 
 UNREADABLE_REQUEST = (
     "Invalid HTTP request: its request line or headers cannot be read (for example a Content-Length "
@@ -25,8 +26,10 @@ class OpenAIErrorH11Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         """The 400 for a request uvicorn cannot parse, as `{"error": {...}}`, then close."""
-        answer = error_object(400, UNREADABLE_REQUEST, "invalid_request_error", "invalid_request")
+        with request_id_scope(new_request_id()) as request_id:  # a request the app never sees has no id yet
+            answer = error_object(400, UNREADABLE_REQUEST, "invalid_request_error", "invalid_request")
         headers = [
+            (REQUEST_ID_HEADER.encode(), request_id.encode()),
             *((name.encode(), value.encode()) for name, value in answer.headers.items()),
             (b"content-length", str(len(answer.body)).encode()),
             (b"connection", b"close"),

@@ -68,10 +68,19 @@ from router._metrics import (
     InMemoryMetrics,
     RequestOutcome,
     RouterMetrics,
+    decision_fields,
     log_decision,
 )
 from router._plan import RoutedStream, RoutePlan, Tenant
 from router._policy import Decision, Policy, PolicyInput, RequestFacts, RouteReason, TierPolicy, decide
+from router._request_id import (
+    REQUEST_ID_HEADER,
+    RequestIdFilter,
+    current_request_id,
+    new_request_id,
+    request_id_scope,
+    sane_request_id,
+)
 from router._settings import HybridRouterSettings, RouterSettings, secret_from_env
 from router._wire import (
     ChatCompletionChunk,
@@ -92,6 +101,7 @@ from router._wire import (
 __all__ = [
     "DEMO_CONFIG_PATH",
     "DEMO_KEYS",
+    "REQUEST_ID_HEADER",
     "AdminKeyEntry",
     "ApiKeyEntry",
     "ApiKeyIdEntry",
@@ -145,6 +155,7 @@ __all__ = [
     "PolicyInput",
     "RequestError",
     "RequestFacts",
+    "RequestIdFilter",
     "RequestOutcome",
     "RouteInfo",
     "RoutePlan",
@@ -168,16 +179,21 @@ __all__ = [
     "available_estimators",
     "cloud_cost_usd",
     "config_json_schema",
+    "current_request_id",
     "decide",
+    "decision_fields",
     "demo_keys_in",
     "hash_api_key",
     "import_extra",
     "load_config",
     "load_estimator",
     "log_decision",
+    "new_request_id",
     "parse_config",
     "register_estimator",
+    "request_id_scope",
     "require_extra",
+    "sane_request_id",
     "secret_from_env",
     "warn_about_demo_keys",
 ]

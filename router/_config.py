@@ -117,6 +117,11 @@ class CloudConfig(_Strict):
     retries: CloudRetries = CloudRetries()
     breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     price: CloudPrice = CloudPrice()
+    probe_interval_s: Annotated[float, Field(ge=0)] = Field(
+        30.0,
+        description="Seconds between the local server's active probes of the endpoint (GET {url}/models), "
+        "whose last result /healthz shows to operators; 0: no probe. Never blocks a request.",
+    )
 
     @property
     def api_key(self) -> str | None:

@@ -6,7 +6,6 @@ in a powertools EMF implementation of the same protocol.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import Counter
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from router._policy import Decision
+from router._request_id import current_request_id
 
 DECISION_LOGGER = logging.getLogger("hybrid_router.decisions")
 
@@ -111,35 +111,41 @@ class DecisionLog:
 
 
 def log_decision(outcome: RequestOutcome) -> None:
-    """Write the one structured line for this request's decision (no prompt text)."""
-    if not DECISION_LOGGER.isEnabledFor(logging.INFO):
-        return
+    """Write the one structured record for this request's decision (no prompt text).
+
+    The record's message is the dict of `decision_fields`, not text: a JSON formatter (python-json-logger
+    on the local server, powertools in Lambda) writes its members as the line's own, one object per
+    line.
+    """
+    if DECISION_LOGGER.isEnabledFor(logging.INFO):
+        DECISION_LOGGER.info(decision_fields(outcome))
+
+
+def decision_fields(outcome: RequestOutcome) -> dict[str, object]:
+    """The decision line's members: where the request went and why, what it cost, and its request id."""
     d = outcome.decision
-    DECISION_LOGGER.info(
-        json.dumps(
-            {
-                "event": "route_decision",
-                "target": d.target,
-                "reason": str(d.reason),
-                "original_reason": str(d.original_reason) if d.original_reason else None,
-                "fallback": d.fallback,
-                "score": round(d.score, 4),
-                "threshold": d.threshold,
-                "tier": d.tier,
-                "tenant": d.tenant,
-                "estimator": d.estimator,
-                "model": outcome.model,
-                "status": outcome.status,
-                "stream": outcome.stream,
-                "prompt_tokens": outcome.prompt_tokens,
-                "completion_tokens": outcome.completion_tokens,
-                "estimator_ms": round(outcome.estimator_ms, 3),
-                "upstream_ms": round(outcome.upstream_ms, 1),
-                "cost_usd": round(outcome.cost_usd, 8),
-                "cost_saved_usd": round(outcome.cost_saved_usd, 8),
-                "error_code": outcome.error_code,
-                "failover_from": outcome.failover_from,
-                "failover_at_tokens": outcome.failover_at_tokens,
-            }
-        )
-    )
+    return {
+        "event": "route_decision",
+        "request_id": current_request_id(),
+        "target": d.target,
+        "reason": str(d.reason),
+        "original_reason": str(d.original_reason) if d.original_reason else None,
+        "fallback": d.fallback,
+        "score": round(d.score, 4),
+        "threshold": d.threshold,
+        "tier": d.tier,
+        "tenant": d.tenant,
+        "estimator": d.estimator,
+        "model": outcome.model,
+        "status": outcome.status,
+        "stream": outcome.stream,
+        "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": outcome.completion_tokens,
+        "estimator_ms": round(outcome.estimator_ms, 3),
+        "upstream_ms": round(outcome.upstream_ms, 1),
+        "cost_usd": round(outcome.cost_usd, 8),
+        "cost_saved_usd": round(outcome.cost_saved_usd, 8),
+        "error_code": outcome.error_code,
+        "failover_from": outcome.failover_from,
+        "failover_at_tokens": outcome.failover_at_tokens,
+    }

@@ -48,6 +48,7 @@ def make_router_config(cloud_url: str | None, **overrides: Any) -> dict[str, Any
         timeouts={"connect": 0.5, "read": 15.0, "total": 30.0},
         retries={"max_attempts": 2, "backoff_base_s": 0.05, "backoff_max_s": 0.2},
         breaker={"failure_threshold": 2, "cooldown_s": 60.0},
+        probe_interval_s=0,  # the fault tests count the upstream's calls: no probe unless a test asks
     )
     data["tiers"]["strict"] = {"cloud": "forced", "fallback_to_edge": False}
     data["tiers"]["edge-only"] = {"cloud": "never"}

@@ -10,6 +10,11 @@ mapped through the config's `api_key_ids` (or `api_keys` by sha256), never from 
 an event without a key (a direct invoke) is read as the local server reads it: `Authorization: Bearer`.
 Set `HYBRID_ROUTER_IDEMPOTENCY_TABLE` to a DynamoDB table and a retried chat completion that repeats
 its `Idempotency-Key` header gets the first answer.
+
+Each invocation is served as one request id: the caller's `X-Request-Id` when sane, else API
+Gateway's request id (`requestContext.requestId`), else a new one. It is in the `x-request-id`
+response header, in every error object (`error.request_id`) and, appended to the powertools Logger,
+in every log line of the invocation (the core's too).
 """
 
 from __future__ import annotations
@@ -32,10 +37,13 @@ from cloud.aws.settings import LambdaSettings
 from cloud.aws.telemetry import metrics_namespace, route_core_logs, service_name
 from cloud.engines import EngineFactory
 from router import (
+    REQUEST_ID_HEADER,
     RequestError,
     RouterError,
     RoutingEngine,
     Tenant,
+    request_id_scope,
+    sane_request_id,
 )
 
 ENV_IDEMPOTENCY_TABLE = LambdaSettings.env_name("idempotency_table")
@@ -217,12 +225,37 @@ app.exception_handler(Exception)(unexpected_error)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """The Lambda entry point: API Gateway REST proxy event in, proxy response out."""
-    result = app.resolve(event, context)
+    request_id = event_request_id(event)
+    logger.append_keys(request_id=request_id)
+    with request_id_scope(request_id):
+        result = app.resolve(event, context)
+    _add_header(result, REQUEST_ID_HEADER, request_id)
     status = int(result.get("statusCode", 500))
     # One per invocation, so that every invocation (health checks included) has its metrics record.
     metrics.add_dimension(name="status_class", value=f"{status // 100}xx")
     metrics.add_metric(name="ApiRequests", unit=MetricUnit.Count, value=1)
     return result
+
+
+def event_request_id(event: dict[str, Any]) -> str:
+    """The invocation's request id: a sane `X-Request-Id`, else API Gateway's request id, else a new one."""
+    headers = {name.lower(): value for name, value in (event.get("headers") or {}).items()}
+    gateway_id = (event.get("requestContext") or {}).get("requestId")
+    return sane_request_id(
+        headers.get(REQUEST_ID_HEADER), gateway_id if isinstance(gateway_id, str) else None
+    )
+
+
+def _add_header(result: dict[str, Any], name: str, value: str) -> None:
+    """Set `name` in a proxy response, replacing any other spelling of it (powertools fills both maps)."""
+    for key in ("headers", "multiValueHeaders"):
+        headers = result.get(key)
+        if isinstance(headers, dict):
+            for other in [k for k in headers if k.lower() == name]:
+                del headers[other]
+            headers[name] = [value] if key == "multiValueHeaders" else value
+    if "multiValueHeaders" not in result and "headers" not in result:
+        result["headers"] = {name: value}
 
 
 # -- idempotency ---------------------------------------------------------------------------------

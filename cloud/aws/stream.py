@@ -47,7 +47,7 @@ def create_stream_app(
     async def built(config: RouterConfig) -> RoutingEngine:
         return first.engine
 
-    inner = create_app(first.engine.config, engine_factory=built)
+    inner = create_app(first.engine.config, engine_factory=built, cloud_probe=False)  # no timers in Lambda
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -117,7 +117,8 @@ class Connection:
 
 
 def assert_error_object(body: Any, error_type: str = "invalid_request_error") -> None:
-    assert set(body["error"]) == {"message", "type", "param", "code"} and body["error"]["type"] == error_type
+    assert set(body["error"]) == {"message", "type", "param", "code", "request_id"}
+    assert body["error"]["type"] == error_type
 
 
 BAD = [

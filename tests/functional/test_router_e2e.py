@@ -247,5 +247,5 @@ def test_server_keeps_serving_after_bad_input(router_url: str) -> None:
 def test_metrics_count_the_decisions(router_url: str) -> None:
     chat(router_url, "premium", EASY)
     assert httpx.get(f"{router_url}/metrics").status_code == 401
-    snapshot = httpx.get(f"{router_url}/metrics", headers=ADMIN).json()
+    snapshot = httpx.get(f"{router_url}/metrics", headers=ADMIN, params={"format": "json"}).json()
     assert any(d["target"] == "cloud" and d["tier"] == "premium" for d in snapshot["decisions"])

@@ -92,7 +92,7 @@ class Campaign:
     base: str
 
     def metrics(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.base}/metrics", headers=ADMIN, timeout=10)
+        response = httpx.get(f"{self.base}/metrics", headers=ADMIN, params={"format": "json"}, timeout=10)
         response.raise_for_status()
         return dict(response.json())
 

@@ -118,7 +118,12 @@ def test_models_need_a_key_and_health_details_an_admin_key(client: TestClient) -
     assert detail["status"] == "ok" and "queue_depth" in detail["edge"] and "estimator" in detail
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers=FREE).status_code == 401
-    assert "decisions" in client.get("/metrics", headers=ADMIN).json()
+    assert "decisions" in client.get("/metrics", headers=ADMIN, params={"format": "json"}).json()
+    assert "decisions" in client.get("/metrics", headers={**ADMIN, "accept": "application/json"}).json()
+    text = client.get("/metrics", headers=ADMIN)  # what a Prometheus scraper gets
+    assert (
+        text.headers["content-type"].startswith("text/plain") and "# TYPE hybrid_router_requests" in text.text
+    )
 
 
 @pytest.mark.parametrize(

@@ -197,12 +197,17 @@ def test_unknown_or_missing_key_is_401(
     assert message in error["message"]
 
 
+GATEWAY_REQUEST_ID = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"  # the fixtures' requestContext.requestId
+
+
 def test_bad_json_is_400_error_object(invoke: Any) -> None:
     result = invoke("chat_completions_bad_json.json")
     assert result["statusCode"] == 400
     assert result["multiValueHeaders"]["Content-Type"] == ["application/json"]
     error = json.loads(result["body"])["error"]
-    assert set(error) == {"message", "type", "param", "code"}  # `param: null` included, as OpenAI sends it
+    # `param: null` included, as OpenAI sends it; the request id is API Gateway's, in the header too
+    assert set(error) == {"message", "type", "param", "code", "request_id"}
+    assert error["request_id"] == result["multiValueHeaders"]["x-request-id"][0] == GATEWAY_REQUEST_ID
     assert error["type"] == "invalid_request_error" and "not valid JSON" in error["message"]
 
 

@@ -83,7 +83,8 @@ def client(edge: CountingBackend) -> Iterator[TestClient]:
 def assert_error(response: Any, status: int, code: str, param: str | None = None) -> None:
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
+    assert set(error) == {"message", "type", "param", "code", "request_id"}
+    assert error["request_id"] == response.headers["x-request-id"]
     assert error["type"] == "invalid_request_error" and error["code"] == code, error
     assert error["param"] == param, error
 

@@ -123,6 +123,8 @@ SAME_REQUESTS = [
     pytest.param("GET", "/healthz", {}, None, id="healthz"),
     pytest.param("GET", "/healthz", ADMIN, None, id="healthz-admin"),
     pytest.param("GET", "/healthz", BEARER, None, id="healthz-tenant-key"),
+    pytest.param("GET", "/livez", {}, None, id="livez"),
+    pytest.param("GET", "/readyz", {}, None, id="readyz"),
     pytest.param("GET", "/metrics", {}, None, id="metrics-without-a-key"),
     pytest.param("GET", "/metrics", BEARER, None, id="metrics-tenant-key"),
     pytest.param("GET", "/v1/edge/config", BEARER, None, id="edge-config"),
@@ -139,17 +141,21 @@ def test_both_front_doors_answer_alike(
 ) -> None:
     if headers.get("content-length") is None and body is not None:
         headers = {**headers, "content-type": "application/json"}
+    headers = {**headers, "x-request-id": f"compare-{method}-{path}"}  # each door takes the caller's id
     starlette = through_starlette(local, method, path, headers, body)
     lambda_ = through_lambda(call_lambda, method, path, headers, body)
     assert starlette == lambda_
     assert starlette.status != 500
+    assert starlette.headers["x-request-id"] == f"compare-{method}-{path}"
+    if starlette.status >= 400 and isinstance(starlette.body, dict):
+        assert starlette.body["error"]["request_id"] == f"compare-{method}-{path}"
 
 
 def test_the_errors_compared_are_the_documented_ones(local: TestClient, call_lambda: Any) -> None:
     # A guard on the comparison above: equal could also mean equally wrong.
     bad = through_lambda(call_lambda, "POST", "/v1/chat/completions", BEARER, b"{not json")
     assert bad.status == 400 and "not valid JSON" in bad.body["error"]["message"]
-    assert set(bad.body["error"]) == {"message", "type", "param", "code"}
+    assert set(bad.body["error"]) == {"message", "type", "param", "code", "request_id"}
     unknown = through_lambda(
         call_lambda, "POST", "/v1/chat/completions", {"authorization": "Bearer x"}, b"{}"
     )
@@ -162,10 +168,13 @@ def test_the_errors_compared_are_the_documented_ones(local: TestClient, call_lam
     )
     assert stream.headers["content-type"] == "text/event-stream" and stream.body[-2] == "data: [DONE]"
     # The same route, but Lambda's metrics are EMF records in the log, not an in-process snapshot.
-    assert through_lambda(call_lambda, "GET", "/metrics", ADMIN, None) == Answer(
-        200, {"content-type": routes.JSON}, {}
+    lambda_metrics = through_lambda(call_lambda, "GET", "/metrics", ADMIN, None)
+    assert (lambda_metrics.status, lambda_metrics.headers["content-type"], lambda_metrics.body) == (
+        200,
+        routes.JSON,
+        {},
     )
-    assert "decisions" in through_starlette(local, "GET", "/metrics", ADMIN, None).body
+    assert "decisions" in through_starlette(local, "GET", "/metrics?format=json", ADMIN, None).body
     # What anyone may read, and what only a key may read.
     assert through_lambda(call_lambda, "GET", "/health", {}, None).body == {"status": "ok"}
     assert through_lambda(call_lambda, "GET", "/healthz", {}, None).body == {"status": "ok"}
