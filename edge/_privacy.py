@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal
 
 from edge._identifiers import IBAN_LENGTHS, card_valid, iban_valid, isbn_valid, luhn_valid, ssn_valid
+from router._extras import import_extra
 from router._wire import ChatMessage
 
 __all__ = [
@@ -97,7 +98,8 @@ def _ssn_spans(text: str) -> Iterator[_Span]:
 def _phone_spans(text: str, regions: Sequence[str]) -> Iterator[_Span]:
     if not _SEVEN_DIGITS.search(text):
         return
-    import phonenumbers  # lazy: its import and metadata cost only texts with seven digits or more
+    # lazy: its import and metadata cost only texts with seven digits or more
+    phonenumbers = import_extra("phonenumbers", feature="the privacy check of phone numbers", extra="edge")
 
     # A number written with +country code is a phone where its length is possible in that country
     # (libphonenumber's validity lags behind numbering plans: reserved ranges such as the ones for

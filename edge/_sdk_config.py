@@ -24,6 +24,7 @@ from router._config import (
     validation_problems,
 )
 from router._errors import ConfigError
+from router._extras import import_extra
 from router._settings import secret_from_env
 
 ENV_DEVICE_KEY = EdgeSettings.SECRET_ENV["device_key"]
@@ -128,8 +129,8 @@ class PrivacyConfig(_Strict):
     @field_validator("phone_regions")
     @classmethod
     def _known_regions(cls, regions: tuple[str, ...]) -> tuple[str, ...]:
-        import phonenumbers  # lazy: only a config that names regions pays for it
-
+        # lazy: only a config that names regions pays for it
+        phonenumbers = import_extra("phonenumbers", feature="privacy.phone_regions", extra="edge")
         unknown = [r for r in regions if r not in phonenumbers.SUPPORTED_REGIONS]
         if unknown:
             raise ValueError(f"not a region libphonenumber knows (ISO 3166, e.g. GB not UK): {unknown}")

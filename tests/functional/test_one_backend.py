@@ -55,5 +55,6 @@ def test_health_is_ok_in_edge_only_mode(edge_only: str) -> None:
         "configured": False,
         "available": False,
         "detail": "not configured",
+        "probe": None,  # no URL to probe
     }
     assert httpx.get(f"{edge_only}/health").json() == {"status": "ok"}

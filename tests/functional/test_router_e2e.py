@@ -161,7 +161,7 @@ BAD_REQUESTS = [
         b'{"model": "hybrid-router", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -3}',
         "Bearer test-free-key",
         400,
-        "invalid_request",
+        "integer_below_min_value",
         id="negative-max-tokens",
     ),
     pytest.param(
