@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from edge._token_signals import TokenSignals, openai_logprobs
 from edge.model_files import resolve_model_path
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
 from router._config import EdgeConfig
@@ -157,11 +158,10 @@ async def _join(future: asyncio.Future[T], cancel: threading.Event | None = None
         raise
 
 
-def _stop_when(cancel: threading.Event, eos: int) -> Any:
+def _stop_when(cancel: threading.Event, eos: int) -> Callable[[Any, Any], Any]:
     """A logits processor that forces end-of-sequence once `cancel` is set: a non-streamed
     generation (the request's deadline passed, the caller went away) then ends at its next token."""
     import numpy as np
-    from llama_cpp import LogitsProcessorList  # lazy, as in `load()`
 
     def processor(input_ids: Any, scores: Any) -> Any:
         if cancel.is_set():
@@ -169,7 +169,29 @@ def _stop_when(cancel: threading.Event, eos: int) -> Any:
             scores[eos] = 0.0
         return scores
 
-    return LogitsProcessorList([processor])
+    return processor
+
+
+def _processors(signals: TokenSignals | None, *more: Callable[[Any, Any], Any]) -> Any:
+    """llama-cpp-python's list of logits processors: `signals` first, to read the model's own logits."""
+    from llama_cpp import LogitsProcessorList  # lazy, as in `load()`
+
+    return LogitsProcessorList([*([signals.processor] if signals else []), *more])
+
+
+@contextlib.asynccontextmanager
+async def _recording(signals: TokenSignals | None, llm: Llama) -> AsyncIterator[None]:
+    """`signals.recording(llm)` for an async block, or nothing without `signals`."""
+    if signals is None:
+        yield
+        return
+    with signals.recording(llm):
+        yield
+
+
+def _signals(request: ChatCompletionRequest) -> TokenSignals | None:
+    """A recorder of the tokens' log-probabilities when the request asks for them."""
+    return TokenSignals(top=request.top_logprobs or 0) if request.logprobs else None
 
 
 def _piece(chunk: Any) -> tuple[str, str | None]:
@@ -267,13 +289,11 @@ class LlamaCppBackend(ChatBackend):
         return BackendHealth(available=True, busy=busy, detail=f"queue {self.queue_depth}")
 
     def cannot_honour(self, request: ChatCompletionRequest) -> str | None:
-        """Tools and logprobs: this model has no tool-call template, and llama.cpp gives logprobs only
-        with `logits_all` (n_ctx x vocabulary floats). A JSON Schema it can turn into a grammar is
-        honoured (`response_format`); one it cannot is "structured_output"."""
+        """Tools: this model has no tool-call template. A JSON Schema llama.cpp can turn into a grammar
+        is honoured (`response_format`); one it cannot is "structured_output". `logprobs` are read
+        while generating (`edge._token_signals`)."""
         if request.calls_tools:
             return "tools"
-        if request.logprobs:
-            return "logprobs"
         schema = request.json_schema
         if schema is not None and grammar_error(json.dumps(schema, sort_keys=True)) is not None:
             return "structured_output"
@@ -349,21 +369,39 @@ class LlamaCppBackend(ChatBackend):
     async def complete(self, request: ChatCompletionRequest, *, max_tokens: int) -> ChatCompletionResponse:
         """Answer in one response; raises `EdgeBusy` when refused, `EdgeBackendError` on failure."""
         params = self._params(request, max_tokens)
+        signals = _signals(request)
         async with self._slot() as llm:
             cancel = threading.Event()  # set when this call is cancelled (e.g. at the request's deadline)
-            params["logits_processor"] = _stop_when(cancel, llm.token_eos())
-            work = asyncio.to_thread(llm.create_chat_completion, **params, stream=False)
+            params["logits_processor"] = _processors(signals, _stop_when(cancel, llm.token_eos()))
+            work = asyncio.to_thread(self._recorded, llm, signals, params)
             try:
                 result: Any = await _join(asyncio.ensure_future(work), cancel)
             except Exception as exc:
                 raise EdgeBackendError(f"edge model failed: {exc}") from exc
         choice = result["choices"][0]
-        message = AssistantMessage(content=choice["message"].get("content") or "")
+        content = choice["message"].get("content") or ""
+        logprobs = None
+        if signals is not None:
+            logprobs = openai_logprobs(signals.covering(content), request.top_logprobs or 0)
         return ChatCompletionResponse(
             model=self.model_id,
-            choices=[Choice(message=message, finish_reason=choice.get("finish_reason") or "stop")],
+            choices=[
+                Choice(
+                    message=AssistantMessage(content=content),
+                    finish_reason=choice.get("finish_reason") or "stop",
+                    logprobs=logprobs,
+                )
+            ],
             usage=Usage.model_validate(result.get("usage") or {}),
         )
+
+    @staticmethod
+    def _recorded(llm: Llama, signals: TokenSignals | None, params: dict[str, Any]) -> Any:
+        """Worker thread: a non-streamed chat completion, its tokens recorded into `signals`."""
+        if signals is None:
+            return llm.create_chat_completion(**params, stream=False)
+        with signals.recording(llm):
+            return llm.create_chat_completion(**params, stream=False)
 
     @staticmethod
     def _produce(generate: Callable[[], Any], cancel: threading.Event, emit: Callable[[Any], None]) -> None:
@@ -397,8 +435,12 @@ class LlamaCppBackend(ChatBackend):
             choice = ChunkChoice(delta=delta, finish_reason=finish_reason)
             return ChatCompletionChunk(id=completion_id, model=self.model_id, choices=[choice])
 
+        signals = _signals(request)
+        if signals is not None:
+            params["logits_processor"] = _processors(signals)
+        top_logprobs = request.top_logprobs or 0
         text, finish_reason, started = [], None, False
-        pieces = self._generate(lambda llm: llm.create_chat_completion(**params, stream=True))
+        pieces = self._generate(lambda llm: llm.create_chat_completion(**params, stream=True), signals)
         try:
             async for content, reason in pieces:
                 if not started:
@@ -406,7 +448,10 @@ class LlamaCppBackend(ChatBackend):
                     yield chunk(Delta(role="assistant", content=""))
                 if content:
                     text.append(content)
-                    yield chunk(Delta(content=content))
+                    piece = chunk(Delta(content=content))
+                    if signals is not None:
+                        piece.choices[0].logprobs = openai_logprobs(signals.take(content), top_logprobs)
+                    yield piece
                 finish_reason = reason or finish_reason
         finally:
             await pieces.aclose()  # the model is free again before the last chunks go out
@@ -460,13 +505,14 @@ class LlamaCppBackend(ChatBackend):
         yield ChatCompletionChunk(id=completion_id, model=self.model_id, choices=choices)
 
     async def _generate(
-        self, generate: Callable[[Llama], Any]
+        self, generate: Callable[[Llama], Any], signals: TokenSignals | None = None
     ) -> AsyncGenerator[tuple[str, str | None], None]:
-        """`(text, finish_reason)` of each chunk llama's `generate(llm)` yields, on the model's turn.
+        """`(text, finish_reason)` of each chunk llama's `generate(llm)` yields, on the model's turn,
+        the tokens drawn recorded into `signals` (when given).
 
         Waiting for the turn raises `EdgeBusy`; closing the generator stops llama at its next token.
         """
-        async with self._slot() as llm:
+        async with self._slot() as llm, _recording(signals, llm):
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[Any] = asyncio.Queue()  # unbounded: at most max_tokens chunks
             cancel = threading.Event()

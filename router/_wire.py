@@ -403,6 +403,8 @@ class ChunkChoice(WireModel):
     index: int = 0
     delta: Delta = Field(default_factory=Delta)
     finish_reason: str | None = None
+    #: the log-probabilities of this chunk's tokens, when the request asked for `logprobs`
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletionChunk(WireModel):

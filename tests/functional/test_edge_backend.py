@@ -335,3 +335,35 @@ async def test_count_tokens_follows_a_non_chatml_chat_format() -> None:
         assert counted != len(edge._llm.tokenize(chatml, add_bos=False, special=True))  # type: ignore[union-attr]
     finally:
         await edge.aclose()
+
+
+async def test_logprobs_are_the_models_own_and_make_up_the_answer(backend: LlamaCppBackend) -> None:
+    asked = request(CAPITAL, logprobs=True, top_logprobs=3, stop=["."])
+    answer = await backend.complete(asked, max_tokens=12)
+    content = answer.choices[0].message.content or ""
+    logprobs = answer.choices[0].logprobs
+    assert content and logprobs is not None
+    tokens = logprobs["content"]
+    assert "".join(t["token"] for t in tokens) == content  # the stop string's tokens left out
+    assert all(t["logprob"] <= 0 and len(t["top_logprobs"]) == 3 for t in tokens)
+    # greedy: each token is its step's most likely one
+    assert all(t["top_logprobs"][0]["token"] == t["token"] for t in tokens)
+    assert all(bytes(t["bytes"]).decode("utf-8", "replace") == t["token"] for t in tokens)
+    plain = await backend.complete(request(CAPITAL, stop=["."]), max_tokens=12)
+    assert plain.choices[0].logprobs is None and plain.choices[0].message.content == content
+
+
+async def test_streamed_logprobs_arrive_with_the_text_they_belong_to(backend: LlamaCppBackend) -> None:
+    asked = request(CAPITAL, logprobs=True, top_logprobs=0)
+    pieces = [
+        choice
+        async for chunk in backend.stream(asked, max_tokens=12)
+        for choice in chunk.choices
+        if choice.delta.content
+    ]
+    assert pieces
+    for choice in pieces:
+        assert choice.logprobs is not None
+        tokens = choice.logprobs["content"]
+        assert "".join(t["token"] for t in tokens) == choice.delta.content
+        assert all(t["top_logprobs"] == [] for t in tokens)

@@ -110,18 +110,28 @@ def test_tools_the_model_need_not_call_are_still_not_dropped(client: openai.Open
     assert headers["x-route-target"] == "edge"
 
 
-def test_logprobs_go_to_the_cloud_and_come_back(client: openai.OpenAI) -> None:
+def test_logprobs_are_answered_on_the_edge_and_come_back(client: openai.OpenAI) -> None:
     headers, completion = ask(client, logprobs=True, top_logprobs=2)
-    assert (headers["x-route-target"], headers["x-route-reason"]) == ("cloud", "needs_logprobs")
+    assert (headers["x-route-target"], headers["x-route-reason"]) == ("edge", "score_below_threshold")
     tokens = completion.choices[0].logprobs.content
     assert tokens and len(tokens[0].top_logprobs) == 2
+    assert "".join(t.token for t in tokens) == completion.choices[0].message.content
+
+
+def test_logprobs_of_a_cloud_answer_are_the_clouds(client: openai.OpenAI) -> None:
+    with openai.OpenAI(
+        base_url=str(client.base_url), api_key=KEYS["premium"], max_retries=0, timeout=60
+    ) as premium:
+        headers, completion = ask(premium, logprobs=True, top_logprobs=2)
+    assert headers["x-route-target"] == "cloud"
+    assert completion.choices[0].logprobs.content
 
 
 @pytest.mark.parametrize(
     ("kwargs", "param"),
     [
         ({"tools": [CITY_TOOL]}, "tools"),
-        ({"logprobs": True}, "logprobs"),
+        ({"tools": [CITY_TOOL], "tool_choice": "required"}, "tools"),
     ],
 )
 def test_a_tier_without_the_cloud_refuses_what_the_edge_cannot_give_by_name(

@@ -26,7 +26,7 @@ def request(**kw: Any) -> ChatCompletionRequest:
         ({"tools": [TOOL]}, "tools"),
         ({"tools": [TOOL], "tool_choice": "required"}, "tools"),
         ({"tools": [TOOL], "tool_choice": "none"}, None),  # offered, not to be called: plain text
-        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 5}, None),  # read while generating
         ({"logprobs": False, "top_logprobs": 0}, None),
         ({"response_format": {"type": "text"}}, None),
         ({"response_format": {"type": "json_object"}}, None),
