@@ -6,7 +6,15 @@ device SDK configure it through its seams (backends by name, `Policy`, `Estimato
 runtimes load only with the modules that need them (cold start is a tenet).
 """
 
-from router._accounting import CostLedger, Ledger, cloud_cost_usd
+from router._accounting import (
+    Budget,
+    BudgetPeriod,
+    CostLedger,
+    Ledger,
+    Reservation,
+    cloud_cost_usd,
+    worst_case_cost_usd,
+)
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
 from router._config import (
     DEMO_CONFIG_PATH,
@@ -20,6 +28,7 @@ from router._config import (
     CloudTimeouts,
     EdgeConfig,
     EstimatorConfig,
+    LedgerConfig,
     RouterConfig,
     ServerConfig,
     TierConfig,
@@ -32,6 +41,7 @@ from router._engine import RoutingEngine
 from router._errors import (
     AuthenticationError,
     BackendError,
+    BudgetExhausted,
     CloudBackendError,
     CloudStreamCut,
     CloudTimeout,
@@ -70,6 +80,7 @@ from router._metrics import (
 from router._plan import RoutedStream, RoutePlan, Tenant
 from router._policy import Decision, Policy, PolicyInput, RequestFacts, RouteReason, TierPolicy, decide
 from router._settings import HybridRouterSettings, RouterSettings, secret_from_env
+from router._sqlite_ledger import SqliteLedger
 from router._wire import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -94,6 +105,9 @@ __all__ = [
     "AuthenticationError",
     "BackendError",
     "BackendHealth",
+    "Budget",
+    "BudgetExhausted",
+    "BudgetPeriod",
     "ChatBackend",
     "ChatCompletionChunk",
     "ChatCompletionRequest",
@@ -131,6 +145,7 @@ __all__ = [
     "HybridRouterSettings",
     "InMemoryMetrics",
     "Ledger",
+    "LedgerConfig",
     "ModelCard",
     "ModelList",
     "ModelNotFound",
@@ -141,6 +156,7 @@ __all__ = [
     "RequestError",
     "RequestFacts",
     "RequestOutcome",
+    "Reservation",
     "RouteInfo",
     "RoutePlan",
     "RouteReason",
@@ -152,6 +168,7 @@ __all__ = [
     "RoutingEngine",
     "ServerConfig",
     "SingleEstimator",
+    "SqliteLedger",
     "Target",
     "Tenant",
     "TierConfig",
@@ -171,4 +188,5 @@ __all__ = [
     "parse_config",
     "register_estimator",
     "secret_from_env",
+    "worst_case_cost_usd",
 ]

@@ -180,7 +180,13 @@ class RoutingEngine(OutcomeRecording):
         )
 
     def plan(self, request: ChatCompletionRequest, tenant: Tenant) -> RoutePlan:
-        """Score the request and decide where it goes, without generating."""
+        """Score the request and decide where it goes (the budget left read from the ledger), without
+        generating; nothing is reserved until the plan is run."""
+        return self._plan(request, tenant, read_budget=True)
+
+    def _plan(self, request: ChatCompletionRequest, tenant: Tenant, *, read_budget: bool) -> RoutePlan:
+        """The plan; without `read_budget` the ledger is not read (`_reserve` asks it for a cloud
+        decision, in the one call that also holds the money)."""
         if request.model != self.config.served_model_name:
             raise ModelNotFound(
                 f"The model '{request.model}' does not exist; this router serves "
@@ -206,7 +212,7 @@ class RoutingEngine(OutcomeRecording):
         facts = self.facts(
             prompt_tokens,
             requested or self.config.edge.max_tokens,
-            self._budget_left(tenant, tier),
+            self._budget_left(tenant, tier) if read_budget else None,
             edge_lacks,
         )
         given = PolicyInput(score, tenant.tier, tenant.name, estimator_id, facts, request)
@@ -216,12 +222,24 @@ class RoutingEngine(OutcomeRecording):
             refused = RoutePlan(exc.decision, prompt_tokens, requested, estimator_ms, edge_lacks)
             self._record_refusal(exc, refused, request)
             raise
-        return RoutePlan(decision, prompt_tokens, requested, estimator_ms, edge_lacks)
+        return RoutePlan(decision, prompt_tokens, requested, estimator_ms, edge_lacks, given)
 
-    async def _plan_off_loop(self, request: ChatCompletionRequest, tenant: Tenant) -> RoutePlan:
-        """`plan` in a worker thread: counting a large prompt's tokens and scoring it is CPU work that
-        would stall every other request on the event loop, `/healthz` included."""
-        return await asyncio.to_thread(self.plan, request, tenant)
+    async def _plan_off_loop(
+        self, request: ChatCompletionRequest, tenant: Tenant, plan: RoutePlan | None = None
+    ) -> RoutePlan:
+        """The plan (`plan`, else made now) with its budget reserved, in a worker thread: counting a
+        large prompt's tokens and scoring it is CPU work, and a shared ledger does I/O, that would
+        stall every other request on the event loop, `/healthz` included."""
+        if plan is not None and plan.decision.target != "cloud":
+            return plan
+
+        def planned() -> RoutePlan:
+            made = plan or self._plan(request, tenant, read_budget=False)
+            if made.decision.target != "cloud":
+                return made
+            return self._reserve(made, request, self._max_tokens("cloud", made))
+
+        return await asyncio.to_thread(planned)
 
     async def aclose(self) -> None:
         """Release every backend (models, connections), each even when another fails to close."""
@@ -237,7 +255,7 @@ class RoutingEngine(OutcomeRecording):
         self, request: ChatCompletionRequest, tenant: Tenant, *, plan: RoutePlan | None = None
     ) -> ChatCompletionResponse:
         """Answer `request` for `tenant` in one response carrying its `route` (decided now, or `plan`)."""
-        plan = plan or await self._plan_off_loop(request, tenant)
+        plan = await self._plan_off_loop(request, tenant, plan)
         started = time.perf_counter()
 
         async def run(target: Target) -> ChatCompletionResponse:
@@ -245,7 +263,7 @@ class RoutingEngine(OutcomeRecording):
 
         decision, response = await self._run_with_fallback(plan, started, run, stream=False)
         # A backend that is itself a router (the device's cloud) reports its own route.
-        route = self._record(
+        route = await self._record(
             plan, decision, started, status=200, stream=False, usage=response.usage, upstream=response.route
         )
         response.route = route
@@ -260,7 +278,7 @@ class RoutingEngine(OutcomeRecording):
         The backend's chunks are held back until the first content (or the end): up to there a
         failure still falls back to the other backend, and the caller has seen nothing.
         """
-        plan = plan or await self._plan_off_loop(request, tenant)
+        plan = await self._plan_off_loop(request, tenant, plan)
         started = time.perf_counter()
 
         async def start(target: Target) -> tuple[AsyncIterator[ChatCompletionChunk], _Head]:
@@ -312,7 +330,7 @@ class RoutingEngine(OutcomeRecording):
                     self.policy.fall_back(decision, exc, self._fallback_facts(plan))
                     raise  # a policy that names a third place is not followed: one fallback at most
         except RouterError as exc:
-            self._record(plan, decision, started, status=exc.status_code, stream=stream, error=exc)
+            await self._record(plan, decision, started, status=exc.status_code, stream=stream, error=exc)
             raise
 
     def _fallback_facts(self, plan: RoutePlan) -> RequestFacts:
@@ -401,7 +419,7 @@ class RoutingEngine(OutcomeRecording):
                     completion_tokens=len(sent),
                     total_tokens=plan.prompt_tokens + len(sent),
                 )
-            recorded = self._record(
+            recorded = await self._record(
                 plan,
                 decision,
                 started,

@@ -7,9 +7,10 @@ import hmac
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
+from router._accounting import Reservation
 from router._config import RouterConfig, TierConfig, hash_api_key
 from router._errors import AuthenticationError
-from router._policy import Decision
+from router._policy import Decision, PolicyInput
 from router._wire import ChatCompletionChunk, RouteInfo
 
 
@@ -76,6 +77,10 @@ class RoutePlan:
     estimator_ms: float
     #: what the request asks that the edge cannot give (`ChatBackend.cannot_honour`): no fallback there
     edge_lacks: str | None = None
+    #: what the policy decided from, to decide again when the budget cannot pay for the decision
+    given: PolicyInput | None = None
+    #: the tenant's budget held for a cloud answer until it is settled (`Ledger.reserve`)
+    reservation: Reservation | None = None
 
 
 @dataclass
