@@ -15,10 +15,16 @@ from typing import Any
 
 import boto3
 import pytest
+import yaml
 from moto import mock_aws
 
+from cloud.aws.config import ConfigSource
 from cloud.aws.ledger import DynamoDbLedger
-from router import Budget, CostLedger, Ledger, SqliteLedger
+from cloud.aws.runtime import LambdaEnvironment
+from cloud.aws.settings import LambdaSettings
+from cloud.engines import build_engine
+from router import Budget, CostLedger, Ledger, SqliteLedger, parse_config
+from tests.unit.test_template_alarms import _CloudFormationLoader
 
 ROOT = Path(__file__).resolve().parents[2]
 COST = 0.003  # one reservation
@@ -39,7 +45,7 @@ class Clock:
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Moto's DynamoDB with the budget table as template.yaml declares it."""
+    """Moto's DynamoDB with the budget table made as template.yaml declares it."""
     for name, value in {
         "AWS_DEFAULT_REGION": "eu-west-1",
         "AWS_ACCESS_KEY_ID": "testing",
@@ -49,22 +55,46 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         monkeypatch.setenv(name, value)
     with mock_aws():
         client = boto3.client("dynamodb")
+        table = budget_table()
         client.create_table(
             TableName="budgets",
-            KeySchema=[
-                {"AttributeName": "tenant", "KeyType": "HASH"},
-                {"AttributeName": "period", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "tenant", "AttributeType": "S"},
-                {"AttributeName": "period", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
+            KeySchema=table["KeySchema"],
+            AttributeDefinitions=table["AttributeDefinitions"],
+            BillingMode=table["BillingMode"],
         )
         client.update_time_to_live(
-            TableName="budgets", TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+            TableName="budgets", TimeToLiveSpecification=table["TimeToLiveSpecification"]
         )
         yield client
+
+
+def template() -> dict[str, Any]:
+    return yaml.load((ROOT / "template.yaml").read_text(), Loader=_CloudFormationLoader)  # type: ignore[no-any-return]
+
+
+def budget_table() -> dict[str, Any]:
+    """The properties of the template's budget table."""
+    resource = template()["Resources"]["BudgetTable"]
+    assert resource["Type"] == "AWS::DynamoDB::Table"
+    return resource["Properties"]  # type: ignore[no-any-return]
+
+
+def test_both_router_functions_get_the_budget_table_and_only_what_the_ledger_calls() -> None:
+    resources = template()["Resources"]
+    for name in ("RouterFunction", "StreamFunction"):
+        properties = resources[name]["Properties"]
+        assert properties["Environment"]["Variables"]["HYBRID_ROUTER_BUDGET_TABLE"] == "BudgetTable"
+        grants = [
+            statement
+            for policy in properties["Policies"]
+            if isinstance(policy, dict) and "Statement" in policy
+            for statement in policy["Statement"]
+            if statement["Resource"] == "BudgetTable.Arn"
+        ]
+        actions = ["dynamodb:GetItem", "dynamodb:UpdateItem"]
+        assert grants == [{"Effect": "Allow", "Action": actions, "Resource": "BudgetTable.Arn"}]
+    assert "HYBRID_ROUTER_BUDGET_TABLE" not in str(resources["ApiKeyAuthorizerFunction"])
+    assert budget_table()["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
 
 
 LedgerMaker = Callable[[Clock], Any]
@@ -216,3 +246,31 @@ def test_the_dynamodb_items_of_a_period_carry_a_ttl_after_it_ends(aws: Any) -> N
     assert int(day["Item"]["spent_nusd"]["N"]) == 3_000_000
     total = aws.get_item(TableName="budgets", Key={"tenant": {"S": "acme"}, "period": {"S": "total"}})
     assert "expires_at" not in total["Item"]  # an all-time budget never expires
+
+
+def test_the_config_selects_the_sqlite_ledger_that_every_worker_shares(tmp_path: Path) -> None:
+    path = tmp_path / "budgets.sqlite3"
+    config = parse_config({"edge": {"enabled": False}, "ledger": {"kind": "sqlite", "path": str(path)}})
+    one, two = build_engine(config), build_engine(config)  # two workers, one file
+    assert isinstance(one.ledger, SqliteLedger) and isinstance(two.ledger, SqliteLedger)
+    assert one.ledger.reserve("acme", Budget(COST), COST) is not None
+    assert two.ledger.reserve("acme", Budget(COST), COST) is None
+    assert isinstance(build_engine(parse_config({"edge": {"enabled": False}})).ledger, CostLedger)
+    one.ledger.close()
+    two.ledger.close()
+
+
+def test_lambda_environments_share_the_dynamodb_table_the_template_names(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "tiers.yaml"
+    path.write_text('{"edge": {"enabled": false}, "tiers": {"free": {}}}')
+    monkeypatch.setenv(LambdaSettings.env_name("budget_table"), "budgets")
+    first, second = (LambdaEnvironment(ConfigSource("file", str(path))) for _ in range(2))
+    assert isinstance(first.ledger, DynamoDbLedger) and first.ledger.table == "budgets"
+    assert first.current().engine.ledger is first.ledger  # what every engine of the environment charges
+    assert first.ledger.reserve("acme", Budget(COST), COST) is not None
+    assert second.ledger.reserve("acme", Budget(COST), COST) is None  # another environment, one budget
+    monkeypatch.delenv(LambdaSettings.env_name("budget_table"))
+    assert isinstance(LambdaEnvironment(ConfigSource("file", str(path))).ledger, CostLedger)
+    first.close()
