@@ -297,8 +297,15 @@ class RoutingEngine(OutcomeRecording):
         decision, (chunks, head) = await self._run_with_fallback(plan, started, start, stream=True)
         route = self._route_info(decision, upstream=head[0].route if head else None)
         want_usage = bool(request.stream_options and request.stream_options.include_usage)
-        relay = self._relay(plan, decision, started, route, chunks, head, want_usage, request)
-        return RoutedStream(route, relay, source=chunks)
+        ran = [False]  # the relay records the outcome (and settles the reservation) once it runs
+        relay = self._relay(plan, decision, started, route, chunks, head, want_usage, request, ran)
+
+        async def release() -> None:
+            if not ran[0] and plan.reservation is not None:  # closed unread: the money is not spent
+                ran[0] = True
+                await self._book_off_loop(decision.tenant, plan.reservation, 0.0, 0.0)
+
+        return RoutedStream(route, relay, source=chunks, release=release)
 
     async def _run_with_fallback(
         self, plan: RoutePlan, started: float, run: Callable[[Target], Awaitable[T]], *, stream: bool
@@ -358,8 +365,10 @@ class RoutingEngine(OutcomeRecording):
         head: list[ChatCompletionChunk],
         want_usage: bool,
         request: ChatCompletionRequest,
+        ran: list[bool],
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
         """The stream to the caller, within the deadline; a break after content fails over once."""
+        ran[0] = True
         usage: Usage | None = None
         sent: list[str] = []  # the content the caller has: one piece per chunk, about a token each
         finished = False

@@ -113,10 +113,7 @@ class OutcomeRecording:
         cost = cloud_cost_usd(usage, price) if decision.target == "cloud" and error is None else 0.0
         saved = cloud_cost_usd(usage, price) if decision.target == "edge" and error is None else 0.0
         if plan.reservation is not None or cost or saved:
-            if isinstance(self.ledger, CostLedger):  # a lock and no I/O: no thread needed
-                self._book(decision.tenant, plan.reservation, cost, saved)
-            else:
-                await asyncio.to_thread(self._book, decision.tenant, plan.reservation, cost, saved)
+            await self._book_off_loop(decision.tenant, plan.reservation, cost, saved)
         return self._observe(
             plan,
             decision,
@@ -130,6 +127,15 @@ class OutcomeRecording:
             cost=cost,
             saved=saved,
         )
+
+    async def _book_off_loop(
+        self, tenant: str, reservation: Reservation | None, cost: float, saved: float
+    ) -> None:
+        """`_book` in a worker thread (a shared ledger does I/O)."""
+        if isinstance(self.ledger, CostLedger):  # a lock and no I/O: no thread needed
+            self._book(tenant, reservation, cost, saved)
+        else:
+            await asyncio.to_thread(self._book, tenant, reservation, cost, saved)
 
     def _book(self, tenant: str, reservation: Reservation | None, cost: float, saved: float) -> None:
         """Settle the reservation at `cost` (0 releases it all), else charge `cost`; credit `saved`."""

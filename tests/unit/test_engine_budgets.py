@@ -210,3 +210,15 @@ async def test_past_the_budget_what_the_edge_cannot_answer_is_refused_with_a_429
     assert isinstance(metrics, InMemoryMetrics)  # the refusal is recorded as its decision
     assert metrics.errors == {"budget_exhausted": 1}
     assert metrics.decisions == {("cloud", "free", "budget_exhausted"): 1}
+
+
+async def test_a_stream_closed_unread_releases_its_reservation(ledger: CountingLedger) -> None:
+    probe = engine(CostLedger(), FakeBackend("cloud"), budget_usd=1.0)
+    budget = worst_case(probe) * 1.5
+    e = engine(ledger, FakeBackend("cloud", reply="one two three"), budget_usd=budget)
+    for _ in range(2):  # the second would be past the budget were the first still held
+        stream = await e.stream(request(stream=True), Tenant("acme", "free"))
+        assert stream.route.target == "cloud"
+        await stream.aclose()
+    assert ledger.calls["settle"] == 2
+    assert ledger.inner.budget_left("acme", Budget(budget)) == pytest.approx(budget)
