@@ -55,9 +55,25 @@ class OutcomeRecording:
         request goes on unreserved (a budget store outage must not turn every request away).
         """
         decision, given = plan.decision, plan.given
-        tier = self.policy.tier(decision.tier)
-        if decision.target != "cloud" or tier.budget_usd is None or given is None:
+        if decision.target != "cloud" or given is None:
             return plan
+        held, reservation = self._hold(plan, decision, max_tokens)
+        if held:
+            return replace(plan, reservation=reservation)
+        spent = replace(given, facts=replace(given.facts, budget_left_usd=0.0))
+        try:
+            return replace(plan, decision=self.policy.decide(spent))
+        except RouterError as exc:
+            self._record_refusal(exc, plan, request)
+            raise
+
+    def _hold(self, plan: RoutePlan, decision: Decision, max_tokens: int) -> tuple[bool, Reservation | None]:
+        """Reserve the worst case of `plan` for `decision` (a cloud one): (True, the reservation), or
+        (True, None) where nothing needs holding (an unlimited tier; a ledger that failed, logged),
+        or (False, None) when the budget cannot pay for it. Blocking."""
+        tier = self.policy.tier(decision.tier)
+        if tier.budget_usd is None:
+            return True, None
         budget = Budget(tier.budget_usd, tier.budget_period)
         cost = worst_case_cost_usd(plan.prompt_tokens, max_tokens, self.config.cloud.price)
         try:
@@ -66,15 +82,8 @@ class OutcomeRecording:
             logger.exception(
                 "ledger %r failed; %s's budget is not enforced for now", self.ledger, decision.tenant
             )
-            return plan
-        if reservation is not None:
-            return replace(plan, reservation=reservation)
-        spent = replace(given, facts=replace(given.facts, budget_left_usd=0.0))
-        try:
-            return replace(plan, decision=self.policy.decide(spent))
-        except RouterError as exc:
-            self._record_refusal(exc, plan, request)
-            raise
+            return True, None
+        return reservation is not None, reservation
 
     def _record_refusal(self, exc: RouterError, plan: RoutePlan, request: ChatCompletionRequest) -> None:
         """Record a policy's refusal (no backend it allows can answer) as the decision it made."""

@@ -111,7 +111,7 @@ async def test_failing_cloud_falls_back_to_edge_unless_the_tier_forbids_it() -> 
 @pytest.mark.anyio
 async def test_busy_edge_falls_back_to_cloud() -> None:
     e = engine(edge=FakeBackend("edge", fail=EdgeBusy("queue full")))
-    answer = await e.complete(request(EASY), Tenant("a", "free"))
+    answer = await e.complete(request(EASY, max_tokens=100), Tenant("a", "free"))  # within its budget
     assert answer.route is not None and (answer.route.target, answer.route.reason) == ("cloud", "edge_busy")
 
 

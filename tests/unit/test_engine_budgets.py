@@ -18,6 +18,7 @@ from router import (
     ChatCompletionResponse,
     CloudTimeout,
     CostLedger,
+    EdgeBusy,
     HeuristicEstimator,
     InMemoryMetrics,
     Ledger,
@@ -222,3 +223,17 @@ async def test_a_stream_closed_unread_releases_its_reservation(ledger: CountingL
         await stream.aclose()
     assert ledger.calls["settle"] == 2
     assert ledger.inner.budget_left("acme", Budget(budget)) == pytest.approx(budget)
+
+
+async def test_a_fallback_to_the_cloud_is_paid_from_the_budget_or_not_taken(ledger: CountingLedger) -> None:
+    probe = engine(CostLedger(), FakeBackend("cloud"), budget_usd=1.0)
+    budget = worst_case(probe) * 1.5
+    busy = FakeBackend("edge", fail=EdgeBusy("queue full"))
+    e = engine(ledger, FakeBackend("cloud"), budget_usd=budget, edge=busy, threshold=1.0)
+    answer = await e.complete(request(), Tenant("acme", "free"))  # the edge's, failed over to the cloud
+    assert answer.route is not None and (answer.route.target, answer.route.reason) == ("cloud", "edge_busy")
+    assert ledger.calls == {"reserve": 1, "settle": 1}
+    ledger.inner.charge("acme", budget)  # spent
+    with pytest.raises(EdgeBusy):  # the edge's own failure stands: the budget cannot pay the cloud
+        await e.complete(request(), Tenant("acme", "free"))
+    assert e.cloud is not None and len(e.cloud.calls) == 1  # type: ignore[attr-defined]
