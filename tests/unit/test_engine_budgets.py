@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
+from cloud.app import create_app
 from router import (
     Budget,
     BudgetExhausted,
@@ -23,9 +25,11 @@ from router import (
     InMemoryMetrics,
     Ledger,
     Reservation,
+    RouterConfig,
     RoutingEngine,
     SqliteLedger,
     Tenant,
+    hash_api_key,
     parse_config,
     worst_case_cost_usd,
 )
@@ -237,3 +241,27 @@ async def test_a_fallback_to_the_cloud_is_paid_from_the_budget_or_not_taken(ledg
     with pytest.raises(EdgeBusy):  # the edge's own failure stands: the budget cannot pay the cloud
         await e.complete(request(), Tenant("acme", "free"))
     assert e.cloud is not None and len(e.cloud.calls) == 1  # type: ignore[attr-defined]
+
+
+def test_the_http_app_answers_a_budget_refusal_with_a_429_insufficient_quota() -> None:
+    config = parse_config(
+        {
+            "tiers": {"free": {"budget_usd": 0.0001}},
+            "api_keys": [{"sha256": hash_api_key("k-free"), "tenant": "acme", "tier": "free"}],
+        }
+    )
+
+    async def factory(config: RouterConfig) -> RoutingEngine:
+        edge = FakeBackend("edge", lacks="tools")
+        return RoutingEngine(config, estimator=HeuristicEstimator(), edge=edge, cloud=FakeBackend("cloud"))
+
+    body = {
+        "model": "hybrid-router",
+        "messages": [{"role": "user", "content": HARD}],
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+    }
+    with TestClient(create_app(config, engine_factory=factory)) as client:
+        r = client.post("/v1/chat/completions", json=body, headers={"authorization": "Bearer k-free"})
+    assert r.status_code == 429
+    assert r.json()["error"]["type"] == "insufficient_quota"
+    assert r.json()["error"]["code"] == "budget_exhausted"
