@@ -121,6 +121,22 @@ class Ledger(Protocol):
         """Record what an edge answer saved `tenant` against always-cloud."""
         ...
 
+    def admit(self, tenant: str, per_minute: int) -> float | None:
+        """Count one request of `tenant` in the current UTC minute, atomically, unless `per_minute`
+        have been counted there already: then nothing is counted and the seconds until the next
+        minute are returned (for `Retry-After`); None when admitted."""
+        ...
+
+
+def minute_key(now: datetime) -> str:
+    """The UTC minute `now` falls in, the window of a rate limit: "2026-11-30T23:59"."""
+    return now.strftime("%Y-%m-%dT%H:%M")
+
+
+def seconds_to_next_minute(now: datetime) -> float:
+    """How long until the next minute's window opens."""
+    return 60.0 - now.second - now.microsecond / 1e6
+
 
 class CostLedger:
     """Cloud spend per tenant and period since the process started; thread-safe.
@@ -135,6 +151,7 @@ class CostLedger:
         self._saved: defaultdict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
         self._clock = clock
+        self._requests: dict[str, tuple[str, int]] = {}  # tenant -> (minute, requests in it)
 
     def charge(self, tenant: str, cost_usd: float) -> None:
         """Add a cloud answer's cost that no reservation held to `tenant`'s all-time spend."""
@@ -171,6 +188,19 @@ class CostLedger:
                 return None
             self._spent[key] += cost
         return Reservation(tenant, key[1], cost)
+
+    def admit(self, tenant: str, per_minute: int) -> float | None:
+        """Count one request in the current minute unless `per_minute` are counted; else the seconds
+        until the next minute."""
+        now = self._clock()
+        minute = minute_key(now)
+        with self._lock:
+            seen, count = self._requests.get(tenant, (minute, 0))
+            count = count if seen == minute else 0
+            if count >= per_minute:
+                return seconds_to_next_minute(now)
+            self._requests[tenant] = (minute, count + 1)
+        return None
 
     def settle(self, reservation: Reservation, cost_usd: float) -> None:
         """Replace `reservation` by the actual cost."""

@@ -54,6 +54,12 @@ class TierConfig(_Strict):
         description="When budget_usd starts again at 0: each UTC day, each UTC month, or never (total: "
         "for the in-process ledger, the life of the process).",
     )
+    requests_per_minute: Annotated[int | None, Field(ge=1)] = Field(
+        None,
+        description="Chat completions a tenant of this tier may send per UTC minute (a fixed window, "
+        "counted in the ledger's store: shared like the budget); more get 429 with Retry-After. "
+        "None: no limit.",
+    )
     max_tokens: Annotated[int | None, Field(ge=1)] = Field(None, description="Cap on completion tokens.")
     deadline_s: Annotated[float | None, Field(gt=0)] = Field(
         None,

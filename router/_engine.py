@@ -228,13 +228,15 @@ class RoutingEngine(OutcomeRecording):
     async def _plan_off_loop(
         self, request: ChatCompletionRequest, tenant: Tenant, plan: RoutePlan | None = None
     ) -> RoutePlan:
-        """The plan (`plan`, else made now) with its budget reserved, in a worker thread: counting a
-        large prompt's tokens and scoring it is CPU work, and a shared ledger does I/O, that would
-        stall every other request on the event loop, `/healthz` included."""
-        if plan is not None and plan.decision.target != "cloud":
+        """The plan (`plan`, else made now) with its rate limit counted and its budget reserved, in a
+        worker thread: counting a large prompt's tokens and scoring it is CPU work, and a shared
+        ledger does I/O, that would stall every other request on the event loop, `/healthz` included."""
+        limited = self.policy.tier(tenant.tier).requests_per_minute is not None
+        if plan is not None and plan.decision.target != "cloud" and not limited:
             return plan
 
         def planned() -> RoutePlan:
+            self._admit(tenant)  # first: a request past the rate limit costs no estimate
             made = plan or self._plan(request, tenant, read_budget=False)
             if made.decision.target != "cloud":
                 return made

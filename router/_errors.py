@@ -12,6 +12,7 @@ Every error that can reach a caller maps to an HTTP status and an OpenAI error b
     │   └── PayloadTooLarge          413 request_too_large
     ├── AuthenticationError          401 invalid_api_key
     ├── BudgetExhausted              429 budget_exhausted (the tier's cloud budget; the edge cannot answer)
+    ├── RateLimitExceeded            429 rate_limit_exceeded (the tier's requests_per_minute; Retry-After)
     ├── EstimatorError               500 (the runtime scores 0.5 instead; see the engine)
     ├── DeadlineExceeded             504 deadline_exceeded (the request's own deadline passed)
     └── BackendError                 502/503 upstream failures
@@ -133,6 +134,15 @@ class BudgetExhausted(RouterError):
     status_code = 429
     error_type = "insufficient_quota"
     code = "budget_exhausted"
+
+
+class RateLimitExceeded(RouterError):
+    """The tenant has sent its tier's `requests_per_minute` this minute; `Retry-After` says when the
+    next minute starts."""
+
+    status_code = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
 
 
 class EstimatorError(RouterError):

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import replace
 
 from router._accounting import Budget, CostLedger, Ledger, Reservation, cloud_cost_usd, worst_case_cost_usd
 from router._backend import ChatBackend, Target
 from router._config import RouterConfig, TierConfig
-from router._errors import RouterError
+from router._errors import RateLimitExceeded, RouterError
 from router._metrics import DecisionObserver, RequestOutcome
 from router._plan import RoutePlan, Tenant
 from router._policy import Decision, Policy
@@ -45,6 +46,26 @@ class OutcomeRecording:
                 "ledger %r failed; %s's budget is not enforced for now", self.ledger, tenant.name
             )
             return None
+
+    def _admit(self, tenant: Tenant) -> None:
+        """Count the request against its tier's `requests_per_minute`: `RateLimitExceeded` (with
+        `Retry-After`) past it. Blocking; a ledger that fails is logged and admits."""
+        per_minute = self.policy.tier(tenant.tier).requests_per_minute
+        if per_minute is None:
+            return
+        try:
+            wait = self.ledger.admit(tenant.name, per_minute)
+        except Exception:
+            logger.exception(
+                "ledger %r failed; %s's rate limit is not enforced for now", self.ledger, tenant.name
+            )
+            return
+        if wait is not None:
+            retry = max(1, math.ceil(wait))
+            raise RateLimitExceeded(
+                f"This tenant has sent its {per_minute} requests for this minute; retry in {retry} s.",
+                headers={"retry-after": str(retry)},
+            )
 
     def _reserve(self, plan: RoutePlan, request: ChatCompletionRequest, max_tokens: int) -> RoutePlan:
         """`plan` holding its worst-case cost (`max_tokens` completion tokens) of the tenant's budget,

@@ -14,7 +14,15 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from router._accounting import TOTAL, Budget, Reservation, to_nano_usd, utc_now
+from router._accounting import (
+    TOTAL,
+    Budget,
+    Reservation,
+    minute_key,
+    seconds_to_next_minute,
+    to_nano_usd,
+    utc_now,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spend (
@@ -24,6 +32,22 @@ CREATE TABLE IF NOT EXISTS spend (
     saved_nusd INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, period)
 ) WITHOUT ROWID
+"""
+
+_RATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    tenant TEXT PRIMARY KEY,
+    minute TEXT NOT NULL,
+    count INTEGER NOT NULL
+) WITHOUT ROWID
+"""
+
+# One row per tenant: a new minute starts it again at 1; within the minute it counts up to the limit.
+_ADMIT = """
+INSERT INTO requests (tenant, minute, count) VALUES (:tenant, :minute, 1)
+ON CONFLICT (tenant) DO UPDATE SET
+    count = CASE WHEN minute = excluded.minute THEN count + 1 ELSE 1 END, minute = excluded.minute
+WHERE minute != excluded.minute OR count < :limit
 """
 
 _RESERVE = """
@@ -63,6 +87,7 @@ class SqliteLedger:
         connection = self._connection()
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute(_SCHEMA)
+        connection.execute(_RATE_SCHEMA)
 
     def __repr__(self) -> str:
         return f"SqliteLedger({str(self.path)!r})"
@@ -118,6 +143,15 @@ class SqliteLedger:
             _RESERVE, {"tenant": tenant, "period": period, "cost": cost, "limit": limit}
         )
         return Reservation(tenant, period, cost) if cursor.rowcount == 1 else None
+
+    def admit(self, tenant: str, per_minute: int) -> float | None:
+        """Count one request in the current minute in one conditional UPSERT, unless `per_minute`
+        are counted; else the seconds until the next minute."""
+        now = self._clock()
+        cursor = self._connection().execute(
+            _ADMIT, {"tenant": tenant, "minute": minute_key(now), "limit": per_minute}
+        )
+        return None if cursor.rowcount == 1 else seconds_to_next_minute(now)
 
     def settle(self, reservation: Reservation, cost_usd: float) -> None:
         """Replace `reservation` by the actual cost."""

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from router import Budget, Reservation
-from router._accounting import TOTAL, to_nano_usd, utc_now
+from router._accounting import TOTAL, minute_key, seconds_to_next_minute, to_nano_usd, utc_now
 
 #: How long an ended day's or month's item is kept before its TTL lets DynamoDB delete it.
 DEFAULT_GRACE = timedelta(days=35)
@@ -95,6 +95,32 @@ class DynamoDbLedger:
                 return None
             raise
         return Reservation(tenant, period, cost)
+
+    def admit(self, tenant: str, per_minute: int) -> float | None:
+        """Count one request in the current minute's item ("rpm:2026-11-30T23:59", an hour's TTL)
+        with a conditional `UpdateItem`, unless `per_minute` are counted; else the seconds until the
+        next minute."""
+        from botocore.exceptions import ClientError
+
+        now = self._clock()
+        expires = int(now.timestamp()) + 3600
+        try:
+            self.client().update_item(
+                TableName=self.table,
+                Key=_key(tenant, f"rpm:{minute_key(now)}"),
+                UpdateExpression="ADD requests :one SET expires_at = :expires",
+                ConditionExpression="attribute_not_exists(requests) OR requests < :limit",
+                ExpressionAttributeValues={
+                    ":one": {"N": "1"},
+                    ":limit": {"N": str(per_minute)},
+                    ":expires": {"N": str(expires)},
+                },
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return seconds_to_next_minute(now)
+            raise
+        return None
 
     def settle(self, reservation: Reservation, cost_usd: float) -> None:
         """Replace `reservation` by the actual cost (an unconditional `ADD` of the difference)."""

@@ -24,6 +24,7 @@ from router import (
     HeuristicEstimator,
     InMemoryMetrics,
     Ledger,
+    RateLimitExceeded,
     Reservation,
     RouterConfig,
     RoutingEngine,
@@ -114,6 +115,10 @@ class CountingLedger:
     def credit_saving(self, tenant: str, saved_usd: float) -> None:
         self._count("credit_saving")
         self.inner.credit_saving(tenant, saved_usd)
+
+    def admit(self, tenant: str, per_minute: int) -> float | None:
+        self._count("admit")
+        return self.inner.admit(tenant, per_minute)
 
 
 def engine(
@@ -265,3 +270,39 @@ def test_the_http_app_answers_a_budget_refusal_with_a_429_insufficient_quota() -
     assert r.status_code == 429
     assert r.json()["error"]["type"] == "insufficient_quota"
     assert r.json()["error"]["code"] == "budget_exhausted"
+
+
+async def test_past_the_tiers_requests_per_minute_a_request_is_refused_with_retry_after(
+    ledger: CountingLedger,
+) -> None:
+    e = engine(ledger, FakeBackend("cloud"), budget_usd=1.0, requests_per_minute=K)
+    for _ in range(K):
+        await e.complete(request(), Tenant("acme", "free"))
+    with pytest.raises(RateLimitExceeded) as refused:
+        await e.complete(request(), Tenant("acme", "free"))
+    assert refused.value.status_code == 429 and 1 <= int(refused.value.headers["retry-after"]) <= 60
+    assert e.cloud is not None and len(e.cloud.calls) == K  # type: ignore[attr-defined]
+    assert ledger.calls["admit"] == K + 1 and ledger.calls["reserve"] == K  # refused before any estimate
+    assert threading.get_ident() not in ledger.threads
+
+
+def test_the_http_app_answers_past_the_rate_limit_with_a_429_and_retry_after() -> None:
+    config = parse_config(
+        {
+            "tiers": {"free": {"requests_per_minute": 1}},
+            "api_keys": [{"sha256": hash_api_key("k-free"), "tenant": "acme", "tier": "free"}],
+        }
+    )
+
+    async def factory(config: RouterConfig) -> RoutingEngine:
+        return RoutingEngine(config, estimator=HeuristicEstimator(), edge=FakeBackend("edge"))
+
+    body = {"model": "hybrid-router", "messages": [{"role": "user", "content": "hi"}]}
+    with TestClient(create_app(config, engine_factory=factory)) as client:
+        statuses = [
+            client.post("/v1/chat/completions", json=body, headers={"authorization": "Bearer k-free"})
+            for _ in range(2)
+        ]
+    assert [r.status_code for r in statuses] == [200, 429]
+    assert statuses[1].json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(statuses[1].headers["retry-after"]) <= 60

@@ -274,3 +274,24 @@ def test_lambda_environments_share_the_dynamodb_table_the_template_names(
     monkeypatch.delenv(LambdaSettings.env_name("budget_table"))
     assert isinstance(LambdaEnvironment(ConfigSource("file", str(path))).ledger, CostLedger)
     first.close()
+
+
+def test_parallel_requests_against_a_rate_limit_of_k_per_minute_let_exactly_k_through(
+    make_ledger: LedgerMaker,
+) -> None:
+    clock = Clock()
+    clock.now = datetime(2026, 11, 30, 23, 58, 45, 500_000, tzinfo=UTC)
+    start = threading.Barrier(N)
+
+    def one(ledger: Ledger) -> float | None:
+        start.wait()
+        return ledger.admit("acme", K)
+
+    ledgers = [make_ledger(clock) for _ in range(N)]
+    with ThreadPoolExecutor(N) as pool:
+        waits = list(pool.map(one, ledgers))
+    assert waits.count(None) == K
+    assert [w for w in waits if w is not None] == [pytest.approx(14.5)] * (N - K)  # until 23:59:00
+    assert ledgers[0].admit("other", K) is None  # another tenant, another count
+    clock.now = datetime(2026, 11, 30, 23, 59, 0, tzinfo=UTC)  # the next minute starts again
+    assert [ledgers[0].admit("acme", K) for _ in range(K + 1)] == [None] * K + [pytest.approx(60.0)]
