@@ -37,6 +37,7 @@ from router._failover import (
     deadline_at,
     deadline_chunk,
     deadline_scope,
+    enforces_tenant_limits,
     start_continuation,
     until,
 )
@@ -231,14 +232,16 @@ class RoutingEngine(OutcomeRecording):
         """The plan (`plan`, else made now) with its rate limit counted and its budget reserved, in a
         worker thread: counting a large prompt's tokens and scoring it is CPU work, and a shared
         ledger does I/O, that would stall every other request on the event loop, `/healthz` included."""
-        limited = self.policy.tier(tenant.tier).requests_per_minute is not None
-        if plan is not None and plan.decision.target != "cloud" and not limited:
+        enforced = enforces_tenant_limits(self.policy)
+        limited = enforced and self.policy.tier(tenant.tier).requests_per_minute is not None
+        if plan is not None and (plan.decision.target != "cloud" or not enforced) and not limited:
             return plan
 
         def planned() -> RoutePlan:
-            self._admit(tenant)  # first: a request past the rate limit costs no estimate
+            if enforced:
+                self._admit(tenant)  # first: a request past the rate limit costs no estimate
             made = plan or self._plan(request, tenant, read_budget=False)
-            if made.decision.target != "cloud":
+            if made.decision.target != "cloud" or not enforced:
                 return made
             return self._reserve(made, request, self._max_tokens("cloud", made))
 
@@ -353,6 +356,8 @@ class RoutingEngine(OutcomeRecording):
         """`plan` holding the budget for a `fallback` to the cloud (in a worker thread); `failure`
         re-raised when the budget cannot pay for it."""
         if fallback.target != "cloud" or plan.reservation is not None:
+            return plan
+        if not enforces_tenant_limits(self.policy):
             return plan
         max_tokens = self._max_tokens("cloud", plan)
         held, reservation = await asyncio.to_thread(self._hold, plan, fallback, max_tokens)
