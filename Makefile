@@ -74,6 +74,7 @@ bench: install
 	$(BIN)/python -m bench.lambda_init
 	$(BIN)/python -m bench.edge_sdk
 	$(BIN)/python -m bench.estimator_latency
+	$(BIN)/python -m bench.ledger_overhead
 	$(BIN)/python -m bench.llama_build
 	$(BIN)/python -m bench.load
 	$(BIN)/python -m bench.privacy

@@ -9,7 +9,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from router import ChatBackend, RouterConfig, RoutingEngine, load_estimator
+from router import (
+    ChatBackend,
+    CostLedger,
+    Ledger,
+    LedgerConfig,
+    RouterConfig,
+    RoutingEngine,
+    SqliteLedger,
+    load_estimator,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -26,12 +35,14 @@ def build_engine(
     *,
     load_edge: bool = True,
     cloud_transport: httpx.AsyncBaseTransport | None = None,
+    ledger: Ledger | None = None,
 ) -> RoutingEngine:
     """A ready engine: the estimator loaded, the edge model loaded (when enabled), the cloud client made.
 
     Loading the edge model takes a fraction of a second for SmolLM2; `load_edge=False` leaves the
     edge backend unloaded (it then reports itself unavailable and counts tokens approximately).
     `cloud_transport` carries the cloud client's calls (SigV4 signing for SageMaker, a mock in tests).
+    The ledger is `ledger`, else the one the config's `ledger` section names (`open_ledger`).
     """
     estimator = load_estimator(config.estimator.name, config.estimator.version)
     edge: ChatBackend | None = None
@@ -49,7 +60,16 @@ def build_engine(
         cloud = CloudEndpointClient(config.cloud, transport=cloud_transport)
     else:
         logger.warning("no cloud endpoint configured: every request is answered on the edge")
-    return RoutingEngine(config, estimator=estimator, edge=edge, cloud=cloud)
+    if ledger is None:
+        ledger = open_ledger(config.ledger)
+    return RoutingEngine(config, estimator=estimator, edge=edge, cloud=cloud, ledger=ledger)
+
+
+def open_ledger(config: LedgerConfig) -> Ledger:
+    """The ledger `config` names: this process's own, or the SQLite file every worker shares."""
+    if config.kind == "sqlite":
+        return SqliteLedger(config.path)
+    return CostLedger()
 
 
 async def close_engine(engine: RoutingEngine) -> None:

@@ -75,7 +75,10 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             "400": _error("The request is malformed, or asks what this router does not serve."),
             "401": _UNAUTHORIZED,
             "413": _error("The body or its text is over the server's limits."),
-            "429": _error("The tier's cloud budget is spent, or the upstream is rate-limited."),
+            "429": _error(
+                "The tier's cloud budget is spent (insufficient_quota), its requests_per_minute are used "
+                "(rate_limit_exceeded, with Retry-After), or the upstream is rate-limited."
+            ),
             "503": _error("No backend can answer now."),
             "504": _error("The request's deadline passed."),
         },

@@ -166,6 +166,10 @@ def decide_on_device(
 class DevicePolicy:
     """`decide_on_device` as the engine's `Policy`, on the device's current tier, signals and link."""
 
+    #: A tier's budget and rate limit are the cloud router's to hold, for the tenant the device's key
+    #: names; the device's engine neither reserves nor counts (`router._failover.enforces_tenant_limits`).
+    enforces_tenant_limits = False
+
     def __init__(
         self,
         current: Callable[[], tuple[str, DeviceTierPolicy]],

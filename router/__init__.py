@@ -6,7 +6,15 @@ device SDK configure it through its seams (backends by name, `Policy`, `Estimato
 runtimes load only with the modules that need them (cold start is a tenet).
 """
 
-from router._accounting import CostLedger, Ledger, cloud_cost_usd
+from router._accounting import (
+    Budget,
+    BudgetPeriod,
+    CostLedger,
+    Ledger,
+    Reservation,
+    cloud_cost_usd,
+    worst_case_cost_usd,
+)
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
 from router._config import (
     DEMO_CONFIG_PATH,
@@ -20,6 +28,7 @@ from router._config import (
     CloudTimeouts,
     EdgeConfig,
     EstimatorConfig,
+    LedgerConfig,
     RouterConfig,
     ServerConfig,
     TierConfig,
@@ -33,6 +42,7 @@ from router._engine import RoutingEngine
 from router._errors import (
     AuthenticationError,
     BackendError,
+    BudgetExhausted,
     CloudBackendError,
     CloudStreamCut,
     CloudTimeout,
@@ -47,6 +57,7 @@ from router._errors import (
     ModelNotFound,
     NoBackendAvailable,
     PayloadTooLarge,
+    RateLimitExceeded,
     RequestError,
     RouterError,
     TooManyMessages,
@@ -82,6 +93,7 @@ from router._request_id import (
     sane_request_id,
 )
 from router._settings import HybridRouterSettings, RouterSettings, secret_from_env
+from router._sqlite_ledger import SqliteLedger
 from router._wire import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -108,6 +120,9 @@ __all__ = [
     "AuthenticationError",
     "BackendError",
     "BackendHealth",
+    "Budget",
+    "BudgetExhausted",
+    "BudgetPeriod",
     "ChatBackend",
     "ChatCompletionChunk",
     "ChatCompletionRequest",
@@ -145,6 +160,7 @@ __all__ = [
     "HybridRouterSettings",
     "InMemoryMetrics",
     "Ledger",
+    "LedgerConfig",
     "MissingExtra",
     "ModelCard",
     "ModelList",
@@ -153,10 +169,12 @@ __all__ = [
     "PayloadTooLarge",
     "Policy",
     "PolicyInput",
+    "RateLimitExceeded",
     "RequestError",
     "RequestFacts",
     "RequestIdFilter",
     "RequestOutcome",
+    "Reservation",
     "RouteInfo",
     "RoutePlan",
     "RouteReason",
@@ -168,6 +186,7 @@ __all__ = [
     "RoutingEngine",
     "ServerConfig",
     "SingleEstimator",
+    "SqliteLedger",
     "Target",
     "Tenant",
     "TierConfig",
@@ -196,4 +215,5 @@ __all__ = [
     "sane_request_id",
     "secret_from_env",
     "warn_about_demo_keys",
+    "worst_case_cost_usd",
 ]

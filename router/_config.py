@@ -44,7 +44,21 @@ class TierConfig(_Strict):
     )
     fallback_to_cloud: bool = Field(True, description="Answer in the cloud when the edge fails or is busy.")
     budget_usd: Annotated[float | None, Field(ge=0.0)] = Field(
-        None, description="Cloud spend a tenant of this tier may incur per process lifetime; None: unlimited."
+        None,
+        description="Cloud spend (USD) a tenant of this tier may incur per budget_period; None: unlimited. "
+        "Held across workers and Lambda environments when the ledger is shared (ledger.kind sqlite, or "
+        "the DynamoDB table in Lambda); else per process.",
+    )
+    budget_period: Literal["day", "month", "total"] = Field(
+        "total",
+        description="When budget_usd starts again at 0: each UTC day, each UTC month, or never (total: "
+        "for the in-process ledger, the life of the process).",
+    )
+    requests_per_minute: Annotated[int | None, Field(ge=1)] = Field(
+        None,
+        description="Chat completions a tenant of this tier may send per UTC minute (a fixed window, "
+        "counted in the ledger's store: shared like the budget); more get 429 with Retry-After. "
+        "None: no limit.",
     )
     max_tokens: Annotated[int | None, Field(ge=1)] = Field(None, description="Cap on completion tokens.")
     deadline_s: Annotated[float | None, Field(gt=0)] = Field(
@@ -196,6 +210,17 @@ class ServerConfig(_Strict):
     cors: CorsConfig = Field(CorsConfig(), description="Cross-origin requests from browsers; off by default.")
 
 
+class LedgerConfig(_Strict):
+    """Where tenants' cloud spend is kept (the budgets of `TierConfig.budget_usd`)."""
+
+    kind: Literal["memory", "sqlite"] = Field(
+        "memory",
+        description="memory: in this process (each worker its own budget); sqlite: one file shared by "
+        "every worker and process on this machine. In Lambda the DynamoDB table of the template is used.",
+    )
+    path: str = Field("hybrid-router-ledger.sqlite3", description="The SQLite file (kind sqlite).")
+
+
 class EstimatorConfig(_Strict):
     """Which complexity estimator scores requests."""
 
@@ -238,6 +263,7 @@ class RouterConfig(_Strict):
     estimator: EstimatorConfig = EstimatorConfig()
     edge: EdgeConfig = EdgeConfig()
     cloud: CloudConfig = CloudConfig()
+    ledger: LedgerConfig = LedgerConfig()
     tiers: dict[str, TierConfig] = Field(default_factory=dict)
     api_keys: list[ApiKeyEntry] = Field(default_factory=list)
     api_key_ids: dict[str, ApiKeyIdEntry] = Field(

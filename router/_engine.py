@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TypeVar, cast
 
 from router._accounting import CostLedger, Ledger
@@ -36,6 +37,7 @@ from router._failover import (
     deadline_at,
     deadline_chunk,
     deadline_scope,
+    enforces_tenant_limits,
     start_continuation,
     until,
 )
@@ -188,7 +190,13 @@ class RoutingEngine(OutcomeRecording):
         )
 
     def plan(self, request: ChatCompletionRequest, tenant: Tenant) -> RoutePlan:
-        """Score the request and decide where it goes, without generating."""
+        """Score the request and decide where it goes (the budget left read from the ledger), without
+        generating; nothing is reserved until the plan is run."""
+        return self._plan(request, tenant, read_budget=True)
+
+    def _plan(self, request: ChatCompletionRequest, tenant: Tenant, *, read_budget: bool) -> RoutePlan:
+        """The plan; without `read_budget` the ledger is not read (`_reserve` asks it for a cloud
+        decision, in the one call that also holds the money)."""
         if request.model != self.config.served_model_name:
             raise ModelNotFound(
                 f"The model '{request.model}' does not exist; this router serves "
@@ -214,7 +222,7 @@ class RoutingEngine(OutcomeRecording):
         facts = self.facts(
             prompt_tokens,
             requested or self.config.edge.max_tokens,
-            self._budget_left(tenant, tier),
+            self._budget_left(tenant, tier) if read_budget else None,
             edge_lacks,
         )
         given = PolicyInput(score, tenant.tier, tenant.name, estimator_id, facts, request)
@@ -224,12 +232,28 @@ class RoutingEngine(OutcomeRecording):
             refused = RoutePlan(exc.decision, prompt_tokens, requested, estimator_ms, edge_lacks)
             self._record_refusal(exc, refused, request)
             raise
-        return RoutePlan(decision, prompt_tokens, requested, estimator_ms, edge_lacks)
+        return RoutePlan(decision, prompt_tokens, requested, estimator_ms, edge_lacks, given)
 
-    async def _plan_off_loop(self, request: ChatCompletionRequest, tenant: Tenant) -> RoutePlan:
-        """`plan` in a worker thread: counting a large prompt's tokens and scoring it is CPU work that
-        would stall every other request on the event loop, `/healthz` included."""
-        return await asyncio.to_thread(self.plan, request, tenant)
+    async def _plan_off_loop(
+        self, request: ChatCompletionRequest, tenant: Tenant, plan: RoutePlan | None = None
+    ) -> RoutePlan:
+        """The plan (`plan`, else made now) with its rate limit counted and its budget reserved, in a
+        worker thread: counting a large prompt's tokens and scoring it is CPU work, and a shared
+        ledger does I/O, that would stall every other request on the event loop, `/healthz` included."""
+        enforced = enforces_tenant_limits(self.policy)
+        limited = enforced and self.policy.tier(tenant.tier).requests_per_minute is not None
+        if plan is not None and (plan.decision.target != "cloud" or not enforced) and not limited:
+            return plan
+
+        def planned() -> RoutePlan:
+            if enforced:
+                self._admit(tenant)  # first: a request past the rate limit costs no estimate
+            made = plan or self._plan(request, tenant, read_budget=False)
+            if made.decision.target != "cloud" or not enforced:
+                return made
+            return self._reserve(made, request, self._max_tokens("cloud", made))
+
+        return await asyncio.to_thread(planned)
 
     async def aclose(self) -> None:
         """Release every backend (models, connections), each even when another fails to close."""
@@ -245,16 +269,16 @@ class RoutingEngine(OutcomeRecording):
         self, request: ChatCompletionRequest, tenant: Tenant, *, plan: RoutePlan | None = None
     ) -> ChatCompletionResponse:
         """Answer `request` for `tenant` in one response carrying its `route` (decided now, or `plan`)."""
-        plan = plan or await self._plan_off_loop(request, tenant)
+        ready = await self._plan_off_loop(request, tenant, plan)
         started = time.perf_counter()
 
         async def run(target: Target) -> ChatCompletionResponse:
-            return await self.backend(target).complete(request, max_tokens=self._max_tokens(target, plan))
+            return await self.backend(target).complete(request, max_tokens=self._max_tokens(target, ready))
 
-        decision, response = await self._run_with_fallback(plan, started, run, stream=False)
+        held, decision, response = await self._run_with_fallback(ready, started, run, stream=False)
         # A backend that is itself a router (the device's cloud) reports its own route.
-        route = self._record(
-            plan, decision, started, status=200, stream=False, usage=response.usage, upstream=response.route
+        route = await self._record(
+            held, decision, started, status=200, stream=False, usage=response.usage, upstream=response.route
         )
         response.route = route
         response.model = route.model
@@ -268,11 +292,11 @@ class RoutingEngine(OutcomeRecording):
         The backend's chunks are held back until the first content (or the end): up to there a
         failure still falls back to the other backend, and the caller has seen nothing.
         """
-        plan = plan or await self._plan_off_loop(request, tenant)
+        ready = await self._plan_off_loop(request, tenant, plan)
         started = time.perf_counter()
 
         async def start(target: Target) -> tuple[AsyncIterator[ChatCompletionChunk], _Head]:
-            chunks = self.backend(target).stream(request, max_tokens=self._max_tokens(target, plan))
+            chunks = self.backend(target).stream(request, max_tokens=self._max_tokens(target, ready))
             head: list[ChatCompletionChunk] = []
             try:
                 async for chunk in chunks:
@@ -284,29 +308,40 @@ class RoutingEngine(OutcomeRecording):
                 raise
             return chunks, head
 
-        decision, (chunks, head) = await self._run_with_fallback(plan, started, start, stream=True)
+        held, decision, (chunks, head) = await self._run_with_fallback(ready, started, start, stream=True)
         route = self._route_info(decision, upstream=head[0].route if head else None)
         want_usage = bool(request.stream_options and request.stream_options.include_usage)
-        relay = self._relay(plan, decision, started, route, chunks, head, want_usage, request)
-        return RoutedStream(route, relay, source=chunks)
+        ran = [False]  # the relay records the outcome (and settles the reservation) once it runs
+        relay = self._relay(held, decision, started, route, chunks, head, want_usage, request, ran)
+
+        async def release() -> None:
+            if not ran[0] and held.reservation is not None:  # closed unread: the money is not spent
+                ran[0] = True
+                await self._book_off_loop(decision.tenant, held.reservation, 0.0, 0.0)
+
+        return RoutedStream(route, relay, source=chunks, release=release)
 
     async def _run_with_fallback(
         self, plan: RoutePlan, started: float, run: Callable[[Target], Awaitable[T]], *, stream: bool
-    ) -> tuple[Decision, T]:
+    ) -> tuple[RoutePlan, Decision, T]:
         """`run` on the decided target, then once where the policy falls back to; failures are recorded.
 
         A failure of the fallback goes to the policy too, which re-raises it or names a better error
         (the device: `EdgeOffline` when its escalation found the link down); it is never retried.
-        All of it runs within the request's deadline (`DeadlineExceeded` after it, with no fallback).
+        A fallback to the cloud reserves its budget first; when the budget cannot pay for it the
+        first failure stands. All of it runs within the request's deadline (`DeadlineExceeded` after
+        it, with no fallback). The plan returned holds the reservation made, if any.
         """
         decision = plan.decision
         seconds = self._deadline_s(plan)
         try:
             async with deadline_scope(deadline_at(seconds, time.perf_counter() - started), seconds):
                 try:
-                    return decision, await run(decision.target)
+                    return plan, decision, await run(decision.target)
                 except BackendError as exc:
-                    decision = self.policy.fall_back(decision, exc, self._fallback_facts(plan))
+                    fallback = self.policy.fall_back(decision, exc, self._fallback_facts(plan))
+                    plan = await self._reserve_fallback(plan, fallback, exc)
+                    decision = fallback
                     logger.warning(
                         "%s failed (%s: %s); answering on %s",
                         plan.decision.target,
@@ -315,13 +350,28 @@ class RoutingEngine(OutcomeRecording):
                         decision.target,
                     )
                 try:
-                    return decision, await run(decision.target)
+                    return plan, decision, await run(decision.target)
                 except BackendError as exc:
                     self.policy.fall_back(decision, exc, self._fallback_facts(plan))
                     raise  # a policy that names a third place is not followed: one fallback at most
         except RouterError as exc:
-            self._record(plan, decision, started, status=exc.status_code, stream=stream, error=exc)
+            await self._record(plan, decision, started, status=exc.status_code, stream=stream, error=exc)
             raise
+
+    async def _reserve_fallback(
+        self, plan: RoutePlan, fallback: Decision, failure: BackendError
+    ) -> RoutePlan:
+        """`plan` holding the budget for a `fallback` to the cloud (in a worker thread); `failure`
+        re-raised when the budget cannot pay for it."""
+        if fallback.target != "cloud" or plan.reservation is not None:
+            return plan
+        if not enforces_tenant_limits(self.policy):
+            return plan
+        max_tokens = self._max_tokens("cloud", plan)
+        held, reservation = await asyncio.to_thread(self._hold, plan, fallback, max_tokens)
+        if not held:
+            raise failure
+        return replace(plan, reservation=reservation)
 
     def _fallback_facts(self, plan: RoutePlan) -> RequestFacts:
         """The backends' health now, for a request of this plan's size."""
@@ -348,8 +398,10 @@ class RoutingEngine(OutcomeRecording):
         head: list[ChatCompletionChunk],
         want_usage: bool,
         request: ChatCompletionRequest,
+        ran: list[bool],
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
         """The stream to the caller, within the deadline; a break after content fails over once."""
+        ran[0] = True
         usage: Usage | None = None
         sent: list[str] = []  # the content the caller has: one piece per chunk, about a token each
         finished = False
@@ -409,7 +461,7 @@ class RoutingEngine(OutcomeRecording):
                     completion_tokens=len(sent),
                     total_tokens=plan.prompt_tokens + len(sent),
                 )
-            recorded = self._record(
+            recorded = await self._record(
                 plan,
                 decision,
                 started,

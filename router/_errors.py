@@ -12,6 +12,8 @@ Every error that can reach a caller maps to an HTTP status and an OpenAI error b
     │   ├── ModelNotFound            404 model_not_found
     │   └── PayloadTooLarge          413 request_too_large
     ├── AuthenticationError          401 invalid_api_key
+    ├── BudgetExhausted              429 budget_exhausted (the tier's cloud budget; the edge cannot answer)
+    ├── RateLimitExceeded            429 rate_limit_exceeded (the tier's requests_per_minute; Retry-After)
     ├── EstimatorError               500 (the runtime scores 0.5 instead; see the engine)
     ├── DeadlineExceeded             504 deadline_exceeded (the request's own deadline passed)
     └── BackendError                 502/503 upstream failures
@@ -144,6 +146,24 @@ class AuthenticationError(RouterError):
     status_code = 401
     error_type = "authentication_error"
     code = "invalid_api_key"
+
+
+class BudgetExhausted(RouterError):
+    """The tenant's cloud budget for this period cannot pay for the request, and the edge cannot
+    answer it; OpenAI's own error for a spent quota is a 429 `insufficient_quota`."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "budget_exhausted"
+
+
+class RateLimitExceeded(RouterError):
+    """The tenant has sent its tier's `requests_per_minute` this minute; `Retry-After` says when the
+    next minute starts."""
+
+    status_code = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
 
 
 class EstimatorError(RouterError):

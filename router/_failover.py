@@ -38,6 +38,12 @@ def continues_cut_streams(policy: object) -> bool:
     return bool(getattr(policy, "continues_cut_streams", False))
 
 
+def enforces_tenant_limits(policy: object) -> bool:
+    """Whether the engine holds `policy`'s tiers to their `budget_usd` and `requests_per_minute`
+    (default yes; the device's policy says no: those are the cloud router's, for the real tenant)."""
+    return bool(getattr(policy, "enforces_tenant_limits", True))
+
+
 def deadline_at(seconds: float, elapsed: float) -> float:
     """The event loop's time at which a request that started `elapsed` seconds ago must be done."""
     return asyncio.get_running_loop().time() + seconds - elapsed

@@ -4,12 +4,13 @@ routed stream with the helpers that hold it together."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from router._accounting import Reservation
 from router._config import RouterConfig, TierConfig, hash_api_key
 from router._errors import AuthenticationError
-from router._policy import Decision
+from router._policy import Decision, PolicyInput
 from router._wire import ChatCompletionChunk, RouteInfo
 
 
@@ -76,6 +77,10 @@ class RoutePlan:
     estimator_ms: float
     #: what the request asks that the edge cannot give (`ChatBackend.cannot_honour`): no fallback there
     edge_lacks: str | None = None
+    #: what the policy decided from, to decide again when the budget cannot pay for the decision
+    given: PolicyInput | None = None
+    #: the tenant's budget held for a cloud answer until it is settled (`Ledger.reserve`)
+    reservation: Reservation | None = None
 
 
 @dataclass
@@ -89,12 +94,16 @@ class RoutedStream:
     chunks: AsyncGenerator[ChatCompletionChunk, None]
     #: the backend's own stream, held open under `chunks` (closed by `aclose` even if never iterated)
     source: AsyncIterator[ChatCompletionChunk] | None = None
+    #: what `aclose` calls last: the engine settles a reservation that `chunks`, never read, did not
+    release: Callable[[], Awaitable[None]] | None = None
 
     async def aclose(self) -> None:
         """Release the stream and its backend (the edge model's turn) without reading it to the end."""
         await self.chunks.aclose()
         if self.source is not None:
             await aclose_stream(self.source)
+        if self.release is not None:
+            await self.release()
 
 
 def cap_max_tokens(requested: int | None, tier: TierConfig) -> int | None:

@@ -16,6 +16,7 @@ from router._backend import BackendHealth, Target
 from router._config import TierConfig
 from router._errors import (
     BackendError,
+    BudgetExhausted,
     ContextLengthExceeded,
     EdgeBusy,
     NoBackendAvailable,
@@ -184,6 +185,8 @@ def decide(
     the edge can take it now; the budget; then the score against the threshold. A cloud target whose
     endpoint is down becomes a degraded edge answer where the tier allows it; one where no cloud
     endpoint is configured (edge-only) becomes the edge's answer on the same terms, with its own reason.
+    A cloud target past the budget (`budget_left_usd` at or below 0) is answered on the edge where it
+    fits, else refused (`BudgetExhausted`, 429): a budget is a cap, never overspent.
     """
     needed = facts.prompt_tokens + facts.max_tokens
     fits_edge = facts.edge.available and needed <= facts.edge_context_window and facts.edge_lacks is None
@@ -250,8 +253,16 @@ def decide(
         raise too_long(
             "every backend this tier may use", max(facts.cloud_context_window, facts.edge_context_window)
         )
-    if facts.budget_left_usd is not None and facts.budget_left_usd <= 0 and fits_edge:
-        return replace(wanted, target="edge", reason=RouteReason.BUDGET_EXHAUSTED)
+    if facts.budget_left_usd is not None and facts.budget_left_usd <= 0:
+        spent = replace(wanted, target="edge", reason=RouteReason.BUDGET_EXHAUSTED)
+        if fits_edge:
+            return spent
+        error = BudgetExhausted(
+            "This tenant's cloud budget for the period is spent and the edge model cannot answer "
+            "this request; try again in the next budget period or ask for a larger budget."
+        )
+        error.decision = replace(spent, target="cloud")  # recorded: a refusal, nothing was sent
+        raise error
     if not facts.cloud.available:
         if fits_edge and tier.fallback_to_edge:
             return wanted.fall_back("edge", RouteReason.CLOUD_UNAVAILABLE)

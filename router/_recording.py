@@ -3,20 +3,24 @@
 `OutcomeRecording` is the part of `RoutingEngine` that talks to the ledger and the observers; it is
 its own module so that the engine's module holds the routing. Every call into a ledger or an observer
 is guarded: a store or an observer that fails is logged and never fails the request it records.
+Calls into a shared ledger (SQLite, DynamoDB) do I/O: the engine makes them in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
+from dataclasses import replace
 
-from router._accounting import Ledger, cloud_cost_usd
+from router._accounting import Budget, CostLedger, Ledger, Reservation, cloud_cost_usd, worst_case_cost_usd
 from router._backend import ChatBackend, Target
 from router._config import RouterConfig, TierConfig
-from router._errors import RouterError
+from router._errors import RateLimitExceeded, RouterError
 from router._metrics import DecisionObserver, RequestOutcome
 from router._plan import RoutePlan, Tenant
-from router._policy import Decision
+from router._policy import Decision, Policy
 from router._wire import ChatCompletionRequest, RouteInfo, Usage
 
 logger = logging.getLogger("hybrid_router")
@@ -27,26 +31,86 @@ class OutcomeRecording:
 
     config: RouterConfig
     backends: dict[Target, ChatBackend]
+    policy: Policy
     ledger: Ledger
     observers: list[DecisionObserver]
 
     def _budget_left(self, tenant: Tenant, tier: TierConfig) -> float | None:
         """The tenant's budget left; unlimited (logged) when the ledger cannot say: a budget store
         outage must not turn every request away."""
+        budget = None if tier.budget_usd is None else Budget(tier.budget_usd, tier.budget_period)
         try:
-            return self.ledger.budget_left(tenant.name, tier.budget_usd)
+            return self.ledger.budget_left(tenant.name, budget)
         except Exception:
             logger.exception(
                 "ledger %r failed; %s's budget is not enforced for now", self.ledger, tenant.name
             )
             return None
 
+    def _admit(self, tenant: Tenant) -> None:
+        """Count the request against its tier's `requests_per_minute`: `RateLimitExceeded` (with
+        `Retry-After`) past it. Blocking; a ledger that fails is logged and admits."""
+        per_minute = self.policy.tier(tenant.tier).requests_per_minute
+        if per_minute is None:
+            return
+        try:
+            wait = self.ledger.admit(tenant.name, per_minute)
+        except Exception:
+            logger.exception(
+                "ledger %r failed; %s's rate limit is not enforced for now", self.ledger, tenant.name
+            )
+            return
+        if wait is not None:
+            retry = max(1, math.ceil(wait))
+            raise RateLimitExceeded(
+                f"This tenant has sent its {per_minute} requests for this minute; retry in {retry} s.",
+                headers={"retry-after": str(retry)},
+            )
+
+    def _reserve(self, plan: RoutePlan, request: ChatCompletionRequest, max_tokens: int) -> RoutePlan:
+        """`plan` holding its worst-case cost (`max_tokens` completion tokens) of the tenant's budget,
+        or decided again as past the budget (the edge, else a `BudgetExhausted` refusal) when the
+        ledger refuses it. Blocking: called in a worker thread.
+
+        Unlimited tiers and edge decisions reserve nothing; a ledger that fails is logged and the
+        request goes on unreserved (a budget store outage must not turn every request away).
+        """
+        decision, given = plan.decision, plan.given
+        if decision.target != "cloud" or given is None:
+            return plan
+        held, reservation = self._hold(plan, decision, max_tokens)
+        if held:
+            return replace(plan, reservation=reservation)
+        spent = replace(given, facts=replace(given.facts, budget_left_usd=0.0))
+        try:
+            return replace(plan, decision=self.policy.decide(spent))
+        except RouterError as exc:
+            self._record_refusal(exc, plan, request)
+            raise
+
+    def _hold(self, plan: RoutePlan, decision: Decision, max_tokens: int) -> tuple[bool, Reservation | None]:
+        """Reserve the worst case of `plan` for `decision` (a cloud one): (True, the reservation), or
+        (True, None) where nothing needs holding (an unlimited tier; a ledger that failed, logged),
+        or (False, None) when the budget cannot pay for it. Blocking."""
+        tier = self.policy.tier(decision.tier)
+        if tier.budget_usd is None:
+            return True, None
+        budget = Budget(tier.budget_usd, tier.budget_period)
+        cost = worst_case_cost_usd(plan.prompt_tokens, max_tokens, self.config.cloud.price)
+        try:
+            reservation = self.ledger.reserve(decision.tenant, budget, cost)
+        except Exception:
+            logger.exception(
+                "ledger %r failed; %s's budget is not enforced for now", self.ledger, decision.tenant
+            )
+            return True, None
+        return reservation is not None, reservation
+
     def _record_refusal(self, exc: RouterError, plan: RoutePlan, request: ChatCompletionRequest) -> None:
         """Record a policy's refusal (no backend it allows can answer) as the decision it made."""
         if exc.decision is not None:  # an error that decided nothing (a prompt too long) is not one
-            stream = bool(request.stream)
-            self._record(
-                plan, exc.decision, time.perf_counter(), status=exc.status_code, stream=stream, error=exc
+            self._observe(
+                plan, exc.decision, 0.0, status=exc.status_code, stream=bool(request.stream), error=exc
             )
 
     def _route_info(
@@ -59,7 +123,7 @@ class OutcomeRecording:
             decision, model=model, cost_usd=cost, cost_saved_usd=saved, upstream=upstream
         )
 
-    def _record(
+    async def _record(
         self,
         plan: RoutePlan,
         decision: Decision,
@@ -72,17 +136,65 @@ class OutcomeRecording:
         upstream: RouteInfo | None = None,
         failover: tuple[str, int] | None = None,
     ) -> RouteInfo:
+        """Book a finished request's cost or saving (settling its reservation) and tell the observers."""
+        upstream_ms = (time.perf_counter() - started) * 1000.0
         usage = usage or Usage()
         price = self.config.cloud.price
         cost = cloud_cost_usd(usage, price) if decision.target == "cloud" and error is None else 0.0
         saved = cloud_cost_usd(usage, price) if decision.target == "edge" and error is None else 0.0
+        if plan.reservation is not None or cost or saved:
+            await self._book_off_loop(decision.tenant, plan.reservation, cost, saved)
+        return self._observe(
+            plan,
+            decision,
+            upstream_ms,
+            status=status,
+            stream=stream,
+            usage=usage,
+            error=error,
+            upstream=upstream,
+            failover=failover,
+            cost=cost,
+            saved=saved,
+        )
+
+    async def _book_off_loop(
+        self, tenant: str, reservation: Reservation | None, cost: float, saved: float
+    ) -> None:
+        """`_book` in a worker thread (a shared ledger does I/O)."""
+        if isinstance(self.ledger, CostLedger):  # a lock and no I/O: no thread needed
+            self._book(tenant, reservation, cost, saved)
+        else:
+            await asyncio.to_thread(self._book, tenant, reservation, cost, saved)
+
+    def _book(self, tenant: str, reservation: Reservation | None, cost: float, saved: float) -> None:
+        """Settle the reservation at `cost` (0 releases it all), else charge `cost`; credit `saved`."""
         try:
-            if cost:
-                self.ledger.charge(decision.tenant, cost)
+            if reservation is not None:
+                self.ledger.settle(reservation, cost)
+            elif cost:
+                self.ledger.charge(tenant, cost)
             if saved:
-                self.ledger.credit_saving(decision.tenant, saved)
+                self.ledger.credit_saving(tenant, saved)
         except Exception:  # the answer is given and paid for: a ledger outage must not lose it
-            logger.exception("ledger %r failed to record %s's spend", self.ledger, decision.tenant)
+            logger.exception("ledger %r failed to record %s's spend", self.ledger, tenant)
+
+    def _observe(
+        self,
+        plan: RoutePlan,
+        decision: Decision,
+        upstream_ms: float,
+        *,
+        status: int,
+        stream: bool,
+        usage: Usage | None = None,
+        error: RouterError | None = None,
+        upstream: RouteInfo | None = None,
+        failover: tuple[str, int] | None = None,
+        cost: float = 0.0,
+        saved: float = 0.0,
+    ) -> RouteInfo:
+        usage = usage or Usage()
         route = self._route_info(decision, cost, saved, upstream=upstream)
         outcome = RequestOutcome(
             decision=decision,
@@ -92,7 +204,7 @@ class OutcomeRecording:
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             estimator_ms=plan.estimator_ms,
-            upstream_ms=(time.perf_counter() - started) * 1000.0,
+            upstream_ms=upstream_ms,
             cost_usd=cost,
             cost_saved_usd=saved,
             error_code=error.code if error else None,

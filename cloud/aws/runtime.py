@@ -24,7 +24,15 @@ from cloud.aws.config import ConfigSource, LambdaRouterConfig, parse_text
 from cloud.aws.settings import LambdaSettings
 from cloud.aws.telemetry import EmfRouterMetrics
 from cloud.engines import EngineFactory
-from router import ConfigError, CostLedger, RouterConfig, RouterMetrics, RoutingEngine, warn_about_demo_keys
+from router import (
+    ConfigError,
+    CostLedger,
+    Ledger,
+    RouterConfig,
+    RouterMetrics,
+    RoutingEngine,
+    warn_about_demo_keys,
+)
 
 logger = logging.getLogger("hybrid_router")
 T = TypeVar("T")
@@ -49,8 +57,19 @@ def _build_lambda_engine(config: RouterConfig) -> RoutingEngine:
         from cloud.aws.sagemaker import SageMakerTransport
 
         transport = SageMakerTransport.from_env(settings)
-    # One build: the cloud client is made once, with the transport it will use.
-    return build_engine(config, cloud_transport=transport)
+    # One build: the cloud client is made once, with the transport it will use. The ledger is a
+    # placeholder: `LambdaEnvironment` plugs in its own (a config's SQLite file has no place here).
+    return build_engine(config, cloud_transport=transport, ledger=CostLedger())
+
+
+def lambda_ledger(settings: LambdaSettings) -> Ledger:
+    """The DynamoDB ledger when the template names its table (one budget for every environment),
+    else one kept in this environment."""
+    if settings.budget_table:
+        from cloud.aws.ledger import DynamoDbLedger
+
+        return DynamoDbLedger(settings.budget_table)
+    return CostLedger()
 
 
 def _load_cloud_secret(config: RouterConfig, secret_id: str | None) -> None:
@@ -83,11 +102,13 @@ class LambdaEnvironment:
         *,
         engine_factory: EngineFactory = lambda_engine,
         metrics: RouterMetrics | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
+        """Serve the config of `source`; `ledger` defaults to `lambda_ledger` of the environment."""
         self.source = source
         self._factory = engine_factory
         self.metrics: RouterMetrics = metrics if metrics is not None else EmfRouterMetrics()
-        self.ledger = CostLedger()
+        self.ledger = ledger if ledger is not None else lambda_ledger(LambdaSettings.from_env())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._snapshot: Snapshot | None = None
         self._text_digest = ""

@@ -55,6 +55,12 @@ class LambdaSettings(HybridRouterSettings):
         validation_alias="HYBRID_ROUTER_IDEMPOTENCY_TTL_S",
         description="Seconds an idempotent answer is kept.",
     )
+    budget_table: str | None = Field(
+        None,
+        validation_alias="HYBRID_ROUTER_BUDGET_TABLE",
+        description="DynamoDB table of tenants' cloud spend: one budget across every environment; "
+        "none: each environment keeps its own.",
+    )
     metrics_namespace: str = Field(
         "HybridRouter", validation_alias="POWERTOOLS_METRICS_NAMESPACE", description="CloudWatch namespace."
     )

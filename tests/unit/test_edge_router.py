@@ -439,3 +439,25 @@ async def test_a_retried_escalation_carries_one_idempotency_key() -> None:
     assert first.headers["idempotency-key"] == second.headers["idempotency-key"]
     await router.complete(EASY)
     assert cloud.chat_calls()[-1].headers["idempotency-key"] != first.headers["idempotency-key"]
+
+
+async def test_the_device_leaves_budgets_and_rate_limits_to_the_cloud_router() -> None:
+    cloud = CloudRouter()
+    data: dict[str, Any] = {
+        "tier": "metered",
+        "cloud": {"url": "http://cloud.test/v1", "retries": {"max_attempts": 1}},
+        # A tier synced from the cloud router: a tiny budget, one request a minute, all on the device.
+        "tiers": {"metered": {"routing": {"threshold": 1.0, "budget_usd": 1e-6, "requests_per_minute": 1}}},
+    }
+    router = EdgeRouter(
+        EdgeRouterConfig.model_validate(data),
+        local=FakeBackend("edge", fail=EdgeBusy("queue full")),
+        signals=StaticSignals(DeviceSignals()),
+        api_key="device-key",
+        transport=httpx.MockTransport(cloud),
+        clock=Clock(),
+    )
+    for _ in range(3):  # the device is busy: each escalates, neither refused nor counted here
+        answer = await router.complete(EASY)
+        assert answer.route is not None and answer.route.target == "cloud"
+    assert len(cloud.chat_calls()) == 3

@@ -111,7 +111,7 @@ async def test_failing_cloud_falls_back_to_edge_unless_the_tier_forbids_it() -> 
 @pytest.mark.anyio
 async def test_busy_edge_falls_back_to_cloud() -> None:
     e = engine(edge=FakeBackend("edge", fail=EdgeBusy("queue full")))
-    answer = await e.complete(request(EASY), Tenant("a", "free"))
+    answer = await e.complete(request(EASY, max_tokens=100), Tenant("a", "free"))  # within its budget
     assert answer.route is not None and (answer.route.target, answer.route.reason) == ("cloud", "edge_busy")
 
 
@@ -135,10 +135,10 @@ async def test_stream_falls_back_before_the_first_chunk_and_adds_usage() -> None
 @pytest.mark.anyio
 async def test_budget_spent_keeps_a_tenant_on_the_edge() -> None:
     e = engine()
-    first = await e.complete(request(HARD), Tenant("acme", "free"))
+    first = await e.complete(request(HARD, max_tokens=100), Tenant("acme", "free"))
     assert first.route is not None and first.route.target == "cloud"
     e.ledger.charge("acme", 1.0)
-    after = await e.complete(request(HARD), Tenant("acme", "free"))
+    after = await e.complete(request(HARD, max_tokens=100), Tenant("acme", "free"))
     assert after.route is not None and after.route.reason == "budget_exhausted"
 
 
@@ -179,7 +179,7 @@ def test_unavailable_cloud_is_decided_before_calling_it() -> None:
 async def test_a_request_the_edge_cannot_honour_is_answered_by_the_cloud_and_never_falls_back() -> None:
     tools = [{"type": "function", "function": {"name": "f"}}]
     e = engine(edge=FakeBackend("edge", lacks="tools"))
-    answer = await e.complete(request(EASY, tools=tools), Tenant("a", "free"))
+    answer = await e.complete(request(EASY, tools=tools), Tenant("a", "standard"))
     assert answer.route is not None and (answer.route.target, answer.route.reason) == ("cloud", "needs_tools")
     failing = engine(
         edge=FakeBackend("edge", lacks="tools"), cloud=FakeBackend("cloud", fail=CloudTimeout("x"))

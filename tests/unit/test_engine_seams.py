@@ -12,6 +12,7 @@ import pytest
 from edge import EdgeRouter, EdgeRouterConfig, StaticSignals
 from router import (
     BackendError,
+    Budget,
     ChatCompletionRequest,
     ChatMessage,
     CloudUnavailable,
@@ -20,6 +21,7 @@ from router import (
     PolicyInput,
     RequestFacts,
     RequestOutcome,
+    Reservation,
     RouteReason,
     RoutingEngine,
     Tenant,
@@ -93,8 +95,17 @@ class NoMoney:
     def __init__(self) -> None:
         self.charged: list[tuple[str, float]] = []
 
-    def budget_left(self, tenant: str, budget_usd: float | None) -> float | None:
-        return None if budget_usd is None else 0.0
+    def budget_left(self, tenant: str, budget: Budget | None) -> float | None:
+        return None if budget is None else 0.0
+
+    def reserve(self, tenant: str, budget: Budget, cost_usd: float) -> Reservation | None:
+        return None
+
+    def settle(self, reservation: Reservation, cost_usd: float) -> None:
+        raise AssertionError("nothing was reserved")
+
+    def admit(self, tenant: str, per_minute: int) -> float | None:
+        return None
 
     def charge(self, tenant: str, cost_usd: float) -> None:
         self.charged.append((tenant, cost_usd))
@@ -166,6 +177,11 @@ async def test_a_ledger_decides_the_budget_and_is_charged() -> None:
         ledger=ledger,
     )
     assert engine.plan(request(), TENANT).decision.reason is RouteReason.BUDGET_EXHAUSTED
+    answer = await engine.complete(request(), TENANT)  # run: the ledger refuses the reservation
+    assert answer.route is not None and (answer.route.target, answer.route.reason) == (
+        "edge",
+        "budget_exhausted",
+    )
     unlimited = RoutingEngine(
         parse_config({"tiers": {"free": {"threshold": 0.7}}}),
         estimator=Fixed("hard", 0.95),

@@ -6,6 +6,7 @@ import pytest
 
 from router import (
     BackendHealth,
+    BudgetExhausted,
     CloudTimeout,
     ContextLengthExceeded,
     NoBackendAvailable,
@@ -102,6 +103,18 @@ def test_spent_budget_keeps_requests_on_the_edge() -> None:
     assert run(0.9, ALLOWED, budget_left_usd=0.01).target == "cloud"
 
 
+@pytest.mark.parametrize("why", [{"edge_lacks": "tools"}, {"prompt_tokens": 480}, {"edge": DOWN}])
+def test_spent_budget_refuses_what_the_edge_cannot_answer_instead_of_overspending(
+    why: dict[str, object],
+) -> None:
+    with pytest.raises(BudgetExhausted) as refused:
+        run(0.9, ALLOWED, budget_left_usd=0.0, **why)
+    assert (refused.value.status_code, refused.value.error_type) == (429, "insufficient_quota")
+    decision = refused.value.decision
+    assert decision is not None and decision.reason is RouteReason.BUDGET_EXHAUSTED
+    assert run(0.9, ALLOWED, budget_left_usd=0.01, **why).target == "cloud"
+
+
 @pytest.mark.parametrize(
     ("lacks", "reason"),
     [
@@ -124,8 +137,6 @@ def test_what_the_edge_cannot_give_is_never_a_degraded_edge_answer() -> None:
         run(0.9, ALLOWED, edge_lacks="tools", cloud=DOWN)
     with pytest.raises(ContextLengthExceeded):
         run(0.9, ALLOWED, edge_lacks="tools", prompt_tokens=5000)
-    d = run(0.9, ALLOWED, edge_lacks="tools", budget_left_usd=0.0)
-    assert d.target == "cloud"
 
 
 def test_a_tier_without_the_cloud_refuses_what_the_edge_cannot_give_by_name() -> None:
