@@ -50,11 +50,19 @@ class OutcomeRecording:
             )
 
     def _route_info(
-        self, decision: Decision, cost: float = 0.0, saved: float = 0.0, *, upstream: RouteInfo | None = None
+        self,
+        decision: Decision,
+        cost: float = 0.0,
+        saved: float = 0.0,
+        *,
+        upstream: RouteInfo | None = None,
+        model: str | None = None,
     ) -> RouteInfo:
-        """The route of `decision`; behind a router upstream, the model is the one that answered there."""
+        """The route of `decision`; behind a router upstream, the model is the one that answered there
+        (`model`, when given: the one that gave a cached answer)."""
         backend = self.backends.get(decision.target)
-        model = upstream.model if upstream else backend.model_id if backend else ""
+        if model is None:
+            model = upstream.model if upstream else backend.model_id if backend else ""
         return RouteInfo.from_decision(
             decision, model=model, cost_usd=cost, cost_saved_usd=saved, upstream=upstream
         )
@@ -71,11 +79,14 @@ class OutcomeRecording:
         error: RouterError | None = None,
         upstream: RouteInfo | None = None,
         failover: tuple[str, int] | None = None,
+        model: str | None = None,
     ) -> RouteInfo:
         usage = usage or Usage()
         price = self.config.cloud.price
         cost = cloud_cost_usd(usage, price) if decision.target == "cloud" and error is None else 0.0
-        saved = cloud_cost_usd(usage, price) if decision.target == "edge" and error is None else 0.0
+        # An edge answer and a cached one save what the cloud would have charged for them.
+        saves = decision.target in ("edge", "cache") and error is None
+        saved = cloud_cost_usd(usage, price) if saves else 0.0
         try:
             if cost:
                 self.ledger.charge(decision.tenant, cost)
@@ -83,7 +94,7 @@ class OutcomeRecording:
                 self.ledger.credit_saving(decision.tenant, saved)
         except Exception:  # the answer is given and paid for: a ledger outage must not lose it
             logger.exception("ledger %r failed to record %s's spend", self.ledger, decision.tenant)
-        route = self._route_info(decision, cost, saved, upstream=upstream)
+        route = self._route_info(decision, cost, saved, upstream=upstream, model=model)
         outcome = RequestOutcome(
             decision=decision,
             model=route.model,
