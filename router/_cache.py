@@ -188,6 +188,9 @@ LOCAL_COPY_TTL_S = 60.0
 class Embedder(Protocol):
     """An estimator that also gives the vector it scored a conversation from (the semantic cache's key)."""
 
+    #: whether `embed` gives vectors at all (an artefact may name no embedding)
+    can_embed: bool
+
     def embed(self, messages: Sequence[ChatMessage]) -> Sequence[float] | None:
         """The conversation's embedding; None when the estimator read only part of it."""
         ...
@@ -411,7 +414,7 @@ class ResponseCache:
     @property
     def semantic_available(self) -> bool:
         """Whether a semantic lookup can be made (the estimator gives an embedding)."""
-        return self.embedder is not None
+        return self.embedder is not None and self.embedder.can_embed
 
     def lookup(
         self, request: ChatCompletionRequest, tenant: Tenant, settings: TierCacheConfig, namespace: str = ""
@@ -425,7 +428,7 @@ class ResponseCache:
         if answer is not None:
             return CacheLookup(key, bucket, settings.ttl_s, CacheHit(answer))
         threshold = settings.semantic_threshold
-        if threshold is None or self.embedder is None:
+        if threshold is None or self.embedder is None or not self.embedder.can_embed:
             return CacheLookup(key, bucket, settings.ttl_s)
         vector = self.embedder.embed(request.messages)
         if vector is None:

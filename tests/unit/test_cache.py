@@ -172,6 +172,8 @@ class FakeEmbedder:
     def __init__(self, table: dict[str, Sequence[float]]) -> None:
         self.table = table
 
+    can_embed = True
+
     def embed(self, messages: Sequence[ChatMessage]) -> Sequence[float] | None:
         return self.table.get(messages[-1].text)
 

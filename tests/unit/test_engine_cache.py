@@ -234,6 +234,8 @@ class EmbeddingEstimator(HeuristicEstimator):
         super().__init__()
         self.table = table
 
+    can_embed = True
+
     def embed(self, messages: Sequence[ChatMessage]) -> Sequence[float] | None:
         return self.table.get(messages[-1].text)
 
