@@ -55,6 +55,12 @@ class LambdaSettings(HybridRouterSettings):
         validation_alias="HYBRID_ROUTER_IDEMPOTENCY_TTL_S",
         description="Seconds an idempotent answer is kept.",
     )
+    cache_table: str | None = Field(
+        None,
+        validation_alias="HYBRID_ROUTER_CACHE_TABLE",
+        description="DynamoDB table of the response cache shared by every environment (tiers turn the "
+        "cache on); none: each environment keeps its own in memory.",
+    )
     metrics_namespace: str = Field(
         "HybridRouter", validation_alias="POWERTOOLS_METRICS_NAMESPACE", description="CloudWatch namespace."
     )
