@@ -301,6 +301,8 @@ async def health_detail(request: HttpRequest, engine: RoutingEngine) -> HttpResp
             "queue_depth": getattr(engine.edge, "queue_depth", 0),
         },
         "cloud": {"available": cloud.available, "detail": cloud.detail},
+        # whether a tier's semantic_threshold can apply: the estimator must give an embedding
+        "cache": {"semantic_available": engine.cache.semantic_available},
     }
     return json_response(body, 200 if available else 503)
 

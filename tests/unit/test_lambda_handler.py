@@ -404,7 +404,7 @@ def test_cold_start_imports_no_web_framework() -> None:
 
 
 def test_a_repeat_is_answered_from_the_fleets_shared_cache_in_a_fresh_environment(
-    invoke: Any, ssm: Any, monkeypatch: pytest.MonkeyPatch
+    invoke: Any, ssm: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from cloud.aws.cache import ENV_CACHE_TABLE
 
@@ -431,3 +431,7 @@ def test_a_repeat_is_answered_from_the_fleets_shared_cache_in_a_fresh_environmen
     answer = json.loads(second["body"])
     assert answer["choices"][0]["message"]["content"] == "Paris"
     assert answer["route"]["cost_saved_usd"] > 0
+    first_record, hit_record = emf(stdout_records(capsys), "Decisions")
+    assert value(first_record, "CacheHits") == 0
+    assert value(hit_record, "CacheHits") == 1 and value(hit_record, "CloudDecisions") == 0
+    assert hit_record["target"] == "cache" and value(hit_record, "CostSavedUSD") > 0
