@@ -536,7 +536,10 @@ class RoutingEngine(OutcomeRecording):
         if answer is None:
             return
         try:
-            await asyncio.to_thread(self.cache.remember, lookup, answer)
+            if self.cache.in_process:
+                self.cache.remember(lookup, answer)
+            else:
+                await asyncio.to_thread(self.cache.remember, lookup, answer)
         except Exception:
             logger.exception("response cache %r failed to keep an answer", self.cache)
 

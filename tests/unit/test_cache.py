@@ -225,3 +225,35 @@ def test_the_semantic_index_is_bounded() -> None:
     for key in "abc":
         index.add("bucket", key, [1.0, 0.0])
     assert len(index._entries) == 2 and "a" not in index._entries
+
+
+def test_the_semantic_index_finds_each_vector_after_others_leave_and_it_grows() -> None:
+    index = SemanticIndex()
+    vectors = {f"k{i}": [float(i == j) for j in range(20)] for i in range(20)}  # orthogonal
+    for key, vector in vectors.items():
+        index.add("bucket", key, vector)
+    for gone in ("k0", "k7", "k19"):
+        index.discard("bucket", gone)
+    for key, vector in vectors.items():
+        found = index.nearest("bucket", vector)
+        assert found is not None
+        if key in ("k0", "k7", "k19"):
+            assert found[1] == pytest.approx(0.0)
+        else:
+            assert found == (key, pytest.approx(1.0))
+    assert index.nearest("other bucket", vectors["k1"]) is None
+
+
+def test_the_semantic_index_matches_brute_force_past_one_block_of_rows() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(700, 16)).astype(np.float32)
+    index = SemanticIndex()
+    for i, vector in enumerate(vectors):
+        index.add("bucket", f"k{i}", vector.tolist())
+    units = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    for probe in rng.normal(size=(20, 16)):
+        expected = int(np.argmax(units @ (probe / np.linalg.norm(probe))))
+        found = index.nearest("bucket", probe.tolist())
+        assert found is not None and found[0] == f"k{expected}"
