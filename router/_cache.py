@@ -44,6 +44,7 @@ from router._wire import (
     Delta,
     RouteInfo,
     Usage,
+    WireModel,
     new_completion_id,
 )
 
@@ -378,12 +379,18 @@ def answer_of(response: ChatCompletionResponse, target: str) -> CachedAnswer | N
         return None
     choice = response.choices[0]
     message = choice.message
-    if choice.finish_reason != "stop" or choice.logprobs is not None or choice.model_extra:
+    if choice.finish_reason != "stop" or choice.logprobs is not None or carries_more(choice):
         return None
-    if not isinstance(message.content, str) or message.refusal is not None or message.model_extra:
+    if not isinstance(message.content, str) or message.refusal is not None or carries_more(message):
         return None
     usage = response.usage
     return CachedAnswer(message.content, response.model, target, usage.prompt_tokens, usage.completion_tokens)
+
+
+def carries_more(part: WireModel) -> bool:
+    """Whether a response part has fields beyond its text (tool calls, logprobs, ...) that a kept answer
+    would lose; empty ones (`"tool_calls": null`, `"annotations": []`, as servers send) do not count."""
+    return any(value not in (None, [], {}, "") for value in (part.model_extra or {}).values())
 
 
 def cached_response(answer: CachedAnswer, route: RouteInfo) -> ChatCompletionResponse:

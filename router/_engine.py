@@ -31,6 +31,7 @@ from router._cache import (
     answer_of,
     cached_chunks,
     cached_response,
+    carries_more,
 )
 from router._config import RouterConfig
 from router._errors import (
@@ -415,7 +416,7 @@ class RoutingEngine(OutcomeRecording):
                                 sent.append(choice.delta.content)
                             finished = finished or bool(choice.finish_reason)
                             finish_reason = choice.finish_reason or finish_reason
-                            text_only = text_only and not (choice.delta.model_extra or choice.model_extra)
+                            text_only = text_only and not (carries_more(choice.delta) or carries_more(choice))
                         last = chunk
                         yield chunk
                     break

@@ -161,6 +161,8 @@ def test_only_a_whole_text_answer_is_kept() -> None:
     calls = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
     assert answer_of(response(tool_calls=calls), "edge") is None
     assert answer_of(response(content=None, refusal="no"), "edge") is None
+    # what servers send empty alongside a plain answer (vLLM, OpenAI) does not stop it being kept
+    assert answer_of(response(tool_calls=None, annotations=[], function_call=None), "edge") is not None
 
 
 # -- semantic -----------------------------------------------------------------------------------

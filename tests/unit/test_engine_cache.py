@@ -227,6 +227,29 @@ async def test_a_length_truncated_answer_is_not_cached() -> None:
     assert len(edge.calls) == 4
 
 
+class VllmLikeBackend(FakeBackend):
+    """Streams as vLLM does: every choice carries `"logprobs": null`, the delta `"tool_calls": null`."""
+
+    async def stream(
+        self, request: ChatCompletionRequest, *, max_tokens: int
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        async for chunk in super().stream(request, max_tokens=max_tokens):
+            payload = chunk.model_dump(mode="json")
+            for choice in payload["choices"]:
+                choice["logprobs"] = None
+                choice["delta"]["tool_calls"] = None
+            yield ChatCompletionChunk.model_validate(payload)
+
+
+@pytest.mark.anyio
+async def test_a_streamed_answer_with_empty_extra_fields_is_kept() -> None:
+    edge = VllmLikeBackend("edge", reply="Paris")
+    e = engine(edge)
+    await collect(e, request(stream=True))
+    hit = await e.complete(request(), ACME)
+    assert hit.route is not None and hit.route.target == "cache" and len(edge.calls) == 1
+
+
 class EmbeddingEstimator(HeuristicEstimator):
     """The heuristic's score, and a fixed vector per prompt for the semantic cache."""
 
