@@ -78,6 +78,7 @@ bench: install
 	$(BIN)/python -m bench.llama_build
 	$(BIN)/python -m bench.load
 	$(BIN)/python -m bench.privacy
+	$(BIN)/python -m bench.cache
 
 ## make models: rebuild the learned estimator (models/artefacts) from shared/data in its own venv with torch
 ## (CPU wheel); serving never needs it. OMP_NUM_THREADS=1: torch's spinning threads crawl on a shared 2-core box.

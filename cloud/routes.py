@@ -319,6 +319,8 @@ async def health_detail(request: HttpRequest, engine: RoutingEngine) -> HttpResp
             "detail": cloud.detail,
             "probe": _probe_status(engine),
         },
+        # whether a tier's semantic_threshold can apply: the estimator must give an embedding
+        "cache": {"semantic_available": engine.cache.semantic_available},
     }
     return json_response(body, 200 if available else 503)
 

@@ -73,6 +73,7 @@ def build(
     from transformers import AutoModel
 
     from models.student_estimator import (
+        EMBEDDING_OUTPUT,
         MAX_TOKENS,
         HeadConfig,
         export_onnx,
@@ -130,6 +131,7 @@ def build(
             role: {"path": f"{target_dir.name}/{file}", "sha256": file_sha256(target_dir / file)}
             for role, file in (("model", "model.onnx"), ("tokenizer", "tokenizer.json"))
         },
+        "embedding": {"output": EMBEDDING_OUTPUT, "dims": dims},
         "teacher": teacher_version(),
         "student": {"dims": dims, "pca_explained_variance": round(student.explained_variance, 4)},
         "head": config.__dict__,

@@ -21,6 +21,9 @@ from models.training_data import DEFAULT_TARGET
 
 MAX_TOKENS = 256
 LENGTH_SCALE = math.log(MAX_TOKENS + 1.0)  # log1p(n) / LENGTH_SCALE is in [0, 1] after truncation
+#: The exported graph's name for the normalised mean token vector (`pooled` in `student_module`'s
+#: forward): the manifest names it so that the runtime can also return it (the semantic cache's key).
+EMBEDDING_OUTPUT = "/Div_output_0"
 
 
 def pooled_features(

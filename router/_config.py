@@ -29,6 +29,39 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TierCacheConfig(_Strict):
+    """Whether and how a tier's repeated requests are answered from the response cache.
+
+    Off by default. Only requests whose answer is repeatable are cached: temperature 0 or a `seed`
+    (or any request, with `nondeterministic`). Only a whole answer (finish_reason "stop", no fallback,
+    no tool calls or logprobs) is stored. Entries are keyed per tenant and never shared across tenants.
+    """
+
+    exact: bool = Field(
+        False,
+        description="Answer a repeated request (same messages, model and sampling parameters) from the "
+        "cache, as target 'cache' with reason 'cache_hit'.",
+    )
+    nondeterministic: bool = Field(
+        False,
+        description="Also cache requests that sample (temperature above 0 and no seed): every repeat then "
+        "gets the first sampled answer.",
+    )
+    semantic_threshold: Annotated[float | None, Field(gt=0.0, le=1.0)] = Field(
+        None,
+        description="Answer a request whose estimator embedding has a cosine at or above this with a cached "
+        "one of the same tenant and parameters (reason 'semantic_cache_hit'); None: off. Lower values hit "
+        "more often and serve more wrong answers ('what is 2+3' vs 'what is 2+4'); needs an estimator "
+        "with an embedding (the ONNX one), else it is unavailable and says so at start-up.",
+    )
+    ttl_s: Annotated[float, Field(gt=0)] = Field(3600.0, description="Seconds a cached answer is served.")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any cache lookup is made for this tier."""
+        return self.exact or self.semantic_threshold is not None
+
+
 class TierConfig(_Strict):
     """How one tier (free, standard, premium, ...) is routed."""
 
@@ -65,6 +98,7 @@ class TierConfig(_Strict):
         None,
         description="Seconds a request may take, streamed or not, fallback included; None: server.deadline_s",
     )
+    cache: TierCacheConfig = Field(TierCacheConfig(), description="The response cache; off by default.")
 
 
 class EdgeConfig(_Strict):
@@ -228,6 +262,14 @@ class EstimatorConfig(_Strict):
     version: str | None = Field(None, description="None: the newest version of that name.")
 
 
+class CacheConfig(_Strict):
+    """The response cache's store in this process (tiers turn it on: `TierCacheConfig`)."""
+
+    max_entries: Annotated[int, Field(ge=1)] = Field(
+        4096, description="Answers kept in memory (least recently used dropped first), and embeddings."
+    )
+
+
 class ApiKeyEntry(_Strict):
     """One API key, stored as its SHA-256 hex digest, and the tenant and tier it belongs to."""
 
@@ -264,6 +306,7 @@ class RouterConfig(_Strict):
     edge: EdgeConfig = EdgeConfig()
     cloud: CloudConfig = CloudConfig()
     ledger: LedgerConfig = LedgerConfig()
+    cache: CacheConfig = CacheConfig()
     tiers: dict[str, TierConfig] = Field(default_factory=dict)
     api_keys: list[ApiKeyEntry] = Field(default_factory=list)
     api_key_ids: dict[str, ApiKeyIdEntry] = Field(

@@ -8,7 +8,9 @@ on-device SDK (`edge.EdgeRouter`) all call it, and differ only in what they plug
 - the estimator selector (`EstimatorSelector`): which estimator scores a request;
 - the ledger (`Ledger`): budgets and spend per tenant;
 - observers (`DecisionObserver`): every finished request with its decision and outcome (metrics,
-  the decision log, and whatever else is plugged in).
+  the decision log, and whatever else is plugged in);
+- the response cache (`ResponseCache`): a repeated request answered before it is planned, as
+  target "cache" (recorded and observed like any decision, its saving counted as the cloud's price).
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ from typing import TypeVar, cast
 
 from router._accounting import CostLedger, Ledger
 from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
+from router._cache import (
+    CachedAnswer,
+    CacheLookup,
+    Embedder,
+    ResponseCache,
+    answer_of,
+    cached_chunks,
+    cached_response,
+    carries_more,
+)
 from router._config import RouterConfig
 from router._errors import (
     BackendError,
@@ -51,7 +63,7 @@ from router._plan import (
     cap_max_tokens,
     chain_chunks,
 )
-from router._policy import Decision, Policy, PolicyInput, RequestFacts, TierPolicy
+from router._policy import Decision, Policy, PolicyInput, RequestFacts, RouteReason, TierPolicy
 from router._recording import OutcomeRecording
 from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, RouteInfo, Usage
 
@@ -79,13 +91,15 @@ class RoutingEngine(OutcomeRecording):
         ledger: Ledger | None = None,
         observers: Sequence[DecisionObserver] = (),
         log_decisions: bool = True,
+        cache: ResponseCache | None = None,
     ) -> None:
         """An engine for `config`; every seam has a default.
 
         `estimator` is shorthand for `estimators=SingleEstimator(estimator)`, and `edge=`/`cloud=`
         for entries of `backends`. The policy defaults to `TierPolicy(config.tiers)`, the ledger to an
         in-process `CostLedger`; `metrics` (default `InMemoryMetrics`) and, unless `log_decisions` is
-        false, the decision log observe before `observers`.
+        false, the decision log observe before `observers`. The cache defaults to an in-process LRU of
+        `config.cache.max_entries`, semantic when the primary estimator is an `Embedder`; tiers turn it on.
         """
         if estimators is None:
             if estimator is None:
@@ -105,6 +119,21 @@ class RoutingEngine(OutcomeRecording):
         decision_log: list[DecisionObserver] = [DecisionLog()] if log_decisions else []
         self.observers: list[DecisionObserver] = [self.metrics, *decision_log, *observers]
         self.keys = ApiKeys(config)
+        if cache is None:
+            primary = estimators.primary
+            embedder = primary if isinstance(primary, Embedder) else None
+            cache = ResponseCache(embedder=embedder, max_entries=config.cache.max_entries)
+        self.cache = cache
+        if not cache.semantic_available:
+            for name, tier in config.tiers.items():
+                if tier.cache.semantic_threshold is not None:
+                    logger.warning(
+                        "tier %s asks for a semantic cache, but estimator %s@%s has no embedding: "
+                        "only exact repeats are answered from the cache",
+                        name,
+                        estimators.primary.name,
+                        estimators.primary.version,
+                    )
 
     def reconfigured(self, config: RouterConfig) -> RoutingEngine:
         """An engine for `config` on this one's backends, estimators, metrics, ledger and observers.
@@ -122,6 +151,7 @@ class RoutingEngine(OutcomeRecording):
             ledger=self.ledger,
             observers=self._extra_observers,
             log_decisions=self._log_decisions,
+            cache=self.cache,
         )
 
     @property
@@ -268,7 +298,13 @@ class RoutingEngine(OutcomeRecording):
     async def complete(
         self, request: ChatCompletionRequest, tenant: Tenant, *, plan: RoutePlan | None = None
     ) -> ChatCompletionResponse:
-        """Answer `request` for `tenant` in one response carrying its `route` (decided now, or `plan`)."""
+        """Answer `request` for `tenant` in one response carrying its `route` (decided now, or `plan`).
+
+        A repeat the tier's cache holds is answered from it, before any plan.
+        """
+        lookup = await self._cache_lookup(request, tenant)
+        if lookup is not None and lookup.hit is not None:
+            return (await self._answer_from_cache(lookup, tenant, stream=False))[0]
         ready = await self._plan_off_loop(request, tenant, plan)
         started = time.perf_counter()
 
@@ -282,6 +318,8 @@ class RoutingEngine(OutcomeRecording):
         )
         response.route = route
         response.model = route.model
+        if lookup is not None and not _degraded(route):
+            await self._remember(lookup, answer_of(response, decision.target))
         return response
 
     async def stream(
@@ -290,8 +328,16 @@ class RoutingEngine(OutcomeRecording):
         """Start a streamed answer; it raises here, before any byte is sent, when it cannot start.
 
         The backend's chunks are held back until the first content (or the end): up to there a
-        failure still falls back to the other backend, and the caller has seen nothing.
+        failure still falls back to the other backend, and the caller has seen nothing. A repeat
+        the tier's cache holds streams from it.
         """
+        want_usage = bool(request.stream_options and request.stream_options.include_usage)
+        lookup = await self._cache_lookup(request, tenant)
+        if lookup is not None and lookup.hit is not None:
+            hit_route = (await self._answer_from_cache(lookup, tenant, stream=True))[1]
+            return RoutedStream(
+                hit_route, cached_chunks(lookup.hit.answer, hit_route, include_usage=want_usage)
+            )
         ready = await self._plan_off_loop(request, tenant, plan)
         started = time.perf_counter()
 
@@ -310,9 +356,8 @@ class RoutingEngine(OutcomeRecording):
 
         held, decision, (chunks, head) = await self._run_with_fallback(ready, started, start, stream=True)
         route = self._route_info(decision, upstream=head[0].route if head else None)
-        want_usage = bool(request.stream_options and request.stream_options.include_usage)
         ran = [False]  # the relay records the outcome (and settles the reservation) once it runs
-        relay = self._relay(held, decision, started, route, chunks, head, want_usage, request, ran)
+        relay = self._relay(held, decision, started, route, chunks, head, want_usage, request, ran, lookup)
 
         async def release() -> None:
             if not ran[0] and held.reservation is not None:  # closed unread: the money is not spent
@@ -399,12 +444,18 @@ class RoutingEngine(OutcomeRecording):
         want_usage: bool,
         request: ChatCompletionRequest,
         ran: list[bool],
+        lookup: CacheLookup | None = None,
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
-        """The stream to the caller, within the deadline; a break after content fails over once."""
+        """The stream to the caller, within the deadline; a break after content fails over once.
+
+        A whole text answer (finished with "stop", no failover, no fallback) is kept under `lookup`.
+        """
         ran[0] = True
         usage: Usage | None = None
         sent: list[str] = []  # the content the caller has: one piece per chunk, about a token each
         finished = False
+        finish_reason: str | None = None
+        text_only = True  # no tool calls or other extras in any delta: the answer is its text
         status, error = 200, cast(RouterError | None, None)
         failover: tuple[str, int] | None = None  # (error code, pieces sent) when the stream failed over
         seconds = self._deadline_s(plan)
@@ -424,6 +475,8 @@ class RoutingEngine(OutcomeRecording):
                             if choice.delta.content:
                                 sent.append(choice.delta.content)
                             finished = finished or bool(choice.finish_reason)
+                            finish_reason = choice.finish_reason or finish_reason
+                            text_only = text_only and not (carries_more(choice.delta) or carries_more(choice))
                         last = chunk
                         yield chunk
                     break
@@ -443,6 +496,17 @@ class RoutingEngine(OutcomeRecording):
                     total_tokens=plan.prompt_tokens + len(sent),
                 )
                 yield ChatCompletionChunk(id=last.id, model=route.model, choices=[], usage=usage)
+            whole = failover is None and finish_reason == "stop" and text_only and not _degraded(route)
+            if lookup is not None and whole:
+                counted = usage or Usage(prompt_tokens=plan.prompt_tokens, completion_tokens=len(sent))
+                answer = CachedAnswer(
+                    "".join(sent),
+                    route.model,
+                    decision.target,
+                    counted.prompt_tokens,
+                    counted.completion_tokens,
+                )
+                await self._remember(lookup, answer)
         except DeadlineExceeded as exc:
             status, error = exc.status_code, exc
             if last is not None and not finished:
@@ -503,4 +567,74 @@ class RoutingEngine(OutcomeRecording):
         )
         return other, chunks
 
+    # -- the response cache ----------------------------------------------------------------------
+
+    def _cache_namespace(self) -> str:
+        """What answers here, in every cache key: a changed model does not serve its predecessor's answers."""
+        models = ",".join(f"{name}={backend.model_id}" for name, backend in sorted(self.backends.items()))
+        return f"{self.config.served_model_name}|{models}"
+
+    async def _cache_lookup(self, request: ChatCompletionRequest, tenant: Tenant) -> CacheLookup | None:
+        """The tier's cache lookup for `request` (off the event loop); None when it is not cached.
+
+        A cache that fails is logged and the request is routed as if it had missed.
+        """
+        if request.model != self.config.served_model_name:
+            return None  # `plan` refuses it
+        settings = self.policy.tier(tenant.tier).cache
+        if not settings.enabled:
+            return None
+        try:
+            return await asyncio.to_thread(
+                self.cache.lookup, request, tenant, settings, self._cache_namespace()
+            )
+        except Exception:
+            logger.exception("response cache %r failed; routing the request", self.cache)
+            return None
+
+    async def _remember(self, lookup: CacheLookup, answer: CachedAnswer | None) -> None:
+        """Keep a whole answer (None: not one to keep); a store that fails is logged, the answer stands."""
+        if answer is None:
+            return
+        try:
+            if self.cache.in_process:
+                self.cache.remember(lookup, answer)
+            else:
+                await asyncio.to_thread(self.cache.remember, lookup, answer)
+        except Exception:
+            logger.exception("response cache %r failed to keep an answer", self.cache)
+
+    async def _answer_from_cache(
+        self, lookup: CacheLookup, tenant: Tenant, *, stream: bool
+    ) -> tuple[ChatCompletionResponse, RouteInfo]:
+        """A hit as a response and its route, recorded as a decision of target "cache"."""
+        hit = lookup.hit
+        assert hit is not None
+        tier = self.policy.tier(tenant.tier)
+        decision = Decision(
+            target="cache",
+            reason=RouteReason.SEMANTIC_CACHE_HIT if hit.semantic else RouteReason.CACHE_HIT,
+            score=hit.similarity if hit.similarity is not None else 1.0,
+            threshold=tier.cache.semantic_threshold if hit.semantic else None,
+            tier=tenant.tier,
+            tenant=tenant.name,
+            estimator="",
+        )
+        plan = RoutePlan(decision, hit.answer.prompt_tokens, None, 0.0)
+        route = await self._record(
+            plan,
+            decision,
+            time.perf_counter(),
+            status=200,
+            stream=stream,
+            usage=hit.answer.usage,
+            model=hit.answer.model,
+        )
+        return cached_response(hit.answer, route), route
+
     # -- accounting ----------------------------------------------------------------------------
+
+
+def _degraded(route: RouteInfo) -> bool:
+    """Whether an answer came from a fallback (here or at an upstream router): never cached."""
+    return route.fallback or (route.upstream is not None and route.upstream.fallback)

@@ -4,7 +4,9 @@ An artefact registry is a folder holding `registry.json` (the manifest) and one 
 estimator version. Each manifest entry names its files with their sha256; `OnnxEstimator` refuses a
 file whose digest does not match (a clear `EstimatorError`, never a silent fallback to another
 estimator). The model takes the token ids of `conversation_text(messages)` as `input_ids`
-(int64, shape [1, n]) and returns the score as `score` (float, shape [1]).
+(int64, shape [1, n]) and returns the score as `score` (float, shape [1]). An entry may name the
+graph's pooled sentence vector (`"embedding": {"output": ...}`): the estimator then also `embed`s a
+conversation, the key of the semantic response cache (`router._cache`).
 
 onnxruntime, tokenizers and numpy are imported when an estimator is loaded, not when `router` is;
 they come with the `onnx` extra (`MissingExtra` names it when they are not installed).
@@ -99,6 +101,32 @@ def conversation_ids(tokenizer: Any, messages: Sequence[ChatMessage], max_tokens
     return ids
 
 
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    """One protobuf field of wire type 2 (bytes or an embedded message)."""
+
+    def varint(value: int) -> bytes:
+        out = bytearray()
+        while True:
+            low, value = value & 0x7F, value >> 7
+            out.append(low | (0x80 if value else 0))
+            if not value:
+                return bytes(out)
+
+    return varint((number << 3) | 2) + varint(len(payload)) + payload
+
+
+def with_graph_output(model: bytes, name: str) -> bytes:
+    """`model` (a serialised ONNX ModelProto) with the float tensor `name` also a graph output.
+
+    Protobuf merges a repeated embedded message field: a second `graph` (field 7) holding one `output`
+    (field 12, a ValueInfoProto: name, and type tensor of elem_type FLOAT) appends to the graph's
+    outputs, so the verified artefact needs no rebuild and no `onnx` package at run time.
+    """
+    float_tensor = _length_delimited(1, b"\x08\x01")  # TypeProto.tensor_type { elem_type: FLOAT }
+    value_info = _length_delimited(1, name.encode("utf-8")) + _length_delimited(2, float_tensor)
+    return model + _length_delimited(7, _length_delimited(12, value_info))
+
+
 class OnnxEstimator:
     """A learned estimator: tokenizer + ONNX model from a verified registry entry, one thread."""
 
@@ -123,7 +151,14 @@ class OnnxEstimator:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        embedding = entry.get("embedding")
+        self.embedding_output = str(embedding["output"]) if isinstance(embedding, dict) else None
+        #: whether `embed` gives vectors (the manifest names the graph's pooled vector)
+        self.can_embed = self.embedding_output is not None
+        model: str | bytes = str(model_path)
+        if self.embedding_output is not None:
+            model = with_graph_output(model_path.read_bytes(), self.embedding_output)
+        self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def token_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The (truncated) token ids the model reads for a conversation."""
@@ -138,6 +173,22 @@ class OnnxEstimator:
     def score(self, messages: Sequence[ChatMessage]) -> float:
         """The probability that escalating this conversation to the cloud pays."""
         return self.score_ids(self.token_ids(messages))
+
+    def embed(self, messages: Sequence[ChatMessage]) -> list[float] | None:
+        """The pooled unit vector the score is computed from; None when the artefact names none, or
+        when the conversation is longer than the model reads (two that differ only past the cut would
+        look the same)."""
+        if self.embedding_output is None:
+            return None
+        if len(conversation_text(messages)) > self.max_tokens * CHARS_PER_TOKEN:
+            return None
+        ids = self.token_ids(messages)
+        if len(ids) >= self.max_tokens:
+            return None
+        feed = {"input_ids": self._np.asarray([ids], dtype=self._np.int64)}
+        (out,) = self._session.run([self.embedding_output], feed)
+        vector: list[float] = out.reshape(-1).tolist()
+        return vector
 
 
 def register_artefacts(root: Path) -> list[str]:

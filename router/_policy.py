@@ -39,6 +39,9 @@ class RouteReason(enum.StrEnum):
     EDGE_BUSY = "edge_busy"
     CLOUD_UNAVAILABLE = "cloud_unavailable"
     BUDGET_EXHAUSTED = "budget_exhausted"
+    # Answered from the response cache (`router._cache`), before any estimate or backend.
+    CACHE_HIT = "cache_hit"
+    SEMANTIC_CACHE_HIT = "semantic_cache_hit"
     # The request asks what the edge model cannot give (`ChatBackend.cannot_honour`).
     NEEDS_TOOLS = "needs_tools"
     NEEDS_LOGPROBS = "needs_logprobs"

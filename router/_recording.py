@@ -114,11 +114,19 @@ class OutcomeRecording:
             )
 
     def _route_info(
-        self, decision: Decision, cost: float = 0.0, saved: float = 0.0, *, upstream: RouteInfo | None = None
+        self,
+        decision: Decision,
+        cost: float = 0.0,
+        saved: float = 0.0,
+        *,
+        upstream: RouteInfo | None = None,
+        model: str | None = None,
     ) -> RouteInfo:
-        """The route of `decision`; behind a router upstream, the model is the one that answered there."""
+        """The route of `decision`; behind a router upstream, the model is the one that answered there
+        (`model`, when given: the one that gave a cached answer)."""
         backend = self.backends.get(decision.target)
-        model = upstream.model if upstream else backend.model_id if backend else ""
+        if model is None:
+            model = upstream.model if upstream else backend.model_id if backend else ""
         return RouteInfo.from_decision(
             decision, model=model, cost_usd=cost, cost_saved_usd=saved, upstream=upstream
         )
@@ -135,13 +143,16 @@ class OutcomeRecording:
         error: RouterError | None = None,
         upstream: RouteInfo | None = None,
         failover: tuple[str, int] | None = None,
+        model: str | None = None,
     ) -> RouteInfo:
         """Book a finished request's cost or saving (settling its reservation) and tell the observers."""
         upstream_ms = (time.perf_counter() - started) * 1000.0
         usage = usage or Usage()
         price = self.config.cloud.price
         cost = cloud_cost_usd(usage, price) if decision.target == "cloud" and error is None else 0.0
-        saved = cloud_cost_usd(usage, price) if decision.target == "edge" and error is None else 0.0
+        # An edge answer and a cached one save what the cloud would have charged for them.
+        saves = decision.target in ("edge", "cache") and error is None
+        saved = cloud_cost_usd(usage, price) if saves else 0.0
         if plan.reservation is not None or cost or saved:
             await self._book_off_loop(decision.tenant, plan.reservation, cost, saved)
         return self._observe(
@@ -156,6 +167,7 @@ class OutcomeRecording:
             failover=failover,
             cost=cost,
             saved=saved,
+            model=model,
         )
 
     async def _book_off_loop(
@@ -193,9 +205,10 @@ class OutcomeRecording:
         failover: tuple[str, int] | None = None,
         cost: float = 0.0,
         saved: float = 0.0,
+        model: str | None = None,
     ) -> RouteInfo:
         usage = usage or Usage()
-        route = self._route_info(decision, cost, saved, upstream=upstream)
+        route = self._route_info(decision, cost, saved, upstream=upstream, model=model)
         outcome = RequestOutcome(
             decision=decision,
             model=route.model,

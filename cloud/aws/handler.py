@@ -31,6 +31,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cloud import routes
+from cloud.aws.cache import shared_cache_store
 from cloud.aws.config import ConfigSource
 from cloud.aws.runtime import LambdaEnvironment, lambda_engine
 from cloud.aws.settings import LambdaSettings
@@ -69,7 +70,11 @@ def get_environment() -> LambdaEnvironment:
         started = time.perf_counter()
         route_core_logs(logger)
         settings = LambdaSettings.from_env()
-        environment = LambdaEnvironment(ConfigSource.from_settings(settings), engine_factory=engine_factory)
+        environment = LambdaEnvironment(
+            ConfigSource.from_settings(settings),
+            engine_factory=engine_factory,
+            shared_cache=shared_cache_store(settings),
+        )
         environment.current()  # fetch the config, load the estimator and the edge model: fail at init
         environment.init_ms["total_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
         logger.info({"event": "router_ready", "source": str(environment.source), **environment.init_ms})

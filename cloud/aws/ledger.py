@@ -50,7 +50,7 @@ class DynamoDbLedger:
         """The boto3 DynamoDB client (thread-safe), made on first use."""
         with self._lock:
             if self._client is None:
-                import boto3  # type: ignore[import-untyped]  # lazy: cold start
+                import boto3  # lazy: cold start
 
                 self._client = boto3.client("dynamodb")
             return self._client

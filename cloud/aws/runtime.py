@@ -25,12 +25,14 @@ from cloud.aws.settings import LambdaSettings
 from cloud.aws.telemetry import EmfRouterMetrics
 from cloud.engines import EngineFactory
 from router import (
+    CacheStore,
     ConfigError,
     CostLedger,
     Ledger,
     RouterConfig,
     RouterMetrics,
     RoutingEngine,
+    TieredCacheStore,
     warn_about_demo_keys,
 )
 
@@ -103,9 +105,13 @@ class LambdaEnvironment:
         engine_factory: EngineFactory = lambda_engine,
         metrics: RouterMetrics | None = None,
         ledger: Ledger | None = None,
+        shared_cache: CacheStore | None = None,
     ) -> None:
-        """Serve the config of `source`; `ledger` defaults to `lambda_ledger` of the environment."""
+        """Serve the config from `source` on engines `engine_factory` builds; `ledger` defaults to
+        `lambda_ledger` of the environment; `shared_cache` (the fleet's DynamoDB store,
+        `cloud.aws.cache`) sits behind each engine's in-process cache."""
         self.source = source
+        self.shared_cache = shared_cache
         self._factory = engine_factory
         self.metrics: RouterMetrics = metrics if metrics is not None else EmfRouterMetrics()
         self.ledger = ledger if ledger is not None else lambda_ledger(LambdaSettings.from_env())
@@ -191,12 +197,14 @@ class LambdaEnvironment:
         return Snapshot(engine, config)
 
     def _adopt(self, engine: RoutingEngine) -> RoutingEngine:
-        """Plug this environment's ledger and metrics into an engine the factory built.
+        """Plug this environment's ledger, metrics and shared cache into an engine the factory built.
 
         Every engine the environment serves charges one ledger (budgets survive a backend change)
         and reports to one metrics sink (EMF), which takes the place of the engine's in-process one.
         """
         engine.ledger = self.ledger  # read at call time
+        if self.shared_cache is not None and not isinstance(engine.cache.store, TieredCacheStore):
+            engine.cache.store = TieredCacheStore(engine.cache.store, self.shared_cache)
         if engine.metrics is not self.metrics:
             engine.observers = [self.metrics if o is engine.metrics else o for o in engine.observers]
             engine.metrics = self.metrics

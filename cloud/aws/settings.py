@@ -61,6 +61,12 @@ class LambdaSettings(HybridRouterSettings):
         description="DynamoDB table of tenants' cloud spend: one budget across every environment; "
         "none: each environment keeps its own.",
     )
+    cache_table: str | None = Field(
+        None,
+        validation_alias="HYBRID_ROUTER_CACHE_TABLE",
+        description="DynamoDB table of the response cache shared by every environment (tiers turn the "
+        "cache on); none: each environment keeps its own in memory.",
+    )
     metrics_namespace: str = Field(
         "HybridRouter", validation_alias="POWERTOOLS_METRICS_NAMESPACE", description="CloudWatch namespace."
     )

@@ -19,6 +19,7 @@ from aws_lambda_powertools import Logger
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud.app import create_app
+from cloud.aws.cache import shared_cache_store
 from cloud.aws.config import ConfigSource
 from cloud.aws.runtime import LambdaEnvironment, lambda_engine
 from cloud.aws.settings import LambdaSettings
@@ -36,7 +37,9 @@ def create_stream_app(
     route_core_logs(logger)
     settings = LambdaSettings.from_env()
     environment = LambdaEnvironment(
-        source or ConfigSource.from_settings(settings), engine_factory=engine_factory
+        source or ConfigSource.from_settings(settings),
+        engine_factory=engine_factory,
+        shared_cache=shared_cache_store(settings),
     )
     first = environment.current()  # at init: config, estimator and edge model, before the first request
     if settings.function_name:

@@ -54,6 +54,7 @@ class EmfRouterMetrics:
         m.add_metric(name="Decisions", unit=count, value=1)
         m.add_metric(name="CloudDecisions", unit=count, value=int(d.target == "cloud"))
         m.add_metric(name="EdgeDecisions", unit=count, value=int(d.target == "edge"))
+        m.add_metric(name="CacheHits", unit=count, value=int(d.target == "cache"))
         m.add_metric(name="Fallbacks", unit=count, value=int(d.fallback))
         m.add_metric(name="ServerErrors", unit=count, value=int(outcome.status >= 500))
         m.add_metric(name="EstimatorLatency", unit=MetricUnit.Milliseconds, value=outcome.estimator_ms)

@@ -116,6 +116,7 @@ def test_models_need_a_key_and_health_details_an_admin_key(client: TestClient) -
     assert client.get("/healthz", headers=FREE).status_code == 401
     detail = client.get("/healthz", headers=ADMIN).json()
     assert detail["status"] == "ok" and "queue_depth" in detail["edge"] and "estimator" in detail
+    assert detail["cache"] == {"semantic_available": False}  # the heuristic estimator embeds nothing
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers=FREE).status_code == 401
     assert "decisions" in client.get("/metrics", headers=ADMIN, params={"format": "json"}).json()

@@ -415,3 +415,37 @@ def test_cold_start_imports_no_web_framework() -> None:
     env = {k: v for k, v in os.environ.items() if k != "AWS_LAMBDA_INITIALIZATION_TYPE"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_repeat_is_answered_from_the_fleets_shared_cache_in_a_fresh_environment(
+    invoke: Any, ssm: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cloud.aws.cache import ENV_CACHE_TABLE
+
+    boto3.client("dynamodb").create_table(
+        TableName="cache",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    monkeypatch.setenv(ENV_CACHE_TABLE, "cache")
+    tiers = {**CONFIG["tiers"], "free": {"threshold": 0.7, "cache": {"exact": True}}}
+    ssm.put_parameter(
+        Name=PARAMETER, Value=json.dumps({**CONFIG, "tiers": tiers}), Type="String", Overwrite=True
+    )
+    parameters.clear_caches()
+    event = load_event("chat_completions.json")
+    event["body"] = json.dumps({**json.loads(event["body"]), "temperature": 0})
+    first = invoke(event)
+    assert first["statusCode"] == 200 and header(first, "x-route-target") == "edge"
+    lambda_handler.reset()  # another execution environment: its own memory, the same table
+    second = invoke(event)
+    assert second["statusCode"] == 200
+    assert (header(second, "x-route-target"), header(second, "x-route-reason")) == ("cache", "cache_hit")
+    answer = json.loads(second["body"])
+    assert answer["choices"][0]["message"]["content"] == "Paris"
+    assert answer["route"]["cost_saved_usd"] > 0
+    first_record, hit_record = emf(stdout_records(capsys), "Decisions")
+    assert value(first_record, "CacheHits") == 0
+    assert value(hit_record, "CacheHits") == 1 and value(hit_record, "CloudDecisions") == 0
+    assert hit_record["target"] == "cache" and value(hit_record, "CostSavedUSD") > 0

@@ -164,3 +164,34 @@ def test_the_engine_records_the_learned_estimator_in_its_decision(estimator: Onn
     plan = engine.plan(request, engine.authenticate("k"))
     assert plan.decision.estimator == f"{NAME}@1.1.0"
     assert plan.decision.reason == RouteReason.SCORE_ABOVE_THRESHOLD
+
+
+def test_it_embeds_a_conversation_as_the_unit_vector_its_score_is_computed_from(
+    estimator: OnnxEstimator,
+) -> None:
+    import numpy as np
+
+    from router import Embedder
+
+    assert isinstance(estimator, Embedder) and estimator.can_embed
+    paris = estimator.embed(user("What is the capital of France?"))
+    again = estimator.embed(user("What is the capital city of France?"))
+    other = estimator.embed(user("Write a Python function that merges two sorted lists."))
+    assert paris is not None and again is not None and other is not None
+    assert len(paris) == 256 and np.linalg.norm(paris) == pytest.approx(1.0, abs=1e-3)
+    cosine = float(np.dot(paris, again)), float(np.dot(paris, other))
+    assert cosine[0] > 0.9 > cosine[1]
+    # the graph's own score is unchanged by asking for the extra output
+    assert estimator.score(user("hi")) == pytest.approx(load_estimator(NAME).score(user("hi")))
+
+
+def test_a_conversation_longer_than_the_model_reads_has_no_embedding(estimator: OnnxEstimator) -> None:
+    assert estimator.embed(user("word " * 300)) is None
+    assert estimator.embed(user("word " * 200_000)) is None
+
+
+def test_an_artefact_that_names_no_embedding_cannot_embed(registry_copy: Path) -> None:
+    entry = dict(only_entry(registry_copy))
+    del entry["embedding"]
+    plain = OnnxEstimator(registry_copy, entry)
+    assert not plain.can_embed and plain.embed(user("hi")) is None
