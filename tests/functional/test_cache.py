@@ -67,7 +67,7 @@ def test_a_second_identical_request_is_answered_from_the_cache_streamed_too(
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
-    metrics = httpx.get(f"{router_url}/metrics", headers=ADMIN).json()
+    metrics = httpx.get(f"{router_url}/metrics?format=json", headers=ADMIN).json()
     hits = [d for d in metrics["decisions"] if d["target"] == "cache" and d["reason"] == "cache_hit"]
     assert hits == [{"target": "cache", "tier": "free", "reason": "cache_hit", "count": 2}]
     assert metrics["cost_saved_usd"] > 0
