@@ -20,6 +20,7 @@ from router._config import (
     CloudTimeouts,
     EdgeConfig,
     EstimatorConfig,
+    OutcomesConfig,
     RouterConfig,
     ServerConfig,
     TierConfig,
@@ -46,6 +47,7 @@ from router._errors import (
     MissingExtra,
     ModelNotFound,
     NoBackendAvailable,
+    OutcomeNotFound,
     PayloadTooLarge,
     RequestError,
     RouterError,
@@ -55,6 +57,7 @@ from router._errors import (
 from router._estimator import (
     ComplexityEstimator,
     EstimatorSelector,
+    FeatureEstimator,
     HeuristicEstimator,
     SingleEstimator,
     available_estimators,
@@ -62,6 +65,7 @@ from router._estimator import (
     register_estimator,
 )
 from router._extras import import_extra, require_extra
+from router._feedback import FeedbackRequest, FeedbackResponse
 from router._metrics import (
     DecisionLog,
     DecisionObserver,
@@ -71,6 +75,7 @@ from router._metrics import (
     decision_fields,
     log_decision,
 )
+from router._outcomes import OutcomeRecord, OutcomeStore, OutcomeWriter
 from router._plan import RoutedStream, RoutePlan, Tenant
 from router._policy import Decision, Policy, PolicyInput, RequestFacts, RouteReason, TierPolicy, decide
 from router._request_id import (
@@ -141,6 +146,9 @@ __all__ = [
     "EstimatorConfig",
     "EstimatorError",
     "EstimatorSelector",
+    "FeatureEstimator",
+    "FeedbackRequest",
+    "FeedbackResponse",
     "HeuristicEstimator",
     "HybridRouterSettings",
     "InMemoryMetrics",
@@ -150,6 +158,11 @@ __all__ = [
     "ModelList",
     "ModelNotFound",
     "NoBackendAvailable",
+    "OutcomeNotFound",
+    "OutcomeRecord",
+    "OutcomeStore",
+    "OutcomeWriter",
+    "OutcomesConfig",
     "PayloadTooLarge",
     "Policy",
     "PolicyInput",

@@ -8,7 +8,9 @@ on-device SDK (`edge.EdgeRouter`) all call it, and differ only in what they plug
 - the estimator selector (`EstimatorSelector`): which estimator scores a request;
 - the ledger (`Ledger`): budgets and spend per tenant;
 - observers (`DecisionObserver`): every finished request with its decision and outcome (metrics,
-  the decision log, and whatever else is plugged in).
+  the decision log, and whatever else is plugged in);
+- outcome capture (`OutcomeWriter`): an observer that writes outcome records off the request path,
+  and joins feedback to them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from router._errors import (
     NoBackendAvailable,
     RouterError,
 )
-from router._estimator import ComplexityEstimator, EstimatorSelector, SingleEstimator
+from router._estimator import ComplexityEstimator, EstimatorSelector, FeatureEstimator, SingleEstimator
 from router._failover import (
     continued,
     continues_cut_streams,
@@ -40,6 +42,7 @@ from router._failover import (
     until,
 )
 from router._metrics import DecisionLog, DecisionObserver, InMemoryMetrics, RouterMetrics
+from router._outcomes import OutcomeWriter
 from router._plan import (
     ApiKeys,
     RoutedStream,
@@ -77,13 +80,15 @@ class RoutingEngine(OutcomeRecording):
         ledger: Ledger | None = None,
         observers: Sequence[DecisionObserver] = (),
         log_decisions: bool = True,
+        outcomes: OutcomeWriter | None = None,
     ) -> None:
         """An engine for `config`; every seam has a default.
 
         `estimator` is shorthand for `estimators=SingleEstimator(estimator)`, and `edge=`/`cloud=`
         for entries of `backends`. The policy defaults to `TierPolicy(config.tiers)`, the ledger to an
         in-process `CostLedger`; `metrics` (default `InMemoryMetrics`) and, unless `log_decisions` is
-        false, the decision log observe before `observers`.
+        false, the decision log observe before `observers`. `outcomes` observes last, and asks the
+        estimator for its features; `aclose` writes what it still holds.
         """
         if estimators is None:
             if estimator is None:
@@ -101,7 +106,9 @@ class RoutingEngine(OutcomeRecording):
         self._extra_observers = tuple(observers)
         self._log_decisions = log_decisions
         decision_log: list[DecisionObserver] = [DecisionLog()] if log_decisions else []
-        self.observers: list[DecisionObserver] = [self.metrics, *decision_log, *observers]
+        self.outcomes = outcomes
+        capture: list[DecisionObserver] = [outcomes] if outcomes is not None else []
+        self.observers: list[DecisionObserver] = [self.metrics, *decision_log, *observers, *capture]
         self.keys = ApiKeys(config)
 
     def reconfigured(self, config: RouterConfig) -> RoutingEngine:
@@ -120,6 +127,7 @@ class RoutingEngine(OutcomeRecording):
             ledger=self.ledger,
             observers=self._extra_observers,
             log_decisions=self._log_decisions,
+            outcomes=self.outcomes,
         )
 
     @property
@@ -199,11 +207,16 @@ class RoutingEngine(OutcomeRecording):
         estimator = self.estimators.select(request, tenant)
         estimator_id = f"{estimator.name}@{estimator.version}"
         started = time.perf_counter()
+        features: Sequence[float] | None = None
         try:
-            score = min(1.0, max(0.0, float(estimator.score(request.messages))))
+            if self.outcomes is not None and isinstance(estimator, FeatureEstimator):
+                raw, features = estimator.score_with_features(request.messages)
+            else:
+                raw = estimator.score(request.messages)
+            score = min(1.0, max(0.0, float(raw)))
         except Exception:  # an estimator bug must not fail the request: route it as undecided
             logger.exception("estimator %s failed; scoring 0.5", estimator_id)
-            score = 0.5
+            score, features = 0.5, None
         estimator_ms = (time.perf_counter() - started) * 1000.0
         counter = self.edge or self.cloud
         prompt_tokens = (
@@ -221,10 +234,12 @@ class RoutingEngine(OutcomeRecording):
         try:
             decision = self.policy.decide(given)
         except RouterError as exc:
-            refused = RoutePlan(exc.decision, prompt_tokens, requested, estimator_ms, edge_lacks)
+            refused = RoutePlan(
+                exc.decision, prompt_tokens, requested, estimator_ms, edge_lacks, features, request
+            )
             self._record_refusal(exc, refused, request)
             raise
-        return RoutePlan(decision, prompt_tokens, requested, estimator_ms, edge_lacks)
+        return RoutePlan(decision, prompt_tokens, requested, estimator_ms, edge_lacks, features, request)
 
     async def _plan_off_loop(self, request: ChatCompletionRequest, tenant: Tenant) -> RoutePlan:
         """`plan` in a worker thread: counting a large prompt's tokens and scoring it is CPU work that
@@ -232,7 +247,13 @@ class RoutingEngine(OutcomeRecording):
         return await asyncio.to_thread(self.plan, request, tenant)
 
     async def aclose(self) -> None:
-        """Release every backend (models, connections), each even when another fails to close."""
+        """Write the outcome records still queued, then release every backend (models, connections),
+        each even when another fails to close."""
+        if self.outcomes is not None:
+            try:
+                await asyncio.to_thread(self.outcomes.close)
+            except Exception:
+                logger.exception("closing the outcome writer failed")
         for name, backend in self.backends.items():
             try:
                 await backend.aclose()
@@ -254,7 +275,14 @@ class RoutingEngine(OutcomeRecording):
         decision, response = await self._run_with_fallback(plan, started, run, stream=False)
         # A backend that is itself a router (the device's cloud) reports its own route.
         route = self._record(
-            plan, decision, started, status=200, stream=False, usage=response.usage, upstream=response.route
+            plan,
+            decision,
+            started,
+            status=200,
+            stream=False,
+            usage=response.usage,
+            upstream=response.route,
+            completion_id=response.id,
         )
         response.route = route
         response.model = route.model
@@ -419,6 +447,7 @@ class RoutingEngine(OutcomeRecording):
                 error=error,
                 upstream=route.upstream,
                 failover=failover,
+                completion_id=last.id if last is not None else None,
             )
             route.cost_usd, route.cost_saved_usd = recorded.cost_usd, recorded.cost_saved_usd
 

@@ -4,7 +4,9 @@ An artefact registry is a folder holding `registry.json` (the manifest) and one 
 estimator version. Each manifest entry names its files with their sha256; `OnnxEstimator` refuses a
 file whose digest does not match (a clear `EstimatorError`, never a silent fallback to another
 estimator). The model takes the token ids of `conversation_text(messages)` as `input_ids`
-(int64, shape [1, n]) and returns the score as `score` (float, shape [1]).
+(int64, shape [1, n]) and returns the score as `score` (float, shape [1]); an artefact that also
+returns `features` (float, shape [1, d]: what its head reads, the pooled embedding) hands them to
+outcome records (`score_with_features`). Artefacts built before `models build` exported it have none.
 
 onnxruntime, tokenizers and numpy are imported when an estimator is loaded, not when `router` is;
 they come with the `onnx` extra (`MissingExtra` names it when they are not installed).
@@ -25,6 +27,8 @@ from router._wire import ChatMessage
 
 MANIFEST_NAME = "registry.json"
 MANIFEST_FORMAT = 1
+#: The optional output of an estimator's model that holds its input features.
+FEATURES_OUTPUT = "features"
 # Characters kept per token of `max_tokens` before tokenizing: text past the token limit is dropped
 # anyway, and tokenizing it would make cost grow with prompt length (English runs ~4-5 characters
 # per WordPiece token, so 12 keeps every token the model would have read).
@@ -124,6 +128,8 @@ class OnnxEstimator:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        #: whether the artefact exports its features (the `features` output)
+        self.has_features = any(o.name == FEATURES_OUTPUT for o in self._session.get_outputs())
 
     def token_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The (truncated) token ids the model reads for a conversation."""
@@ -138,6 +144,15 @@ class OnnxEstimator:
     def score(self, messages: Sequence[ChatMessage]) -> float:
         """The probability that escalating this conversation to the cloud pays."""
         return self.score_ids(self.token_ids(messages))
+
+    def score_with_features(self, messages: Sequence[ChatMessage]) -> tuple[float, Sequence[float] | None]:
+        """The score and, where the artefact exports them, its features (one run of the model)."""
+        if not self.has_features:
+            return self.score(messages), None
+        feed = {"input_ids": self._np.asarray([self.token_ids(messages)], dtype=self._np.int64)}
+        score, features = self._session.run(["score", FEATURES_OUTPUT], feed)
+        vector: Sequence[float] = features.reshape(-1)
+        return float(score.reshape(-1)[0]), vector
 
 
 def register_artefacts(root: Path) -> list[str]:

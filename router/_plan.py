@@ -4,13 +4,13 @@ routed stream with the helpers that hold it together."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from router._config import RouterConfig, TierConfig, hash_api_key
 from router._errors import AuthenticationError
 from router._policy import Decision
-from router._wire import ChatCompletionChunk, RouteInfo
+from router._wire import ChatCompletionChunk, ChatCompletionRequest, RouteInfo
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,10 @@ class RoutePlan:
     estimator_ms: float
     #: what the request asks that the edge cannot give (`ChatBackend.cannot_honour`): no fallback there
     edge_lacks: str | None = None
+    #: the estimator's features, when outcome capture asked for them (`FeatureEstimator`)
+    features: Sequence[float] | None = None
+    #: the request planned for (outcome capture reads its text off the request path)
+    request: ChatCompletionRequest | None = None
 
 
 @dataclass

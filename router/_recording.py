@@ -49,6 +49,11 @@ class OutcomeRecording:
                 plan, exc.decision, time.perf_counter(), status=exc.status_code, stream=stream, error=exc
             )
 
+    def _keeps_prompts(self, tier: str) -> bool:
+        """Whether outcome records of `tier` keep the prompt's text (`TierConfig.store_prompts`)."""
+        config = self.config.tiers.get(tier)
+        return config is not None and config.store_prompts
+
     def _route_info(
         self, decision: Decision, cost: float = 0.0, saved: float = 0.0, *, upstream: RouteInfo | None = None
     ) -> RouteInfo:
@@ -71,6 +76,7 @@ class OutcomeRecording:
         error: RouterError | None = None,
         upstream: RouteInfo | None = None,
         failover: tuple[str, int] | None = None,
+        completion_id: str | None = None,
     ) -> RouteInfo:
         usage = usage or Usage()
         price = self.config.cloud.price
@@ -98,6 +104,10 @@ class OutcomeRecording:
             error_code=error.code if error else None,
             failover_from=failover[0] if failover else None,
             failover_at_tokens=failover[1] if failover else None,
+            completion_id=completion_id,
+            features=plan.features,
+            request=plan.request,
+            keep_prompt=self._keeps_prompts(decision.tier),
         )
         for observer in self.observers:
             try:
