@@ -9,7 +9,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from router import ChatBackend, RouterConfig, RoutingEngine, load_estimator
+from router import ChatBackend, ConfigError, RouterConfig, RoutingEngine, load_estimator
+from router._outcomes import OutcomeStore, OutcomeWriter
+from router._settings import RouterSettings, secret_from_env
 
 if TYPE_CHECKING:
     import httpx
@@ -32,6 +34,7 @@ def build_engine(
     Loading the edge model takes a fraction of a second for SmolLM2; `load_edge=False` leaves the
     edge backend unloaded (it then reports itself unavailable and counts tokens approximately).
     `cloud_transport` carries the cloud client's calls (SigV4 signing for SageMaker, a mock in tests).
+    Outcome records are written where `config.outcomes` says (`outcome_writer`).
     """
     estimator = load_estimator(config.estimator.name, config.estimator.version)
     edge: ChatBackend | None = None
@@ -49,7 +52,32 @@ def build_engine(
         cloud = CloudEndpointClient(config.cloud, transport=cloud_transport)
     else:
         logger.warning("no cloud endpoint configured: every request is answered on the edge")
-    return RoutingEngine(config, estimator=estimator, edge=edge, cloud=cloud)
+    outcomes = outcome_writer(config)
+    return RoutingEngine(config, estimator=estimator, edge=edge, cloud=cloud, outcomes=outcomes)
+
+
+def outcome_writer(config: RouterConfig) -> OutcomeWriter | None:
+    """The writer of outcome records to the store `config.outcomes` names; None when it is off.
+
+    The prompt hashes' salt is `HYBRID_ROUTER_OUTCOMES_SALT`, else `outcomes.salt`.
+    """
+    section = config.outcomes
+    store: OutcomeStore
+    if section.store == "off":
+        return None
+    if section.store == "sqlite":
+        from router._outcome_sqlite import SqliteOutcomeStore
+
+        store = SqliteOutcomeStore(section.path)
+    else:
+        if not section.table:
+            raise ConfigError("outcomes.store is dynamodb but no table is named (outcomes.table)")
+        from cloud.aws.outcomes import DynamoDbOutcomeStore
+
+        store = DynamoDbOutcomeStore(section.table, ttl_days=section.ttl_days)
+    salt = secret_from_env(RouterSettings.SECRET_ENV["outcomes_salt"]) or section.salt
+    logger.info("outcome records: %r", store)
+    return OutcomeWriter(store, salt=salt, max_queue=section.max_queue, batch_size=section.batch_size)
 
 
 async def close_engine(engine: RoutingEngine) -> None:

@@ -55,6 +55,16 @@ class LambdaSettings(HybridRouterSettings):
         validation_alias="HYBRID_ROUTER_IDEMPOTENCY_TTL_S",
         description="Seconds an idempotent answer is kept.",
     )
+    outcomes_table: str | None = Field(
+        None,
+        validation_alias="HYBRID_ROUTER_OUTCOMES_TABLE",
+        description="DynamoDB table of outcome records (and their feedback); set: records on, in that table.",
+    )
+    outcomes_ttl_days: int | None = Field(
+        None,
+        validation_alias="HYBRID_ROUTER_OUTCOMES_TTL_DAYS",
+        description="Days an outcome record is kept in that table (TTL); unset: outcomes.ttl_days.",
+    )
     metrics_namespace: str = Field(
         "HybridRouter", validation_alias="POWERTOOLS_METRICS_NAMESPACE", description="CloudWatch namespace."
     )
