@@ -1,5 +1,8 @@
 """`SqliteOutcomeStore`: outcome records in one SQLite file (WAL), for a local server or a device.
 
+One row per record, one column per `OutcomeRecord` field (`features` as a BLOB of little-endian
+float32, `pack_features`), then `rating`, `comment` and `rated_at` once the caller rates the answer.
+
 The embedded default (`outcomes: {store: sqlite, path: ...}`). WAL lets readers (an analysis, `models
 fit` later) read while the writer thread writes, and several server processes share one file; within a
 process, one connection serves every thread, one statement at a time.
@@ -7,7 +10,6 @@ process, one connection serves every thread, one statement at a time.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -16,7 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from router._outcomes import OutcomeRecord
+from router._outcomes import OutcomeRecord, pack_features, unpack_features
 
 _COLUMNS = [f.name for f in fields(OutcomeRecord)]
 _TYPES = {"id": "TEXT PRIMARY KEY", "created_at": "REAL NOT NULL", "tenant": "TEXT NOT NULL"}
@@ -53,7 +55,11 @@ class SqliteOutcomeStore:
 
     def write(self, records: Sequence[OutcomeRecord]) -> None:
         """Insert `records` in one transaction (an id already kept is left as it is)."""
-        rows = [_row(r.fields()) for r in records]
+        rows = []
+        for record in records:
+            rows.append(_row(record.fields()))
+            time.sleep(0)  # this runs on the writer thread: let the event loop have the GIL
+
         with self._lock:
             self._db.execute("BEGIN")
             try:
@@ -82,7 +88,7 @@ class SqliteOutcomeStore:
             return None
         record = dict(zip(names, row, strict=True))
         if record["features"] is not None:
-            record["features"] = json.loads(record["features"])
+            record["features"] = unpack_features(record["features"])
         return record
 
     def count(self) -> int:
@@ -102,6 +108,4 @@ def _row(record: dict[str, Any]) -> tuple[object, ...]:
 
 
 def _column(value: object) -> object:
-    if isinstance(value, list):
-        return json.dumps(value, separators=(",", ":"))
-    return value
+    return pack_features(value) if isinstance(value, list) else value

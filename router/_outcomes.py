@@ -22,11 +22,12 @@ import logging
 import math
 import queue
 import secrets
+import struct
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from router._estimator import conversation_text
@@ -71,8 +72,11 @@ class OutcomeRecord:
     prompt: str | None = None
 
     def fields(self) -> dict[str, Any]:
-        """The record as a dict of plain values."""
-        return asdict(self)
+        """The record as a dict of plain values (shallow: `features` is the record's own list)."""
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(OutcomeRecord))
 
 
 class OutcomeStore(Protocol):
@@ -89,6 +93,16 @@ class OutcomeStore(Protocol):
     def close(self) -> None:
         """Release the store's connections."""
         ...
+
+
+def pack_features(values: Sequence[float]) -> bytes:
+    """Features as stores keep them: little-endian float32, 4 bytes each (`numpy.frombuffer(b, "<f4")`)."""
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+def unpack_features(data: bytes) -> list[float]:
+    """The features `pack_features` packed."""
+    return list(struct.unpack(f"<{len(data) // 4}f", data))
 
 
 def prompt_digest(salt: bytes, text: str) -> str:
@@ -109,6 +123,7 @@ class _Flush:
 
 
 _STOP = object()
+_MOST_PER_WAKE = 1000  # records taken off the queue per wake-up, written `batch_size` at a time
 
 
 class OutcomeWriter:
@@ -124,16 +139,18 @@ class OutcomeWriter:
         *,
         salt: str | None = None,
         max_queue: int = 10_000,
-        batch_size: int = 100,
+        batch_size: int = 25,
+        linger_s: float = 0.05,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """Start the background writer thread."""
+        """Start the background writer thread; it waits `linger_s` after a first record for more."""
         if not salt:
             logger.warning("no outcomes salt configured: prompt hashes join only within this process")
         self.store = store
         self._salt = (salt or secrets.token_hex(16)).encode("utf-8")
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
         self._batch_size = batch_size
+        self._linger_s = linger_s
         self._clock = clock
         self._lock = threading.Lock()
         self.dropped = 0  #: records dropped because the queue was full
@@ -224,6 +241,10 @@ class OutcomeWriter:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
+            # Linger for more, then take them all: one wake-up per batch, not one per request, so that
+            # this thread rarely holds the GIL while the event loop wants it.
+            if isinstance(item, _Queued) and self._linger_s and self._queue.qsize() < self._batch_size:
+                time.sleep(self._linger_s)
             batch: list[_Queued] = []
             markers: list[_Flush] = []
             stop = False
@@ -234,14 +255,14 @@ class OutcomeWriter:
                     markers.append(item)
                 elif isinstance(item, _Queued):
                     batch.append(item)
-                if stop or len(batch) >= self._batch_size:
+                if stop or len(batch) >= _MOST_PER_WAKE:
                     break
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if batch:
-                self._write(batch)
+            for start in range(0, len(batch), self._batch_size):
+                self._write(batch[start : start + self._batch_size])
             for marker in markers:
                 marker.done.set()
             if stop:
@@ -249,7 +270,10 @@ class OutcomeWriter:
 
     def _write(self, batch: list[_Queued]) -> None:
         try:
-            records = [self._to_record(q) for q in batch]
+            records = []
+            for queued in batch:
+                records.append(self._to_record(queued))
+                time.sleep(0)  # let the event loop have the GIL between records
             self.store.write(records)
         except Exception:
             logger.exception("outcome store %r failed to write %d records", self.store, len(batch))
@@ -263,7 +287,7 @@ class OutcomeWriter:
         o = queued.outcome
         d = o.decision
         text = conversation_text(o.request.messages) if o.request is not None else ""
-        features = [float(x) for x in o.features] if o.features is not None else None
+        features = _floats(o.features) if o.features is not None else None
         return OutcomeRecord(
             id=o.completion_id or f"failed-{uuid.uuid4().hex}",
             created_at=queued.at,
@@ -290,3 +314,9 @@ class OutcomeWriter:
             features=features,
             prompt=text if o.keep_prompt else None,
         )
+
+
+def _floats(values: Sequence[float]) -> list[float]:
+    """`values` as a list of Python floats: a numpy array's `tolist` is one C call, not one per value."""
+    tolist = getattr(values, "tolist", None)
+    return list(tolist()) if tolist is not None else [float(x) for x in values]

@@ -11,13 +11,12 @@ boto3 is imported when a store is made, never at import.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from router._outcomes import OutcomeRecord
+from router._outcomes import OutcomeRecord, pack_features
 
 #: The attribute DynamoDB's TTL deletes a record after (epoch seconds).
 TTL_ATTRIBUTE = "expires_at"
@@ -42,7 +41,10 @@ class DynamoDbOutcomeStore:
     def write(self, records: Sequence[OutcomeRecord]) -> None:
         """Put `records` (25 at most a call), retrying what DynamoDB hands back unprocessed a few times."""
         for start in range(0, len(records), 25):
-            requests = [{"PutRequest": {"Item": self._item(r)}} for r in records[start : start + 25]]
+            requests = []
+            for record in records[start : start + 25]:
+                requests.append({"PutRequest": {"Item": self._item(record)}})
+                time.sleep(0)  # this runs on the writer thread: let the event loop have the GIL
             pending: dict[str, Any] = {self.table: requests}
             for attempt in range(4):
                 answer = self._client.batch_write_item(RequestItems=pending)
@@ -89,8 +91,8 @@ class DynamoDbOutcomeStore:
                 item[name] = {"BOOL": value}
             elif isinstance(value, int | float):
                 item[name] = {"N": _number(value)}
-            elif isinstance(value, list):  # the features: one string, not a list of 257 numbers
-                item[name] = {"S": json.dumps(value, separators=(",", ":"))}
+            elif isinstance(value, list):  # the features: float32 bytes, not a list of 257 numbers
+                item[name] = {"B": pack_features(value)}
             else:
                 item[name] = {"S": str(value)}
         return item

@@ -166,15 +166,16 @@ async def test_a_slow_store_never_slows_a_request_and_a_full_queue_is_counted_an
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     slow = BlockedStore()
-    writer = OutcomeWriter(slow, max_queue=2, batch_size=1)
+    writer = OutcomeWriter(slow, max_queue=2, batch_size=1, linger_s=0)
     e = engine(writer)
     started = time.perf_counter()
     with caplog.at_level(logging.WARNING, logger="hybrid_router.outcomes"):
         for _ in range(10):
             await e.complete(request(), ACME)
     assert time.perf_counter() - started < 2.0  # the store waits 10 s per write
-    # One record is being written, two wait: the other seven are dropped, counted, logged once.
-    assert writer.stats()["dropped"] >= 7
+    # At most two records taken by the writer (the first blocks it) and two queued: the rest are
+    # dropped, counted and logged once.
+    assert writer.stats()["dropped"] >= 6
     drops = [r for r in caplog.records if "queue full" in r.getMessage()]
     assert len(drops) == 1
     slow.release.set()

@@ -16,6 +16,7 @@ from cloud.aws.runtime import with_outcomes_table
 from cloud.aws.settings import LambdaSettings
 from cloud.engines import outcome_writer
 from router import OutcomeRecord, parse_config
+from router._outcomes import unpack_features
 from tests.unit.test_outcomes import _record
 from tests.unit.test_template_alarms import _CloudFormationLoader
 
@@ -56,7 +57,9 @@ def test_records_are_written_in_batches_with_a_ttl(dynamodb: Any) -> None:
     assert dynamodb.scan(TableName=TABLE, Select="COUNT")["Count"] == 60
     stored = item(dynamodb, "chatcmpl-7")
     assert stored["tenant"] == {"S": "acme"} and stored["fallback"] == {"BOOL": False}
-    assert stored["features"] == {"S": "[0.5,0.25]"} and "prompt" not in stored  # None is left out
+    assert (
+        unpack_features(stored["features"]["B"]) == [0.5, 0.25] and "prompt" not in stored
+    )  # None: left out
     assert float(stored["cost_saved_usd"]["N"]) == pytest.approx(0.00001)
     expires = int(stored[TTL_ATTRIBUTE]["N"])
     assert abs(expires - (time.time() + 7 * 86_400)) < 120
