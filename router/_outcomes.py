@@ -5,7 +5,8 @@ only puts the finished request on a bounded queue (microseconds); a background t
 takes off the queue into `OutcomeRecord`s (the salted prompt hash, the features as floats, the prompt
 text where the tier opts in) and writes them in batches to an `OutcomeStore`. A slow or failed store
 never slows or fails a request: a full queue drops the record and counts it (`stats()`, a log line at
-most every `LOG_EVERY_S`), a failed batch is logged and counted. `close()` writes what is queued.
+most every `LOG_EVERY_S`), a failed batch is counted and logged (as often). `close()` writes what is
+queued.
 
 `POST /v1/feedback` joins a rating to its record with `OutcomeWriter.rate`: only the tenant whose
 request it was may rate it; any other sees the same "not found" as for an id that never existed.
@@ -157,6 +158,7 @@ class OutcomeWriter:
         self.written = 0  #: records the store accepted
         self.failed = 0  #: records in batches the store refused
         self._last_drop_log = -math.inf
+        self._last_failure_log = -math.inf
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="outcome-writer", daemon=True)
         self._thread.start()
@@ -276,9 +278,19 @@ class OutcomeWriter:
                 time.sleep(0)  # let the event loop have the GIL between records
             self.store.write(records)
         except Exception:
-            logger.exception("outcome store %r failed to write %d records", self.store, len(batch))
             with self._lock:
                 self.failed += len(batch)
+                now = time.monotonic()
+                log = now - self._last_failure_log >= LOG_EVERY_S
+                if log:
+                    self._last_failure_log = now
+            if log:  # a store that is down fails every batch: one line a minute says so
+                logger.exception(
+                    "outcome store %r failed to write %d records (%d failed so far)",
+                    self.store,
+                    len(batch),
+                    self.failed,
+                )
         else:
             with self._lock:
                 self.written += len(batch)

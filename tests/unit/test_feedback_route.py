@@ -123,3 +123,14 @@ def test_metrics_count_the_records_written_and_dropped(client: TestClient) -> No
     text = client.get("/metrics", headers=admin).text
     assert "hybrid_router_outcomes_dropped_total 0.0" in text
     assert "hybrid_router_outcomes_written_total" in text and "hybrid_router_outcomes_queued" in text
+
+
+def test_a_reload_that_changes_outcomes_is_refused(tmp_path: Path) -> None:
+    from cloud.app import reload_config
+    from router import ConfigError
+
+    data = config(tmp_path / "o.sqlite3")
+    app = create_app(parse_config(data))
+    moved = {**data, "outcomes": {"store": "sqlite", "path": str(tmp_path / "elsewhere.sqlite3")}}
+    with pytest.raises(ConfigError, match="outcomes"):
+        reload_config(app, parse_config(moved))

@@ -184,13 +184,18 @@ async def test_a_slow_store_never_slows_a_request_and_a_full_queue_is_counted_an
 
 
 @pytest.mark.anyio
-async def test_a_failing_store_never_fails_a_request_and_is_counted() -> None:
-    writer = OutcomeWriter(BlockedStore(fail=OSError("disk full")))
+async def test_a_failing_store_never_fails_a_request_and_is_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    writer = OutcomeWriter(BlockedStore(fail=OSError("disk full")), linger_s=0)
     e = engine(writer)
-    answer = await e.complete(request(), ACME)
-    assert answer.choices[0].message.content == "ok"
-    assert writer.flush()
-    assert writer.stats()["failed"] == 1 and writer.stats()["written"] == 0
+    with caplog.at_level(logging.ERROR, logger="hybrid_router.outcomes"):
+        for _ in range(3):
+            answer = await e.complete(request(), ACME)
+            assert answer.choices[0].message.content == "ok"
+            assert writer.flush()  # one batch per request
+    assert writer.stats()["failed"] == 3 and writer.stats()["written"] == 0
+    assert len([r for r in caplog.records if "failed to write" in r.getMessage()]) == 1
     await e.aclose()
 
 
