@@ -20,6 +20,7 @@ from router import (
     TooManyMessages,
     current_request_id,
 )
+from router._feedback import FeedbackRequest, validate_feedback
 from router._requests import validate_chat_request
 
 #: How deep a request's JSON may nest: the deepest the chat completion schema needs is far less, and a
@@ -94,9 +95,14 @@ def with_request_id(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _parse_json(body: str | bytes) -> dict[str, Any]:
+def parse_feedback(body: str | bytes) -> FeedbackRequest:
+    """A `POST /v1/feedback` body; anything malformed is a `RequestError` (400)."""
+    return validate_feedback(_parse_json(body, what="a JSON feedback object"))
+
+
+def _parse_json(body: str | bytes, *, what: str = "a JSON chat completion request") -> dict[str, Any]:
     if not body:
-        raise RequestError("The request body is empty; send a JSON chat completion request.")
+        raise RequestError(f"The request body is empty; send {what}.")
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
     except UnicodeDecodeError as exc:  # json.loads would let raw surrogate bytes through

@@ -141,7 +141,7 @@ def _cors(config: RouterConfig) -> list[Middleware]:
 
 #: What a config reload cannot change in a running server: the backends (rebuilt only at start) and
 #: the listener (host, port, CORS, proxies, grace).
-_RESTART_ONLY = ("edge", "cloud", "estimator")
+_RESTART_ONLY = ("edge", "cloud", "estimator", "outcomes")
 
 
 def reload_config(app: Starlette, config: RouterConfig) -> None:

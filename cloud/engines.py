@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from router import (
     ChatBackend,
+    ConfigError,
     CostLedger,
     Ledger,
     LedgerConfig,
@@ -19,6 +20,8 @@ from router import (
     SqliteLedger,
     load_estimator,
 )
+from router._outcomes import OutcomeStore, OutcomeWriter
+from router._settings import RouterSettings, secret_from_env
 
 if TYPE_CHECKING:
     import httpx
@@ -43,6 +46,7 @@ def build_engine(
     edge backend unloaded (it then reports itself unavailable and counts tokens approximately).
     `cloud_transport` carries the cloud client's calls (SigV4 signing for SageMaker, a mock in tests).
     The ledger is `ledger`, else the one the config's `ledger` section names (`open_ledger`).
+    Outcome records are written where `config.outcomes` says (`outcome_writer`).
     """
     estimator = load_estimator(config.estimator.name, config.estimator.version)
     edge: ChatBackend | None = None
@@ -62,7 +66,10 @@ def build_engine(
         logger.warning("no cloud endpoint configured: every request is answered on the edge")
     if ledger is None:
         ledger = open_ledger(config.ledger)
-    return RoutingEngine(config, estimator=estimator, edge=edge, cloud=cloud, ledger=ledger)
+    outcomes = outcome_writer(config)
+    return RoutingEngine(
+        config, estimator=estimator, edge=edge, cloud=cloud, ledger=ledger, outcomes=outcomes
+    )
 
 
 def open_ledger(config: LedgerConfig) -> Ledger:
@@ -70,6 +77,30 @@ def open_ledger(config: LedgerConfig) -> Ledger:
     if config.kind == "sqlite":
         return SqliteLedger(config.path)
     return CostLedger()
+
+
+def outcome_writer(config: RouterConfig) -> OutcomeWriter | None:
+    """The writer of outcome records to the store `config.outcomes` names; None when it is off.
+
+    The prompt hashes' salt is `HYBRID_ROUTER_OUTCOMES_SALT`, else `outcomes.salt`.
+    """
+    section = config.outcomes
+    store: OutcomeStore
+    if section.store == "off":
+        return None
+    if section.store == "sqlite":
+        from router._outcome_sqlite import SqliteOutcomeStore
+
+        store = SqliteOutcomeStore(section.path)
+    else:
+        if not section.table:
+            raise ConfigError("outcomes.store is dynamodb but no table is named (outcomes.table)")
+        from cloud.aws.outcomes import DynamoDbOutcomeStore
+
+        store = DynamoDbOutcomeStore(section.table, ttl_days=section.ttl_days)
+    salt = secret_from_env(RouterSettings.SECRET_ENV["outcomes_salt"]) or section.salt
+    logger.info("outcome records: %r", store)
+    return OutcomeWriter(store, salt=salt, max_queue=section.max_queue, batch_size=section.batch_size)
 
 
 async def close_engine(engine: RoutingEngine) -> None:

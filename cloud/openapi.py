@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from cloud._version import installed_version
+from router._feedback import FeedbackRequest, FeedbackResponse
 from router._wire import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -81,6 +82,21 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             ),
             "503": _error("No backend can answer now."),
             "504": _error("The request's deadline passed."),
+        },
+    },
+    ("POST", "/v1/feedback"): {
+        "operationId": "createFeedback",
+        "summary": "Rate one of the caller's answers by its id; the rating joins the answer's outcome record",
+        "security": _BEARER,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(FeedbackRequest)}}},
+        "responses": {
+            "200": _json(_ref(FeedbackResponse), "The rating is recorded."),
+            "400": _error("The body is malformed: a rating is 1, -1 or a number from 0 to 1."),
+            "401": _UNAUTHORIZED,
+            "404": _error(
+                "No answer of this key's has that id (another key's answers read the same), or outcome "
+                "records are off."
+            ),
         },
     },
     ("GET", "/v1/models"): {
@@ -182,6 +198,8 @@ def openapi_document() -> dict[str, Any]:
                 ChatCompletionChunk,
                 ModelList,
                 ErrorResponse,
+                FeedbackRequest,
+                FeedbackResponse,
             )
         ],
         ref_template=_REF,

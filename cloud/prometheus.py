@@ -12,6 +12,9 @@ all prefixed `hybrid_router_`::
     upstream_latency_seconds{target} / estimator_latency_seconds    histograms
     cloud_share                            cloud decisions / all decisions since start
     edge_queue_depth, cloud_breaker_state (0 closed, 1 half-open, 2 open), backend_available{target}
+    outcomes_written_total / outcomes_dropped_total / outcomes_failed_total / outcomes_queued
+                                           outcome records (when on): written, dropped because the
+                                           queue was full, refused by the store, waiting
 
 prometheus_client is imported when an instance is made, never at import (the Lambda handler imports
 `cloud.routes`, which names this class).
@@ -20,10 +23,10 @@ prometheus_client is imported when an instance is made, never at import (the Lam
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
-from router import RequestOutcome, RoutingEngine, Target
+from router import OutcomeWriter, RequestOutcome, RoutingEngine, Target
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -99,6 +102,8 @@ class PrometheusMetrics:
         )
         for target in ("edge", "cloud"):
             available.labels(target).set_function(_availability(engine, target))
+        if engine.outcomes is not None:
+            r.register(_OutcomeCounts(engine.outcomes))
 
     def record(self, outcome: RequestOutcome) -> None:
         """Count one finished request."""
@@ -130,6 +135,30 @@ class PrometheusMetrics:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
+
+
+class _OutcomeCounts:
+    """The outcome writer's counts, read at scrape (a collector: they are kept by the writer)."""
+
+    def __init__(self, writer: OutcomeWriter) -> None:
+        self._writer = writer
+
+    def describe(self) -> list[Any]:
+        return []  # read at scrape only; nothing to check at registration
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self._writer.stats()
+        for name, help_text in (
+            ("written", "Outcome records the store accepted."),
+            ("dropped", "Outcome records dropped because the writer's queue was full."),
+            ("failed", "Outcome records in batches the store refused."),
+        ):
+            yield CounterMetricFamily(f"{PREFIX}_outcomes_{name}", help_text, value=stats[name])
+        yield GaugeMetricFamily(
+            f"{PREFIX}_outcomes_queued", "Outcome records waiting.", value=stats["queued"]
+        )
 
 
 def _availability(engine: RoutingEngine, target: Target) -> Callable[[], float]:

@@ -6,6 +6,8 @@ streams `HttpResponse.stream`; the buffered Lambda handler joins it into one bod
 the local server, the Function URL and API Gateway serve the same routes, bodies, headers and errors::
 
     POST /v1/chat/completions   a chat completion; `stream: true` as server-sent events
+    POST /v1/feedback           the caller's rating of one of its answers, joined to its outcome record
+                                (404 for an id of another tenant's, as for one never seen)
     GET  /v1/models             the one model id this router serves (any API key)
     GET  /health, /healthz      for anyone: `{"status": "ok"}`, 503 when no backend can answer; `/healthz`
                                 with an admin key: the mode (hybrid, edge-only, cloud-only), each
@@ -36,7 +38,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud._http import error_body, parse_chat_request, route_headers, with_request_id
+from cloud._http import error_body, parse_chat_request, parse_feedback, route_headers, with_request_id
 from cloud.prometheus import PrometheusMetrics
 from router import (
     BackendError,
@@ -46,6 +48,7 @@ from router import (
     InMemoryMetrics,
     ModelCard,
     ModelList,
+    OutcomeNotFound,
     PayloadTooLarge,
     RequestError,
     RouterError,
@@ -54,6 +57,7 @@ from router import (
     current_request_id,
     new_request_id,
 )
+from router._feedback import FeedbackResponse
 from router._wire import dump
 
 logger = logging.getLogger("hybrid_router")
@@ -61,6 +65,7 @@ logger = logging.getLogger("hybrid_router")
 JSON = "application/json"
 SSE = "text/event-stream"
 CHAT_COMPLETIONS = "/v1/chat/completions"
+FEEDBACK = "/v1/feedback"
 INTERNAL_ERROR_MESSAGE = "The router hit an internal error; it has been logged."
 
 
@@ -277,6 +282,23 @@ async def sse_events(chunks: AsyncGenerator[Any, None]) -> AsyncIterator[bytes]:
     yield b"data: [DONE]\n\n"
 
 
+async def feedback(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
+    """`POST /v1/feedback`: the caller's rating of one of its answers, joined to the answer's outcome record.
+
+    Only the tenant whose request it was may rate it: any other gets the same 404 as for an id that
+    was never seen, so that no tenant learns another's ids. Off (404) when outcome records are off.
+    """
+    tenant = authenticate(request, engine)
+    body = parse_feedback(await read_body(request, engine.config.server.max_body_bytes))
+    outcomes = engine.outcomes
+    if outcomes is None:
+        raise OutcomeNotFound("Outcome records are off on this router: there is no answer to rate.")
+    # Blocking (a store call, and a flush when the record is still queued): off the event loop.
+    if not await asyncio.to_thread(outcomes.rate, body.id, tenant.name, body.rating, body.comment):
+        raise OutcomeNotFound(f"No answer with id '{body.id}' was found for this API key.", param="id")
+    return json_response(dump(FeedbackResponse(id=body.id, rating=body.rating)))
+
+
 async def list_models(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
     """`GET /v1/models`: the one model id this router serves, for any caller with an API key."""
     authenticate(request, engine)
@@ -358,6 +380,8 @@ async def metrics(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
     if exporter is not None and not _wants_json(request):
         return HttpResponse(200, {"content-type": exporter.content_type}, exporter.exposition())
     snapshot = engine.metrics.snapshot() if isinstance(engine.metrics, InMemoryMetrics) else {}
+    if engine.outcomes is not None:
+        snapshot["outcomes"] = engine.outcomes.stats()
     return json_response(snapshot)
 
 
@@ -394,6 +418,7 @@ async def openapi(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
 #: Every route, for every front door.
 ROUTES: tuple[Route, ...] = (
     Route("POST", CHAT_COMPLETIONS, chat_completions),
+    Route("POST", FEEDBACK, feedback),
     Route("GET", "/v1/models", list_models),
     Route("GET", "/health", health),
     Route("GET", "/healthz", health_detail),

@@ -102,6 +102,13 @@ class EscalationClient:
         """
         return self._http.stream(chat_body(request, model=self.link.model, stream=True))
 
+    async def feedback(self, completion_id: str, rating: float, comment: str | None) -> None:
+        """Rate one of the cloud router's answers (`POST /v1/feedback`); its 404 is `OutcomeNotFound`."""
+        body: dict[str, object] = {"id": completion_id, "rating": rating}
+        if comment is not None:
+            body["comment"] = comment
+        await self._http.post_json("feedback", body)
+
     async def aclose(self) -> None:
         """Close the HTTP client (when its loop still runs)."""
         await self._http.aclose()

@@ -13,8 +13,10 @@ stays offline for `cloud.offline_retry_s`, then probes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Mapping
 from types import TracebackType
 from typing import Any
@@ -34,13 +36,17 @@ from edge._types import EdgeChunk, EdgeCompletion, EdgeRoute, EdgeStream
 from router._backend import ChatBackend
 from router._config import CloudConfig, RouterConfig
 from router._engine import RoutingEngine
-from router._errors import ModelNotFound
+from router._errors import ModelNotFound, OutcomeNotFound
 from router._estimator import ComplexityEstimator, load_estimator
+from router._outcomes import OutcomeWriter
 from router._plan import RoutedStream, RoutePlan, Tenant
 from router._requests import validate_chat_request
 from router._wire import ChatCompletionRequest, RouteInfo
 
 logger = logging.getLogger("hybrid_router.edge")
+
+#: How many recent answers `EdgeRouter.feedback` knows the origin of.
+_ANSWERS_KEPT = 10_000
 
 #: A device's plan is the engine's: the decision (with the device's signals and personal data) and its facts.
 DevicePlan = RoutePlan
@@ -106,6 +112,13 @@ class EdgeRouter:
             online=self.link.may_try,
             privacy=config.privacy,
         )
+        self.outcomes: OutcomeWriter | None = None
+        if config.outcomes.path is not None:
+            from router._outcome_sqlite import SqliteOutcomeStore
+
+            self.outcomes = OutcomeWriter(SqliteOutcomeStore(config.outcomes.path), salt=config.outcomes.salt)
+        #: where each recent answer came from, by id, for `feedback` (the newest `_ANSWERS_KEPT`)
+        self._answered: OrderedDict[str, str] = OrderedDict()
         self.engine = RoutingEngine(
             engine_config(config),
             estimator=self.estimator,
@@ -113,6 +126,7 @@ class EdgeRouter:
             policy=policy,
             # The app gets every route in its answer; a log line per request on a device is noise.
             log_decisions=False,
+            outcomes=self.outcomes,
         )
 
     @classmethod
@@ -237,6 +251,7 @@ class EdgeRouter:
         assert response.route is not None  # the engine always sets it
         answer = EdgeCompletion.model_validate(response.model_dump(exclude={"route"}))
         answer.route = self._edge_route(response.route, plan)
+        self._remember(answer.id, answer.route.target)
         return answer
 
     async def stream(self, request: ChatCompletionRequest | Mapping[str, Any]) -> EdgeStream:
@@ -254,6 +269,7 @@ class EdgeRouter:
     async def _edge_chunks(self, routed: RoutedStream, route: EdgeRoute) -> AsyncGenerator[EdgeChunk, None]:
         try:
             async for chunk in routed.chunks:
+                self._remember(chunk.id, route.target)
                 yield EdgeChunk(
                     id=chunk.id,
                     created=chunk.created,
@@ -268,6 +284,38 @@ class EdgeRouter:
             route.cost_saved_usd = routed.route.cost_saved_usd
             if route.upstream is None:
                 route.cost_usd = routed.route.cost_usd
+
+    # -- feedback --------------------------------------------------------------------------------
+
+    async def feedback(self, completion_id: str, rating: float, comment: str | None = None) -> None:
+        """Rate one of this device's answers: 1 (good), -1 (bad), or a score from 0 to 1.
+
+        An answer that came from the cloud is rated at the cloud router, which holds its record; one
+        answered here is rated in the device's own outcome records (`outcomes.path`). An id the device
+        has no record of raises `OutcomeNotFound`, as does one the cloud router does not know as this
+        key's; a malformed rating raises `RequestError` before anything is sent.
+        """
+        from router._feedback import validate_feedback
+
+        checked = validate_feedback({"id": completion_id, "rating": rating, "comment": comment})
+        if self._answered.get(checked.id) == "cloud":
+            await self.escalation.feedback(checked.id, checked.rating, checked.comment)
+            return
+        local = self.outcomes
+        tenant = self.config.tenant
+        if local is None or not await asyncio.to_thread(
+            local.rate, checked.id, tenant, checked.rating, checked.comment
+        ):
+            raise OutcomeNotFound(
+                f"This device has no record of an answer with id '{checked.id}'.", param="id"
+            )
+
+    def _remember(self, completion_id: str, target: str) -> None:
+        if completion_id in self._answered:
+            return
+        self._answered[completion_id] = target
+        if len(self._answered) > _ANSWERS_KEPT:
+            self._answered.popitem(last=False)
 
     def _edge_route(self, route: RouteInfo, plan: RoutePlan) -> EdgeRoute:
         """The engine's route, plus what only the device knows; an escalation costs what the cloud says."""

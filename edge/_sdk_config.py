@@ -147,6 +147,15 @@ class ConfigSyncSettings(_Strict):
     timeout_s: Annotated[float, Field(gt=0)] = 5.0
 
 
+class DeviceOutcomes(_Strict):
+    """Outcome records of this device's answers, and where `EdgeRouter.feedback` keeps local ratings."""
+
+    path: str | None = Field(
+        None, description="The device's SQLite file of outcome records; None: no local records."
+    )
+    salt: str | None = Field(None, description="Salt of the prompt hashes; None: a random one per run.")
+
+
 class EdgeRouterConfig(_Strict):
     """Everything the on-device SDK needs."""
 
@@ -162,6 +171,9 @@ class EdgeRouterConfig(_Strict):
     price: CloudPrice = Field(CloudPrice(), description="Cloud price, for the cost a local answer saves.")
     privacy: PrivacyConfig = PrivacyConfig()
     sync: ConfigSyncSettings = ConfigSyncSettings()
+    outcomes: DeviceOutcomes = Field(
+        DeviceOutcomes(), description="Outcome records on the device (off by default) and local feedback."
+    )
     signals_root: str = Field(
         "/", description="Where /sys and /proc are read from (a fixture tree in tests)."
     )

@@ -1,9 +1,10 @@
 """The student estimator as a torch module, its head's training, and its ONNX export + int8 quantization.
 
 The module reads `input_ids` ([1, n], int64, the run-time tokenizer's output) and returns `score`
-([1], float): the mean of the tokens' static vectors (L2-normalised) and the log token count go
-through a small head and a sigmoid. `pooled_features` computes the same features in numpy, so the
-head trains on precomputed features and the exported graph is checked against them.
+([1], float) and `features` (what the head reads, for outcome records): the mean of the tokens'
+static vectors (L2-normalised) and the log token count go through a small head and a sigmoid.
+`pooled_features` computes the same features in numpy, so the head trains on precomputed features
+and the exported graph is checked against them.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def head_scores(head: Any, features: npt.NDArray[np.float32]) -> npt.NDArray[np.
 
 
 def student_module(table: npt.NDArray[np.float32], head: Any) -> Any:
-    """The whole student as one torch module: `input_ids` [1, n] → `score` [1]."""
+    """The whole student as one torch module: `input_ids` [1, n] → `score` [1] and `features` [1, d+1]
+    (what the head reads: outcome records keep them, so that a per-deployment head can be fitted)."""
     import torch
 
     class StaticStudent(torch.nn.Module):  # type: ignore[misc]
@@ -135,7 +137,8 @@ def student_module(table: npt.NDArray[np.float32], head: Any) -> Any:
             pooled = mean / mean.norm(dim=-1, keepdim=True).clamp(min=1e-12)
             count = torch.ones_like(input_ids, dtype=torch.float32).sum(dim=1, keepdim=True)
             length = torch.log1p(count) / LENGTH_SCALE
-            return torch.sigmoid(self.head(torch.cat([pooled, length], dim=-1))).reshape(-1)
+            features = torch.cat([pooled, length], dim=-1)
+            return torch.sigmoid(self.head(features)).reshape(-1), features
 
     return StaticStudent().eval()
 
@@ -150,7 +153,7 @@ def export_onnx(module: Any, path: Path) -> None:
         (example,),
         str(path),
         input_names=["input_ids"],
-        output_names=["score"],
+        output_names=["score", "features"],
         dynamic_axes={"input_ids": {1: "tokens"}},
         opset_version=17,
         dynamo=False,

@@ -38,6 +38,7 @@ from router._config import (
     EdgeConfig,
     EstimatorConfig,
     LedgerConfig,
+    OutcomesConfig,
     RouterConfig,
     ServerConfig,
     TierCacheConfig,
@@ -66,6 +67,7 @@ from router._errors import (
     MissingExtra,
     ModelNotFound,
     NoBackendAvailable,
+    OutcomeNotFound,
     PayloadTooLarge,
     RateLimitExceeded,
     RequestError,
@@ -76,6 +78,7 @@ from router._errors import (
 from router._estimator import (
     ComplexityEstimator,
     EstimatorSelector,
+    FeatureEstimator,
     HeuristicEstimator,
     SingleEstimator,
     available_estimators,
@@ -83,6 +86,7 @@ from router._estimator import (
     register_estimator,
 )
 from router._extras import import_extra, require_extra
+from router._feedback import FeedbackRequest, FeedbackResponse
 from router._metrics import (
     DecisionLog,
     DecisionObserver,
@@ -92,6 +96,7 @@ from router._metrics import (
     decision_fields,
     log_decision,
 )
+from router._outcomes import OutcomeRecord, OutcomeStore, OutcomeWriter
 from router._plan import RoutedStream, RoutePlan, Tenant
 from router._policy import Decision, Policy, PolicyInput, RequestFacts, RouteReason, TierPolicy, decide
 from router._request_id import (
@@ -170,6 +175,9 @@ __all__ = [
     "EstimatorConfig",
     "EstimatorError",
     "EstimatorSelector",
+    "FeatureEstimator",
+    "FeedbackRequest",
+    "FeedbackResponse",
     "HeuristicEstimator",
     "HybridRouterSettings",
     "InMemoryMetrics",
@@ -181,6 +189,11 @@ __all__ = [
     "ModelList",
     "ModelNotFound",
     "NoBackendAvailable",
+    "OutcomeNotFound",
+    "OutcomeRecord",
+    "OutcomeStore",
+    "OutcomeWriter",
+    "OutcomesConfig",
     "PayloadTooLarge",
     "Policy",
     "PolicyInput",

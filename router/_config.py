@@ -99,6 +99,11 @@ class TierConfig(_Strict):
         description="Seconds a request may take, streamed or not, fallback included; None: server.deadline_s",
     )
     cache: TierCacheConfig = Field(TierCacheConfig(), description="The response cache; off by default.")
+    store_prompts: bool = Field(
+        False,
+        description="Keep the prompt's text in outcome records; false keeps only a salted hash and the "
+        "estimator's features.",
+    )
 
 
 class EdgeConfig(_Strict):
@@ -270,6 +275,30 @@ class CacheConfig(_Strict):
     )
 
 
+class OutcomesConfig(_Strict):
+    """Outcome records of every routed request (router/_outcomes.py), and `POST /v1/feedback` on them."""
+
+    store: Literal["off", "sqlite", "dynamodb"] = Field(
+        "off",
+        description="off: no records and no feedback; sqlite: one local file (WAL); dynamodb: a table "
+        "(Lambda sets it with HYBRID_ROUTER_OUTCOMES_TABLE).",
+    )
+    path: str = Field("outcomes.sqlite3", description="The SQLite file (store: sqlite).")
+    table: str | None = Field(None, description="The DynamoDB table (store: dynamodb).")
+    ttl_days: Annotated[int, Field(ge=1)] = Field(90, description="Days a DynamoDB record is kept.")
+    salt: str | None = Field(
+        None,
+        description="Salt of the prompt hashes; HYBRID_ROUTER_OUTCOMES_SALT overrides it; neither: a random "
+        "salt per process (hashes then join only within it).",
+    )
+    max_queue: Annotated[int, Field(ge=1)] = Field(
+        10_000, description="Records that may wait for the writer; more are dropped and counted."
+    )
+    batch_size: Annotated[int, Field(ge=1, le=25)] = Field(
+        25, description="Records written per batch (DynamoDB takes 25 at most)."
+    )
+
+
 class ApiKeyEntry(_Strict):
     """One API key, stored as its SHA-256 hex digest, and the tenant and tier it belongs to."""
 
@@ -316,6 +345,9 @@ class RouterConfig(_Strict):
     admin_keys: list[AdminKeyEntry] = Field(
         default_factory=list,
         description="Operators' keys (SHA-256 digests) that read /metrics and /healthz detail; none: nobody.",
+    )
+    outcomes: OutcomesConfig = Field(
+        OutcomesConfig(), description="Outcome records and feedback; off by default."
     )
 
     @model_validator(mode="after")

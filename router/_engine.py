@@ -11,6 +11,8 @@ on-device SDK (`edge.EdgeRouter`) all call it, and differ only in what they plug
   the decision log, and whatever else is plugged in);
 - the response cache (`ResponseCache`): a repeated request answered before it is planned, as
   target "cache" (recorded and observed like any decision, its saving counted as the cloud's price).
+- outcome capture (`OutcomeWriter`): an observer that writes outcome records off the request path,
+  and joins feedback to them.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from router._errors import (
     NoBackendAvailable,
     RouterError,
 )
-from router._estimator import ComplexityEstimator, EstimatorSelector, SingleEstimator
+from router._estimator import ComplexityEstimator, EstimatorSelector, FeatureEstimator, SingleEstimator
 from router._failover import (
     continued,
     continues_cut_streams,
@@ -54,6 +56,7 @@ from router._failover import (
     until,
 )
 from router._metrics import DecisionLog, DecisionObserver, InMemoryMetrics, RouterMetrics
+from router._outcomes import OutcomeWriter
 from router._plan import (
     ApiKeys,
     RoutedStream,
@@ -92,6 +95,7 @@ class RoutingEngine(OutcomeRecording):
         observers: Sequence[DecisionObserver] = (),
         log_decisions: bool = True,
         cache: ResponseCache | None = None,
+        outcomes: OutcomeWriter | None = None,
     ) -> None:
         """An engine for `config`; every seam has a default.
 
@@ -100,6 +104,8 @@ class RoutingEngine(OutcomeRecording):
         in-process `CostLedger`; `metrics` (default `InMemoryMetrics`) and, unless `log_decisions` is
         false, the decision log observe before `observers`. The cache defaults to an in-process LRU of
         `config.cache.max_entries`, semantic when the primary estimator is an `Embedder`; tiers turn it on.
+        `outcomes` observes last, and asks the estimator for its features; `aclose` writes what it
+        still holds.
         """
         if estimators is None:
             if estimator is None:
@@ -117,7 +123,9 @@ class RoutingEngine(OutcomeRecording):
         self._extra_observers = tuple(observers)
         self._log_decisions = log_decisions
         decision_log: list[DecisionObserver] = [DecisionLog()] if log_decisions else []
-        self.observers: list[DecisionObserver] = [self.metrics, *decision_log, *observers]
+        self.outcomes = outcomes
+        capture: list[DecisionObserver] = [outcomes] if outcomes is not None else []
+        self.observers: list[DecisionObserver] = [self.metrics, *decision_log, *observers, *capture]
         self.keys = ApiKeys(config)
         if cache is None:
             primary = estimators.primary
@@ -152,6 +160,7 @@ class RoutingEngine(OutcomeRecording):
             observers=self._extra_observers,
             log_decisions=self._log_decisions,
             cache=self.cache,
+            outcomes=self.outcomes,
         )
 
     @property
@@ -237,11 +246,18 @@ class RoutingEngine(OutcomeRecording):
         estimator = self.estimators.select(request, tenant)
         estimator_id = f"{estimator.name}@{estimator.version}"
         started = time.perf_counter()
+        features: Sequence[float] | None = None
         try:
-            score = min(1.0, max(0.0, float(estimator.score(request.messages))))
+            # getattr, not isinstance: a runtime protocol check costs microseconds on every request
+            with_features = getattr(estimator, "score_with_features", None) if self.outcomes else None
+            if with_features is not None:
+                raw, features = cast(FeatureEstimator, estimator).score_with_features(request.messages)
+            else:
+                raw = estimator.score(request.messages)
+            score = min(1.0, max(0.0, float(raw)))
         except Exception:  # an estimator bug must not fail the request: route it as undecided
             logger.exception("estimator %s failed; scoring 0.5", estimator_id)
-            score = 0.5
+            score, features = 0.5, None
         estimator_ms = (time.perf_counter() - started) * 1000.0
         counter = self.edge or self.cloud
         prompt_tokens = (
@@ -259,10 +275,27 @@ class RoutingEngine(OutcomeRecording):
         try:
             decision = self.policy.decide(given)
         except RouterError as exc:
-            refused = RoutePlan(exc.decision, prompt_tokens, requested, estimator_ms, edge_lacks)
+            refused = RoutePlan(
+                exc.decision,
+                prompt_tokens,
+                requested,
+                estimator_ms,
+                edge_lacks,
+                features=features,
+                request=request,
+            )
             self._record_refusal(exc, refused, request)
             raise
-        return RoutePlan(decision, prompt_tokens, requested, estimator_ms, edge_lacks, given)
+        return RoutePlan(
+            decision,
+            prompt_tokens,
+            requested,
+            estimator_ms,
+            edge_lacks,
+            given=given,
+            features=features,
+            request=request,
+        )
 
     async def _plan_off_loop(
         self, request: ChatCompletionRequest, tenant: Tenant, plan: RoutePlan | None = None
@@ -286,7 +319,13 @@ class RoutingEngine(OutcomeRecording):
         return await asyncio.to_thread(planned)
 
     async def aclose(self) -> None:
-        """Release every backend (models, connections), each even when another fails to close."""
+        """Write the outcome records still queued, then release every backend (models, connections),
+        each even when another fails to close."""
+        if self.outcomes is not None:
+            try:
+                await asyncio.to_thread(self.outcomes.close)
+            except Exception:
+                logger.exception("closing the outcome writer failed")
         for name, backend in self.backends.items():
             try:
                 await backend.aclose()
@@ -314,7 +353,14 @@ class RoutingEngine(OutcomeRecording):
         held, decision, response = await self._run_with_fallback(ready, started, run, stream=False)
         # A backend that is itself a router (the device's cloud) reports its own route.
         route = await self._record(
-            held, decision, started, status=200, stream=False, usage=response.usage, upstream=response.route
+            held,
+            decision,
+            started,
+            status=200,
+            stream=False,
+            usage=response.usage,
+            upstream=response.route,
+            completion_id=response.id,
         )
         response.route = route
         response.model = route.model
@@ -535,6 +581,7 @@ class RoutingEngine(OutcomeRecording):
                 error=error,
                 upstream=route.upstream,
                 failover=failover,
+                completion_id=last.id if last is not None else None,
             )
             route.cost_usd, route.cost_saved_usd = recorded.cost_usd, recorded.cost_saved_usd
 

@@ -10,6 +10,7 @@ Every error that can reach a caller maps to an HTTP status and an OpenAI error b
     │   ├── TooManyMessages          400 array_above_max_length (`server.max_messages`)
     │   ├── ContextLengthExceeded    400 context_length_exceeded
     │   ├── ModelNotFound            404 model_not_found
+    │   ├── OutcomeNotFound          404 outcome_not_found (no answer of the caller's with that id)
     │   └── PayloadTooLarge          413 request_too_large
     ├── AuthenticationError          401 invalid_api_key
     ├── BudgetExhausted              429 budget_exhausted (the tier's cloud budget; the edge cannot answer)
@@ -131,6 +132,13 @@ class ModelNotFound(RequestError):
 
     status_code = 404
     code = "model_not_found"
+
+
+class OutcomeNotFound(RequestError):
+    """Feedback names an answer the caller has no outcome record of (another tenant's reads the same)."""
+
+    status_code = 404
+    code = "outcome_not_found"
 
 
 class PayloadTooLarge(RequestError):

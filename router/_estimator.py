@@ -35,6 +35,19 @@ class ComplexityEstimator(Protocol):
         ...
 
 
+@runtime_checkable
+class FeatureEstimator(ComplexityEstimator, Protocol):
+    """An estimator that can hand over the features it scored from, for outcome records.
+
+    The ONNX estimator's are its pooled embedding (when its artefact exports them); the heuristic
+    has none. `models fit` (later) trains a per-deployment head on them.
+    """
+
+    def score_with_features(self, messages: Sequence[ChatMessage]) -> tuple[float, Sequence[float] | None]:
+        """The score, and the features it was computed from (None when this input has none)."""
+        ...
+
+
 def conversation_text(messages: Sequence[ChatMessage]) -> str:
     """The text an estimator reads for a conversation: the latest user turn first, then earlier turns.
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from router._policy import Decision
 from router._request_id import current_request_id
+
+if TYPE_CHECKING:
+    from router._wire import ChatCompletionRequest
 
 DECISION_LOGGER = logging.getLogger("hybrid_router.decisions")
 
@@ -37,6 +41,14 @@ class RequestOutcome:
     failover_from: str | None = None
     #: content chunks the caller had (one token each, about) when the stream failed over
     failover_at_tokens: int | None = None
+    #: the answer's id (`chatcmpl-...`), None when there is no answer
+    completion_id: str | None = None
+    #: the estimator's input features (`FeatureEstimator`), when captured
+    features: Sequence[float] | None = None
+    #: the request answered (outcome capture reads its text off the request path)
+    request: ChatCompletionRequest | None = None
+    #: whether the tier lets its prompts' text be kept (`TierConfig.store_prompts`)
+    keep_prompt: bool = False
 
 
 class DecisionObserver(Protocol):

@@ -7,6 +7,9 @@ estimator). The model takes the token ids of `conversation_text(messages)` as `i
 (int64, shape [1, n]) and returns the score as `score` (float, shape [1]). An entry may name the
 graph's pooled sentence vector (`"embedding": {"output": ...}`): the estimator then also `embed`s a
 conversation, the key of the semantic response cache (`router._cache`).
+An artefact that also
+returns `features` (float, shape [1, d]: what its head reads, the pooled embedding) hands them to
+outcome records (`score_with_features`). Artefacts built before `models build` exported it have none.
 
 onnxruntime, tokenizers and numpy are imported when an estimator is loaded, not when `router` is;
 they come with the `onnx` extra (`MissingExtra` names it when they are not installed).
@@ -27,6 +30,8 @@ from router._wire import ChatMessage
 
 MANIFEST_NAME = "registry.json"
 MANIFEST_FORMAT = 1
+#: The optional output of an estimator's model that holds its input features.
+FEATURES_OUTPUT = "features"
 # Characters kept per token of `max_tokens` before tokenizing: text past the token limit is dropped
 # anyway, and tokenizing it would make cost grow with prompt length (English runs ~4-5 characters
 # per WordPiece token, so 12 keeps every token the model would have read).
@@ -159,6 +164,11 @@ class OnnxEstimator:
         if self.embedding_output is not None:
             model = with_graph_output(model_path.read_bytes(), self.embedding_output)
         self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        outputs = {o.name for o in self._session.get_outputs()}
+        #: what outcome records take as features: the exported `features`, else the pooled vector
+        self.features_output = FEATURES_OUTPUT if FEATURES_OUTPUT in outputs else self.embedding_output
+        #: whether the artefact gives features (`score_with_features`)
+        self.has_features = self.features_output is not None
 
     def token_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The (truncated) token ids the model reads for a conversation."""
@@ -189,6 +199,15 @@ class OnnxEstimator:
         (out,) = self._session.run([self.embedding_output], feed)
         vector: list[float] = out.reshape(-1).tolist()
         return vector
+
+    def score_with_features(self, messages: Sequence[ChatMessage]) -> tuple[float, Sequence[float] | None]:
+        """The score and, where the artefact exports them, its features (one run of the model)."""
+        if not self.has_features:
+            return self.score(messages), None
+        feed = {"input_ids": self._np.asarray([self.token_ids(messages)], dtype=self._np.int64)}
+        score, features = self._session.run(["score", self.features_output], feed)
+        vector: Sequence[float] = features.reshape(-1)
+        return float(score.reshape(-1)[0]), vector
 
 
 def register_artefacts(root: Path) -> list[str]:

@@ -64,6 +64,7 @@ from router._errors import (
     CloudUnavailable,
     ContextLengthExceeded,
     ModelNotFound,
+    OutcomeNotFound,
     PayloadTooLarge,
     RequestError,
     RouterError,
@@ -127,7 +128,7 @@ def error_for_status(status: int, message: str, code: str | None) -> RouterError
     if status == 401:
         return AuthenticationError(message)
     if status == 404:
-        return ModelNotFound(message)
+        return OutcomeNotFound(message) if code == OutcomeNotFound.code else ModelNotFound(message)
     if status == 413:
         return PayloadTooLarge(message)
     if 400 <= status < 500 and status != 429:
@@ -260,6 +261,22 @@ class OpenAIHTTPClient:
             if response is not None:
                 await response.aclose()
 
+    async def post_json(self, path: str, body: dict[str, Any]) -> Any:
+        """POST `body` to `path` (not a chat call: no breaker), retried as one; its JSON answer."""
+        client = await self._http()
+        async with self._deadline():
+            response = await self._send(client, body, path=path)
+            try:
+                await response.aread()
+            except httpx.HTTPError as exc:
+                raise self._failure(exc, "while sending its response") from None
+            finally:
+                await response.aclose()
+        try:
+            return response.json()
+        except ValueError:
+            raise CloudBackendError(self.describe(f"sent an invalid answer to {path}")) from None
+
     async def probe(self, path: str = "models", *, timeout_s: float) -> float:
         """Round trip of `GET path` in ms; any status counts (the network carried the call)."""
         client = await self._http()
@@ -337,7 +354,9 @@ class OpenAIHTTPClient:
         except TimeoutError:
             raise self._network(CloudTimeout, f"did not answer within {total:g}s") from None
 
-    async def _send(self, client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Response:
+    async def _send(
+        self, client: httpx.AsyncClient, body: dict[str, Any], *, path: str = CHAT_PATH
+    ) -> httpx.Response:
         """POST with retries; returns an unread 2xx response that the caller must close."""
         started = self.clock()
         attempt = 0
@@ -348,7 +367,7 @@ class OpenAIHTTPClient:
             attempt += 1
             retry_after: float | None = None
             try:
-                request = client.build_request("POST", CHAT_PATH, json=body, headers=headers)
+                request = client.build_request("POST", path, json=body, headers=headers)
                 response = await client.send(request, stream=True)
             except httpx.HTTPError as exc:
                 failure: RouterError = self._failure(exc, "before answering")

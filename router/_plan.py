@@ -4,14 +4,14 @@ routed stream with the helpers that hold it together."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from router._accounting import Reservation
 from router._config import RouterConfig, TierConfig, hash_api_key
 from router._errors import AuthenticationError
 from router._policy import Decision, PolicyInput
-from router._wire import ChatCompletionChunk, RouteInfo
+from router._wire import ChatCompletionChunk, ChatCompletionRequest, RouteInfo
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,10 @@ class RoutePlan:
     given: PolicyInput | None = None
     #: the tenant's budget held for a cloud answer until it is settled (`Ledger.reserve`)
     reservation: Reservation | None = None
+    #: the estimator's features, when outcome capture asked for them (`FeatureEstimator`)
+    features: Sequence[float] | None = None
+    #: the request planned for (outcome capture reads its text off the request path)
+    request: ChatCompletionRequest | None = None
 
 
 @dataclass

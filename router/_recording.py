@@ -113,6 +113,11 @@ class OutcomeRecording:
                 plan, exc.decision, 0.0, status=exc.status_code, stream=bool(request.stream), error=exc
             )
 
+    def _keeps_prompts(self, tier: str) -> bool:
+        """Whether outcome records of `tier` keep the prompt's text (`TierConfig.store_prompts`)."""
+        config = self.config.tiers.get(tier)
+        return config is not None and config.store_prompts
+
     def _route_info(
         self,
         decision: Decision,
@@ -144,6 +149,7 @@ class OutcomeRecording:
         upstream: RouteInfo | None = None,
         failover: tuple[str, int] | None = None,
         model: str | None = None,
+        completion_id: str | None = None,
     ) -> RouteInfo:
         """Book a finished request's cost or saving (settling its reservation) and tell the observers."""
         upstream_ms = (time.perf_counter() - started) * 1000.0
@@ -168,6 +174,7 @@ class OutcomeRecording:
             cost=cost,
             saved=saved,
             model=model,
+            completion_id=completion_id,
         )
 
     async def _book_off_loop(
@@ -206,6 +213,7 @@ class OutcomeRecording:
         cost: float = 0.0,
         saved: float = 0.0,
         model: str | None = None,
+        completion_id: str | None = None,
     ) -> RouteInfo:
         usage = usage or Usage()
         route = self._route_info(decision, cost, saved, upstream=upstream, model=model)
@@ -223,6 +231,10 @@ class OutcomeRecording:
             error_code=error.code if error else None,
             failover_from=failover[0] if failover else None,
             failover_at_tokens=failover[1] if failover else None,
+            completion_id=completion_id,
+            features=plan.features,
+            request=plan.request,
+            keep_prompt=self._keeps_prompts(decision.tier),
         )
         for observer in self.observers:
             try:

@@ -21,7 +21,7 @@ def validate_chat_request(payload: Any) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(payload)
     except ValidationError as exc:
-        raise _request_error(exc) from None
+        raise request_error(exc) from None
 
 
 #: pydantic's error types of a bound, as the end of OpenAI's error codes
@@ -33,7 +33,8 @@ _BOUNDS = {
 }
 
 
-def _request_error(exc: ValidationError) -> RequestError:
+def request_error(exc: ValidationError) -> RequestError:
+    """Pydantic's first problem as the `RequestError` that names where it is (OpenAI's code for a bound)."""
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
     extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""

@@ -121,6 +121,8 @@ class RouterSettings(HybridRouterSettings):
     SECRET_ENV: ClassVar[dict[str, str]] = {
         # The default of `cloud.api_key_env`: the GPU endpoint's API key, sent as a bearer token.
         "cloud_api_key": "HYBRID_ROUTER_CLOUD_API_KEY",
+        # Salt of the prompt hashes in outcome records, over the config's `outcomes.salt`.
+        "outcomes_salt": "HYBRID_ROUTER_OUTCOMES_SALT",
     }
 
     cloud_url: str | None = Field(

@@ -3,7 +3,9 @@
 It mounts `cloud.routes`, the routes the local server and the Function URL serve, with the same
 bodies, headers and errors; a `stream: true` chat completion is answered as one SSE body (true
 streaming is the Function URL's: see `cloud.aws.stream`). The REST API in `template.yaml` exposes
-`POST /v1/chat/completions`, `GET /v1/models`, `GET /health` and `GET /v1/edge/config`.
+`POST /v1/chat/completions`, `POST /v1/feedback`, `GET /v1/models`, `GET /health` and
+`GET /v1/edge/config`. With `HYBRID_ROUTER_OUTCOMES_TABLE` set, outcome records go to that DynamoDB
+table (`cloud.aws.outcomes`).
 
 The caller's tier comes from the API Gateway key that made the call (`requestContext.identity`),
 mapped through the config's `api_key_ids` (or `api_keys` by sha256), never from the request body;

@@ -54,6 +54,7 @@ def _build_lambda_engine(config: RouterConfig) -> RoutingEngine:
 
     settings = LambdaSettings.from_env()  # read once per build: a secret id may have changed
     _load_cloud_secret(config, settings.cloud_api_key_secret)
+    config = with_outcomes_table(config, settings.outcomes_table, settings.outcomes_ttl_days)
     transport = None
     if settings.cloud_auth == "sagemaker" and config.cloud.url:
         from cloud.aws.sagemaker import SageMakerTransport
@@ -72,6 +73,17 @@ def lambda_ledger(settings: LambdaSettings) -> Ledger:
 
         return DynamoDbLedger(settings.budget_table)
     return CostLedger()
+
+
+def with_outcomes_table(config: RouterConfig, table: str | None, ttl_days: int | None = None) -> RouterConfig:
+    """`config` with its outcome records in DynamoDB table `table` (the template's), when one is set."""
+    if not table:
+        return config
+    update: dict[str, object] = {"store": "dynamodb", "table": table}
+    if ttl_days is not None:
+        update["ttl_days"] = ttl_days
+    outcomes = config.outcomes.model_copy(update=update)
+    return config.model_copy(update={"outcomes": outcomes})
 
 
 def _load_cloud_secret(config: RouterConfig, secret_id: str | None) -> None:

@@ -67,6 +67,16 @@ class LambdaSettings(HybridRouterSettings):
         description="DynamoDB table of the response cache shared by every environment (tiers turn the "
         "cache on); none: each environment keeps its own in memory.",
     )
+    outcomes_table: str | None = Field(
+        None,
+        validation_alias="HYBRID_ROUTER_OUTCOMES_TABLE",
+        description="DynamoDB table of outcome records (and their feedback); set: records on, in that table.",
+    )
+    outcomes_ttl_days: int | None = Field(
+        None,
+        validation_alias="HYBRID_ROUTER_OUTCOMES_TTL_DAYS",
+        description="Days an outcome record is kept in that table (TTL); unset: outcomes.ttl_days.",
+    )
     metrics_namespace: str = Field(
         "HybridRouter", validation_alias="POWERTOOLS_METRICS_NAMESPACE", description="CloudWatch namespace."
     )

@@ -70,3 +70,17 @@ def test_the_app_serves_it_without_a_key() -> None:
     with TestClient(create_app(CONFIG, engine_factory=factory)) as client:
         response = client.get("/openapi.json")
     assert response.status_code == 200 and response.json() == openapi_document()
+
+
+def test_feedback_is_described_with_the_schema_the_server_validates_with() -> None:
+    document = openapi_document()
+    operation = document["paths"]["/v1/feedback"]["post"]
+    assert operation["operationId"] == "createFeedback" and operation["security"] == [{"bearerAuth": []}]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/FeedbackRequest"}
+    assert set(document["components"]["schemas"]["FeedbackRequest"]["properties"]) == {
+        "id",
+        "rating",
+        "comment",
+    }
+    assert {"200", "400", "401", "404"} <= set(operation["responses"])

@@ -118,6 +118,13 @@ SAME_REQUESTS = [
     ),
     pytest.param("POST", "/v1/chat/completions", {}, json.dumps(CHAT).encode(), id="missing-key"),
     pytest.param("GET", "/v1/models", BEARER, None, id="models"),
+    pytest.param(
+        "POST", "/v1/feedback", BEARER, b'{"id": "chatcmpl-x", "rating": 5}', id="feedback-bad-rating"
+    ),
+    pytest.param(
+        "POST", "/v1/feedback", BEARER, b'{"id": "chatcmpl-x", "rating": 1}', id="feedback-records-off"
+    ),
+    pytest.param("POST", "/v1/feedback", {}, b'{"id": "chatcmpl-x", "rating": 1}', id="feedback-no-key"),
     pytest.param("GET", "/v1/models", {}, None, id="models-without-a-key"),
     pytest.param("GET", "/health", {}, None, id="health"),
     pytest.param("GET", "/healthz", {}, None, id="healthz"),

@@ -1,0 +1,111 @@
+"""`SqliteOutcomeStore`: outcome records in one SQLite file (WAL), for a local server or a device.
+
+One row per record, one column per `OutcomeRecord` field (`features` as a BLOB of little-endian
+float32, `pack_features`), then `rating`, `comment` and `rated_at` once the caller rates the answer.
+
+The embedded default (`outcomes: {store: sqlite, path: ...}`). WAL lets readers (an analysis, `models
+fit` later) read while the writer thread writes, and several server processes share one file; within a
+process, one connection serves every thread, one statement at a time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from router._outcomes import OutcomeRecord, pack_features, unpack_features
+
+_COLUMNS = [f.name for f in fields(OutcomeRecord)]
+_TYPES = {"id": "TEXT PRIMARY KEY", "created_at": "REAL NOT NULL", "tenant": "TEXT NOT NULL"}
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS outcomes (
+    {", ".join(f"{name} {_TYPES.get(name, '')}".strip() for name in _COLUMNS)},
+    rating REAL,
+    comment TEXT,
+    rated_at REAL
+);
+CREATE INDEX IF NOT EXISTS outcomes_created_at ON outcomes (created_at);
+"""
+_INSERT = (
+    f"INSERT OR IGNORE INTO outcomes ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+
+
+class SqliteOutcomeStore:
+    """Outcome records in the SQLite file `path` (made, with its folder, when missing)."""
+
+    def __init__(self, path: str | Path) -> None:
+        """Open (or create) the file in WAL mode."""
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False, isolation_level=None)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"SqliteOutcomeStore({str(self.path)!r})"
+
+    def write(self, records: Sequence[OutcomeRecord]) -> None:
+        """Insert `records` in one transaction (an id already kept is left as it is)."""
+        rows = []
+        for record in records:
+            rows.append(_row(record.fields()))
+            time.sleep(0)  # this runs on the writer thread: let the event loop have the GIL
+
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(_INSERT, rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def rate(self, record_id: str, tenant: str, rating: float, comment: str | None) -> bool:
+        """Join a rating to `tenant`'s record `record_id`; False when `tenant` has no such record."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE outcomes SET rating = ?, comment = ?, rated_at = ? WHERE id = ? AND tenant = ?",
+                (rating, comment, time.time(), record_id, tenant),
+            )
+        return cursor.rowcount > 0
+
+    def get(self, record_id: str) -> dict[str, Any] | None:
+        """The record `record_id` with its rating, as a dict (`features` decoded); None when unknown."""
+        with self._lock:
+            cursor = self._db.execute("SELECT * FROM outcomes WHERE id = ?", (record_id,))
+            row = cursor.fetchone()
+            names = [d[0] for d in cursor.description]
+        if row is None:
+            return None
+        record = dict(zip(names, row, strict=True))
+        if record["features"] is not None:
+            record["features"] = unpack_features(record["features"])
+        return record
+
+    def count(self) -> int:
+        """How many records the file holds."""
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM outcomes").fetchone()
+        return int(n)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
+
+
+def _row(record: dict[str, Any]) -> tuple[object, ...]:
+    return tuple(_column(record[name]) for name in _COLUMNS)
+
+
+def _column(value: object) -> object:
+    return pack_features(value) if isinstance(value, list) else value

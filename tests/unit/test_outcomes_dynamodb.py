@@ -1,0 +1,118 @@
+"""Outcome records in DynamoDB (moto): the Lambda's store, its selection by environment, its template."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from moto import mock_aws
+
+from cloud.aws.outcomes import TTL_ATTRIBUTE, DynamoDbOutcomeStore
+from cloud.aws.runtime import with_outcomes_table
+from cloud.aws.settings import LambdaSettings
+from cloud.engines import outcome_writer
+from router import OutcomeRecord, parse_config
+from router._outcomes import unpack_features
+from tests.unit.test_outcomes import _record
+from tests.unit.test_template_alarms import _CloudFormationLoader
+
+TABLE = "outcomes-test"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for name, value in {
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        import boto3
+
+        client = boto3.client("dynamodb")
+        client.create_table(
+            TableName=TABLE,
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        yield client
+
+
+def item(client: Any, record_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = client.get_item(TableName=TABLE, Key={"id": {"S": record_id}}).get("Item", {})
+    return found
+
+
+def test_records_are_written_in_batches_with_a_ttl(dynamodb: Any) -> None:
+    store = DynamoDbOutcomeStore(TABLE, ttl_days=7)
+    records: list[OutcomeRecord] = [_record(f"chatcmpl-{i}", "acme") for i in range(60)]  # three batches
+    store.write(records)
+    assert dynamodb.scan(TableName=TABLE, Select="COUNT")["Count"] == 60
+    stored = item(dynamodb, "chatcmpl-7")
+    assert stored["tenant"] == {"S": "acme"} and stored["fallback"] == {"BOOL": False}
+    assert (
+        unpack_features(stored["features"]["B"]) == [0.5, 0.25] and "prompt" not in stored
+    )  # None: left out
+    assert float(stored["cost_saved_usd"]["N"]) == pytest.approx(0.00001)
+    expires = int(stored[TTL_ATTRIBUTE]["N"])
+    assert abs(expires - (time.time() + 7 * 86_400)) < 120
+
+
+def test_only_the_tenant_whose_record_it_is_may_rate_it(dynamodb: Any) -> None:
+    store = DynamoDbOutcomeStore(TABLE)
+    store.write([_record("chatcmpl-1", "acme")])
+    assert store.rate("chatcmpl-1", "acme", 0.75, "good enough")
+    assert not store.rate("chatcmpl-1", "globex", -1.0, None)
+    assert not store.rate("chatcmpl-unknown", "acme", 1.0, None)
+    assert dynamodb.scan(TableName=TABLE, Select="COUNT")["Count"] == 1  # no record made by a rating
+    stored = item(dynamodb, "chatcmpl-1")
+    assert float(stored["rating"]["N"]) == 0.75 and stored["comment"] == {"S": "good enough"}
+
+
+def test_the_lambda_environment_selects_the_table(dynamodb: Any) -> None:
+    settings = LambdaSettings.from_env(
+        {"HYBRID_ROUTER_OUTCOMES_TABLE": TABLE, "HYBRID_ROUTER_OUTCOMES_TTL_DAYS": "3"}
+    )
+    config = with_outcomes_table(parse_config({}), settings.outcomes_table, settings.outcomes_ttl_days)
+    assert (config.outcomes.store, config.outcomes.table, config.outcomes.ttl_days) == ("dynamodb", TABLE, 3)
+    writer = outcome_writer(config)
+    assert writer is not None and isinstance(writer.store, DynamoDbOutcomeStore)
+    writer.close()
+    assert with_outcomes_table(parse_config({}), None).outcomes.store == "off"
+
+
+def _template() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.load((ROOT / "template.yaml").read_text(), Loader=_CloudFormationLoader)
+    return loaded
+
+
+def test_the_template_declares_the_table_with_ttl_and_least_privilege() -> None:
+    resources = _template()["Resources"]
+    table = resources["OutcomesTable"]["Properties"]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    for function in ("RouterFunction", "StreamFunction"):
+        properties = resources[function]["Properties"]
+        assert "HYBRID_ROUTER_OUTCOMES_TABLE" in properties["Environment"]["Variables"]
+        statements = [
+            s
+            for policy in properties["Policies"]
+            if isinstance(policy, list) and policy[0] == "UseOutcomes"
+            for s in policy[1]["Statement"]
+        ]
+        assert statements == [
+            {
+                "Effect": "Allow",
+                "Action": ["dynamodb:BatchWriteItem", "dynamodb:UpdateItem"],
+                "Resource": "OutcomesTable.Arn",
+            }
+        ]
+    events = resources["RouterFunction"]["Properties"]["Events"]
+    assert events["Feedback"]["Properties"]["Path"] == "/v1/feedback"
