@@ -53,6 +53,18 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         "AWS_SESSION_TOKEN": "testing",
     }.items():
         monkeypatch.setenv(name, value)
+    # DynamoDB applies a conditional write to an item atomically; moto's in-memory backend checks and
+    # writes in two steps, so that threads interleave there. One lock around it is the service's own.
+    from moto.dynamodb.models import DynamoDBBackend
+
+    atomic = threading.Lock()
+    update_item = DynamoDBBackend.update_item
+
+    def one_at_a_time(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with atomic:
+            return update_item(self, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoDBBackend, "update_item", one_at_a_time)
     with mock_aws():
         client = boto3.client("dynamodb")
         table = budget_table()
