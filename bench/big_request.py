@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 
 from bench.common import report
-from edge.llama_cpp_backend import LlamaCppBackend, _plain_messages, render_chatml
-from router import ChatMessage, EdgeConfig
+from hyrouter.edge.llama_cpp_backend import LlamaCppBackend, _plain_messages, render_chatml
+from hyrouter.router import ChatMessage, EdgeConfig
 from tests.servers import KEYS, make_router_config, running_router
 
 COUNTS = (1000, 2000, 4000, 10000)

@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.common import percentiles, report
-from models.artefacts import ARTEFACTS_DIR
-from router import (
+from hyrouter.models.artefacts import ARTEFACTS_DIR
+from hyrouter.router import (
     ChatCompletionRequest,
     ComplexityEstimator,
     Embedder,

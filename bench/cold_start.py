@@ -62,7 +62,10 @@ def main() -> None:
         config_file.write_text(yaml.safe_dump(make_router_config(None)))
         python_ms = [time_command("pass") for _ in range(args.runs)]
         router_ms = [time_command("import router") for _ in range(args.runs)]
-        app_ms = [time_command("import cloud.app, edge.llama_cpp_backend") for _ in range(args.runs)]
+        app_ms = [
+            time_command("import hyrouter.cloud.app, hyrouter.edge.llama_cpp_backend")
+            for _ in range(args.runs)
+        ]
         answer_ms = [first_answer_ms(config_file) for _ in range(args.runs)]
     med = statistics.median
     report(

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import percentiles, report
-from edge import EdgeRouter, EdgeRouterConfig, StaticSignals
-from router import ChatCompletionRequest
+from hyrouter.edge import EdgeRouter, EdgeRouterConfig, StaticSignals
+from hyrouter.router import ChatCompletionRequest
 from tests.servers import KEYS, free_port, make_router_config, running_router
 
 PROMPTS = [
@@ -109,7 +109,7 @@ def main() -> None:
         ),
     }
 
-    from cloud.standin import start_standin
+    from hyrouter.cloud.standin import start_standin
 
     with tempfile.TemporaryDirectory() as tmp:
         standin = start_standin(port=free_port(), n_ctx=2048, n_threads=2, log_file=Path(tmp) / "standin.log")

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import report
-from edge.model_files import default_model_path
+from hyrouter.edge.model_files import default_model_path
 from tests.servers import KEYS, make_router_config, running_router
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import percentiles, report
-from models.artefacts import ARTEFACTS_DIR
-from router import ChatMessage, load_estimator
-from router._estimator import HeuristicEstimator, conversation_text
-from router._onnx_estimator import OnnxEstimator, read_manifest, truncating_tokenizer, verified_file
+from hyrouter.models.artefacts import ARTEFACTS_DIR
+from hyrouter.router import ChatMessage, load_estimator
+from hyrouter.router._estimator import HeuristicEstimator, conversation_text
+from hyrouter.router._onnx_estimator import OnnxEstimator, read_manifest, truncating_tokenizer, verified_file
 
 ESTIMATOR = "static-minilm"
 UNTRUNCATED_MAX_TOKENS = 1024
@@ -108,7 +108,7 @@ def build_prompt(tokenizer: Any, passages: Sequence[str], n_tokens: int, start: 
 
 def real_passages(data_dir: Path | None = None) -> list[str]:
     """Real prompts in a fixed order: every MT-Bench turn, then every GSM8K question."""
-    from models.routing_data import load_benchmark
+    from hyrouter.models.routing_data import load_benchmark
 
     passages = [m.text for conv in load_benchmark("mt-bench", data_dir).conversations for m in conv]
     passages += [conv[-1].text for conv in load_benchmark("gsm8k", data_dir).conversations]
@@ -293,9 +293,9 @@ def truncation_quality(
     """APGR / CPT50 per benchmark at each `max_tokens`, with the share of items truncated."""
     import numpy as np
 
-    from models.evaluate import evaluate
-    from models.quality import summarize
-    from models.routing_data import BENCHMARKS, load_benchmark
+    from hyrouter.models.evaluate import evaluate
+    from hyrouter.models.quality import summarize
+    from hyrouter.models.routing_data import BENCHMARKS, load_benchmark
 
     benchmarks = {name: load_benchmark(name, data_dir) for name in BENCHMARKS}
     estimators = {m: OnnxEstimator(ARTEFACTS_DIR, {**entry, "max_tokens": m}) for m in sweep}

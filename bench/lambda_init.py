@@ -3,10 +3,10 @@
     python -m bench.lambda_init [--runs 5] [--requests 2000]
 
 init (fresh process each run, median):
-  lambda  import cloud.aws.handler -> config (file source; SSM adds one GetParameter) -> engine
+  lambda  import hyrouter.cloud.aws.handler -> config (file source; SSM adds one GetParameter) -> engine
           (heuristic estimator + SmolLM2 loaded) -> first invocation of the handler with an API
           Gateway event answered on the edge (max_tokens 1)
-  local   import cloud.app -> load_config -> build_engine -> first answer through the ASGI app
+  local   import hyrouter.cloud.app -> load_config -> build_engine -> first answer through the ASGI app
 warm (one process, canned instant backend, so the numbers are the path's own work):
   direct  engine.complete()
   lambda  handler(event, context): powertools resolver, tier from the key, logger, EMF, tracer
@@ -84,7 +84,7 @@ def _event(max_tokens: int) -> dict[str, Any]:
 def child_lambda_init(config_file: str) -> dict[str, float]:
     os.environ["HYBRID_ROUTER_CONFIG_FILE"] = config_file
     t0 = time.perf_counter()
-    from cloud.aws import handler
+    from hyrouter.cloud.aws import handler
 
     t1 = time.perf_counter()
     router = handler.get_environment()
@@ -106,12 +106,12 @@ def child_local_init(config_file: str) -> dict[str, float]:
     t0 = time.perf_counter()
     from starlette.testclient import TestClient
 
-    from cloud.app import create_app
-    from router import load_config
+    from hyrouter.cloud.app import create_app
+    from hyrouter.router import load_config
 
     t1 = time.perf_counter()
     config = load_config(config_file)
-    from cloud.engines import build_engine
+    from hyrouter.cloud.engines import build_engine
 
     engine = build_engine(config)
     t2 = time.perf_counter()
@@ -135,10 +135,10 @@ def child_local_init(config_file: str) -> dict[str, float]:
 def child_warm(config_file: str, requests: int) -> dict[str, Any]:
     import httpx
 
-    from cloud.app import create_app
-    from cloud.aws import handler
-    from cloud.aws.config import ConfigSource
-    from router import ChatCompletionRequest, HeuristicEstimator, RouterConfig, RoutingEngine, Tenant
+    from hyrouter.cloud.app import create_app
+    from hyrouter.cloud.aws import handler
+    from hyrouter.cloud.aws.config import ConfigSource
+    from hyrouter.router import ChatCompletionRequest, HeuristicEstimator, RouterConfig, RoutingEngine, Tenant
     from tests.fakes import FakeBackend
 
     async def canned(config: RouterConfig) -> RoutingEngine:
@@ -223,7 +223,7 @@ def _tree_mb(path: Path) -> float:
 
 
 def package_sizes() -> dict[str, Any]:
-    from edge.model_files import default_model_path
+    from hyrouter.edge.model_files import default_model_path
 
     ours = sum(_tree_mb(ROOT / pkg) for pkg in ("router", "edge", "cloud", "models"))
     deps = {name: round(_dist_mb(name), 1) for name in ZIP_DISTS}
@@ -262,7 +262,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--requests", type=int, default=2000)
     args = parser.parse_args()
-    from router import hash_api_key
+    from hyrouter.router import hash_api_key
 
     with tempfile.TemporaryDirectory() as tmp:
         lambda_file, local_file = Path(tmp) / "lambda.json", Path(tmp) / "local.json"

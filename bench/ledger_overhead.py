@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import percentiles, report
-from router import (
+from hyrouter.router import (
     ChatCompletionRequest,
     CostLedger,
     HeuristicEstimator,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import report
-from edge.model_files import default_model_path
+from hyrouter.edge.model_files import default_model_path
 from infra import llama_cpp_build as build
 
 #: Where each wheel is unpacked for the children: beside the wheelhouse, never in the source tree.

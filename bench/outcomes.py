@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import percentiles, report
-from router import (
+from hyrouter.router import (
     ChatCompletionRequest,
     ChatMessage,
     HeuristicEstimator,
@@ -33,7 +33,7 @@ from router import (
     Tenant,
     parse_config,
 )
-from router._outcome_sqlite import SqliteOutcomeStore
+from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
 from tests.fakes import FakeBackend
 
 CONFIG = parse_config({"tiers": {"free": {"threshold": 0.7}}})
@@ -110,7 +110,7 @@ async def run(n: int, folder: Path) -> dict[str, Any]:
 
 def time_record(writer: OutcomeWriter, request: ChatCompletionRequest, n: int) -> list[float]:
     """`OutcomeWriter.record` alone, paced so that the queue never fills (its drop path is not timed)."""
-    from router import Decision, RouteReason
+    from hyrouter.router import Decision, RouteReason
 
     decision = Decision(
         "edge", RouteReason.SCORE_BELOW_THRESHOLD, 0.1, 0.7, "free", "acme", "heuristic@1.0.0"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import report
-from edge._privacy import find_personal_data
+from hyrouter.edge._privacy import find_personal_data
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELLED = ROOT / "tests" / "fixtures" / "privacy" / "labelled.jsonl"

@@ -4,7 +4,7 @@
 
 The same backend (`LlamaCppBackend`, SmolLM2), prompt and greedy settings, the two modes alternating,
 never at once; ms per completion token over the whole call. `logprobs: true` reads every step's logits
-as llama.cpp samples (`edge._token_signals`), with no `logits_all`.
+as llama.cpp samples (`hyrouter.edge._token_signals`), with no `logits_all`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import statistics
 import time
 
 from bench.common import report
-from edge.llama_cpp_backend import LlamaCppBackend
-from router import ChatCompletionRequest, EdgeConfig
+from hyrouter.edge.llama_cpp_backend import LlamaCppBackend
+from hyrouter.router import ChatCompletionRequest, EdgeConfig
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 

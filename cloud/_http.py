@@ -1,4 +1,4 @@
-"""What the local app (`cloud.app`) and the Lambda handler (`cloud.aws.handler`) say alike over HTTP.
+"""What the local app (`cloud/app.py`) and the Lambda handler (`cloud/aws/handler.py`) say alike over HTTP.
 
 Request bodies in, route headers and error bodies out. No web framework is imported here: the
 Lambda handler uses this module at cold start, where starlette would only cost time.
@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from router import (
+from hyrouter.router import (
     ChatCompletionRequest,
     PayloadTooLarge,
     RequestError,
@@ -20,8 +20,8 @@ from router import (
     TooManyMessages,
     current_request_id,
 )
-from router._feedback import FeedbackRequest, validate_feedback
-from router._requests import validate_chat_request
+from hyrouter.router._feedback import FeedbackRequest, validate_feedback
+from hyrouter.router._requests import validate_chat_request
 
 #: How deep a request's JSON may nest: the deepest the chat completion schema needs is far less, and a
 #: deeper document would overflow the recursion of whatever reads it next.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 
-DISTRIBUTION = "hybrid-router"
+DISTRIBUTION = "hyrouter"
 #: What a source tree that is not installed reports (PEP 440: a local version of 0).
 UNKNOWN_VERSION = "0+unknown"
 

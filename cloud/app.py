@@ -1,11 +1,11 @@
 """The router's HTTP app (ASGI, Starlette): the OpenAI Chat Completions API plus health and metrics.
 
 Served by uvicorn locally, and by the Lambda Web Adapter behind a Function URL for streaming. The
-routes are `cloud.routes`'s, which the Lambda handler mounts too; this module only adapts Starlette's
+routes are `hyrouter.cloud.routes`'s, which the Lambda handler mounts too; this module only adapts Starlette's
 request and response to them. Every error leaves as an OpenAI-style error object with its status;
-none leaves as a stack trace. Every answer carries the request's `x-request-id` (`cloud.request_ids`);
-the engine's decisions are also counted for Prometheus (`cloud.prometheus`), and the cloud endpoint's
-active probe runs while the app does (`cloud.probe`).
+none leaves as a stack trace. Every answer carries the request's `x-request-id` (`cloud/request_ids.py`);
+the engine's decisions are also counted for Prometheus (`hyrouter.cloud.prometheus`), and the cloud endpoint's
+active probe runs while the app does (`hyrouter.cloud.probe`).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from cloud import routes
-from cloud._http import ROUTE_HEADERS
-from cloud.engines import EngineFactory
-from cloud.prometheus import PrometheusMetrics
-from cloud.request_ids import STATE_KEY, RequestIdMiddleware
-from router import (
+from hyrouter.cloud import routes
+from hyrouter.cloud._http import ROUTE_HEADERS
+from hyrouter.cloud.engines import EngineFactory
+from hyrouter.cloud.prometheus import PrometheusMetrics
+from hyrouter.cloud.request_ids import STATE_KEY, RequestIdMiddleware
+from hyrouter.router import (
     REQUEST_ID_HEADER,
     ConfigError,
     RouterConfig,
@@ -72,7 +72,7 @@ def error_response(exc: RouterError) -> Response:
 
 
 async def _default_engine(config: RouterConfig) -> RoutingEngine:
-    from cloud.engines import build_engine
+    from hyrouter.cloud.engines import build_engine
 
     return await anyio.to_thread.run_sync(build_engine, config)
 
@@ -88,7 +88,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        from cloud.engines import close_engine
+        from hyrouter.cloud.engines import close_engine
 
         engine = await engine_factory(config)
         engine.observers.append(PrometheusMetrics(engine))  # a registry per app

@@ -10,7 +10,7 @@ the breaker is open again and they are refused; when it ends without an outcome 
 probe. How long a call may wait is the caller's business (the cloud client: the call's own deadline).
 
 What counts as a failure is the caller's business too: it reports only evidence that the endpoint is
-down (see `cloud.endpoint`).
+down (see `hyrouter.cloud.endpoint`).
 
 No I/O and no locks: it is meant for one asyncio event loop, where these methods never interleave.
 """
@@ -21,7 +21,7 @@ import enum
 import time
 from collections.abc import Callable
 
-from router._config import CircuitBreakerConfig
+from hyrouter.router._config import CircuitBreakerConfig
 
 
 class BreakerState(enum.StrEnum):

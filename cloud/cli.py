@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from router import (
+from hyrouter.router import (
     DEMO_KEYS,
     ConfigError,
     MissingExtra,
@@ -72,17 +72,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(config: RouterConfig, args: argparse.Namespace, *, reload: Callable[[], RouterConfig]) -> int:
     _require_server_extra(args.command)
     if config.edge.enabled:
-        from edge.llama_cpp_backend import require_llama_cpp
+        from hyrouter.edge.llama_cpp_backend import require_llama_cpp
 
         require_llama_cpp()  # before the build check, whose child would fail with a traceback
     import uvicorn
 
-    from cloud.app import create_app, cut_in_flight
-    from cloud.engines import build_engine
-    from cloud.server import GracefulServer, uvicorn_options
+    from hyrouter.cloud.app import create_app, cut_in_flight
+    from hyrouter.cloud.engines import build_engine
+    from hyrouter.cloud.server import GracefulServer, uvicorn_options
 
     if config.edge.enabled:
-        from edge.model_files import resolve_model_path
+        from hyrouter.edge.model_files import resolve_model_path
 
         resolve_model_path(config.edge)  # a missing GGUF is one line now, not a trace at start-up
         if args.edge_check and not _edge_build_runs(config):
@@ -138,7 +138,7 @@ def _hangup_before_start(signum: int, frame: FrameType | None) -> None:
 
 def _reload(app: Starlette, load: Callable[[], RouterConfig]) -> None:
     """Reload the config on SIGHUP; an invalid one is logged on one line and the last good one kept."""
-    from cloud.app import reload_config
+    from hyrouter.cloud.app import reload_config
 
     try:
         reload_config(app, load())
@@ -165,8 +165,8 @@ def _edge_build_runs(config: RouterConfig) -> bool:
     In this process the same crash (SIGILL) would kill the server at its start-up decode with no
     word of why; in a child it is a message that names the CPU's flags and the rebuild command.
     """
-    from edge.build_check import explain, run_build_check
-    from edge.model_files import resolve_model_path
+    from hyrouter.edge.build_check import explain, run_build_check
+    from hyrouter.edge.model_files import resolve_model_path
 
     check = run_build_check(resolve_model_path(config.edge))
     if not check.ok:
@@ -176,7 +176,7 @@ def _edge_build_runs(config: RouterConfig) -> bool:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start the stand-in GPU endpoint (unless a cloud URL is set) and serve the demo config."""
-    from cloud.standin import start_standin
+    from hyrouter.cloud.standin import start_standin
 
     _require_server_extra(args.command)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that SIGTERM stops the stand-in too
@@ -222,8 +222,8 @@ Ctrl-C (or SIGTERM) stops both servers.
 
 def cmd_route(args: argparse.Namespace) -> int:
     """Print the routing decision for a prompt as JSON, without generating."""
-    from cloud.engines import build_engine
-    from router import ChatCompletionRequest, Tenant
+    from hyrouter.cloud.engines import build_engine
+    from hyrouter.router import ChatCompletionRequest, Tenant
 
     config = load_config(args.config)
     if args.tier not in config.tiers:
@@ -295,7 +295,7 @@ class CommandParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `hybrid-router`."""
-    from cloud._version import installed_version
+    from hyrouter.cloud._version import installed_version
 
     parser = CommandParser(prog="hybrid-router", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")

@@ -1,6 +1,6 @@
 """The GPU-backed OpenAI-compatible endpoint (vLLM, SageMaker LMI, llama.cpp server) as a `ChatBackend`.
 
-Calls go through the one OpenAI HTTP client (`router._openai_client`: retries with exponential
+Calls go through the one OpenAI HTTP client (`hyrouter.router._openai_client`: retries with exponential
 backoff and full jitter, `Retry-After`, one total deadline, SSE). What this module adds: every error
 status is a `CloudHTTPError` (so the engine falls back on it), and a circuit breaker, plugged into the
 client's admission check and outcome report, makes a dead endpoint fail fast.
@@ -51,13 +51,19 @@ from typing import Any
 
 import httpx
 
-from cloud.breaker import Admission, BreakerState, CircuitBreaker
-from cloud.probe import CloudProbe
-from router._backend import BackendHealth, ChatBackend, Target
-from router._config import CloudConfig
-from router._errors import CloudBackendError, CloudUnavailable, RouterError
-from router._openai_client import RETRY_STATUSES, HTTPTimeouts, OpenAIHTTPClient, RetryPolicy, chat_body
-from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
+from hyrouter.cloud.breaker import Admission, BreakerState, CircuitBreaker
+from hyrouter.cloud.probe import CloudProbe
+from hyrouter.router._backend import BackendHealth, ChatBackend, Target
+from hyrouter.router._config import CloudConfig
+from hyrouter.router._errors import CloudBackendError, CloudUnavailable, RouterError
+from hyrouter.router._openai_client import (
+    RETRY_STATUSES,
+    HTTPTimeouts,
+    OpenAIHTTPClient,
+    RetryPolicy,
+    chat_body,
+)
+from hyrouter.router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 
 #: Statuses worth another attempt: the shared defaults (429, 502, 503, 504). Not a 500: it is most
 #: often the request's own fault, and another attempt only repeats it (see the module docstring).

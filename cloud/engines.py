@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from router import (
+from hyrouter.router import (
     ChatBackend,
     ConfigError,
     CostLedger,
@@ -20,8 +20,8 @@ from router import (
     SqliteLedger,
     load_estimator,
 )
-from router._outcomes import OutcomeStore, OutcomeWriter
-from router._settings import RouterSettings, secret_from_env
+from hyrouter.router._outcomes import OutcomeStore, OutcomeWriter
+from hyrouter.router._settings import RouterSettings, secret_from_env
 
 if TYPE_CHECKING:
     import httpx
@@ -51,7 +51,7 @@ def build_engine(
     estimator = load_estimator(config.estimator.name, config.estimator.version)
     edge: ChatBackend | None = None
     if config.edge.enabled:
-        from edge.llama_cpp_backend import LlamaCppBackend
+        from hyrouter.edge.llama_cpp_backend import LlamaCppBackend
 
         edge_backend = LlamaCppBackend(config.edge)
         if load_edge:
@@ -59,7 +59,7 @@ def build_engine(
         edge = edge_backend
     cloud: ChatBackend | None = None
     if config.cloud.url:
-        from cloud.endpoint import CloudEndpointClient
+        from hyrouter.cloud.endpoint import CloudEndpointClient
 
         cloud = CloudEndpointClient(config.cloud, transport=cloud_transport)
     else:
@@ -89,13 +89,13 @@ def outcome_writer(config: RouterConfig) -> OutcomeWriter | None:
     if section.store == "off":
         return None
     if section.store == "sqlite":
-        from router._outcome_sqlite import SqliteOutcomeStore
+        from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
 
         store = SqliteOutcomeStore(section.path)
     else:
         if not section.table:
             raise ConfigError("outcomes.store is dynamodb but no table is named (outcomes.table)")
-        from cloud.aws.outcomes import DynamoDbOutcomeStore
+        from hyrouter.cloud.aws.outcomes import DynamoDbOutcomeStore
 
         store = DynamoDbOutcomeStore(section.table, ttl_days=section.ttl_days)
     salt = secret_from_env(RouterSettings.SECRET_ENV["outcomes_salt"]) or section.salt

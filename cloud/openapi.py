@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 document of the served API (`GET /openapi.json`), as vLLM's and LiteLLM's servers offer.
 
-Paths come from `cloud.routes.ROUTES`, so a route cannot be served and left out; what each operation
+Paths come from `hyrouter.cloud.routes.ROUTES`, so a route cannot be served and left out; what each operation
 takes and answers is written in `_OPERATIONS`, with the bodies' schemas generated from the wire types
-(`router._wire`), the ones the server validates with. A route `_OPERATIONS` does not describe yet is
+(`hyrouter.router._wire`), the ones the server validates with. A route `_OPERATIONS` does not describe yet is
 listed with its handler's docstring and a JSON answer.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from cloud._version import installed_version
-from router._feedback import FeedbackRequest, FeedbackResponse
-from router._wire import (
+from hyrouter.cloud._version import installed_version
+from hyrouter.router._feedback import FeedbackRequest, FeedbackResponse
+from hyrouter.router._wire import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -186,8 +186,8 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 
 @functools.cache
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every route in `cloud.routes.ROUTES` (built once)."""
-    from cloud.routes import ROUTES
+    """The OpenAPI 3.1 document of every route in `hyrouter.cloud.routes.ROUTES` (built once)."""
+    from hyrouter.cloud.routes import ROUTES
 
     _, definitions = models_json_schema(
         [

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from router import CloudConfig
+from hyrouter.router import CloudConfig
 
 logger = logging.getLogger("hybrid_router")
 

@@ -17,7 +17,7 @@ all prefixed `hybrid_router_`::
                                            queue was full, refused by the store, waiting
 
 prometheus_client is imported when an instance is made, never at import (the Lambda handler imports
-`cloud.routes`, which names this class).
+`hyrouter.cloud.routes`, which names this class).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from router import OutcomeWriter, RequestOutcome, RoutingEngine, Target
+from hyrouter.router import OutcomeWriter, RequestOutcome, RoutingEngine, Target
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from router import REQUEST_ID_HEADER, request_id_scope, sane_request_id
+from hyrouter.router import REQUEST_ID_HEADER, request_id_scope, sane_request_id
 
 _HEADER = REQUEST_ID_HEADER.encode("latin-1")
 #: Where the request's id is kept in the ASGI scope's state (`request.state.request_id`).

@@ -1,4 +1,4 @@
-"""The router's HTTP routes, written once for every front door (`cloud.app`, `cloud.aws.handler`).
+"""The router's HTTP routes, written once for every front door (`cloud/app.py`, `cloud/aws/handler.py`).
 
 A front door turns what its transport hands it into an `HttpRequest`, calls `respond` with the engine
 that serves the request, and turns the `HttpResponse` back into its transport's answer: Starlette
@@ -38,9 +38,15 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud._http import error_body, parse_chat_request, parse_feedback, route_headers, with_request_id
-from cloud.prometheus import PrometheusMetrics
-from router import (
+from hyrouter.cloud._http import (
+    error_body,
+    parse_chat_request,
+    parse_feedback,
+    route_headers,
+    with_request_id,
+)
+from hyrouter.cloud.prometheus import PrometheusMetrics
+from hyrouter.router import (
     BackendError,
     CloudBackendError,
     EdgeBackendError,
@@ -57,8 +63,8 @@ from router import (
     current_request_id,
     new_request_id,
 )
-from router._feedback import FeedbackResponse
-from router._wire import dump
+from hyrouter.router._feedback import FeedbackResponse
+from hyrouter.router._wire import dump
 
 logger = logging.getLogger("hybrid_router")
 
@@ -410,7 +416,9 @@ async def edge_config(request: HttpRequest, engine: RoutingEngine) -> HttpRespon
 
 async def openapi(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
     """`GET /openapi.json`: the OpenAPI document of these routes, for anyone (no key, as vLLM's)."""
-    from cloud.openapi import openapi_document  # lazy: pydantic's schema generation, once, on first ask
+    from hyrouter.cloud.openapi import (
+        openapi_document,
+    )  # lazy: pydantic's schema generation, once, on first ask
 
     return json_response(await asyncio.to_thread(openapi_document))
 

@@ -7,7 +7,7 @@
 - SIGHUP: `on_hangup` is called on the event loop (the CLI reloads the config file there).
 - SIGTERM (or Ctrl-C): stop accepting connections, let requests in flight finish for
   `server.shutdown_grace_s`, then end the streams still open with an error event and `data: [DONE]`
-  and answer the requests still waiting with a 503 (`cloud.app` does, when the server calls
+  and answer the requests still waiting with a 503 (`hyrouter.cloud.app` does, when the server calls
   `cut_in_flight`), and exit. uvicorn's own limit comes a moment later, for anything left.
 """
 
@@ -24,9 +24,9 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from cloud.server_protocol import OpenAIErrorH11Protocol
-from router import RequestIdFilter, ServerConfig
-from router._metrics import DECISION_LOGGER
+from hyrouter.cloud.server_protocol import OpenAIErrorH11Protocol
+from hyrouter.router import RequestIdFilter, ServerConfig
+from hyrouter.router._metrics import DECISION_LOGGER
 
 #: After the grace period, how long the streams have to send their error event before uvicorn cancels.
 FAREWELL_S = 2.0

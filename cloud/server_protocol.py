@@ -12,8 +12,8 @@ from __future__ import annotations
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from cloud.routes import error_object
-from router import REQUEST_ID_HEADER, new_request_id, request_id_scope
+from hyrouter.cloud.routes import error_object
+from hyrouter.router import REQUEST_ID_HEADER, new_request_id, request_id_scope
 
 UNREADABLE_REQUEST = (
     "Invalid HTTP request: its request line or headers cannot be read (for example a Content-Length "

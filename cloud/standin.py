@@ -47,7 +47,7 @@ def start_standin(
     ready_timeout_s: float = 120.0,
 ) -> StandinEndpoint:
     """Start llama-cpp-python's server on `host:port` and wait until it answers `/v1/models`."""
-    from edge.model_files import default_model_path
+    from hyrouter.edge.model_files import default_model_path
 
     model = model_path or default_model_path()
     command = [

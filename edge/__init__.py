@@ -3,13 +3,13 @@
 The SDK decides on the device: the estimator and the small model run here, and only hard or premium
 requests, or those the device's signals send away, cross the network to the cloud router::
 
-    from edge import EdgeRouter, load_edge_router_config
+    from hyrouter.edge import EdgeRouter, load_edge_router_config
 
     async with EdgeRouter.open(load_edge_router_config("device.yaml")) as router:
         answer = await router.complete({"messages": [{"role": "user", "content": "Hi"}]})
         print(answer.route.target, answer.route.reason, answer.route.offline)
 
-Names are imported on first use, so that `import edge.llama_cpp_backend` (the cloud's Lambda path)
+Names are imported on first use, so that `import hyrouter.edge.llama_cpp_backend` (the cloud's Lambda path)
 does not pay for the SDK.
 """
 
@@ -19,21 +19,21 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edge._device_policy import DeviceDecision, DevicePolicy, DeviceReason, decide_on_device
-    from edge._errors import (
+    from hyrouter.edge._device_policy import DeviceDecision, DevicePolicy, DeviceReason, decide_on_device
+    from hyrouter.edge._errors import (
         CloudUnreachable,
         EdgeOffline,
         EscalationInterrupted,
         ModelTooLarge,
         PersonalDataKeptLocal,
     )
-    from edge._escalation import EscalationClient
-    from edge._escalation_backend import EscalationBackend
-    from edge._link import LinkMonitor
-    from edge._privacy import find_personal_data
-    from edge._resources import check_model_fits
-    from edge._router import DevicePlan, EdgeRouter
-    from edge._sdk_config import (
+    from hyrouter.edge._escalation import EscalationClient
+    from hyrouter.edge._escalation_backend import EscalationBackend
+    from hyrouter.edge._link import LinkMonitor
+    from hyrouter.edge._privacy import find_personal_data
+    from hyrouter.edge._resources import check_model_fits
+    from hyrouter.edge._router import DevicePlan, EdgeRouter
+    from hyrouter.edge._sdk_config import (
         CloudLink,
         ConfigSyncSettings,
         DeviceTierPolicy,
@@ -43,46 +43,46 @@ if TYPE_CHECKING:
         load_edge_router_config,
         parse_edge_router_config,
     )
-    from edge._signals import DeviceSignals, LinuxSignalReader, SignalSource, StaticSignals
-    from edge._sync import PolicySync, SyncedPolicy, SyncResult
-    from edge._types import EdgeChunk, EdgeCompletion, EdgeRoute, EdgeStream
+    from hyrouter.edge._signals import DeviceSignals, LinuxSignalReader, SignalSource, StaticSignals
+    from hyrouter.edge._sync import PolicySync, SyncedPolicy, SyncResult
+    from hyrouter.edge._types import EdgeChunk, EdgeCompletion, EdgeRoute, EdgeStream
 
 _EXPORTS = {
-    "CloudLink": "edge._sdk_config",
-    "EscalationBackend": "edge._escalation_backend",
-    "EscalationClient": "edge._escalation",
-    "CloudUnreachable": "edge._errors",
-    "ConfigSyncSettings": "edge._sdk_config",
-    "DeviceDecision": "edge._device_policy",
-    "DevicePlan": "edge._router",
-    "DevicePolicy": "edge._device_policy",
-    "DeviceReason": "edge._device_policy",
-    "DeviceSignals": "edge._signals",
-    "DeviceTierPolicy": "edge._sdk_config",
-    "EdgeChunk": "edge._types",
-    "EdgeCompletion": "edge._types",
-    "EdgeOffline": "edge._errors",
-    "EdgeRoute": "edge._types",
-    "EdgeRouter": "edge._router",
-    "EdgeRouterConfig": "edge._sdk_config",
-    "EdgeStream": "edge._types",
-    "EscalationInterrupted": "edge._errors",
-    "LinkMonitor": "edge._link",
-    "LinuxSignalReader": "edge._signals",
-    "ModelTooLarge": "edge._errors",
-    "PersonalDataKeptLocal": "edge._errors",
-    "PolicySync": "edge._sync",
-    "PrivacyConfig": "edge._sdk_config",
-    "SignalPolicy": "edge._sdk_config",
-    "SignalSource": "edge._signals",
-    "StaticSignals": "edge._signals",
-    "SyncResult": "edge._sync",
-    "SyncedPolicy": "edge._sync",
-    "check_model_fits": "edge._resources",
-    "decide_on_device": "edge._device_policy",
-    "find_personal_data": "edge._privacy",
-    "load_edge_router_config": "edge._sdk_config",
-    "parse_edge_router_config": "edge._sdk_config",
+    "CloudLink": "hyrouter.edge._sdk_config",
+    "EscalationBackend": "hyrouter.edge._escalation_backend",
+    "EscalationClient": "hyrouter.edge._escalation",
+    "CloudUnreachable": "hyrouter.edge._errors",
+    "ConfigSyncSettings": "hyrouter.edge._sdk_config",
+    "DeviceDecision": "hyrouter.edge._device_policy",
+    "DevicePlan": "hyrouter.edge._router",
+    "DevicePolicy": "hyrouter.edge._device_policy",
+    "DeviceReason": "hyrouter.edge._device_policy",
+    "DeviceSignals": "hyrouter.edge._signals",
+    "DeviceTierPolicy": "hyrouter.edge._sdk_config",
+    "EdgeChunk": "hyrouter.edge._types",
+    "EdgeCompletion": "hyrouter.edge._types",
+    "EdgeOffline": "hyrouter.edge._errors",
+    "EdgeRoute": "hyrouter.edge._types",
+    "EdgeRouter": "hyrouter.edge._router",
+    "EdgeRouterConfig": "hyrouter.edge._sdk_config",
+    "EdgeStream": "hyrouter.edge._types",
+    "EscalationInterrupted": "hyrouter.edge._errors",
+    "LinkMonitor": "hyrouter.edge._link",
+    "LinuxSignalReader": "hyrouter.edge._signals",
+    "ModelTooLarge": "hyrouter.edge._errors",
+    "PersonalDataKeptLocal": "hyrouter.edge._errors",
+    "PolicySync": "hyrouter.edge._sync",
+    "PrivacyConfig": "hyrouter.edge._sdk_config",
+    "SignalPolicy": "hyrouter.edge._sdk_config",
+    "SignalSource": "hyrouter.edge._signals",
+    "StaticSignals": "hyrouter.edge._signals",
+    "SyncResult": "hyrouter.edge._sync",
+    "SyncedPolicy": "hyrouter.edge._sync",
+    "check_model_fits": "hyrouter.edge._resources",
+    "decide_on_device": "hyrouter.edge._device_policy",
+    "find_personal_data": "hyrouter.edge._privacy",
+    "load_edge_router_config": "hyrouter.edge._sdk_config",
+    "parse_edge_router_config": "hyrouter.edge._sdk_config",
 }
 
 __all__ = [

@@ -21,14 +21,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from edge._errors import CloudUnreachable, EdgeOffline, PersonalDataKeptLocal
-from edge._privacy import personal_data_in
-from edge._sdk_config import DeviceTierPolicy, PrivacyConfig
-from edge._signals import DeviceSignals
-from router._backend import BackendHealth, Target
-from router._config import TierConfig
-from router._errors import BackendError, ContextLengthExceeded, NoBackendAvailable, UnsupportedFeature
-from router._policy import Decision, PolicyInput, RequestFacts, RouteReason, TierPolicy, decide
+from hyrouter.edge._errors import CloudUnreachable, EdgeOffline, PersonalDataKeptLocal
+from hyrouter.edge._privacy import personal_data_in
+from hyrouter.edge._sdk_config import DeviceTierPolicy, PrivacyConfig
+from hyrouter.edge._signals import DeviceSignals
+from hyrouter.router._backend import BackendHealth, Target
+from hyrouter.router._config import TierConfig
+from hyrouter.router._errors import (
+    BackendError,
+    ContextLengthExceeded,
+    NoBackendAvailable,
+    UnsupportedFeature,
+)
+from hyrouter.router._policy import Decision, PolicyInput, RequestFacts, RouteReason, TierPolicy, decide
 
 #: The device's reasons are the router's: one enum, so that a route reads the same everywhere.
 DeviceReason = RouteReason

@@ -18,7 +18,7 @@ Callers catch the branch they mean, as with the router's own errors.
 
 from __future__ import annotations
 
-from router._errors import (
+from hyrouter.router._errors import (
     CloudBackendError,
     CloudUnavailable,
     EdgeBackendError,

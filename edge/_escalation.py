@@ -1,7 +1,7 @@
 """The HTTPS client that escalates a request to the cloud router (`POST /v1/chat/completions`).
 
 The device's API key travels as a bearer token; the cloud router maps it to the tier (the device
-never claims one). Calls go through the one OpenAI HTTP client (`router._openai_client`), with its
+never claims one). Calls go through the one OpenAI HTTP client (`hyrouter.router._openai_client`), with its
 default retries: connect failures, a connection dropped before any answer, and 429/502/503/504, with
 backoff and full jitter, `Retry-After` honoured, all inside one deadline. Every failure of the network
 (a stall included, which is not retried) is `CloudUnreachable`, which the SDK answers locally; an error
@@ -17,10 +17,10 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import httpx
 
-from edge._errors import CloudUnreachable
-from edge._sdk_config import CloudLink
-from router._errors import AuthenticationError, RouterError
-from router._openai_client import (
+from hyrouter.edge._errors import CloudUnreachable
+from hyrouter.edge._sdk_config import CloudLink
+from hyrouter.router._errors import AuthenticationError, RouterError
+from hyrouter.router._openai_client import (
     HTTPTimeouts,
     OpenAIHTTPClient,
     RetryPolicy,
@@ -28,7 +28,7 @@ from router._openai_client import (
     chat_body,
     error_for_status,
 )
-from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
+from hyrouter.router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 
 
 def _status_error_for(link: CloudLink, *, explicit_key: bool) -> StatusError:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-from edge._errors import CloudUnreachable, EscalationInterrupted
-from edge._escalation import EscalationClient
-from edge._link import LinkMonitor
-from edge._sdk_config import CloudLink
-from router._backend import BackendHealth, ChatBackend
-from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
+from hyrouter.edge._errors import CloudUnreachable, EscalationInterrupted
+from hyrouter.edge._escalation import EscalationClient
+from hyrouter.edge._link import LinkMonitor
+from hyrouter.edge._sdk_config import CloudLink
+from hyrouter.router._backend import BackendHealth, ChatBackend
+from hyrouter.router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 
 
 class EscalationBackend(ChatBackend):

@@ -24,9 +24,9 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal
 
-from edge._identifiers import IBAN_LENGTHS, card_valid, iban_valid, isbn_valid, luhn_valid, ssn_valid
-from router._extras import import_extra
-from router._wire import ChatMessage
+from hyrouter.edge._identifiers import IBAN_LENGTHS, card_valid, iban_valid, isbn_valid, luhn_valid, ssn_valid
+from hyrouter.router._extras import import_extra
+from hyrouter.router._wire import ChatMessage
 
 __all__ = [
     "DEFAULT_KINDS",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge._errors import ModelTooLarge
+from hyrouter.edge._errors import ModelTooLarge
 
 MIB = 1024 * 1024
 

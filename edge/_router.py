@@ -23,25 +23,25 @@ from typing import Any
 
 import httpx
 
-from edge._device_policy import DevicePolicy
-from edge._errors import CloudUnreachable
-from edge._escalation import EscalationClient
-from edge._escalation_backend import EscalationBackend
-from edge._link import LinkMonitor
-from edge._resources import check_model_fits
-from edge._sdk_config import DeviceTierPolicy, EdgeRouterConfig
-from edge._signals import DeviceSignals, LinuxSignalReader, SignalSource
-from edge._sync import PolicySync, SyncResult
-from edge._types import EdgeChunk, EdgeCompletion, EdgeRoute, EdgeStream
-from router._backend import ChatBackend
-from router._config import CloudConfig, RouterConfig
-from router._engine import RoutingEngine
-from router._errors import ModelNotFound, OutcomeNotFound
-from router._estimator import ComplexityEstimator, load_estimator
-from router._outcomes import OutcomeWriter
-from router._plan import RoutedStream, RoutePlan, Tenant
-from router._requests import validate_chat_request
-from router._wire import ChatCompletionRequest, RouteInfo
+from hyrouter.edge._device_policy import DevicePolicy
+from hyrouter.edge._errors import CloudUnreachable
+from hyrouter.edge._escalation import EscalationClient
+from hyrouter.edge._escalation_backend import EscalationBackend
+from hyrouter.edge._link import LinkMonitor
+from hyrouter.edge._resources import check_model_fits
+from hyrouter.edge._sdk_config import DeviceTierPolicy, EdgeRouterConfig
+from hyrouter.edge._signals import DeviceSignals, LinuxSignalReader, SignalSource
+from hyrouter.edge._sync import PolicySync, SyncResult
+from hyrouter.edge._types import EdgeChunk, EdgeCompletion, EdgeRoute, EdgeStream
+from hyrouter.router._backend import ChatBackend
+from hyrouter.router._config import CloudConfig, RouterConfig
+from hyrouter.router._engine import RoutingEngine
+from hyrouter.router._errors import ModelNotFound, OutcomeNotFound
+from hyrouter.router._estimator import ComplexityEstimator, load_estimator
+from hyrouter.router._outcomes import OutcomeWriter
+from hyrouter.router._plan import RoutedStream, RoutePlan, Tenant
+from hyrouter.router._requests import validate_chat_request
+from hyrouter.router._wire import ChatCompletionRequest, RouteInfo
 
 logger = logging.getLogger("hybrid_router.edge")
 
@@ -88,7 +88,9 @@ class EdgeRouter:
         """Set the SDK up without loading the model (see `load()`); every part can be injected."""
         self.config = config
         if local is None:
-            from edge.llama_cpp_backend import LlamaCppBackend  # llama_cpp itself is imported by load()
+            from hyrouter.edge.llama_cpp_backend import (
+                LlamaCppBackend,
+            )  # llama_cpp itself is imported by load()
 
             local = LlamaCppBackend(config.model)
         self.local = local
@@ -114,7 +116,7 @@ class EdgeRouter:
         )
         self.outcomes: OutcomeWriter | None = None
         if config.outcomes.path is not None:
-            from router._outcome_sqlite import SqliteOutcomeStore
+            from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
 
             self.outcomes = OutcomeWriter(SqliteOutcomeStore(config.outcomes.path), salt=config.outcomes.salt)
         #: where each recent answer came from, by id, for `feedback` (the newest `_ANSWERS_KEPT`)
@@ -138,8 +140,8 @@ class EdgeRouter:
 
     def load(self) -> None:
         """Load the local model after checking it fits; raises `ModelTooLarge` or `EdgeBackendError`."""
-        from edge.llama_cpp_backend import LlamaCppBackend, require_llama_cpp
-        from edge.model_files import resolve_model_path
+        from hyrouter.edge.llama_cpp_backend import LlamaCppBackend, require_llama_cpp
+        from hyrouter.edge.model_files import resolve_model_path
 
         if isinstance(self.local, LlamaCppBackend):
             if not self.local.loaded:
@@ -295,7 +297,7 @@ class EdgeRouter:
         has no record of raises `OutcomeNotFound`, as does one the cloud router does not know as this
         key's; a malformed rating raises `RequestError` before anything is sent.
         """
-        from router._feedback import validate_feedback
+        from hyrouter.router._feedback import validate_feedback
 
         checked = validate_feedback({"id": completion_id, "rating": rating, "comment": comment})
         if self._answered.get(checked.id) == "cloud":

@@ -12,9 +12,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edge._privacy import DEFAULT_KINDS, DEFAULT_PHONE_REGIONS, PersonalDataKind
-from edge._settings import EdgeSettings
-from router._config import (
+from hyrouter.edge._privacy import DEFAULT_KINDS, DEFAULT_PHONE_REGIONS, PersonalDataKind
+from hyrouter.edge._settings import EdgeSettings
+from hyrouter.router._config import (
     CloudPrice,
     CloudRetries,
     EdgeConfig,
@@ -23,9 +23,9 @@ from router._config import (
     read_config_document,
     validation_problems,
 )
-from router._errors import ConfigError
-from router._extras import import_extra
-from router._settings import secret_from_env
+from hyrouter.router._errors import ConfigError
+from hyrouter.router._extras import import_extra
+from hyrouter.router._settings import secret_from_env
 
 ENV_DEVICE_KEY = EdgeSettings.SECRET_ENV["device_key"]
 #: A commented example of the SDK config (every section), which the JSON Schema below validates.

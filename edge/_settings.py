@@ -1,4 +1,4 @@
-"""The on-device SDK's environment variables (see `router._settings` for the conventions)."""
+"""The on-device SDK's environment variables (see `hyrouter.router._settings` for the conventions)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from router._settings import HybridRouterSettings
+from hyrouter.router._settings import HybridRouterSettings
 
 
 class EdgeSettings(HybridRouterSettings):

@@ -23,8 +23,8 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from edge._sdk_config import ConfigSyncSettings, DeviceTierPolicy
-from router._config import validation_problems
+from hyrouter.edge._sdk_config import ConfigSyncSettings, DeviceTierPolicy
+from hyrouter.router._config import validation_problems
 
 logger = logging.getLogger("hybrid_router.edge")
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from router._plan import RoutedStream
-from router._wire import ChatCompletionChunk, ChatCompletionResponse, RouteInfo
+from hyrouter.router._plan import RoutedStream
+from hyrouter.router._wire import ChatCompletionChunk, ChatCompletionResponse, RouteInfo
 
 
 class EdgeRoute(RouteInfo):

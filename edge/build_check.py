@@ -17,8 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge._settings import EdgeSettings
-from edge.model_files import default_model_path
+from hyrouter.edge._settings import EdgeSettings
+from hyrouter.edge.model_files import default_model_path
 
 #: The environment variable `infra/llama_cpp_build.py` reads to replace the portable CMake arguments.
 CMAKE_ARGS_ENV = EdgeSettings.LLAMA_CMAKE_ARGS_ENV

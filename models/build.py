@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from models.artefacts import ARTEFACTS_DIR
-from models.candidates import add_compare_command
-from models.evaluate import evaluate
-from models.quality import summarize
-from models.routing_data import BENCHMARKS, default_data_dir, load_benchmark
-from models.training_data import DEFAULT_TARGET, TARGETS, all_examples, training_excludes
-from router._estimator import conversation_text
-from router._onnx_estimator import (
+from hyrouter.models.artefacts import ARTEFACTS_DIR
+from hyrouter.models.candidates import add_compare_command
+from hyrouter.models.evaluate import evaluate
+from hyrouter.models.quality import summarize
+from hyrouter.models.routing_data import BENCHMARKS, default_data_dir, load_benchmark
+from hyrouter.models.training_data import DEFAULT_TARGET, TARGETS, all_examples, training_excludes
+from hyrouter.router._estimator import conversation_text
+from hyrouter.router._onnx_estimator import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
     OnnxEstimator,
@@ -72,7 +72,7 @@ def build(
     from tokenizers import Tokenizer
     from transformers import AutoModel
 
-    from models.student_estimator import (
+    from hyrouter.models.student_estimator import (
         EMBEDDING_OUTPUT,
         MAX_TOKENS,
         HeadConfig,
@@ -84,8 +84,8 @@ def build(
         student_module,
         train_head,
     )
-    from models.teacher import teacher_dir, teacher_version
-    from models.token_vectors import distil, teacher_token_outputs, token_frequencies
+    from hyrouter.models.teacher import teacher_dir, teacher_version
+    from hyrouter.models.token_vectors import distil, teacher_token_outputs, token_frequencies
 
     started = time.perf_counter()
     torch.manual_seed(0)

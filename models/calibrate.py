@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.quality import quality_curve
-from models.routing_data import ALL_BENCHMARKS, BENCHMARKS, load_benchmark
-from router import DEMO_CONFIG_PATH, ConfigError, load_estimator, parse_config
+from hyrouter.models.quality import quality_curve
+from hyrouter.models.routing_data import ALL_BENCHMARKS, BENCHMARKS, load_benchmark
+from hyrouter.router import DEMO_CONFIG_PATH, ConfigError, load_estimator, parse_config
 
 
 def threshold_for_fraction(scores: npt.NDArray[np.float64], cloud_fraction: float) -> float:

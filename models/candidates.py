@@ -36,14 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from models.minilm_candidate import (
+from hyrouter.models.minilm_candidate import (
     MiniLMEncoder,
     MiniLMEstimator,
     export_minilm_int8,
     linear_head_parameters,
     linear_head_scores,
 )
-from router._wire import ChatMessage
+from hyrouter.router._wire import ChatMessage
 
 DEFAULT_JSON = Path(__file__).resolve().parents[1] / "bench" / "results" / "estimator_candidates.json"
 DEFAULT_CACHE = Path("models/.cache")
@@ -187,8 +187,8 @@ def benchmark_metrics(
     score: Callable[[Sequence[ChatMessage]], float], benches: dict[str, Any], label: str, progress: bool
 ) -> dict[str, Any]:
     """APGR, CPT50/80 and AUC of `score` on each benchmark."""
-    from models.evaluate import evaluate
-    from models.quality import summarize
+    from hyrouter.models.evaluate import evaluate
+    from hyrouter.models.quality import summarize
 
     return {
         name: {"items": len(bench), **summarize(evaluate(bench, {label: score}, progress=progress)[label])}
@@ -216,10 +216,10 @@ def compare(
     import torch
     from tqdm import tqdm
 
-    from models.routing_data import BENCHMARKS, RoutingBenchmark, load_benchmark
-    from models.student_estimator import HeadConfig, head_scores, source_weights, train_head
-    from models.training_data import all_examples, training_excludes
-    from router._onnx_estimator import MANIFEST_NAME, OnnxEstimator, read_manifest
+    from hyrouter.models.routing_data import BENCHMARKS, RoutingBenchmark, load_benchmark
+    from hyrouter.models.student_estimator import HeadConfig, head_scores, source_weights, train_head
+    from hyrouter.models.training_data import all_examples, training_excludes
+    from hyrouter.router._onnx_estimator import MANIFEST_NAME, OnnxEstimator, read_manifest
 
     started = time.perf_counter()
     torch.set_num_threads(1)
@@ -256,7 +256,7 @@ def compare(
     minilm, minilm_load_ms = timed_load(load_minilm)
 
     # Candidate B: the shipped static student.
-    from models.artefacts import ARTEFACTS_DIR
+    from hyrouter.models.artefacts import ARTEFACTS_DIR
 
     entry = next(e for e in read_manifest(ARTEFACTS_DIR)["estimators"] if e["name"] == STATIC)
     static, static_load_ms = timed_load(lambda: OnnxEstimator(ARTEFACTS_DIR, entry))
@@ -414,7 +414,7 @@ def add_compare_command(models_subparsers: Any) -> None:
 
 
 def _cmd_compare(args: Any) -> int:
-    from models.routing_data import default_data_dir
+    from hyrouter.models.routing_data import default_data_dir
 
     result = compare(
         args.data_dir or default_data_dir(),

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from models.routing_data import EDGE_LABELS_DIR, EDGE_MODELS, SMOLLM2, EdgeModel, default_data_dir
-from models.routing_data import EDGE_MODEL_NAME as EDGE_MODEL_NAME
-from router import ConfigError
+from hyrouter.models.routing_data import EDGE_LABELS_DIR, EDGE_MODELS, SMOLLM2, EdgeModel, default_data_dir
+from hyrouter.models.routing_data import EDGE_MODEL_NAME as EDGE_MODEL_NAME
+from hyrouter.router import ConfigError
 
 LABELS_DIR = EDGE_LABELS_DIR  # read back by routing_data's EDGE_BENCHMARKS
 GSM8K_INSTRUCTION = "Solve the problem step by step. End with the final answer as a number after '####'."
@@ -50,7 +50,7 @@ def model_file(model: EdgeModel) -> Path:
         ConfigError: the package is not installed (the message says how to install it).
     """
     if model.key == SMOLLM2.key:
-        from edge.model_files import default_model_path
+        from hyrouter.edge.model_files import default_model_path
 
         return default_model_path()
     try:

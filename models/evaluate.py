@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from models.litellm_baseline import litellm_complexity_scorer
-from models.quality import NoQualityGapError, QualityCurve, quality_curve, summarize
-from models.quality_plot import TierMarks, plot_curves
-from models.routing_data import ALL_BENCHMARKS, MissingLabelsError, RoutingBenchmark, load_benchmark
-from router import (
+from hyrouter.models.litellm_baseline import litellm_complexity_scorer
+from hyrouter.models.quality import NoQualityGapError, QualityCurve, quality_curve, summarize
+from hyrouter.models.quality_plot import TierMarks, plot_curves
+from hyrouter.models.routing_data import ALL_BENCHMARKS, MissingLabelsError, RoutingBenchmark, load_benchmark
+from hyrouter.router import (
     DEMO_CONFIG_PATH,
     ChatMessage,
     ComplexityEstimator,

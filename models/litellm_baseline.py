@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, Literal
 
-from router import ChatMessage
+from hyrouter.router import ChatMessage
 
 LITELLM_MODULE = "litellm.router_strategy.complexity_router.complexity_router"
 # The four tiers the heuristic produces, cheapest first.

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.student_estimator import LENGTH_SCALE, MAX_TOKENS
-from router._wire import ChatMessage
+from hyrouter.models.student_estimator import LENGTH_SCALE, MAX_TOKENS
+from hyrouter.router._wire import ChatMessage
 
 # --- pooling and the numpy head (numpy only) ---------------------------------------------------
 
@@ -64,7 +64,7 @@ def export_minilm_int8(cache_dir: Path, progress: bool = True) -> dict[str, Any]
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from models.teacher import teacher_dir, teacher_version
+    from hyrouter.models.teacher import teacher_dir, teacher_version
 
     folder = cache_dir / "minilm-l6-onnx"
     fp32, prepared, int8 = folder / "model.onnx", folder / "model-prep.onnx", folder / "model-int8.onnx"
@@ -114,7 +114,7 @@ class MiniLMEncoder:
     """The teacher's ONNX graph on one thread: token ids → the head's features."""
 
     def __init__(self, model: Path, tokenizer: Path, threads: int = 1) -> None:
-        from router._onnx_estimator import cpu_session, truncating_tokenizer
+        from hyrouter.router._onnx_estimator import cpu_session, truncating_tokenizer
 
         self.tokenizer = truncating_tokenizer(tokenizer, MAX_TOKENS)
         self.session = cpu_session(model, threads)
@@ -122,7 +122,7 @@ class MiniLMEncoder:
 
     def token_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The (truncated) token ids of a conversation, as the static student reads them."""
-        from router._onnx_estimator import conversation_ids
+        from hyrouter.router._onnx_estimator import conversation_ids
 
         return conversation_ids(self.tokenizer, messages, MAX_TOKENS)
 

@@ -14,15 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.quality import QualityCurve, summarize
-from router import TierConfig, import_extra
+from hyrouter.models.quality import QualityCurve, summarize
+from hyrouter.router import TierConfig, import_extra
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 PLOT_COLUMNS = 4  # panels per row
-RANDOM = "random"  # the baseline's name in `models.evaluate.baseline_scorers`
+RANDOM = "random"  # the baseline's name in `hyrouter.models.evaluate.baseline_scorers`
 NO_ROUTER_BEATS_RANDOM = "no router beats random here (every APGR ≤ 0.5)"
 ABOVE_IS_BETTER = "above the diagonal (random routing) is better"
 _CAPTION_FONT_PT = 8

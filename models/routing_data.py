@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.settings import DataSettings
-from router import ChatMessage, ConfigError
+from hyrouter.models.settings import DataSettings
+from hyrouter.router import ChatMessage, ConfigError
 
 WEAK_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG_MODEL = "gpt-4-1106-preview"

@@ -1,10 +1,10 @@
-"""The estimator build's environment variables (see `router._settings` for the conventions)."""
+"""The estimator build's environment variables (see `hyrouter.router._settings` for the conventions)."""
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from router._settings import HybridRouterSettings
+from hyrouter.router._settings import HybridRouterSettings
 
 
 class DataSettings(HybridRouterSettings):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.training_data import DEFAULT_TARGET
+from hyrouter.models.training_data import DEFAULT_TARGET
 
 MAX_TOKENS = 256
 LENGTH_SCALE = math.log(MAX_TOKENS + 1.0)  # log1p(n) / LENGTH_SCALE is in [0, 1] after truncation
@@ -46,7 +46,7 @@ def pooled_features(
 class HeadConfig:
     """How the head is trained: on which target, logistic regression (hidden=0) or one hidden layer."""
 
-    target: str = DEFAULT_TARGET  # one of `models.training_data.TARGETS`
+    target: str = DEFAULT_TARGET  # one of `hyrouter.models.training_data.TARGETS`
     hidden: int = 0
     weight_decay: float = 1e-3
     epochs: int = 60

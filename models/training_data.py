@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from models.routing_data import BENCHMARKS, default_data_dir, load_benchmark
-from router import ChatMessage
+from hyrouter.models.routing_data import BENCHMARKS, default_data_dir, load_benchmark
+from hyrouter.router import ChatMessage
 
 SMALL_MODELS = ("qwen2.5-7b-instruct", "llama-3.1-8b-instruct", "mistral-7b-instruct-v0.3", "gemma-2-9b-it")
 LARGE_MODELS = ("llama-3.1-nemotron-51b-instruct", "llama-3.3-nemotron-super-49b-v1")

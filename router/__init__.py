@@ -6,7 +6,7 @@ device SDK configure it through its seams (backends by name, `Policy`, `Estimato
 runtimes load only with the modules that need them (cold start is a tenet).
 """
 
-from router._accounting import (
+from hyrouter.router._accounting import (
     Budget,
     BudgetPeriod,
     CostLedger,
@@ -15,8 +15,8 @@ from router._accounting import (
     cloud_cost_usd,
     worst_case_cost_usd,
 )
-from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
-from router._cache import (
+from hyrouter.router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
+from hyrouter.router._cache import (
     CachedAnswer,
     CacheStore,
     Embedder,
@@ -24,7 +24,7 @@ from router._cache import (
     ResponseCache,
     TieredCacheStore,
 )
-from router._config import (
+from hyrouter.router._config import (
     DEMO_CONFIG_PATH,
     AdminKeyEntry,
     ApiKeyEntry,
@@ -48,9 +48,9 @@ from router._config import (
     load_config,
     parse_config,
 )
-from router._demo_keys import DEMO_KEYS, demo_keys_in, warn_about_demo_keys
-from router._engine import RoutingEngine
-from router._errors import (
+from hyrouter.router._demo_keys import DEMO_KEYS, demo_keys_in, warn_about_demo_keys
+from hyrouter.router._engine import RoutingEngine
+from hyrouter.router._errors import (
     AuthenticationError,
     BackendError,
     BudgetExhausted,
@@ -75,7 +75,7 @@ from router._errors import (
     TooManyMessages,
     UnsupportedFeature,
 )
-from router._estimator import (
+from hyrouter.router._estimator import (
     ComplexityEstimator,
     EstimatorSelector,
     FeatureEstimator,
@@ -85,9 +85,9 @@ from router._estimator import (
     load_estimator,
     register_estimator,
 )
-from router._extras import import_extra, require_extra
-from router._feedback import FeedbackRequest, FeedbackResponse
-from router._metrics import (
+from hyrouter.router._extras import import_extra, require_extra
+from hyrouter.router._feedback import FeedbackRequest, FeedbackResponse
+from hyrouter.router._metrics import (
     DecisionLog,
     DecisionObserver,
     InMemoryMetrics,
@@ -96,10 +96,18 @@ from router._metrics import (
     decision_fields,
     log_decision,
 )
-from router._outcomes import OutcomeRecord, OutcomeStore, OutcomeWriter
-from router._plan import RoutedStream, RoutePlan, Tenant
-from router._policy import Decision, Policy, PolicyInput, RequestFacts, RouteReason, TierPolicy, decide
-from router._request_id import (
+from hyrouter.router._outcomes import OutcomeRecord, OutcomeStore, OutcomeWriter
+from hyrouter.router._plan import RoutedStream, RoutePlan, Tenant
+from hyrouter.router._policy import (
+    Decision,
+    Policy,
+    PolicyInput,
+    RequestFacts,
+    RouteReason,
+    TierPolicy,
+    decide,
+)
+from hyrouter.router._request_id import (
     REQUEST_ID_HEADER,
     RequestIdFilter,
     current_request_id,
@@ -107,9 +115,9 @@ from router._request_id import (
     request_id_scope,
     sane_request_id,
 )
-from router._settings import HybridRouterSettings, RouterSettings, secret_from_env
-from router._sqlite_ledger import SqliteLedger
-from router._wire import (
+from hyrouter.router._settings import HybridRouterSettings, RouterSettings, secret_from_env
+from hyrouter.router._sqlite_ledger import SqliteLedger
+from hyrouter.router._wire import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
-from router._config import CloudPrice
-from router._wire import Usage
+from hyrouter.router._config import CloudPrice
+from hyrouter.router._wire import Usage
 
 #: How long a budget's spend accumulates before it starts again at 0 (UTC calendar periods).
 BudgetPeriod = Literal["day", "month", "total"]
@@ -95,7 +95,7 @@ class Ledger(Protocol):
     """The engine's seam for money: what each tenant may still spend, and what it spent and saved.
 
     `CostLedger` keeps it in this process; a shared store (`SqliteLedger`, the DynamoDB ledger in
-    `cloud.aws`) makes a budget hold across workers and Lambda environments. The engine calls it
+    `hyrouter.cloud.aws`) makes a budget hold across workers and Lambda environments. The engine calls it
     from a worker thread, never on the event loop.
     """
 

@@ -6,8 +6,13 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from router._errors import BackendError
-from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatMessage
+from hyrouter.router._errors import BackendError
+from hyrouter.router._wire import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessage,
+)
 
 #: The name of a backend in the engine: "edge" and "cloud" today; the policy decides between names.
 Target = str

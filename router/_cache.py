@@ -34,7 +34,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from router._wire import (
+from hyrouter.router._wire import (
     AssistantMessage,
     ChatCompletionChunk,
     ChatCompletionResponse,
@@ -49,9 +49,9 @@ from router._wire import (
 )
 
 if TYPE_CHECKING:
-    from router._config import TierCacheConfig
-    from router._plan import Tenant
-    from router._wire import ChatCompletionRequest
+    from hyrouter.router._config import TierCacheConfig
+    from hyrouter.router._plan import Tenant
+    from hyrouter.router._wire import ChatCompletionRequest
 
 #: Request fields that change how an answer is delivered, not what it says; `messages` and the token
 #: limit and stops are added in a normal form. Every other field, unknown ones included, is in the key.

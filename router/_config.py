@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from router._errors import ConfigError
-from router._settings import RouterSettings, secret_from_env
+from hyrouter.router._errors import ConfigError
+from hyrouter.router._settings import RouterSettings, secret_from_env
 
 DEMO_CONFIG_PATH = Path(__file__).with_name("demo-config.yaml")
 

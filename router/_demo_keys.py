@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from router._config import RouterConfig, hash_api_key
+from hyrouter.router._config import RouterConfig, hash_api_key
 
 logger = logging.getLogger("hybrid_router")
 

@@ -24,9 +24,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import replace
 from typing import TypeVar, cast
 
-from router._accounting import CostLedger, Ledger
-from router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
-from router._cache import (
+from hyrouter.router._accounting import CostLedger, Ledger
+from hyrouter.router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
+from hyrouter.router._cache import (
     CachedAnswer,
     CacheLookup,
     Embedder,
@@ -36,16 +36,21 @@ from router._cache import (
     cached_response,
     carries_more,
 )
-from router._config import RouterConfig
-from router._errors import (
+from hyrouter.router._config import RouterConfig
+from hyrouter.router._errors import (
     BackendError,
     DeadlineExceeded,
     ModelNotFound,
     NoBackendAvailable,
     RouterError,
 )
-from router._estimator import ComplexityEstimator, EstimatorSelector, FeatureEstimator, SingleEstimator
-from router._failover import (
+from hyrouter.router._estimator import (
+    ComplexityEstimator,
+    EstimatorSelector,
+    FeatureEstimator,
+    SingleEstimator,
+)
+from hyrouter.router._failover import (
     continued,
     continues_cut_streams,
     deadline_at,
@@ -55,9 +60,9 @@ from router._failover import (
     start_continuation,
     until,
 )
-from router._metrics import DecisionLog, DecisionObserver, InMemoryMetrics, RouterMetrics
-from router._outcomes import OutcomeWriter
-from router._plan import (
+from hyrouter.router._metrics import DecisionLog, DecisionObserver, InMemoryMetrics, RouterMetrics
+from hyrouter.router._outcomes import OutcomeWriter
+from hyrouter.router._plan import (
     ApiKeys,
     RoutedStream,
     RoutePlan,
@@ -66,9 +71,15 @@ from router._plan import (
     cap_max_tokens,
     chain_chunks,
 )
-from router._policy import Decision, Policy, PolicyInput, RequestFacts, RouteReason, TierPolicy
-from router._recording import OutcomeRecording
-from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, RouteInfo, Usage
+from hyrouter.router._policy import Decision, Policy, PolicyInput, RequestFacts, RouteReason, TierPolicy
+from hyrouter.router._recording import OutcomeRecording
+from hyrouter.router._wire import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    RouteInfo,
+    Usage,
+)
 
 logger = logging.getLogger("hybrid_router")
 T = TypeVar("T")

@@ -35,10 +35,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from router._wire import ErrorDetail, ErrorResponse
+from hyrouter.router._wire import ErrorDetail, ErrorResponse
 
 #: The distribution `pip install` names in the hint of `MissingExtra`.
-DISTRIBUTION = "hybrid-router"
+DISTRIBUTION = "hyrouter"
 
 
 class RouterError(Exception):

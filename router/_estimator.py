@@ -15,12 +15,12 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from router._errors import EstimatorError
-from router._wire import ChatMessage
+from hyrouter.router._errors import EstimatorError
+from hyrouter.router._wire import ChatMessage
 
 if TYPE_CHECKING:
-    from router._plan import Tenant
-    from router._wire import ChatCompletionRequest
+    from hyrouter.router._plan import Tenant
+    from hyrouter.router._wire import ChatCompletionRequest
 
 
 @runtime_checkable

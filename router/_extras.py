@@ -14,7 +14,7 @@ import importlib.util
 import sys
 from types import ModuleType
 
-from router._errors import MissingExtra
+from hyrouter.router._errors import MissingExtra
 
 
 def import_extra(module: str, *, feature: str, extra: str) -> ModuleType:

@@ -22,10 +22,10 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 
-from router._backend import ChatBackend
-from router._errors import BackendError, DeadlineExceeded
-from router._plan import aclose_stream, chain_chunks
-from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, Delta, RouteInfo
+from hyrouter.router._backend import ChatBackend
+from hyrouter.router._errors import BackendError, DeadlineExceeded
+from hyrouter.router._plan import aclose_stream, chain_chunks
+from hyrouter.router._wire import ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, Delta, RouteInfo
 
 logger = logging.getLogger("hybrid_router")
 

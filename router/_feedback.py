@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from router._errors import RequestError
-from router._requests import request_error
+from hyrouter.router._errors import RequestError
+from hyrouter.router._requests import request_error
 
 
 class FeedbackRequest(BaseModel):

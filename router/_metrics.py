@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from router._policy import Decision
-from router._request_id import current_request_id
+from hyrouter.router._policy import Decision
+from hyrouter.router._request_id import current_request_id
 
 if TYPE_CHECKING:
-    from router._wire import ChatCompletionRequest
+    from hyrouter.router._wire import ChatCompletionRequest
 
 DECISION_LOGGER = logging.getLogger("hybrid_router.decisions")
 

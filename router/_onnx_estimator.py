@@ -6,7 +6,7 @@ file whose digest does not match (a clear `EstimatorError`, never a silent fallb
 estimator). The model takes the token ids of `conversation_text(messages)` as `input_ids`
 (int64, shape [1, n]) and returns the score as `score` (float, shape [1]). An entry may name the
 graph's pooled sentence vector (`"embedding": {"output": ...}`): the estimator then also `embed`s a
-conversation, the key of the semantic response cache (`router._cache`).
+conversation, the key of the semantic response cache (`hyrouter.router._cache`).
 An artefact that also
 returns `features` (float, shape [1, d]: what its head reads, the pooled embedding) hands them to
 outcome records (`score_with_features`). Artefacts built before `models build` exported it have none.
@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from router._errors import EstimatorError
-from router._estimator import conversation_text, register_estimator
-from router._extras import import_extra
-from router._wire import ChatMessage
+from hyrouter.router._errors import EstimatorError
+from hyrouter.router._estimator import conversation_text, register_estimator
+from hyrouter.router._extras import import_extra
+from hyrouter.router._wire import ChatMessage
 
 MANIFEST_NAME = "registry.json"
 MANIFEST_FORMAT = 1

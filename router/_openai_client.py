@@ -55,8 +55,8 @@ import httpx
 import pydantic
 from httpx_sse import EventSource, ServerSentEvent
 
-from router._config import CloudRetries
-from router._errors import (
+from hyrouter.router._config import CloudRetries
+from hyrouter.router._errors import (
     AuthenticationError,
     CloudBackendError,
     CloudStreamCut,
@@ -69,8 +69,8 @@ from router._errors import (
     RequestError,
     RouterError,
 )
-from router._openai_http import error_body_message, next_sse_event, retry_after_seconds
-from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
+from hyrouter.router._openai_http import error_body_message, next_sse_event, retry_after_seconds
+from hyrouter.router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 
 CHAT_PATH = "chat/completions"
 #: Statuses retried by default: overload (429) and gateway errors (502, 503, 504), usually short-lived.

@@ -3,7 +3,7 @@
 
 Transport-free (strings, parsed JSON and parsed SSE events in, wire types out): the one HTTP client
 that uses them, with its retry loop, error mapping and SSE parsing (httpx-sse), is
-`router._openai_client`.
+`hyrouter.router._openai_client`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 import pydantic
 
-from router._errors import CloudBackendError
-from router._wire import ChatCompletionChunk
+from hyrouter.router._errors import CloudBackendError
+from hyrouter.router._wire import ChatCompletionChunk
 
 SSE_DONE = "[DONE]"
 #: The SSE event type some servers (TGI, proxies) send a mid-stream failure as.

@@ -18,7 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from router._outcomes import OutcomeRecord, pack_features, unpack_features
+from hyrouter.router._outcomes import OutcomeRecord, pack_features, unpack_features
 
 _COLUMNS = [f.name for f in fields(OutcomeRecord)]
 _TYPES = {"id": "TEXT PRIMARY KEY", "created_at": "REAL NOT NULL", "tenant": "TEXT NOT NULL"}

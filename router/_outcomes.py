@@ -31,8 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
-from router._estimator import conversation_text
-from router._metrics import RequestOutcome
+from hyrouter.router._estimator import conversation_text
+from hyrouter.router._metrics import RequestOutcome
 
 logger = logging.getLogger("hybrid_router.outcomes")
 
@@ -170,7 +170,7 @@ class OutcomeWriter:
 
     def record(self, outcome: RequestOutcome) -> None:
         """Queue `outcome` for writing; never blocks (a full queue drops it and counts it)."""
-        from router._request_id import current_request_id
+        from hyrouter.router._request_id import current_request_id
 
         try:
             self._queue.put_nowait(_Queued(outcome, self._clock(), current_request_id()))

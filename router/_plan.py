@@ -7,11 +7,11 @@ import hmac
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from router._accounting import Reservation
-from router._config import RouterConfig, TierConfig, hash_api_key
-from router._errors import AuthenticationError
-from router._policy import Decision, PolicyInput
-from router._wire import ChatCompletionChunk, ChatCompletionRequest, RouteInfo
+from hyrouter.router._accounting import Reservation
+from hyrouter.router._config import RouterConfig, TierConfig, hash_api_key
+from hyrouter.router._errors import AuthenticationError
+from hyrouter.router._policy import Decision, PolicyInput
+from hyrouter.router._wire import ChatCompletionChunk, ChatCompletionRequest, RouteInfo
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
-from router._backend import BackendHealth, Target
-from router._config import TierConfig
-from router._errors import (
+from hyrouter.router._backend import BackendHealth, Target
+from hyrouter.router._config import TierConfig
+from hyrouter.router._errors import (
     BackendError,
     BudgetExhausted,
     ContextLengthExceeded,
@@ -24,7 +24,7 @@ from router._errors import (
 )
 
 if TYPE_CHECKING:
-    from router._wire import ChatCompletionRequest
+    from hyrouter.router._wire import ChatCompletionRequest
 
 
 class RouteReason(enum.StrEnum):
@@ -39,7 +39,7 @@ class RouteReason(enum.StrEnum):
     EDGE_BUSY = "edge_busy"
     CLOUD_UNAVAILABLE = "cloud_unavailable"
     BUDGET_EXHAUSTED = "budget_exhausted"
-    # Answered from the response cache (`router._cache`), before any estimate or backend.
+    # Answered from the response cache (`hyrouter.router._cache`), before any estimate or backend.
     CACHE_HIT = "cache_hit"
     SEMANTIC_CACHE_HIT = "semantic_cache_hit"
     # The request asks what the edge model cannot give (`ChatBackend.cannot_honour`).
@@ -139,7 +139,7 @@ class TierPolicy:
     """The router's policy: `decide` with the tiers of a config, and the tier's fallback rules."""
 
     #: A stream that breaks after its first content goes on where `fall_back` sends it (the engine
-    #: asks only a policy that says so; see `router._failover`).
+    #: asks only a policy that says so; see `hyrouter.router._failover`).
     continues_cut_streams = True
 
     def __init__(self, tiers: Mapping[str, TierConfig]) -> None:

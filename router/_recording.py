@@ -14,14 +14,21 @@ import math
 import time
 from dataclasses import replace
 
-from router._accounting import Budget, CostLedger, Ledger, Reservation, cloud_cost_usd, worst_case_cost_usd
-from router._backend import ChatBackend, Target
-from router._config import RouterConfig, TierConfig
-from router._errors import RateLimitExceeded, RouterError
-from router._metrics import DecisionObserver, RequestOutcome
-from router._plan import RoutePlan, Tenant
-from router._policy import Decision, Policy
-from router._wire import ChatCompletionRequest, RouteInfo, Usage
+from hyrouter.router._accounting import (
+    Budget,
+    CostLedger,
+    Ledger,
+    Reservation,
+    cloud_cost_usd,
+    worst_case_cost_usd,
+)
+from hyrouter.router._backend import ChatBackend, Target
+from hyrouter.router._config import RouterConfig, TierConfig
+from hyrouter.router._errors import RateLimitExceeded, RouterError
+from hyrouter.router._metrics import DecisionObserver, RequestOutcome
+from hyrouter.router._plan import RoutePlan, Tenant
+from hyrouter.router._policy import Decision, Policy
+from hyrouter.router._wire import ChatCompletionRequest, RouteInfo, Usage
 
 logger = logging.getLogger("hybrid_router")
 

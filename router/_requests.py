@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from router._errors import OutOfRange, RequestError, UnsupportedFeature
-from router._wire import ChatCompletionRequest
+from hyrouter.router._errors import OutOfRange, RequestError, UnsupportedFeature
+from hyrouter.router._wire import ChatCompletionRequest
 
 
 def validate_chat_request(payload: Any) -> ChatCompletionRequest:

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Self
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from router._errors import ConfigError
+from hyrouter.router._errors import ConfigError
 
 #: Set while `from_env(mapping)` builds an object: the mapping is then the only source.
 _MAPPING_ONLY: ContextVar[bool] = ContextVar("hybrid_router_settings_mapping_only", default=False)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from router._accounting import (
+from hyrouter.router._accounting import (
     TOTAL,
     Budget,
     Reservation,

@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from router._wire_tools import ResponseFormat, Tool, ToolCall, ToolChoice
+from hyrouter.router._wire_tools import ResponseFormat, Tool, ToolCall, ToolChoice
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 #: The error type of what OpenAI's API allows and this router does not serve (`UnsupportedFeature`).

@@ -1,6 +1,6 @@
 """The wire types of tools and structured output: `tools`, `tool_choice`, `tool_calls`, `response_format`.
 
-Held to OpenAI's schemas as the rest of a request is (`router._wire`): a fault in these members gets
+Held to OpenAI's schemas as the rest of a request is (`hyrouter.router._wire`): a fault in these members gets
 a 400 here instead of being passed on to the cloud unchecked. Strict scalars, no coercion; members
 the schemas do not declare are kept, as elsewhere, so that newer clients keep working.
 """

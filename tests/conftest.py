@@ -13,7 +13,7 @@ from tests.servers import free_port
 @pytest.fixture(scope="session")
 def standin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real OpenAI-compatible server (llama-cpp-python's, SmolLM2) on loopback: the stand-in GPU."""
-    from cloud.standin import start_standin
+    from hyrouter.cloud.standin import start_standin
 
     log = Path(tmp_path_factory.mktemp("standin")) / "standin.log"
     endpoint = start_standin(port=free_port(), n_ctx=2048, n_threads=2, log_file=log)

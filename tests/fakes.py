@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from router import (
+from hyrouter.router import (
     BackendError,
     BackendHealth,
     ChatBackend,
@@ -18,7 +18,7 @@ from router import (
     Target,
     Usage,
 )
-from router._wire import AssistantMessage
+from hyrouter.router._wire import AssistantMessage
 
 
 class FakeBackend(ChatBackend):

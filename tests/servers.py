@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import yaml
 
-from router import hash_api_key, load_config
+from hyrouter.router import hash_api_key, load_config
 
 KEYS = {
     "free": "test-free-key",
@@ -63,7 +63,16 @@ def make_router_config(cloud_url: str | None, **overrides: Any) -> dict[str, Any
 
 def spawn_router(config_file: Path, port: int, *, stdout: Any = None) -> subprocess.Popen[bytes]:
     """Start `hybrid-router serve` on `config_file` and `port`, without waiting for it."""
-    command = [sys.executable, "-m", "cloud.cli", "serve", "--config", str(config_file), "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "hyrouter.cloud.cli",
+        "serve",
+        "--config",
+        str(config_file),
+        "--port",
+        str(port),
+    ]
     return subprocess.Popen(
         [*command, "--no-access-log", "--log-level", "warning"],
         stdout=stdout,

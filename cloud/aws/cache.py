@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cloud.aws.settings import LambdaSettings
-from router import CachedAnswer, CacheStore
+from hyrouter.cloud.aws.settings import LambdaSettings
+from hyrouter.router import CachedAnswer, CacheStore
 
 logger = logging.getLogger("hybrid_router")
 

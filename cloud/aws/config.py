@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cloud.aws.settings import LambdaSettings
-from router import ConfigError, RouterConfig, parse_config
+from hyrouter.cloud.aws.settings import LambdaSettings
+from hyrouter.router import ConfigError, RouterConfig, parse_config
 
 ENV_CONFIG_PARAMETER = LambdaSettings.env_name("config_parameter")
 ENV_CONFIG_APPCONFIG = LambdaSettings.env_name("config_appconfig")

@@ -1,11 +1,11 @@
 """The buffered Lambda handler behind the API Gateway REST API (powertools event handler).
 
-It mounts `cloud.routes`, the routes the local server and the Function URL serve, with the same
+It mounts `hyrouter.cloud.routes`, the routes the local server and the Function URL serve, with the same
 bodies, headers and errors; a `stream: true` chat completion is answered as one SSE body (true
-streaming is the Function URL's: see `cloud.aws.stream`). The REST API in `template.yaml` exposes
+streaming is the Function URL's: see `hyrouter.cloud.aws.stream`). The REST API in `template.yaml` exposes
 `POST /v1/chat/completions`, `POST /v1/feedback`, `GET /v1/models`, `GET /health` and
 `GET /v1/edge/config`. With `HYBRID_ROUTER_OUTCOMES_TABLE` set, outcome records go to that DynamoDB
-table (`cloud.aws.outcomes`).
+table (`hyrouter.cloud.aws.outcomes`).
 
 The caller's tier comes from the API Gateway key that made the call (`requestContext.identity`),
 mapped through the config's `api_key_ids` (or `api_keys` by sha256), never from the request body;
@@ -32,14 +32,14 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cloud import routes
-from cloud.aws.cache import shared_cache_store
-from cloud.aws.config import ConfigSource
-from cloud.aws.runtime import LambdaEnvironment, lambda_engine
-from cloud.aws.settings import LambdaSettings
-from cloud.aws.telemetry import metrics_namespace, route_core_logs, service_name
-from cloud.engines import EngineFactory
-from router import (
+from hyrouter.cloud import routes
+from hyrouter.cloud.aws.cache import shared_cache_store
+from hyrouter.cloud.aws.config import ConfigSource
+from hyrouter.cloud.aws.runtime import LambdaEnvironment, lambda_engine
+from hyrouter.cloud.aws.settings import LambdaSettings
+from hyrouter.cloud.aws.telemetry import metrics_namespace, route_core_logs, service_name
+from hyrouter.cloud.engines import EngineFactory
+from hyrouter.router import (
     REQUEST_ID_HEADER,
     RequestError,
     RouterError,
@@ -116,7 +116,7 @@ async def _answer(
 @app.post(routes.CHAT_COMPLETIONS)
 @tracer.capture_method
 def chat_completions() -> Response[str]:
-    """`cloud.routes.chat_completions`, through the idempotency store when the call has a key."""
+    """`hyrouter.cloud.routes.chat_completions`, through the idempotency store when the call has a key."""
     environment = get_environment()
     engine = environment.current().engine
     request = _request()
@@ -169,7 +169,7 @@ for _route in routes.ROUTES:
 
 
 def _request() -> routes.HttpRequest:
-    """This invocation's request, as `cloud.routes` takes it."""
+    """This invocation's request, as `hyrouter.cloud.routes` takes it."""
     event = app.current_event
     identity = event.request_context.identity
     return routes.HttpRequest(

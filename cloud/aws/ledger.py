@@ -18,8 +18,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from router import Budget, Reservation
-from router._accounting import TOTAL, minute_key, seconds_to_next_minute, to_nano_usd, utc_now
+from hyrouter.router import Budget, Reservation
+from hyrouter.router._accounting import TOTAL, minute_key, seconds_to_next_minute, to_nano_usd, utc_now
 
 #: How long an ended day's or month's item is kept before its TTL lets DynamoDB delete it.
 DEFAULT_GRACE = timedelta(days=35)

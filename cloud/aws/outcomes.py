@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from router._outcomes import OutcomeRecord, pack_features
+from hyrouter.router._outcomes import OutcomeRecord, pack_features
 
 #: The attribute DynamoDB's TTL deletes a record after (epoch seconds).
 TTL_ATTRIBUTE = "expires_at"

@@ -20,11 +20,11 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from cloud.aws.config import ConfigSource, LambdaRouterConfig, parse_text
-from cloud.aws.settings import LambdaSettings
-from cloud.aws.telemetry import EmfRouterMetrics
-from cloud.engines import EngineFactory
-from router import (
+from hyrouter.cloud.aws.config import ConfigSource, LambdaRouterConfig, parse_text
+from hyrouter.cloud.aws.settings import LambdaSettings
+from hyrouter.cloud.aws.telemetry import EmfRouterMetrics
+from hyrouter.cloud.engines import EngineFactory
+from hyrouter.router import (
     CacheStore,
     ConfigError,
     CostLedger,
@@ -50,14 +50,14 @@ async def lambda_engine(config: RouterConfig) -> RoutingEngine:
 
 
 def _build_lambda_engine(config: RouterConfig) -> RoutingEngine:
-    from cloud.engines import build_engine
+    from hyrouter.cloud.engines import build_engine
 
     settings = LambdaSettings.from_env()  # read once per build: a secret id may have changed
     _load_cloud_secret(config, settings.cloud_api_key_secret)
     config = with_outcomes_table(config, settings.outcomes_table, settings.outcomes_ttl_days)
     transport = None
     if settings.cloud_auth == "sagemaker" and config.cloud.url:
-        from cloud.aws.sagemaker import SageMakerTransport
+        from hyrouter.cloud.aws.sagemaker import SageMakerTransport
 
         transport = SageMakerTransport.from_env(settings)
     # One build: the cloud client is made once, with the transport it will use. The ledger is a
@@ -69,7 +69,7 @@ def lambda_ledger(settings: LambdaSettings) -> Ledger:
     """The DynamoDB ledger when the template names its table (one budget for every environment),
     else one kept in this environment."""
     if settings.budget_table:
-        from cloud.aws.ledger import DynamoDbLedger
+        from hyrouter.cloud.aws.ledger import DynamoDbLedger
 
         return DynamoDbLedger(settings.budget_table)
     return CostLedger()
@@ -121,7 +121,7 @@ class LambdaEnvironment:
     ) -> None:
         """Serve the config from `source` on engines `engine_factory` builds; `ledger` defaults to
         `lambda_ledger` of the environment; `shared_cache` (the fleet's DynamoDB store,
-        `cloud.aws.cache`) sits behind each engine's in-process cache."""
+        `hyrouter.cloud.aws.cache`) sits behind each engine's in-process cache."""
         self.source = source
         self.shared_cache = shared_cache
         self._factory = engine_factory
@@ -157,7 +157,7 @@ class LambdaEnvironment:
 
     async def close_retired(self) -> None:
         """Close the backends of engines a config change replaced (their requests have finished)."""
-        from cloud.engines import close_engine
+        from hyrouter.cloud.engines import close_engine
 
         while self._retired:
             await close_engine(self._retired.pop())

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from router import CloudBackendError
+from hyrouter.router import CloudBackendError
 
 if TYPE_CHECKING:
-    from cloud.aws.settings import LambdaSettings
+    from hyrouter.cloud.aws.settings import LambdaSettings
 
 CHAT_SUFFIX = "/chat/completions"
 #: botocore's frozen credentials (access key, secret, token); a callable so that they can rotate.
@@ -47,7 +47,7 @@ class SageMakerTransport(httpx.AsyncBaseTransport):
         """Region and credentials of the Lambda execution role (botocore's default chain)."""
         import botocore.session  # type: ignore[import-untyped]
 
-        from cloud.aws.settings import LambdaSettings
+        from hyrouter.cloud.aws.settings import LambdaSettings
 
         session = botocore.session.get_session()
         region = (

@@ -1,4 +1,4 @@
-"""The Lambda functions' environment variables (see `router._settings` for the conventions).
+"""The Lambda functions' environment variables (see `hyrouter.router._settings` for the conventions).
 
 The template sets them (template.yaml); powertools and the Lambda runtime set the last five.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from router._settings import HybridRouterSettings
+from hyrouter.router._settings import HybridRouterSettings
 
 
 class LambdaSettings(HybridRouterSettings):

@@ -1,10 +1,10 @@
-"""The streaming entry point: the local ASGI app (`cloud.app`) behind a Lambda Function URL.
+"""The streaming entry point: the local ASGI app (`hyrouter.cloud.app`) behind a Lambda Function URL.
 
 Python Lambdas cannot stream a response themselves, so the container runs uvicorn and the Lambda
 Web Adapter (an extension) relays each invocation to it with `AWS_LWA_INVOKE_MODE=response_stream`;
 the Function URL (`InvokeMode: RESPONSE_STREAM`) passes the SSE bytes to the caller as they come::
 
-    uvicorn --factory cloud.aws.stream:create_stream_app --host 127.0.0.1 --port 8080
+    uvicorn --factory hyrouter.cloud.aws.stream:create_stream_app --host 127.0.0.1 --port 8080
 
 Callers authenticate as they do locally (`Authorization: Bearer <key>`, looked up by sha256 in
 `api_keys`). The tier config is refreshed as in the buffered handler; metrics are EMF.
@@ -18,14 +18,14 @@ import anyio
 from aws_lambda_powertools import Logger
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cloud.app import create_app
-from cloud.aws.cache import shared_cache_store
-from cloud.aws.config import ConfigSource
-from cloud.aws.runtime import LambdaEnvironment, lambda_engine
-from cloud.aws.settings import LambdaSettings
-from cloud.aws.telemetry import emit_cold_start, route_core_logs, service_name
-from cloud.engines import EngineFactory
-from router import RouterConfig, RoutingEngine
+from hyrouter.cloud.app import create_app
+from hyrouter.cloud.aws.cache import shared_cache_store
+from hyrouter.cloud.aws.config import ConfigSource
+from hyrouter.cloud.aws.runtime import LambdaEnvironment, lambda_engine
+from hyrouter.cloud.aws.settings import LambdaSettings
+from hyrouter.cloud.aws.telemetry import emit_cold_start, route_core_logs, service_name
+from hyrouter.cloud.engines import EngineFactory
+from hyrouter.router import RouterConfig, RoutingEngine
 
 logger = Logger(service=service_name())
 
@@ -33,7 +33,7 @@ logger = Logger(service=service_name())
 def create_stream_app(
     source: ConfigSource | None = None, *, engine_factory: EngineFactory = lambda_engine
 ) -> ASGIApp:
-    """The ASGI app for the Function URL: `cloud.app` on an engine kept current with the config."""
+    """The ASGI app for the Function URL: `hyrouter.cloud.app` on an engine kept current with the config."""
     route_core_logs(logger)
     settings = LambdaSettings.from_env()
     environment = LambdaEnvironment(

@@ -20,8 +20,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit, single_metric
 
-from cloud.aws.settings import LambdaSettings
-from router import RequestOutcome
+from hyrouter.cloud.aws.settings import LambdaSettings
+from hyrouter.router import RequestOutcome
 
 
 def metrics_namespace(settings: LambdaSettings | None = None) -> str:

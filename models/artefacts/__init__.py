@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from router._onnx_estimator import register_artefacts
+from hyrouter.router._onnx_estimator import register_artefacts
 
 ARTEFACTS_DIR = Path(__file__).resolve().parent
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import uvicorn
 
-from cloud.app import create_app
-from cloud.server_protocol import OpenAIErrorH11Protocol
-from router import (
+from hyrouter.cloud.app import create_app
+from hyrouter.cloud.server_protocol import OpenAIErrorH11Protocol
+from hyrouter.router import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     HeuristicEstimator,

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.functional
 def serve(tmp_path: Path, config: dict[str, object], *args: str) -> subprocess.CompletedProcess[str]:
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "cloud.cli", "serve", "--config", str(config_file), *args]
+    command = [sys.executable, "-m", "hyrouter.cloud.cli", "serve", "--config", str(config_file), *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 

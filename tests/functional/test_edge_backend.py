@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from edge.llama_cpp_backend import LlamaCppBackend, render_chatml
-from router._backend import approximate_tokens
-from router._config import EdgeConfig
-from router._errors import EdgeBackendError, EdgeBusy
-from router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatMessage
+from hyrouter.edge.llama_cpp_backend import LlamaCppBackend, render_chatml
+from hyrouter.router._backend import approximate_tokens
+from hyrouter.router._config import EdgeConfig
+from hyrouter.router._errors import EdgeBackendError, EdgeBusy
+from hyrouter.router._wire import ChatCompletionChunk, ChatCompletionRequest, ChatMessage
 
 pytestmark = [pytest.mark.functional, pytest.mark.anyio]
 
@@ -315,7 +315,10 @@ async def test_aclose_frees_the_model() -> None:
 
 
 def test_import_does_not_load_llama_cpp() -> None:
-    code = "import sys, edge.llama_cpp_backend; assert 'llama_cpp' not in sys.modules, 'llama_cpp imported'"
+    code = (
+        "import sys, hyrouter.edge.llama_cpp_backend; "
+        "assert 'llama_cpp' not in sys.modules, 'llama_cpp imported'"
+    )
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60

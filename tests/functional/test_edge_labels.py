@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge.model_files import default_model_path
-from models.edge_labels import EDGE_MODEL_NAME, FEW_SHOT, gsm8k_few_shot_prefix, mmlu_items, run_labels
-from models.routing_data import EdgeModel, default_data_dir
+from hyrouter.edge.model_files import default_model_path
+from hyrouter.models.edge_labels import (
+    EDGE_MODEL_NAME,
+    FEW_SHOT,
+    gsm8k_few_shot_prefix,
+    mmlu_items,
+    run_labels,
+)
+from hyrouter.models.routing_data import EdgeModel, default_data_dir
 
 
 def test_mmlu_labels_are_written_once_and_resume(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Self
 import httpx
 import pytest
 
-from edge import (
+from hyrouter.edge import (
     DeviceSignals,
     EdgeOffline,
     EdgeRouter,
@@ -29,8 +29,8 @@ from edge import (
     EscalationInterrupted,
     StaticSignals,
 )
-from edge.llama_cpp_backend import LlamaCppBackend
-from router import AuthenticationError, EdgeConfig
+from hyrouter.edge.llama_cpp_backend import LlamaCppBackend
+from hyrouter.router import AuthenticationError, EdgeConfig
 from tests.servers import KEYS, MisbehavingUpstream, free_port, make_router_config, running_router
 
 pytestmark = [pytest.mark.functional, pytest.mark.anyio]

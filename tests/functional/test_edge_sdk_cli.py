@@ -1,4 +1,4 @@
-"""`hybrid-router edge ask` and `edge chat` as a user runs them (`python -m cloud.cli`)."""
+"""`hybrid-router edge ask` and `edge chat` as a user runs them (`python -m hyrouter.cloud.cli`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ SMALL = ["--threads", "2", "--n-ctx", "512", "--max-tokens", "8"]
 def edge_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HYBRID_ROUTER_DEVICE_KEY": "some-device-key"}
     return subprocess.run(
-        [sys.executable, "-m", "cloud.cli", "edge", *args],
+        [sys.executable, "-m", "hyrouter.cloud.cli", "edge", *args],
         input=stdin,
         capture_output=True,
         text=True,

@@ -14,7 +14,7 @@ def test_eval_writes_json_and_plot(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "cloud.cli",
+            "hyrouter.cloud.cli",
             "eval",
             "--benchmark",
             "gsm8k",

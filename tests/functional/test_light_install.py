@@ -19,7 +19,8 @@ import pytest
 pytestmark = [pytest.mark.functional, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "router", "edge", "cloud", "models")
+# what a source distribution holds (hyrouter/ links the four folders: copied with their links)
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "hyrouter", "router", "edge", "cloud", "models")
 CLOUD_ONLY = """
 estimator: {{name: {estimator}}}
 edge: {{enabled: false}}
@@ -36,7 +37,9 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     source.mkdir()
     for name in SOURCES:
         if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                ROOT / name, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+            )
         else:
             shutil.copy2(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "venv", str(base / "venv")], check=True, timeout=120)
@@ -96,7 +99,7 @@ def test_serve_names_the_server_extra(venv: Path, tmp_path: Path) -> None:
     config = tmp_path / "cloud-only.yaml"
     config.write_text(CLOUD_ONLY.format(estimator="heuristic"))
     assert _one_line(_run(venv, "serve", "--config", str(config), cwd=tmp_path)) == (
-        "hybrid-router: serve needs the server extra: pip install 'hybrid-router[server]' "
+        "hybrid-router: serve needs the server extra: pip install 'hyrouter[server]' "
         "(no module named 'uvicorn')"
     )
 
@@ -104,7 +107,7 @@ def test_serve_names_the_server_extra(venv: Path, tmp_path: Path) -> None:
 def test_route_with_the_edge_enabled_names_the_edge_extra(venv: Path, tmp_path: Path) -> None:
     line = _one_line(_run(venv, "route", "hi", "--tier", "free", cwd=tmp_path))
     assert line.startswith("hybrid-router: the edge model needs the edge extra: ")
-    assert "pip install 'hybrid-router[edge]'" in line
+    assert "pip install 'hyrouter[edge]'" in line
 
 
 def test_route_on_a_cloud_only_config_works_with_the_heuristic_and_names_onnx_for_a_learned_one(
@@ -123,7 +126,7 @@ def test_route_on_a_cloud_only_config_works_with_the_heuristic_and_names_onnx_fo
 
 def test_eval_names_the_eval_extra(venv: Path, tmp_path: Path) -> None:
     line = _one_line(_run(venv, "eval", "--benchmark", "gsm8k", cwd=tmp_path))
-    assert line.startswith("hybrid-router: eval needs the eval extra: pip install 'hybrid-router[eval]'")
+    assert line.startswith("hybrid-router: eval needs the eval extra: pip install 'hyrouter[eval]'")
 
 
 @pytest.mark.parametrize("command", [("edge", "check"), ("edge", "ask", "hi")])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge.build_check import explain, run_build_check
+from hyrouter.edge.build_check import explain, run_build_check
 from tests.servers import free_port, make_router_config, spawn_router
 
 pytestmark = pytest.mark.functional
@@ -54,7 +54,10 @@ def test_serve_refuses_to_start_on_a_build_check_that_fails(tmp_path: Path) -> N
 
 def test_edge_check_command_passes_on_the_installed_build() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cloud.cli", "edge", "check"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "hyrouter.cloud.cli", "edge", "check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "llama.cpp runs on this CPU" in result.stdout

@@ -17,9 +17,9 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloud.app import create_app
-from cloud.engines import build_engine
-from router import RouterConfig, RoutingEngine, parse_config
+from hyrouter.cloud.app import create_app
+from hyrouter.cloud.engines import build_engine
+from hyrouter.router import RouterConfig, RoutingEngine, parse_config
 from tests.servers import ADMIN, KEYS, free_port, make_router_config, router_process
 
 pytestmark = pytest.mark.functional

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from router import hash_api_key
+from hyrouter.router import hash_api_key
 from tests.servers import ADMIN, KEYS, make_router_config, running_router
 
 pytestmark = pytest.mark.functional

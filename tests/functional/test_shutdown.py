@@ -115,7 +115,7 @@ def test_sigterm_stops_demo_and_its_stand_in(tmp_path: Path) -> None:
     with log_file.open("wb") as log:
         process = subprocess.Popen(
             [
-                *(sys.executable, "-m", "cloud.cli", "demo", "--port", str(port)),
+                *(sys.executable, "-m", "hyrouter.cloud.cli", "demo", "--port", str(port)),
                 *("--cloud-port", str(cloud_port), "--cloud-log", str(tmp_path / "standin.log")),
                 *("--no-edge-check", "--no-access-log", "--log-level", "warning"),
             ],

@@ -41,9 +41,9 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from starlette.testclient import TestClient
 
-from cloud.app import create_app
-from router import HeuristicEstimator, RouterConfig, RoutingEngine, hash_api_key, parse_config
-from router._wire import ChatCompletionRequest, ChatMessage, RefusalPart, StreamOptions, TextPart
+from hyrouter.cloud.app import create_app
+from hyrouter.router import HeuristicEstimator, RouterConfig, RoutingEngine, hash_api_key, parse_config
+from hyrouter.router._wire import ChatCompletionRequest, ChatMessage, RefusalPart, StreamOptions, TextPart
 from tests.fakes import FakeBackend
 from tests.openai_spec import SCHEMAS, _nullable, violations
 

@@ -8,8 +8,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from cloud.app import create_app, reload_config
-from router import (
+from hyrouter.cloud.app import create_app, reload_config
+from hyrouter.router import (
     BackendHealth,
     ChatCompletionChunk,
     ChatCompletionRequest,

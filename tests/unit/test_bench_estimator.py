@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bench.estimator_latency import build_prompt, count_tokens, manifest_entry, untruncated_tokenizer, user
-from models.artefacts import ARTEFACTS_DIR
-from router._onnx_estimator import OnnxEstimator
+from hyrouter.models.artefacts import ARTEFACTS_DIR
+from hyrouter.router._onnx_estimator import OnnxEstimator
 
 PASSAGES = [
     "Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins "

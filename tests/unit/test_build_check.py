@@ -1,4 +1,4 @@
-"""edge.build_check: a llama.cpp build that crashes on this CPU is a report, not a dead process."""
+"""hyrouter.edge.build_check: a llama.cpp build that crashes on this CPU is a report, not a dead process."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edge import build_check
-from edge.build_check import BuildCheck, cpu_flags, explain, run_build_check
+from hyrouter.edge import build_check
+from hyrouter.edge.build_check import BuildCheck, cpu_flags, explain, run_build_check
 
 SYSTEM_INFO = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | "
 
@@ -60,7 +60,7 @@ def test_a_child_that_hangs_is_a_failure_within_the_deadline(monkeypatch: pytest
 def test_edge_check_command_exits_1_on_a_crash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cloud.cli import main
+    from hyrouter.cloud.cli import main
 
     monkeypatch.setattr(build_check, "_CHILD", SIGILL_CHILD)
     assert main(["edge", "check", "--model", str(tmp_path / "m.gguf"), "--json"]) == 1

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from router import ChatCompletionRequest, ChatMessage, Tenant, TierCacheConfig
-from router._cache import (
+from hyrouter.router import ChatCompletionRequest, ChatMessage, Tenant, TierCacheConfig
+from hyrouter.router._cache import (
     CachedAnswer,
     MemoryCacheStore,
     ResponseCache,
@@ -18,7 +18,7 @@ from router._cache import (
     repeatable,
     request_key,
 )
-from router._wire import AssistantMessage, ChatCompletionResponse, Choice, Usage
+from hyrouter.router._wire import AssistantMessage, ChatCompletionResponse, Choice, Usage
 
 ACME = Tenant("acme", "free")
 GLOBEX = Tenant("globex", "free")

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud.cli import main
-from models.calibrate import (
+from hyrouter.cloud.cli import main
+from hyrouter.models.calibrate import (
     add_calibrate_command,
     calibrate,
     escalation_share,
     threshold_for_fraction,
     write_threshold,
 )
-from router import DEMO_CONFIG_PATH, ConfigError, load_config
+from hyrouter.router import DEMO_CONFIG_PATH, ConfigError, load_config
 
 SCORES = np.linspace(0.0, 0.99, 100)
 
@@ -61,7 +61,7 @@ def test_calibrating_on_the_edge_pair_and_a_clear_error_without_labels(
     assert '"benchmarks": [\n    "mmlu-edge"\n  ]' in printed.out
     assert "printed only, no config changed: pass --output FILE" in printed.err
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("models.routing_data.EDGE_LABELS_DIR", tmp_path / "no-labels")
+        mp.setattr("hyrouter.models.routing_data.EDGE_LABELS_DIR", tmp_path / "no-labels")
         code = main(
             [*("calibrate", "--tier", "free", "--cloud-fraction", "0.2", "--benchmark", "mmlu-gemma")]
         )

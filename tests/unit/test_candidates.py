@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.candidates import (
+from hyrouter.models.candidates import (
     DEFAULT_JSON,
     LATENCY_TOKENS,
     add_compare_command,
@@ -25,8 +25,8 @@ from models.candidates import (
     stratified_every,
     text_of_tokens,
 )
-from models.minilm_candidate import linear_head_scores, mean_pooled_features
-from models.student_estimator import LENGTH_SCALE, MAX_TOKENS, pooled_features
+from hyrouter.models.minilm_candidate import linear_head_scores, mean_pooled_features
+from hyrouter.models.student_estimator import LENGTH_SCALE, MAX_TOKENS, pooled_features
 
 
 def test_the_module_imports_without_torch() -> None:
@@ -143,4 +143,4 @@ def test_candidates_does_not_import_the_build() -> None:
 
     tree = ast.parse(Path(__file__).parents[2].joinpath("models", "candidates.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert "models.build" not in imported
+    assert "hyrouter.models.build" not in imported

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cloud.breaker import Admission, BreakerState, CircuitBreaker
-from router._config import CircuitBreakerConfig
+from hyrouter.cloud.breaker import Admission, BreakerState, CircuitBreaker
+from hyrouter.router._config import CircuitBreakerConfig
 
 
 class FakeClock:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cloud.cli import LOG_LEVELS, build_parser, main
+from hyrouter.cloud.cli import LOG_LEVELS, build_parser, main
 
 _NOT_OPTIONS = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
 
@@ -49,11 +49,11 @@ def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
     assert exited.value.code == 0
-    assert capsys.readouterr().out.strip() == f"hybrid-router {importlib.metadata.version('hybrid-router')}"
+    assert capsys.readouterr().out.strip() == f"hybrid-router {importlib.metadata.version('hyrouter')}"
 
 
 def test_version_falls_back_when_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cloud import _version
+    from hyrouter.cloud import _version
 
     def not_installed(name: str) -> str:
         raise importlib.metadata.PackageNotFoundError(name)

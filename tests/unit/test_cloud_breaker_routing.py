@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud.breaker import BreakerState
-from cloud.endpoint import CloudEndpointClient
-from cloud.routes import CHAT_COMPLETIONS, ROUTES, HttpRequest, respond
-from router import (
+from hyrouter.cloud.breaker import BreakerState
+from hyrouter.cloud.endpoint import CloudEndpointClient
+from hyrouter.cloud.routes import CHAT_COMPLETIONS, ROUTES, HttpRequest, respond
+from hyrouter.router import (
     ChatCompletionRequest,
     HeuristicEstimator,
     RoutingEngine,

@@ -13,18 +13,18 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from cloud.breaker import BreakerState
-from cloud.endpoint import (
+from hyrouter.cloud.breaker import BreakerState
+from hyrouter.cloud.endpoint import (
     CloudEndpointClient,
     CloudHTTPError,
     CloudRateLimited,
     CloudRequestRejected,
     is_request_fault,
 )
-from router._config import CircuitBreakerConfig, CloudConfig, CloudRetries, CloudTimeouts
-from router._errors import CloudBackendError, CloudStreamCut, CloudTimeout, CloudUnavailable
-from router._openai_http import retry_after_seconds as _retry_after
-from router._wire import ChatCompletionChunk, ChatCompletionRequest
+from hyrouter.router._config import CircuitBreakerConfig, CloudConfig, CloudRetries, CloudTimeouts
+from hyrouter.router._errors import CloudBackendError, CloudStreamCut, CloudTimeout, CloudUnavailable
+from hyrouter.router._openai_http import retry_after_seconds as _retry_after
+from hyrouter.router._wire import ChatCompletionChunk, ChatCompletionRequest
 
 pytestmark = pytest.mark.anyio
 

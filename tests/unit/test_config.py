@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from router import ApiKeyIdEntry, ConfigError, config_json_schema, hash_api_key, load_config, parse_config
+from hyrouter.router import (
+    ApiKeyIdEntry,
+    ConfigError,
+    config_json_schema,
+    hash_api_key,
+    load_config,
+    parse_config,
+)
 
 SCHEMA_FILE = Path(__file__).parents[2] / "router" / "config.schema.json"
 
@@ -76,7 +83,7 @@ def test_committed_json_schema_is_current() -> None:
 
 
 def test_admin_keys_are_hashed_and_are_not_tenant_keys() -> None:
-    from router import hash_api_key, parse_config
+    from hyrouter.router import hash_api_key, parse_config
 
     admin = {"sha256": hash_api_key("ops-key"), "note": "operators"}
     config = parse_config({"admin_keys": [admin]})

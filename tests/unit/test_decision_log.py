@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from cloud.server import decision_log_formatter, log_config
-from router import Decision, RequestOutcome, RouteReason, log_decision, request_id_scope
+from hyrouter.cloud.server import decision_log_formatter, log_config
+from hyrouter.router import Decision, RequestOutcome, RouteReason, log_decision, request_id_scope
 
 
 def outcome(

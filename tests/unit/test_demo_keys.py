@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloud import cli
-from router import DEMO_KEYS, demo_keys_in, hash_api_key, load_config, warn_about_demo_keys
+from hyrouter.cloud import cli
+from hyrouter.router import DEMO_KEYS, demo_keys_in, hash_api_key, load_config, warn_about_demo_keys
 
 
 def test_serve_without_a_config_refuses_with_one_line(

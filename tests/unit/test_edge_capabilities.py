@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from edge.llama_cpp_backend import LlamaCppBackend, grammar_error
-from router import ChatCompletionRequest, EdgeConfig
+from hyrouter.edge.llama_cpp_backend import LlamaCppBackend, grammar_error
+from hyrouter.router import ChatCompletionRequest, EdgeConfig
 
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 CITY = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import edge
-from edge import (
+from hyrouter import edge
+from hyrouter.edge import (
     EdgeRouter,
     EdgeRouterConfig,
     ModelTooLarge,
@@ -17,7 +17,7 @@ from edge import (
     check_model_fits,
     load_edge_router_config,
 )
-from router import ConfigError, EdgeBackendError
+from hyrouter.router import ConfigError, EdgeBackendError
 
 
 def test_defaults_mirror_the_demo_tiers() -> None:
@@ -96,7 +96,10 @@ def test_public_surface_is_sorted_and_importable() -> None:
 
 
 def test_the_llama_backend_does_not_import_the_sdk() -> None:
-    code = "import sys, edge.llama_cpp_backend; print(any(m.startswith('edge._router') for m in sys.modules))"
+    code = (
+        "import sys, hyrouter.edge.llama_cpp_backend; "
+        "print(any(m.startswith('hyrouter.edge._router') for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -107,7 +110,7 @@ def test_the_example_config_validates_against_the_schema_and_loads() -> None:
     import yaml
     from jsonschema import Draft202012Validator
 
-    from edge._sdk_config import EXAMPLE_CONFIG_PATH, edge_config_json_schema
+    from hyrouter.edge._sdk_config import EXAMPLE_CONFIG_PATH, edge_config_json_schema
 
     committed = json.loads(EXAMPLE_CONFIG_PATH.with_name("device-config.schema.json").read_text())
     assert committed == edge_config_json_schema(), "run `make schema`"
@@ -122,8 +125,8 @@ def test_the_example_config_validates_against_the_schema_and_loads() -> None:
 def test_edge_schema_command_prints_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from cloud.cli import main
-    from edge._sdk_config import edge_config_json_schema
+    from hyrouter.cloud.cli import main
+    from hyrouter.edge._sdk_config import edge_config_json_schema
 
     assert main(["edge", "schema"]) == 0
     assert json.loads(capsys.readouterr().out) == edge_config_json_schema()

@@ -6,10 +6,10 @@ from typing import Any
 
 from llama_cpp import llama_chat_format
 
-from edge.llama_cpp_backend import LlamaCppBackend, render_chatml
-from router._backend import approximate_tokens
-from router._config import EdgeConfig
-from router._wire import ChatMessage
+from hyrouter.edge.llama_cpp_backend import LlamaCppBackend, render_chatml
+from hyrouter.router._backend import approximate_tokens
+from hyrouter.router._config import EdgeConfig
+from hyrouter.router._wire import ChatMessage
 
 MESSAGES = [
     ChatMessage(role="user", content="What is the capital of France?"),

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router import OutcomeNotFound, RequestError
-from router._outcome_sqlite import SqliteOutcomeStore
+from hyrouter.router import OutcomeNotFound, RequestError
+from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
 from tests.unit.test_edge_router import EASY, CloudRouter, make
 
 pytestmark = pytest.mark.anyio

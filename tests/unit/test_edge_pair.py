@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud.cli import main
-from models.edge_labels import add_labels_command, gsm8k_items, model_file
-from models.evaluate import add_eval_command, format_table, run_eval
-from models.routing_data import (
+from hyrouter.cloud.cli import main
+from hyrouter.models.edge_labels import add_labels_command, gsm8k_items, model_file
+from hyrouter.models.evaluate import add_eval_command, format_table, run_eval
+from hyrouter.models.routing_data import (
     BENCHMARKS,
     EDGE_BENCHMARK_MODELS,
     EDGE_MODEL_NAME,
@@ -27,7 +27,7 @@ from models.routing_data import (
     load_benchmark,
     read_edge_labels,
 )
-from router import ConfigError
+from hyrouter.router import ConfigError
 
 # (subject, question, GPT-4 correct); "same" appears twice in a subject with different outcomes.
 MMLU = [

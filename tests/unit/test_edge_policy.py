@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from edge import (
+from hyrouter.edge import (
     DeviceReason,
     DeviceSignals,
     DeviceTierPolicy,
@@ -16,8 +16,8 @@ from edge import (
     decide_on_device,
     find_personal_data,
 )
-from edge._privacy import luhn_valid
-from router import (
+from hyrouter.edge._privacy import luhn_valid
+from hyrouter.router import (
     BackendHealth,
     ContextLengthExceeded,
     NoBackendAvailable,

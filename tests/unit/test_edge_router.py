@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edge import (
+from hyrouter.edge import (
     DeviceSignals,
     EdgeOffline,
     EdgeRouter,
@@ -18,8 +18,8 @@ from edge import (
     EscalationInterrupted,
     StaticSignals,
 )
-from edge._sdk_config import CloudLink
-from router import AuthenticationError, ChatCompletionRequest, EdgeBusy, ModelNotFound, RequestError
+from hyrouter.edge._sdk_config import CloudLink
+from hyrouter.router import AuthenticationError, ChatCompletionRequest, EdgeBusy, ModelNotFound, RequestError
 from tests.fakes import FakeBackend
 
 pytestmark = pytest.mark.anyio
@@ -264,7 +264,7 @@ async def test_a_wrong_device_key_is_an_error_not_a_fallback() -> None:
 
 
 async def test_a_refused_key_from_the_environment_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge._escalation import EscalationClient
+    from hyrouter.edge._escalation import EscalationClient
 
     monkeypatch.setenv("HYBRID_ROUTER_DEVICE_KEY", "revoked-key")
     cloud = CloudRouter()

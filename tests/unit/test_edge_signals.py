@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge import DeviceSignals, LinuxSignalReader, SignalSource, StaticSignals
+from hyrouter.edge import DeviceSignals, LinuxSignalReader, SignalSource, StaticSignals
 
 DEVICES = Path(__file__).parents[1] / "fixtures" / "device"
 

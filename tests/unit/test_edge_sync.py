@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from edge import ConfigSyncSettings, EdgeRouter, EdgeRouterConfig, PolicySync, StaticSignals
-from router import NoBackendAvailable
+from hyrouter.edge import ConfigSyncSettings, EdgeRouter, EdgeRouterConfig, PolicySync, StaticSignals
+from hyrouter.router import NoBackendAvailable
 from tests.fakes import FakeBackend
 
 pytestmark = pytest.mark.anyio

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from edge.llama_cpp_backend import LlamaCppBackend
-from router._config import EdgeConfig
-from router._errors import EdgeBackendError
+from hyrouter.edge.llama_cpp_backend import LlamaCppBackend
+from hyrouter.router._config import EdgeConfig
+from hyrouter.router._errors import EdgeBackendError
 
 
 class FakeLlama:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from cloud.app import create_app
-from router import (
+from hyrouter.cloud.app import create_app
+from hyrouter.router import (
     Budget,
     BudgetExhausted,
     ChatCompletionRequest,
@@ -34,7 +34,7 @@ from router import (
     parse_config,
     worst_case_cost_usd,
 )
-from router._config import CloudPrice
+from hyrouter.router._config import CloudPrice
 from tests.fakes import FakeBackend
 
 pytestmark = pytest.mark.anyio

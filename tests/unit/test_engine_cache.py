@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from router import (
+from hyrouter.router import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -23,7 +23,7 @@ from router import (
     cloud_cost_usd,
     parse_config,
 )
-from router._wire import ChunkChoice
+from hyrouter.router._wire import ChunkChoice
 from tests.fakes import FakeBackend
 
 CONFIG = parse_config(

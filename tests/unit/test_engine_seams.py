@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from edge import EdgeRouter, EdgeRouterConfig, StaticSignals
-from router import (
+from hyrouter.edge import EdgeRouter, EdgeRouterConfig, StaticSignals
+from hyrouter.router import (
     BackendError,
     Budget,
     ChatCompletionRequest,
@@ -245,7 +245,7 @@ async def test_the_device_sdk_routes_through_the_engine(monkeypatch: pytest.Monk
 
 
 def test_one_reason_enum_and_one_decision_type() -> None:
-    from edge import DeviceDecision, DeviceReason
+    from hyrouter.edge import DeviceDecision, DeviceReason
 
     assert DeviceReason is RouteReason and DeviceDecision is Decision
 
@@ -319,7 +319,7 @@ async def test_a_stream_closed_unread_frees_its_backend() -> None:
 
 
 async def test_a_refused_request_is_recorded_as_the_decision_it_could_not_carry_out() -> None:
-    from router import BackendHealth, NoBackendAvailable
+    from hyrouter.router import BackendHealth, NoBackendAvailable
 
     recorder = Recorder()
     strict = parse_config({"tiers": {"strict": {"cloud": "forced", "fallback_to_edge": False}}})

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from router import (
+from hyrouter.router import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     CloudStreamCut,

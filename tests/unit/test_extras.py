@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from router import ConfigError, MissingExtra, import_extra, require_extra
+from hyrouter.router import ConfigError, MissingExtra, import_extra, require_extra
 
 
 def test_an_installed_module_is_imported_and_returned() -> None:
@@ -19,7 +19,7 @@ def test_a_missing_module_is_one_line_that_names_the_extra_and_how_to_install_it
     with pytest.raises(MissingExtra) as raised:
         import_extra("no_such_module_for_the_test", feature="serve", extra="server")
     assert raised.value.message == (
-        "serve needs the server extra: pip install 'hybrid-router[server]' "
+        "serve needs the server extra: pip install 'hyrouter[server]' "
         "(no module named 'no_such_module_for_the_test')"
     )
     assert "\n" not in raised.value.message

@@ -9,9 +9,16 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from cloud.app import create_app
-from router import HeuristicEstimator, OutcomeWriter, RouterConfig, RoutingEngine, hash_api_key, parse_config
-from router._outcome_sqlite import SqliteOutcomeStore
+from hyrouter.cloud.app import create_app
+from hyrouter.router import (
+    HeuristicEstimator,
+    OutcomeWriter,
+    RouterConfig,
+    RoutingEngine,
+    hash_api_key,
+    parse_config,
+)
+from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
 from tests.fakes import FakeBackend
 
 ACME = {"authorization": "Bearer k-acme"}
@@ -126,8 +133,8 @@ def test_metrics_count_the_records_written_and_dropped(client: TestClient) -> No
 
 
 def test_a_reload_that_changes_outcomes_is_refused(tmp_path: Path) -> None:
-    from cloud.app import reload_config
-    from router import ConfigError
+    from hyrouter.cloud.app import reload_config
+    from hyrouter.router import ConfigError
 
     data = config(tmp_path / "o.sqlite3")
     app = create_app(parse_config(data))

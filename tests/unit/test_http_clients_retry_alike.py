@@ -3,7 +3,7 @@
 Each scripted failure is played to both, with the same retry settings, deadline and random seed; the
 requests sent, the waits between them and the outcome must be the same. There is no difference
 left: the GPU client used to retry a 500 too, and no longer does (a 500 is most often the request's
-own fault; see `cloud.endpoint`).
+own fault; see `hyrouter.cloud.endpoint`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud.endpoint import GPU_RETRY_STATUSES, CloudEndpointClient
-from edge._escalation import EscalationClient
-from edge._sdk_config import CloudLink
-from router._config import CloudConfig, CloudRetries, CloudTimeouts
-from router._openai_client import RETRY_STATUSES
-from router._wire import ChatCompletionRequest
+from hyrouter.cloud.endpoint import GPU_RETRY_STATUSES, CloudEndpointClient
+from hyrouter.edge._escalation import EscalationClient
+from hyrouter.edge._sdk_config import CloudLink
+from hyrouter.router._config import CloudConfig, CloudRetries, CloudTimeouts
+from hyrouter.router._openai_client import RETRY_STATUSES
+from hyrouter.router._wire import ChatCompletionRequest
 
 pytestmark = pytest.mark.anyio
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloud.aws.authorizer import handler
+from hyrouter.cloud.aws.authorizer import handler
 
 ARN = "arn:aws:execute-api:eu-west-1:123456789012:abc123def4/prod/POST/v1/chat/completions"
 

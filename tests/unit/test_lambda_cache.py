@@ -9,9 +9,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from cloud.aws.cache import ENV_CACHE_TABLE, MAX_ANSWER_BYTES, DynamoDBCacheStore, shared_cache_store
-from cloud.aws.settings import LambdaSettings
-from router import CachedAnswer
+from hyrouter.cloud.aws.cache import ENV_CACHE_TABLE, MAX_ANSWER_BYTES, DynamoDBCacheStore, shared_cache_store
+from hyrouter.cloud.aws.settings import LambdaSettings
+from hyrouter.router import CachedAnswer
 
 TABLE = "response-cache"
 ANSWER = CachedAnswer("Paris.", "edge-model", "edge", 10, 2)

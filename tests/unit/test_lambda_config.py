@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cloud.aws.config import (
+from hyrouter.cloud.aws.config import (
     ENV_CONFIG_APPCONFIG,
     ENV_CONFIG_FILE,
     ENV_CONFIG_MAX_AGE,
@@ -17,8 +17,8 @@ from cloud.aws.config import (
     ConfigSource,
     parse_lambda_config,
 )
-from cloud.aws.runtime import LambdaEnvironment
-from router import (
+from hyrouter.cloud.aws.runtime import LambdaEnvironment
+from hyrouter.router import (
     DEMO_CONFIG_PATH,
     ApiKeyIdEntry,
     AuthenticationError,
@@ -150,9 +150,9 @@ def test_tenant_lookup_order() -> None:
 
 
 def test_the_lambda_engine_is_built_once_per_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cloud.aws.runtime import ENV_CLOUD_AUTH, lambda_engine
-    from cloud.aws.sagemaker import SageMakerTransport
-    from cloud.endpoint import CloudEndpointClient
+    from hyrouter.cloud.aws.runtime import ENV_CLOUD_AUTH, lambda_engine
+    from hyrouter.cloud.aws.sagemaker import SageMakerTransport
+    from hyrouter.cloud.endpoint import CloudEndpointClient
 
     for name, value in {
         ENV_CLOUD_AUTH: "sagemaker",

@@ -19,9 +19,9 @@ from aws_lambda_powertools.metrics.provider import cold_start
 from aws_lambda_powertools.utilities import parameters
 from moto import mock_aws
 
-from cloud.aws import handler as lambda_handler
-from cloud.aws.config import ENV_CONFIG_MAX_AGE, ENV_CONFIG_PARAMETER
-from router import HeuristicEstimator, RouterConfig, RoutingEngine, hash_api_key
+from hyrouter.cloud.aws import handler as lambda_handler
+from hyrouter.cloud.aws.config import ENV_CONFIG_MAX_AGE, ENV_CONFIG_PARAMETER
+from hyrouter.router import HeuristicEstimator, RouterConfig, RoutingEngine, hash_api_key
 from tests.fakes import FakeBackend
 
 EVENTS = Path(__file__).parents[1] / "fixtures" / "apigw"
@@ -361,7 +361,7 @@ def test_missing_parameter_at_init_is_a_500_error_object(invoke: Any, ssm: Any) 
 
 
 def test_real_engine_without_backends(invoke: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cloud.aws.runtime import lambda_engine
+    from hyrouter.cloud.aws.runtime import lambda_engine
 
     monkeypatch.setattr(lambda_handler, "engine_factory", lambda_engine)  # edge disabled, no cloud URL
     health = invoke("health.json")
@@ -411,7 +411,10 @@ def test_idempotency_key_replays_the_first_answer(invoke: Any, monkeypatch: pyte
 
 
 def test_cold_start_imports_no_web_framework() -> None:
-    code = "import sys, cloud.aws.handler; print(sorted(m for m in sys.modules if m.startswith('starlette')))"
+    code = (
+        "import sys, hyrouter.cloud.aws.handler; "
+        "print(sorted(m for m in sys.modules if m.startswith('starlette')))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "AWS_LAMBDA_INITIALIZATION_TYPE"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
@@ -420,7 +423,7 @@ def test_cold_start_imports_no_web_framework() -> None:
 def test_a_repeat_is_answered_from_the_fleets_shared_cache_in_a_fresh_environment(
     invoke: Any, ssm: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cloud.aws.cache import ENV_CACHE_TABLE
+    from hyrouter.cloud.aws.cache import ENV_CACHE_TABLE
 
     boto3.client("dynamodb").create_table(
         TableName="cache",

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from botocore.credentials import ReadOnlyCredentials
 
-from cloud.aws.sagemaker import SageMakerTransport
-from cloud.endpoint import CloudEndpointClient
-from router import ChatCompletionRequest, CloudBackendError, CloudConfig
+from hyrouter.cloud.aws.sagemaker import SageMakerTransport
+from hyrouter.cloud.endpoint import CloudEndpointClient
+from hyrouter.router import ChatCompletionRequest, CloudBackendError, CloudConfig
 
 URL = "https://runtime.sagemaker.eu-west-1.amazonaws.com/endpoints/gpu-ep"
 REQUEST = ChatCompletionRequest.model_validate(

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from cloud.aws.config import ConfigSource
-from cloud.aws.stream import create_stream_app
-from router import HeuristicEstimator, RouterConfig, RoutingEngine, hash_api_key
+from hyrouter.cloud.aws.config import ConfigSource
+from hyrouter.cloud.aws.stream import create_stream_app
+from hyrouter.router import HeuristicEstimator, RouterConfig, RoutingEngine, hash_api_key
 from tests.fakes import FakeBackend
 
 CONFIG: dict[str, Any] = {

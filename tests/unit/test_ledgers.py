@@ -18,12 +18,12 @@ import pytest
 import yaml
 from moto import mock_aws
 
-from cloud.aws.config import ConfigSource
-from cloud.aws.ledger import DynamoDbLedger
-from cloud.aws.runtime import LambdaEnvironment
-from cloud.aws.settings import LambdaSettings
-from cloud.engines import build_engine
-from router import Budget, CostLedger, Ledger, SqliteLedger, parse_config
+from hyrouter.cloud.aws.config import ConfigSource
+from hyrouter.cloud.aws.ledger import DynamoDbLedger
+from hyrouter.cloud.aws.runtime import LambdaEnvironment
+from hyrouter.cloud.aws.settings import LambdaSettings
+from hyrouter.cloud.engines import build_engine
+from hyrouter.router import Budget, CostLedger, Ledger, SqliteLedger, parse_config
 from tests.unit.test_template_alarms import _CloudFormationLoader
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,7 +204,7 @@ _PROCESS = """
 import sys
 import time
 
-from router import Budget, SqliteLedger
+from hyrouter.router import Budget, SqliteLedger
 ledger = SqliteLedger(sys.argv[1])
 budget = Budget(float(sys.argv[2]))
 print("ready", flush=True)

@@ -11,8 +11,13 @@ from typing import Any
 
 import pytest
 
-from models.litellm_baseline import LITELLM_MODULE, LiteLLMScorer, _newest_user_ask, litellm_complexity_scorer
-from router import ChatMessage
+from hyrouter.models.litellm_baseline import (
+    LITELLM_MODULE,
+    LiteLLMScorer,
+    _newest_user_ask,
+    litellm_complexity_scorer,
+)
+from hyrouter.router import ChatMessage
 
 EASY = [ChatMessage(role="user", content="hi, what's the capital of France?")]
 PROOF = [

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud import cli
-from router import ConfigError, EdgeBackendError, EdgeConfig, load_estimator
+from hyrouter.cloud import cli
+from hyrouter.router import ConfigError, EdgeBackendError, EdgeConfig, load_estimator
 
 CLOUD_ONLY = """
 estimator: {{name: {estimator}}}
@@ -51,7 +51,7 @@ def test_serve_without_the_server_extra_is_one_line_and_exit_2(
     config.write_text(EDGE_ENABLED)
     _not_installed(monkeypatch, "uvicorn")
     assert cli.main(["serve", "--config", str(config), "--no-edge-check"]) == 2
-    assert "serve needs the server extra: pip install 'hybrid-router[server]'" in _one_line_error(capsys)
+    assert "serve needs the server extra: pip install 'hyrouter[server]'" in _one_line_error(capsys)
 
 
 def test_serve_with_edge_enabled_and_no_llama_cpp_names_the_edge_extra(
@@ -78,7 +78,7 @@ def test_serve_with_a_learned_estimator_and_no_onnxruntime_fails_at_load_before_
 def test_the_edge_backend_names_the_edge_extra_before_looking_for_a_model(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from edge.llama_cpp_backend import LlamaCppBackend
+    from hyrouter.edge.llama_cpp_backend import LlamaCppBackend
 
     _not_installed(monkeypatch, "llama_cpp")
     backend = LlamaCppBackend(EdgeConfig(model_path="/no/such/model.gguf"))
@@ -89,11 +89,11 @@ def test_the_edge_backend_names_the_edge_extra_before_looking_for_a_model(
 def test_a_command_whose_module_needs_an_extra_is_still_listed_and_says_which(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for name in [m for m in sys.modules if m == "models" or m.startswith("models.")]:
+    for name in [m for m in sys.modules if m == "hyrouter.models" or m.startswith("hyrouter.models.")]:
         monkeypatch.delitem(sys.modules, name)  # imported again (and failing) by the entry points
     _not_installed(monkeypatch, "numpy")
     assert cli.main(["eval", "--help"]) == 2
-    assert "eval needs the eval extra: pip install 'hybrid-router[eval]'" in _one_line_error(capsys)
+    assert "eval needs the eval extra: pip install 'hyrouter[eval]'" in _one_line_error(capsys)
     assert "(needs the models extra)" in cli.build_parser().format_help()
 
 

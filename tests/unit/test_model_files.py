@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.model_files import DEFAULT_MODEL_FILE, default_model_path, resolve_model_path
-from router._config import EdgeConfig
-from router._errors import EdgeBackendError
+from hyrouter.edge.model_files import DEFAULT_MODEL_FILE, default_model_path, resolve_model_path
+from hyrouter.router._config import EdgeConfig
+from hyrouter.router._errors import EdgeBackendError
 
 
 def _fake_package(monkeypatch: pytest.MonkeyPatch, location: Path | None) -> None:

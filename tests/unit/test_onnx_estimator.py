@@ -9,20 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from models.artefacts import ARTEFACTS_DIR
-from models.build import SOURCE_FILES, training_excludes, verify
-from models.routing_data import default_data_dir
-from models.training_data import TARGETS
-from router import ChatMessage, EstimatorError, available_estimators, load_estimator
-from router._onnx_estimator import (
+from hyrouter.models.artefacts import ARTEFACTS_DIR
+from hyrouter.models.build import SOURCE_FILES, training_excludes, verify
+from hyrouter.models.routing_data import default_data_dir
+from hyrouter.models.training_data import TARGETS
+from hyrouter.router import ChatMessage, EstimatorError, available_estimators, load_estimator
+from hyrouter.router._onnx_estimator import (
     MANIFEST_NAME,
     OnnxEstimator,
     file_sha256,
     read_manifest,
     register_artefacts,
 )
-from router._policy import RouteReason
-from router._wire import ChatCompletionRequest
+from hyrouter.router._policy import RouteReason
+from hyrouter.router._wire import ChatCompletionRequest
 from tests.fakes import FakeBackend
 
 NAME = "static-minilm"
@@ -87,7 +87,7 @@ def test_long_input_is_truncated_to_the_manifest_length(estimator: OnnxEstimator
 
 
 def test_text_past_the_token_limit_is_not_tokenized_and_changes_nothing(estimator: OnnxEstimator) -> None:
-    from models.routing_data import load_benchmark
+    from hyrouter.models.routing_data import load_benchmark
 
     # Real long prompts: the character cut before tokenizing keeps every token the model reads.
     long = sorted(load_benchmark("mmlu").conversations, key=lambda c: -len(c[0].text))[:20]
@@ -148,7 +148,7 @@ def test_the_source_data_is_the_data_it_was_built_from() -> None:
 
 
 def test_the_engine_records_the_learned_estimator_in_its_decision(estimator: OnnxEstimator) -> None:
-    from router import RoutingEngine, hash_api_key, parse_config
+    from hyrouter.router import RoutingEngine, hash_api_key, parse_config
 
     config = parse_config(
         {
@@ -171,7 +171,7 @@ def test_it_embeds_a_conversation_as_the_unit_vector_its_score_is_computed_from(
 ) -> None:
     import numpy as np
 
-    from router import Embedder
+    from hyrouter.router import Embedder
 
     assert isinstance(estimator, Embedder) and estimator.can_embed
     paris = estimator.embed(user("What is the capital of France?"))

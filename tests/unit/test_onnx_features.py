@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from models.artefacts import ARTEFACTS_DIR
-from router import (
+from hyrouter.models.artefacts import ARTEFACTS_DIR
+from hyrouter.router import (
     ChatCompletionRequest,
     ChatMessage,
     OutcomeWriter,
@@ -21,8 +21,8 @@ from router import (
     load_estimator,
     parse_config,
 )
-from router._onnx_estimator import OnnxEstimator, file_sha256
-from router._outcome_sqlite import SqliteOutcomeStore
+from hyrouter.router._onnx_estimator import OnnxEstimator, file_sha256
+from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
 from tests.fakes import FakeBackend
 
 TOKENIZER = ARTEFACTS_DIR / "static-minilm-1.1.0" / "tokenizer.json"

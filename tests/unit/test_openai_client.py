@@ -1,4 +1,4 @@
-"""The one OpenAI HTTP client (`router._openai_client`) on `httpx.MockTransport`: no network, no waits."""
+"""The one OpenAI HTTP client (router/_openai_client.py) on `httpx.MockTransport`: no network, no waits."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from router._config import CloudRetries
-from router._errors import (
+from hyrouter.router._config import CloudRetries
+from hyrouter.router._errors import (
     AuthenticationError,
     CloudBackendError,
     CloudStreamCut,
@@ -24,7 +24,7 @@ from router._errors import (
     RequestError,
     RouterError,
 )
-from router._openai_client import (
+from hyrouter.router._openai_client import (
     RETRY_STATUSES,
     HTTPTimeouts,
     OpenAIHTTPClient,
@@ -32,7 +32,7 @@ from router._openai_client import (
     chat_body,
     error_for_status,
 )
-from router._wire import ChatCompletionRequest
+from hyrouter.router._wire import ChatCompletionRequest
 
 pytestmark = pytest.mark.anyio
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from cloud.app import create_app
-from router import (
+from hyrouter.cloud.app import create_app
+from hyrouter.router import (
     ChatCompletionChunk,
     ChatCompletionResponse,
     ChunkChoice,
@@ -28,7 +28,7 @@ from router import (
     hash_api_key,
     parse_config,
 )
-from router._wire import AssistantMessage, Choice, dump
+from hyrouter.router._wire import AssistantMessage, Choice, dump
 from tests.fakes import FakeBackend
 from tests.openai_spec import violations
 

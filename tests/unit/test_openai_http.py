@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 from httpx_sse import ServerSentEvent
 
-from router import CloudBackendError
-from router._openai_http import SSE_DONE, decode_chunk, error_body_message, next_sse_event
+from hyrouter.router import CloudBackendError
+from hyrouter.router._openai_http import SSE_DONE, decode_chunk, error_body_message, next_sse_event
 
 
 async def _events(*events: ServerSentEvent) -> AsyncIterator[ServerSentEvent]:

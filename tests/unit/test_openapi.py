@@ -7,10 +7,16 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31  # the OAS 3.1 met
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from cloud._version import installed_version
-from cloud.app import create_app
-from cloud.openapi import openapi_document
-from router import ChatCompletionRequest, HeuristicEstimator, RouterConfig, RoutingEngine, parse_config
+from hyrouter.cloud._version import installed_version
+from hyrouter.cloud.app import create_app
+from hyrouter.cloud.openapi import openapi_document
+from hyrouter.router import (
+    ChatCompletionRequest,
+    HeuristicEstimator,
+    RouterConfig,
+    RoutingEngine,
+    parse_config,
+)
 from tests.fakes import FakeBackend
 
 CONFIG = parse_config({"tiers": {"free": {}}})

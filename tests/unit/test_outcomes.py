@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from router import (
+from hyrouter.router import (
     ChatCompletionRequest,
     ChatMessage,
     HeuristicEstimator,
@@ -21,8 +21,8 @@ from router import (
     Tenant,
     parse_config,
 )
-from router._outcome_sqlite import SqliteOutcomeStore
-from router._outcomes import prompt_digest
+from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
+from hyrouter.router._outcomes import prompt_digest
 from tests.fakes import FakeBackend
 
 CONFIG = parse_config(

@@ -11,12 +11,12 @@ import pytest
 import yaml
 from moto import mock_aws
 
-from cloud.aws.outcomes import TTL_ATTRIBUTE, DynamoDbOutcomeStore
-from cloud.aws.runtime import with_outcomes_table
-from cloud.aws.settings import LambdaSettings
-from cloud.engines import outcome_writer
-from router import OutcomeRecord, parse_config
-from router._outcomes import unpack_features
+from hyrouter.cloud.aws.outcomes import TTL_ATTRIBUTE, DynamoDbOutcomeStore
+from hyrouter.cloud.aws.runtime import with_outcomes_table
+from hyrouter.cloud.aws.settings import LambdaSettings
+from hyrouter.cloud.engines import outcome_writer
+from hyrouter.router import OutcomeRecord, parse_config
+from hyrouter.router._outcomes import unpack_features
 from tests.unit.test_outcomes import _record
 from tests.unit.test_template_alarms import _CloudFormationLoader
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router import (
+from hyrouter.router import (
     BackendHealth,
     BudgetExhausted,
     CloudTimeout,

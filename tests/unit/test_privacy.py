@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bench.privacy import LABELLED, labelled, scores
-from edge import find_personal_data
-from edge._identifiers import card_valid, iban_valid, isbn_valid, ssn_valid
+from hyrouter.edge import find_personal_data
+from hyrouter.edge._identifiers import card_valid, iban_valid, isbn_valid, ssn_valid
 
 
 @pytest.mark.parametrize(

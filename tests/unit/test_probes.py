@@ -10,10 +10,10 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from cloud.app import create_app
-from cloud.endpoint import CloudEndpointClient
-from cloud.probe import CloudProbe
-from router import BackendHealth, CloudConfig, HeuristicEstimator, RouterConfig, RoutingEngine
+from hyrouter.cloud.app import create_app
+from hyrouter.cloud.endpoint import CloudEndpointClient
+from hyrouter.cloud.probe import CloudProbe
+from hyrouter.router import BackendHealth, CloudConfig, HeuristicEstimator, RouterConfig, RoutingEngine
 from tests.fakes import FakeBackend
 from tests.unit import test_app as app_tests
 

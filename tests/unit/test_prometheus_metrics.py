@@ -6,8 +6,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from cloud.prometheus import PrometheusMetrics
-from router import HeuristicEstimator, RoutingEngine
+from hyrouter.cloud.prometheus import PrometheusMetrics
+from hyrouter.router import HeuristicEstimator, RoutingEngine
 from tests.fakes import FakeBackend
 from tests.unit import test_app as app_tests
 from tests.unit.test_decision_log import outcome

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.quality import NoQualityGapError, quality_curve, summarize
+from hyrouter.models.quality import NoQualityGapError, quality_curve, summarize
 
 WEAK = np.array([1, 0, 0, 1, 0, 1, 0, 0], dtype=float)
 STRONG = np.array([1, 1, 1, 1, 0, 1, 1, 0], dtype=float)  # gains on items 1, 2, 6
@@ -57,7 +57,7 @@ def test_equal_weak_and_strong_quality_is_a_clear_error_not_a_division_by_zero()
 def test_the_quality_plot_wraps_into_rows_of_four_panels(tmp_path: Path) -> None:
     import matplotlib.image
 
-    from models.quality_plot import PLOT_COLUMNS, plot_curves
+    from hyrouter.models.quality_plot import PLOT_COLUMNS, plot_curves
 
     curve = quality_curve(np.array([0.1, 0.9, 0.5]), np.array([1.0, 0.0, 1.0]), np.array([1.0, 1.0, 1.0]))
     results = {f"b{i}": {"r": curve} for i in range(PLOT_COLUMNS + 1)}

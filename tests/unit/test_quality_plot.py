@@ -11,10 +11,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from models.evaluate import tier_marks
-from models.quality import QualityCurve, quality_curve
-from models.quality_plot import ABOVE_IS_BETTER, NO_ROUTER_BEATS_RANDOM, TierMarks, quality_figure
-from router import DEMO_CONFIG_PATH, TierConfig
+from hyrouter.models.evaluate import tier_marks
+from hyrouter.models.quality import QualityCurve, quality_curve
+from hyrouter.models.quality_plot import ABOVE_IS_BETTER, NO_ROUTER_BEATS_RANDOM, TierMarks, quality_figure
+from hyrouter.router import DEMO_CONFIG_PATH, TierConfig
 
 WEAK = np.array([1, 0, 0, 1, 0, 1, 0, 0], dtype=float)
 STRONG = np.array([1, 1, 1, 1, 0, 1, 1, 0], dtype=float)  # gains on items 1, 2, 6

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from cloud.aws import handler as lambda_handler
-from router import RequestIdFilter, current_request_id, request_id_scope, sane_request_id
+from hyrouter.cloud.aws import handler as lambda_handler
+from hyrouter.router import RequestIdFilter, current_request_id, request_id_scope, sane_request_id
 from tests.unit import test_app as app_tests
 from tests.unit import test_lambda_handler as lambda_tests
 from tests.unit.test_lambda_handler import load_event

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from cloud import routes
-from cloud.app import create_app
-from router import (
+from hyrouter.cloud import routes
+from hyrouter.cloud.app import create_app
+from hyrouter.router import (
     ChatMessage,
     HeuristicEstimator,
     RequestError,
@@ -200,8 +200,8 @@ async def test_an_unexpected_error_is_answered_not_raised() -> None:
 
 
 def test_serve_answers_an_unreadable_request_head_with_an_error_object() -> None:
-    from cloud.server import uvicorn_options
-    from cloud.server_protocol import OpenAIErrorH11Protocol
-    from router import ServerConfig
+    from hyrouter.cloud.server import uvicorn_options
+    from hyrouter.cloud.server_protocol import OpenAIErrorH11Protocol
+    from hyrouter.router import ServerConfig
 
     assert uvicorn_options(ServerConfig())["http"] is OpenAIErrorH11Protocol

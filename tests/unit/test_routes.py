@@ -1,4 +1,4 @@
-"""`cloud.routes` through both front doors: the same request gets the same status, headers and body.
+"""`hyrouter.cloud.routes` through both front doors: the same request gets the same status, headers and body.
 
 The local Starlette app and the buffered Lambda handler (real API Gateway REST events, moto SSM) run
 on the same config and the same fake backends; only what differs per answer (`id`, `created`) and
@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from cloud import routes
-from cloud.app import create_app
-from router import parse_config
+from hyrouter.cloud import routes
+from hyrouter.cloud.app import create_app
+from hyrouter.router import parse_config
 from tests.unit import test_lambda_handler as lambda_tests
 from tests.unit.test_lambda_handler import CONFIG, fake_engine, load_event
 

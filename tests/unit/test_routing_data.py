@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from models import routing_data
-from models.routing_data import load_benchmark
-from router import ConfigError
+from hyrouter.models import routing_data
+from hyrouter.models.routing_data import load_benchmark
+from hyrouter.router import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,10 @@ import pytest
 import uvicorn
 from uvicorn.logging import AccessFormatter
 
-from cloud import routes
-from cloud.app import SHUTDOWN_EVENTS, _unless_cut, _until_cut
-from cloud.server import log_config, uvicorn_options
-from router import ServerConfig
+from hyrouter.cloud import routes
+from hyrouter.cloud.app import SHUTDOWN_EVENTS, _unless_cut, _until_cut
+from hyrouter.cloud.server import log_config, uvicorn_options
+from hyrouter.router import ServerConfig
 
 
 def access_line(path: str) -> str:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from cloud.aws.config import ConfigSource
-from cloud.aws.settings import LambdaSettings
-from cloud.aws.telemetry import EmfRouterMetrics
-from edge._sdk_config import load_edge_router_config
-from edge._settings import EdgeSettings
-from models.settings import DataSettings
-from router import CloudConfig, ConfigError, HybridRouterSettings, RouterSettings, load_config
+from hyrouter.cloud.aws.config import ConfigSource
+from hyrouter.cloud.aws.settings import LambdaSettings
+from hyrouter.cloud.aws.telemetry import EmfRouterMetrics
+from hyrouter.edge._sdk_config import load_edge_router_config
+from hyrouter.edge._settings import EdgeSettings
+from hyrouter.models.settings import DataSettings
+from hyrouter.router import CloudConfig, ConfigError, HybridRouterSettings, RouterSettings, load_config
 
 ROOT = Path(__file__).parents[2]
 PACKAGES = ("router", "edge", "cloud", "models")
@@ -147,7 +147,7 @@ def test_no_module_reads_our_variables_outside_the_settings_modules() -> None:
 def test_a_command_line_flag_overrides_the_environment(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cloud.cli import _load, build_parser
+    from hyrouter.cloud.cli import _load, build_parser
 
     monkeypatch.setenv("HYBRID_ROUTER_CLOUD_URL", "http://env/v1")
     monkeypatch.setenv("HYBRID_ROUTER_CLOUD_MODEL", "env-model")

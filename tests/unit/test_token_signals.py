@@ -1,4 +1,4 @@
-"""edge._token_signals: the log-probabilities read from the logits as llama.cpp samples (no model)."""
+"""edge/_token_signals.py: the log-probabilities read from the logits as llama.cpp samples (no model)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge import _token_signals
-from edge._token_signals import TokenLogprob, TokenSignals, openai_logprobs
+from hyrouter.edge import _token_signals
+from hyrouter.edge._token_signals import TokenLogprob, TokenSignals, openai_logprobs
 
 
 def token(piece: bytes, logprob: float = -0.5) -> TokenLogprob:

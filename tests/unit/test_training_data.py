@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.edge_labels import last_number
-from models.training_data import TARGETS, all_examples, held_out_for
+from hyrouter.models.edge_labels import last_number
+from hyrouter.models.training_data import TARGETS, all_examples, held_out_for
 
 
 def test_every_source_gives_targets_in_range_and_gpqa_is_never_used() -> None:
