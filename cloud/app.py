@@ -38,6 +38,7 @@ from hyrouter.router import (
     RouterError,
     RoutingEngine,
     current_request_id,
+    engine_sections_changed,
     new_request_id,
     request_id_scope,
 )
@@ -139,11 +140,6 @@ def _cors(config: RouterConfig) -> list[Middleware]:
     ]
 
 
-#: What a config reload cannot change in a running server: the backends (rebuilt only at start) and
-#: the listener (host, port, CORS, proxies, grace).
-_RESTART_ONLY = ("edge", "cloud", "estimator", "outcomes")
-
-
 def reload_config(app: Starlette, config: RouterConfig) -> None:
     """Serve `config` from the next request on: tiers, keys, limits, the served model name.
 
@@ -153,7 +149,8 @@ def reload_config(app: Starlette, config: RouterConfig) -> None:
     waits for a restart.
     """
     old: RouterConfig = app.state.config
-    changed = [name for name in _RESTART_ONLY if getattr(old, name) != getattr(config, name)]
+    # What a reload cannot change here: what the engine is built from (rebuilt only at start).
+    changed = engine_sections_changed(old, config)
     if changed:
         raise ConfigError(f"{', '.join(changed)} changed: restart the server to apply that")
     listener = ("host", "port", "cors", "forwarded_allow_ips", "shutdown_grace_s")

@@ -361,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Our top-level packages: one of them missing is a bug, never an extra to install.
-OUR_PACKAGES = frozenset({"router", "edge", "cloud", "models"})
+#: Our top-level package: a module of it missing is a bug, never an extra to install.
+OUR_PACKAGES = frozenset({"hyrouter"})
 #: The extra each entry-point command needs beyond the core, named when its module cannot be imported.
 COMMAND_EXTRAS = {"eval": "eval", "calibrate": "eval", "labels": "edge", "models": "models", "edge": "edge"}
 

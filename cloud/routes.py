@@ -33,8 +33,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +56,7 @@ from hyrouter.router import (
     OutcomeNotFound,
     PayloadTooLarge,
     RequestError,
+    RoutedStream,
     RouterError,
     RoutingEngine,
     Tenant,
@@ -274,15 +274,21 @@ async def answer_chat(engine: RoutingEngine, tenant: Tenant, body: bytes) -> Htt
         return json_response(dump(response), headers=route_headers(response.route))
     routed = await engine.stream(chat, tenant)
     headers = {"content-type": SSE, **route_headers(routed.route), "cache-control": "no-cache"}
-    return HttpResponse(200, headers, stream=sse_events(routed.chunks))
+    return HttpResponse(200, headers, stream=sse_events(routed))
 
 
-async def sse_events(chunks: AsyncGenerator[Any, None]) -> AsyncIterator[bytes]:
-    """Server-sent events: one `data:` line per chunk, an error event on failure, then `[DONE]`."""
+async def sse_events(routed: RoutedStream) -> AsyncIterator[bytes]:
+    """Server-sent events: one `data:` line per chunk, an error event on failure, then `[DONE]`.
+
+    However the stream ends (a client that disconnects included), `routed` is closed: the edge
+    model is free at once, and a budget reservation the relay never settled is released.
+    """
     try:
-        async with aclosing(chunks):  # a client that disconnects must release the edge model at once
-            async for chunk in chunks:
+        try:
+            async for chunk in routed.chunks:
                 yield f"data: {json.dumps(dump(chunk), separators=(',', ':'))}\n\n".encode()
+        finally:
+            await routed.aclose()
     except RouterError as exc:  # the status line is gone: report in-band, as vLLM and OpenAI do
         yield f"data: {json.dumps(public_error_body(exc))}\n\n".encode()
     yield b"data: [DONE]\n\n"

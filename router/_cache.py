@@ -45,7 +45,6 @@ from hyrouter.router._wire import (
     RouteInfo,
     Usage,
     WireModel,
-    new_completion_id,
 )
 
 if TYPE_CHECKING:
@@ -393,9 +392,10 @@ def carries_more(part: WireModel) -> bool:
     return any(value not in (None, [], {}, "") for value in (part.model_extra or {}).values())
 
 
-def cached_response(answer: CachedAnswer, route: RouteInfo) -> ChatCompletionResponse:
-    """`answer` as a chat completion, with `route`."""
+def cached_response(answer: CachedAnswer, route: RouteInfo, *, completion_id: str) -> ChatCompletionResponse:
+    """`answer` as a chat completion `completion_id` (the id its outcome record has), with `route`."""
     return ChatCompletionResponse(
+        id=completion_id,
         model=route.model,
         choices=[Choice(message=AssistantMessage(content=answer.content), finish_reason="stop")],
         usage=answer.usage,
@@ -404,10 +404,10 @@ def cached_response(answer: CachedAnswer, route: RouteInfo) -> ChatCompletionRes
 
 
 async def cached_chunks(
-    answer: CachedAnswer, route: RouteInfo, *, include_usage: bool
+    answer: CachedAnswer, route: RouteInfo, *, include_usage: bool, completion_id: str
 ) -> AsyncGenerator[ChatCompletionChunk, None]:
-    """`answer` as a stream: the role, the content, the finish, and the usage when asked."""
-    completion_id, model = new_completion_id(), route.model
+    """`answer` as stream `completion_id`: the role, the content, the finish, and the usage when asked."""
+    model = route.model
     yield ChatCompletionChunk(
         id=completion_id,
         model=model,

@@ -435,3 +435,13 @@ def config_json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "hybrid-router config"
     return schema
+
+
+#: The sections an engine is built from (its backends, estimator and stores): a change to one needs a
+#: new engine; a change elsewhere (tiers, keys, limits) is `RoutingEngine.reconfigured`.
+ENGINE_SECTIONS = ("edge", "cloud", "estimator", "outcomes", "ledger", "cache")
+
+
+def engine_sections_changed(old: RouterConfig, new: RouterConfig) -> list[str]:
+    """The `ENGINE_SECTIONS` that differ between `old` and `new`."""
+    return [name for name in ENGINE_SECTIONS if getattr(old, name) != getattr(new, name)]

@@ -79,6 +79,7 @@ from hyrouter.router._wire import (
     ChatCompletionResponse,
     RouteInfo,
     Usage,
+    new_completion_id,
 )
 
 logger = logging.getLogger("hybrid_router")
@@ -131,7 +132,6 @@ class RoutingEngine(OutcomeRecording):
         self.policy: Policy = policy if policy is not None else TierPolicy(config.tiers)
         self.metrics: RouterMetrics = metrics if metrics is not None else InMemoryMetrics()
         self.ledger: Ledger = ledger if ledger is not None else CostLedger()
-        self._extra_observers = tuple(observers)
         self._log_decisions = log_decisions
         decision_log: list[DecisionObserver] = [DecisionLog()] if log_decisions else []
         self.outcomes = outcomes
@@ -161,6 +161,10 @@ class RoutingEngine(OutcomeRecording):
         new tiers; any other policy is kept (it reads its own state).
         """
         policy = TierPolicy(config.tiers) if isinstance(self.policy, TierPolicy) else self.policy
+        # The observers given or plugged in since (an app's Prometheus exporter), not the ones the
+        # new engine makes itself again (metrics, the decision log, outcome capture).
+        own = (self.metrics, self.outcomes)
+        observers = [o for o in self.observers if o not in own and not isinstance(o, DecisionLog)]
         return RoutingEngine(
             config,
             estimators=self.estimators,
@@ -168,7 +172,7 @@ class RoutingEngine(OutcomeRecording):
             policy=policy,
             metrics=self.metrics,
             ledger=self.ledger,
-            observers=self._extra_observers,
+            observers=observers,
             log_decisions=self._log_decisions,
             cache=self.cache,
             outcomes=self.outcomes,
@@ -354,7 +358,7 @@ class RoutingEngine(OutcomeRecording):
         """
         lookup = await self._cache_lookup(request, tenant)
         if lookup is not None and lookup.hit is not None:
-            return (await self._answer_from_cache(lookup, tenant, stream=False))[0]
+            return (await self._answer_from_cache(lookup, request, tenant, stream=False))[0]
         ready = await self._plan_off_loop(request, tenant, plan)
         started = time.perf_counter()
 
@@ -391,10 +395,11 @@ class RoutingEngine(OutcomeRecording):
         want_usage = bool(request.stream_options and request.stream_options.include_usage)
         lookup = await self._cache_lookup(request, tenant)
         if lookup is not None and lookup.hit is not None:
-            hit_route = (await self._answer_from_cache(lookup, tenant, stream=True))[1]
-            return RoutedStream(
-                hit_route, cached_chunks(lookup.hit.answer, hit_route, include_usage=want_usage)
+            answered, hit_route = await self._answer_from_cache(lookup, request, tenant, stream=True)
+            replay = cached_chunks(
+                lookup.hit.answer, hit_route, include_usage=want_usage, completion_id=answered.id
             )
+            return RoutedStream(hit_route, replay)
         ready = await self._plan_off_loop(request, tenant, plan)
         started = time.perf_counter()
 
@@ -663,7 +668,7 @@ class RoutingEngine(OutcomeRecording):
             logger.exception("response cache %r failed to keep an answer", self.cache)
 
     async def _answer_from_cache(
-        self, lookup: CacheLookup, tenant: Tenant, *, stream: bool
+        self, lookup: CacheLookup, request: ChatCompletionRequest, tenant: Tenant, *, stream: bool
     ) -> tuple[ChatCompletionResponse, RouteInfo]:
         """A hit as a response and its route, recorded as a decision of target "cache"."""
         hit = lookup.hit
@@ -678,7 +683,9 @@ class RoutingEngine(OutcomeRecording):
             tenant=tenant.name,
             estimator="",
         )
-        plan = RoutePlan(decision, hit.answer.prompt_tokens, None, 0.0)
+        # The answer's own id and the request, so that its outcome record can be rated and joined.
+        plan = RoutePlan(decision, hit.answer.prompt_tokens, None, 0.0, request=request)
+        completion_id = new_completion_id()
         route = await self._record(
             plan,
             decision,
@@ -687,8 +694,9 @@ class RoutingEngine(OutcomeRecording):
             stream=stream,
             usage=hit.answer.usage,
             model=hit.answer.model,
+            completion_id=completion_id,
         )
-        return cached_response(hit.answer, route), route
+        return cached_response(hit.answer, route, completion_id=completion_id), route
 
     # -- accounting ----------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from hyrouter.router import (
     RouterMetrics,
     RoutingEngine,
     TieredCacheStore,
+    engine_sections_changed,
     warn_about_demo_keys,
 )
 
@@ -196,7 +197,7 @@ class LambdaEnvironment:
 
     def _swap(self, config: LambdaRouterConfig) -> Snapshot:
         old = self._snapshot
-        if old is not None and _same_backends(old.config.router, config.router):
+        if old is not None and not engine_sections_changed(old.config.router, config.router):
             engine = old.engine.reconfigured(config.router)
             logger.info("tier config changed: tiers %s", sorted(config.router.tiers))
             return Snapshot(engine, config)
@@ -238,7 +239,3 @@ class LambdaEnvironment:
         # run in this thread: build on a helper thread.
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             return pool.submit(asyncio.run, build()).result()
-
-
-def _same_backends(a: RouterConfig, b: RouterConfig) -> bool:
-    return a.edge == b.edge and a.cloud == b.cloud and a.estimator == b.estimator

@@ -281,3 +281,25 @@ def test_a_reload_that_changes_the_backends_is_refused() -> None:
         with pytest.raises(ConfigError, match="cloud changed: restart"):
             reload_config(app, changed)
         assert app.state.engine is before and app.state.config is CONFIG
+
+
+@pytest.mark.parametrize(
+    ("section", "value"),
+    [
+        ("ledger", {"kind": "sqlite", "path": "spend.sqlite3"}),
+        ("cache", {"max_entries": 7}),
+        ("outcomes", {"store": "sqlite"}),
+    ],
+)
+def test_a_reload_that_changes_what_the_engine_is_built_from_is_refused(
+    section: str, value: dict[str, object]
+) -> None:
+    """The engine's stores are built at start: a reload that only swapped tiers silently kept the old
+    ledger and cache (the Lambda kept the old outcome writer); one list now says what needs a restart."""
+    with _plain(CONFIG) as c:
+        app = c.app
+        assert isinstance(app, Starlette)
+        data = CONFIG.model_dump(mode="json")
+        data[section] = {**data[section], **value}
+        with pytest.raises(ConfigError, match=f"{section} changed: restart"):
+            reload_config(app, parse_config(data))

@@ -91,6 +91,17 @@ async def test_a_repeated_deterministic_request_is_answered_from_the_cache_and_r
     assert hit.cost_saved_usd == pytest.approx(saved)
     assert ("cache", "free", "cache_hit") in metrics.decisions
     assert metrics.cost_saved_usd == pytest.approx(2 * saved)  # the edge answer and the hit
+    # The hit's record is the answer the caller got: its id (feedback joins on it) and its request.
+    assert hit.completion_id == second.id != first.id and hit.request is not None
+
+
+@pytest.mark.anyio
+async def test_a_streamed_hit_carries_the_id_of_its_outcome_record() -> None:
+    outcomes = Outcomes()
+    e = engine(FakeBackend("edge", reply="Paris"), observers=[outcomes])
+    await e.complete(request(), ACME)
+    chunks = await collect(e, request(stream=True))
+    assert {c.id for c in chunks} == {outcomes.seen[-1].completion_id}
 
 
 @pytest.mark.anyio

@@ -17,6 +17,7 @@ from hyrouter.router import (
     ChatMessage,
     CloudUnavailable,
     Decision,
+    DecisionLog,
     HeuristicEstimator,
     PolicyInput,
     RequestFacts,
@@ -268,6 +269,18 @@ async def test_a_reconfigured_engine_keeps_its_seams() -> None:
     plain = RoutingEngine(CONFIG, estimator=HeuristicEstimator(), edge=FakeBackend("edge"))
     retiered = plain.reconfigured(parse_config({"tiers": {"free": {"threshold": 0.2}}}))
     assert retiered.policy.tier("free").threshold == 0.2  # a TierPolicy follows the new tiers
+
+
+async def test_an_observer_plugged_in_after_construction_survives_a_reload() -> None:
+    """The app appends its Prometheus exporter to the engine it built; a SIGHUP reload used to drop it."""
+    engine = RoutingEngine(CONFIG, estimator=HeuristicEstimator(), edge=FakeBackend("edge"))
+    plugged = Recorder()
+    engine.observers.append(plugged)
+    again = engine.reconfigured(parse_config({"tiers": {"free": {"threshold": 0.2}}}))
+    await again.complete(request(), TENANT)
+    assert len(plugged.outcomes) == 1
+    assert sum(isinstance(o, DecisionLog) for o in again.observers) == 1  # made again, not twice
+    assert again.observers.count(again.metrics) == 1
 
 
 class BrokenLedger:

@@ -108,3 +108,13 @@ def test_edge_check_without_llama_cpp_is_one_line_not_the_childs_traceback(
     _not_installed(monkeypatch, "llama_cpp")
     assert cli.main(["edge", "check", "--model", "/no/such/model.gguf"]) == 2
     assert "the edge model needs the edge extra" in _one_line_error(capsys)
+
+
+def test_a_missing_module_of_our_own_is_a_bug_not_an_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [m for m in sys.modules if m == "hyrouter.models" or m.startswith("hyrouter.models.")]:
+        monkeypatch.delitem(sys.modules, name)
+    _not_installed(monkeypatch, "hyrouter.models.evaluate")
+    with pytest.raises(ModuleNotFoundError, match=r"hyrouter\.models\.evaluate"):
+        cli.build_parser()
