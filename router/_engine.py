@@ -520,6 +520,7 @@ class RoutingEngine(OutcomeRecording):
         text_only = True  # no tool calls or other extras in any delta: the answer is its text
         status, error = 200, cast(RouterError | None, None)
         failover: tuple[str, int] | None = None  # (error code, pieces sent) when the stream failed over
+        cloud_part: Usage | None = None  # the cloud's share of an answer the edge finished
         seconds = self._deadline_s(plan)
         at = deadline_at(seconds, time.perf_counter() - started)
         source: AsyncIterator[ChatCompletionChunk] = chain_chunks(head, chunks)
@@ -545,8 +546,11 @@ class RoutingEngine(OutcomeRecording):
                 except BackendError as exc:
                     if failover is not None or finished or not sent or last is None:
                         raise
+                    first = decision
                     decision, more = await self._fail_over(plan, decision, exc, request, sent, at, seconds)
                     failover, usage = (exc.code or exc.error_type, len(sent)), None
+                    if first.target == "cloud":  # what the cloud streamed before the cut is paid for
+                        cloud_part = Usage(prompt_tokens=plan.prompt_tokens, completion_tokens=len(sent))
                     final = self._route_info(decision)
                     final.failover_at_tokens = len(sent)
                     source = continued(more, completion_id=last.id, model=route.model, route=final)
@@ -598,6 +602,7 @@ class RoutingEngine(OutcomeRecording):
                 upstream=route.upstream,
                 failover=failover,
                 completion_id=last.id if last is not None else None,
+                cloud_part=cloud_part,
             )
             route.cost_usd, route.cost_saved_usd = recorded.cost_usd, recorded.cost_saved_usd
 

@@ -157,8 +157,13 @@ class OutcomeRecording:
         failover: tuple[str, int] | None = None,
         model: str | None = None,
         completion_id: str | None = None,
+        cloud_part: Usage | None = None,
     ) -> RouteInfo:
-        """Book a finished request's cost or saving (settling its reservation) and tell the observers."""
+        """Book a finished request's cost or saving (settling its reservation) and tell the observers.
+
+        `cloud_part` is what the cloud streamed of an answer another backend finished (a mid-stream
+        failover): it is paid for, and only the rest counts as saved.
+        """
         upstream_ms = (time.perf_counter() - started) * 1000.0
         usage = usage or Usage()
         price = self.config.cloud.price
@@ -166,6 +171,10 @@ class OutcomeRecording:
         # An edge answer and a cached one save what the cloud would have charged for them.
         saves = decision.target in ("edge", "cache") and error is None
         saved = cloud_cost_usd(usage, price) if saves else 0.0
+        if cloud_part is not None:
+            cost += cloud_cost_usd(cloud_part, price)
+            rest = max(0, usage.completion_tokens - cloud_part.completion_tokens)
+            saved = cloud_cost_usd(Usage(completion_tokens=rest), price) if saves else 0.0
         if plan.reservation is not None or cost or saved:
             await self._book_off_loop(decision.tenant, plan.reservation, cost, saved)
         return self._observe(

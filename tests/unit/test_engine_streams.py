@@ -17,6 +17,8 @@ from hyrouter.router import (
     RequestOutcome,
     RoutingEngine,
     Tenant,
+    Usage,
+    cloud_cost_usd,
     parse_config,
 )
 from tests.fakes import FakeBackend
@@ -87,6 +89,12 @@ async def test_a_cloud_stream_cut_after_content_continues_on_the_edge_in_the_sam
     assert outcome.completion_tokens == 6
     assert isinstance(router.metrics, InMemoryMetrics)
     assert router.metrics.snapshot()["failovers"] == {"cloud_stream_cut": 1}
+    # The two words the cloud streamed (and the prompt it read) are paid for; the edge's four are saved.
+    price = router.config.cloud.price
+    cloud_part = cloud_cost_usd(Usage(prompt_tokens=outcome.prompt_tokens, completion_tokens=2), price)
+    assert outcome.cost_usd == pytest.approx(cloud_part) and outcome.cost_usd > 0
+    assert outcome.cost_saved_usd == pytest.approx(cloud_cost_usd(Usage(completion_tokens=4), price))
+    assert router.ledger.spent("acme") == pytest.approx(cloud_part)  # type: ignore[attr-defined]
 
 
 async def test_a_tier_without_edge_fallback_ends_a_cut_stream_with_its_error() -> None:
