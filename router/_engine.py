@@ -653,6 +653,8 @@ class RoutingEngine(OutcomeRecording):
         if not settings.enabled:
             return None
         try:
+            if not self.cache.blocks(settings):  # a dictionary read: cheaper than a thread hop
+                return self.cache.lookup(request, tenant, settings, self._cache_namespace())
             return await asyncio.to_thread(
                 self.cache.lookup, request, tenant, settings, self._cache_namespace()
             )
