@@ -334,8 +334,9 @@ class RoutingEngine(OutcomeRecording):
         return await asyncio.to_thread(planned)
 
     async def aclose(self) -> None:
-        """Write the outcome records still queued, then release every backend (models, connections),
-        each even when another fails to close."""
+        """Write the outcome records still queued, then release every backend (models, connections)
+        and the ledger's connections (a ledger with a `close`: `SqliteLedger`, which reopens if used
+        again), each even when another fails to close."""
         if self.outcomes is not None:
             try:
                 await asyncio.to_thread(self.outcomes.close)
@@ -346,6 +347,12 @@ class RoutingEngine(OutcomeRecording):
                 await backend.aclose()
             except Exception:
                 logger.exception("closing backend %s failed", name)
+        close_ledger = getattr(self.ledger, "close", None)
+        if close_ledger is not None:
+            try:
+                await asyncio.to_thread(close_ledger)
+            except Exception:
+                logger.exception("closing the ledger %r failed", self.ledger)
 
     # -- running -------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ class SqliteOutcomeStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._closed = False
         self._db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False, isolation_level=None)
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -70,8 +71,14 @@ class SqliteOutcomeStore:
             self._db.execute("COMMIT")
 
     def rate(self, record_id: str, tenant: str, rating: float, comment: str | None) -> bool:
-        """Join a rating to `tenant`'s record `record_id`; False when `tenant` has no such record."""
+        """Join a rating to `tenant`'s record `record_id`; False when `tenant` has no such record, or
+        once the store is closed (a rating during shutdown is refused, not an error).
+
+        The rating replaces any earlier one whole: a rating without a comment leaves none.
+        """
         with self._lock:
+            if self._closed:
+                return False
             cursor = self._db.execute(
                 "UPDATE outcomes SET rating = ?, comment = ?, rated_at = ? WHERE id = ? AND tenant = ?",
                 (rating, comment, time.time(), record_id, tenant),
@@ -98,8 +105,9 @@ class SqliteOutcomeStore:
         return int(n)
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (a later `rate` answers False)."""
         with self._lock:
+            self._closed = True
             self._db.close()
 
 

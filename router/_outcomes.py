@@ -6,10 +6,13 @@ takes off the queue into `OutcomeRecord`s (the salted prompt hash, the features 
 text where the tier opts in) and writes them in batches to an `OutcomeStore`. A slow or failed store
 never slows or fails a request: a full queue drops the record and counts it (`stats()`, a log line at
 most every `LOG_EVERY_S`), a failed batch is counted and logged (as often). `close()` writes what is
-queued.
+queued; `flush(timeout)` waits until what is queued now is written (a Lambda, frozen once its handler
+returns, flushes at the end of each invocation).
 
 `POST /v1/feedback` joins a rating to its record with `OutcomeWriter.rate`: only the tenant whose
-request it was may rate it; any other sees the same "not found" as for an id that never existed.
+request it was may rate it; any other sees the same "not found" as for an id that never existed. A
+record still queued is written first, and only then: an id the writer has not just recorded costs one
+store call, never a wait for the writer thread. After `close()` every rating is refused as not found.
 
 Stores: `SqliteOutcomeStore` (router/_outcome_sqlite.py: a local server or a device) and the
 DynamoDB store in Lambda (cloud/aws/outcomes.py).
@@ -160,6 +163,10 @@ class OutcomeWriter:
         self._last_drop_log = -math.inf
         self._last_failure_log = -math.inf
         self._closed = False
+        #: ids recorded and not yet written (or failed), with how many times each: what `rate` flushes for
+        self._pending: dict[str, int] = {}
+        #: set by `flush`: the writer thread stops lingering for more records
+        self._hurry = threading.Event()
         self._thread = threading.Thread(target=self._run, name="outcome-writer", daemon=True)
         self._thread.start()
 
@@ -172,10 +179,29 @@ class OutcomeWriter:
         """Queue `outcome` for writing; never blocks (a full queue drops it and counts it)."""
         from hyrouter.router._request_id import current_request_id
 
+        record_id = outcome.completion_id
+        if record_id is not None:
+            with self._lock:
+                self._pending[record_id] = self._pending.get(record_id, 0) + 1
         try:
             self._queue.put_nowait(_Queued(outcome, self._clock(), current_request_id()))
         except queue.Full:
+            if record_id is not None:
+                self._written_or_failed([record_id])
             self._count_drop()
+
+    def _written_or_failed(self, record_ids: Sequence[str]) -> None:
+        with self._lock:
+            for record_id in record_ids:
+                left = self._pending.get(record_id, 0) - 1
+                if left > 0:
+                    self._pending[record_id] = left
+                else:
+                    self._pending.pop(record_id, None)
+
+    def _queued(self, record_id: str) -> bool:
+        with self._lock:
+            return record_id in self._pending
 
     def _count_drop(self) -> None:
         with self._lock:
@@ -205,10 +231,17 @@ class OutcomeWriter:
     def rate(self, record_id: str, tenant: str, rating: float, comment: str | None = None) -> bool:
         """Join a rating to `tenant`'s record `record_id` (blocking: call it off the event loop).
 
-        A record still queued is written first: feedback may come right after its answer.
+        A record still queued is written first: feedback may come right after its answer. An id this
+        writer has not recorded since its last write is not waited for (one store call: an unknown id
+        is cheap). False once the writer is closed (its store is).
         """
+        if self._closed:
+            return False
+        queued = self._queued(record_id)  # before the store call: a write may finish in between
         if self.store.rate(record_id, tenant, rating, comment):
             return True
+        if not (queued or self._queued(record_id)):
+            return False
         return self.flush() and self.store.rate(record_id, tenant, rating, comment)
 
     # -- the writer thread ------------------------------------------------------------------------
@@ -218,11 +251,13 @@ class OutcomeWriter:
         if self._closed or not self._thread.is_alive():
             return False
         marker = _Flush()
+        deadline = time.monotonic() + timeout
         try:
             self._queue.put(marker, timeout=timeout)
         except queue.Full:
             return False
-        return marker.done.wait(timeout)
+        self._hurry.set()  # no lingering for more records: someone waits
+        return marker.done.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the writer thread and close the store."""
@@ -246,7 +281,8 @@ class OutcomeWriter:
             # Linger for more, then take them all: one wake-up per batch, not one per request, so that
             # this thread rarely holds the GIL while the event loop wants it.
             if isinstance(item, _Queued) and self._linger_s and self._queue.qsize() < self._batch_size:
-                time.sleep(self._linger_s)
+                self._hurry.wait(self._linger_s)
+            self._hurry.clear()  # a flush from now on sets it again
             batch: list[_Queued] = []
             markers: list[_Flush] = []
             stop = False
@@ -271,6 +307,12 @@ class OutcomeWriter:
                 return
 
     def _write(self, batch: list[_Queued]) -> None:
+        try:
+            self._store(batch)
+        finally:
+            self._written_or_failed([q.outcome.completion_id for q in batch if q.outcome.completion_id])
+
+    def _store(self, batch: list[_Queued]) -> None:
         try:
             records = []
             for queued in batch:

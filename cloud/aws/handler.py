@@ -13,6 +13,8 @@ an event without a key (a direct invoke) is read as the local server reads it: `
 Set `HYBRID_ROUTER_IDEMPOTENCY_TABLE` to a DynamoDB table and a retried chat completion that repeats
 its `Idempotency-Key` header gets the first answer.
 
+The invocation's outcome record is written before the handler returns (`LambdaEnvironment.flush_outcomes`).
+
 Each invocation is served as one request id: the caller's `X-Request-Id` when sane, else API
 Gateway's request id (`requestContext.requestId`), else a new one. It is in the `x-request-id`
 response header, in every error object (`error.request_id`) and, appended to the powertools Logger,
@@ -76,6 +78,7 @@ def get_environment() -> LambdaEnvironment:
             ConfigSource.from_settings(settings),
             engine_factory=engine_factory,
             shared_cache=shared_cache_store(settings),
+            settings=settings,
         )
         environment.current()  # fetch the config, load the estimator and the edge model: fail at init
         environment.init_ms["total_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
@@ -236,6 +239,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(request_id=request_id)
     with request_id_scope(request_id):
         result = app.resolve(event, context)
+    if _environment is not None:  # before the response leaves: Lambda freezes the environment then
+        _environment.flush_outcomes()
     _add_header(result, REQUEST_ID_HEADER, request_id)
     status = int(result.get("statusCode", 500))
     # One per invocation, so that every invocation (health checks included) has its metrics record.

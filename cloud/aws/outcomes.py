@@ -1,16 +1,24 @@
 """`DynamoDbOutcomeStore`: outcome records in a DynamoDB table, for the Lambda functions.
 
 The table (template.yaml's `OutcomesTable`, named by `HYBRID_ROUTER_OUTCOMES_TABLE`) has the string
-key `id` and TTL on `expires_at`. Records go in with BatchWriteItem (25 at most per call; the writer's
-batches are no larger); a rating is an UpdateItem on the condition that the record is the tenant's,
-so another tenant's id reads exactly as an unknown one. The functions may only BatchWriteItem and
-UpdateItem on this table (least privilege): no reads, no scans.
+key `id` and TTL on `expires_at`. The store keeps what `SqliteOutcomeStore` keeps, the same way:
+
+- each record goes in with a PutItem on the condition that its id is new, so the first record of an
+  id is kept (SQLite's INSERT OR IGNORE): a later one with that id (a cache hit's record carries the
+  answer's id) neither replaces it nor wipes its rating, and a repeat within one batch is no error
+  (BatchWriteItem can do neither: it overwrites, and refuses a whole batch that repeats a key). In a
+  Lambda the writer flushes at the end of each invocation, so a batch is a record or two anyway;
+- a rating is an UpdateItem on the condition that the record is the tenant's, so another tenant's
+  id reads exactly as an unknown one; it replaces an earlier rating whole (no comment: none kept).
+
+The functions may only PutItem and UpdateItem on this table (least privilege): no reads, no scans.
 
 boto3 is imported when a store is made, never at import.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from decimal import Decimal
@@ -39,21 +47,16 @@ class DynamoDbOutcomeStore:
         return f"DynamoDbOutcomeStore({self.table!r})"
 
     def write(self, records: Sequence[OutcomeRecord]) -> None:
-        """Put `records` (25 at most a call), retrying what DynamoDB hands back unprocessed a few times."""
-        for start in range(0, len(records), 25):
-            requests = []
-            for record in records[start : start + 25]:
-                requests.append({"PutRequest": {"Item": self._item(record)}})
-                time.sleep(0)  # this runs on the writer thread: let the event loop have the GIL
-            pending: dict[str, Any] = {self.table: requests}
-            for attempt in range(4):
-                answer = self._client.batch_write_item(RequestItems=pending)
-                pending = answer.get("UnprocessedItems") or {}
-                if not pending:
-                    break
-                time.sleep(0.05 * 2**attempt)
-            if pending:
-                raise RuntimeError(f"DynamoDB left {len(pending[self.table])} outcome records unwritten")
+        """Put `records`, each only when its id is new (an id already kept is left as it is)."""
+        kept = self._client.exceptions.ConditionalCheckFailedException  # the first record of the id stays
+        for record in records:
+            with contextlib.suppress(kept):
+                self._client.put_item(
+                    TableName=self.table,
+                    Item=self._item(record),
+                    ConditionExpression="attribute_not_exists(id)",
+                )
+            time.sleep(0)  # this runs on the writer thread: let the event loop have the GIL
 
     def rate(self, record_id: str, tenant: str, rating: float, comment: str | None) -> bool:
         """Join a rating to `tenant`'s record `record_id`; False when `tenant` has no such record."""
@@ -66,6 +69,8 @@ class DynamoDbOutcomeStore:
         if comment is not None:
             update += ", #comment = :comment"
             values[":comment"] = {"S": comment}
+        else:  # the rating replaces the last one whole, as in SQLite: its comment goes with it
+            update += " REMOVE #comment"
         try:
             self._client.update_item(
                 TableName=self.table,
@@ -73,7 +78,7 @@ class DynamoDbOutcomeStore:
                 UpdateExpression=update,
                 ConditionExpression="attribute_exists(id) AND tenant = :tenant",
                 ExpressionAttributeValues=values,
-                **({"ExpressionAttributeNames": {"#comment": "comment"}} if comment is not None else {}),
+                ExpressionAttributeNames={"#comment": "comment"},
             )
         except self._client.exceptions.ConditionalCheckFailedException:
             return False

@@ -44,6 +44,9 @@ T = TypeVar("T")
 #: "sagemaker": sign calls to `cloud.url` (a SageMaker runtime endpoint URL) with SigV4.
 ENV_CLOUD_AUTH = LambdaSettings.env_name("cloud_auth")
 
+#: The most seconds an invocation waits at its end for its outcome records to be written.
+FLUSH_OUTCOMES_S = 2.0
+
 
 async def lambda_engine(config: RouterConfig) -> RoutingEngine:
     """`cloud.engines.build_engine`, with the GPU endpoint's key from Secrets Manager or SigV4 signing."""
@@ -119,15 +122,19 @@ class LambdaEnvironment:
         metrics: RouterMetrics | None = None,
         ledger: Ledger | None = None,
         shared_cache: CacheStore | None = None,
+        settings: LambdaSettings | None = None,
     ) -> None:
         """Serve the config from `source` on engines `engine_factory` builds; `ledger` defaults to
-        `lambda_ledger` of the environment; `shared_cache` (the fleet's DynamoDB store,
-        `hyrouter.cloud.aws.cache`) sits behind each engine's in-process cache."""
+        `lambda_ledger` of `settings` (those the entry point loaded; None: read from the environment
+        now); `shared_cache` (the fleet's DynamoDB store, `hyrouter.cloud.aws.cache`) sits behind each
+        engine's in-process cache."""
         self.source = source
         self.shared_cache = shared_cache
         self._factory = engine_factory
         self.metrics: RouterMetrics = metrics if metrics is not None else EmfRouterMetrics()
-        self.ledger = ledger if ledger is not None else lambda_ledger(LambdaSettings.from_env())
+        if ledger is None:
+            ledger = lambda_ledger(settings if settings is not None else LambdaSettings.from_env())
+        self.ledger = ledger
         self._loop: asyncio.AbstractEventLoop | None = None
         self._snapshot: Snapshot | None = None
         self._text_digest = ""
@@ -155,6 +162,22 @@ class LambdaEnvironment:
         if self._loop is not None:
             self._loop.close()
             self._loop = None
+
+    def flush_outcomes(self, timeout: float = FLUSH_OUTCOMES_S) -> bool:
+        """Wait (at most `timeout` seconds) until the outcome records queued so far are written.
+
+        Lambda freezes the environment once an invocation's response is out: a record still queued
+        then waits for the next invocation, and is lost when the environment is recycled first. The
+        entry points call this at the end of each invocation. True when there was nothing to wait for.
+        """
+        snapshot = self._snapshot
+        writer = snapshot.engine.outcomes if snapshot is not None else None
+        if writer is None:
+            return True
+        if not writer.flush(timeout):
+            logger.warning("outcome records not written within %.1fs of the invocation's end", timeout)
+            return False
+        return True
 
     async def close_retired(self) -> None:
         """Close the backends of engines a config change replaced (their requests have finished)."""

@@ -7,7 +7,8 @@ the Function URL (`InvokeMode: RESPONSE_STREAM`) passes the SSE bytes to the cal
     uvicorn --factory hyrouter.cloud.aws.stream:create_stream_app --host 127.0.0.1 --port 8080
 
 Callers authenticate as they do locally (`Authorization: Bearer <key>`, looked up by sha256 in
-`api_keys`). The tier config is refreshed as in the buffered handler; metrics are EMF.
+`api_keys`). The tier config is refreshed as in the buffered handler; metrics are EMF. Each response's
+outcome record is written before its last body message leaves (the invocation ends with it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 
 import anyio
 from aws_lambda_powertools import Logger
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hyrouter.cloud.app import create_app
 from hyrouter.cloud.aws.cache import shared_cache_store
@@ -40,6 +41,7 @@ def create_stream_app(
         source or ConfigSource.from_settings(settings),
         engine_factory=engine_factory,
         shared_cache=shared_cache_store(settings),
+        settings=settings,
     )
     first = environment.current()  # at init: config, estimator and edge model, before the first request
     if settings.function_name:
@@ -60,9 +62,26 @@ def create_stream_app(
             inner.state.config = snapshot.engine.config
             await environment.close_retired()
             logger.set_correlation_id(_request_id(scope))
+            send = _flushing_outcomes(send, environment)
         await inner(scope, receive, send)
 
     return app
+
+
+def _flushing_outcomes(send: Send, environment: LambdaEnvironment) -> Send:
+    """`send`, writing the outcome records queued so far before a response's last body message.
+
+    The invocation ends with the response: the Lambda is frozen then, and a record still queued would
+    wait for the next invocation (or be lost). A stream's record is made when its chunks end, before
+    that last message.
+    """
+
+    async def last_flushed(message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            await anyio.to_thread.run_sync(environment.flush_outcomes)
+        await send(message)
+
+    return last_flushed
 
 
 def _request_id(scope: Scope) -> str | None:

@@ -452,3 +452,34 @@ def test_a_repeat_is_answered_from_the_fleets_shared_cache_in_a_fresh_environmen
     assert value(first_record, "CacheHits") == 0
     assert value(hit_record, "CacheHits") == 1 and value(hit_record, "CloudDecisions") == 0
     assert hit_record["target"] == "cache" and value(hit_record, "CostSavedUSD") > 0
+
+
+def test_an_invocations_outcome_record_is_written_before_the_handler_returns(
+    invoke: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hyrouter.cloud.aws.outcomes import DynamoDbOutcomeStore
+    from hyrouter.router import OutcomeWriter
+
+    dynamodb = boto3.client("dynamodb")
+    dynamodb.create_table(
+        TableName="outcomes",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+    async def recording_engine(config: RouterConfig) -> RoutingEngine:
+        engine = await fake_engine(config)
+        # A writer that would wait half a minute for more records: Lambda freezes long before.
+        writer = OutcomeWriter(DynamoDbOutcomeStore("outcomes"), salt="s", linger_s=30.0)
+        return RoutingEngine(
+            config, estimator=engine.estimator, edge=engine.edge, cloud=engine.cloud, outcomes=writer
+        )
+
+    monkeypatch.setattr(lambda_handler, "engine_factory", recording_engine)
+    result = invoke("chat_completions.json")
+    assert result["statusCode"] == 200
+    answer_id = json.loads(result["body"])["id"]
+    # No later invocation, no close: the record is in the table as the invocation ends.
+    stored = dynamodb.get_item(TableName="outcomes", Key={"id": {"S": answer_id}}).get("Item")
+    assert stored is not None and stored["tenant"] == {"S": "acme-free"}

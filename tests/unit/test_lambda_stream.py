@@ -45,17 +45,23 @@ def config_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "hybrid-router-StreamFunction-XYZ")
+def core_logs() -> Iterator[None]:
+    """The core logger as it was before the app routed it to powertools."""
     core = logging.getLogger("hybrid_router")
     saved = (core.handlers[:], core.propagate, core.level)
-    app = create_stream_app(ConfigSource("file", str(config_file)), engine_factory=fake_engine)
     try:
-        with TestClient(app) as test_client:
-            yield test_client
+        yield
     finally:
         core.handlers, core.propagate = saved[0], saved[1]
         core.setLevel(saved[2])
+
+
+@pytest.fixture
+def client(config_file: Path, monkeypatch: pytest.MonkeyPatch, core_logs: None) -> Iterator[TestClient]:
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "hybrid-router-StreamFunction-XYZ")
+    app = create_stream_app(ConfigSource("file", str(config_file)), engine_factory=fake_engine)
+    with TestClient(app) as test_client:
+        yield test_client
 
 
 def events(text: str) -> list[str]:
@@ -117,3 +123,29 @@ def test_models_for_the_adapter_readiness_check(client: TestClient) -> None:
     assert client.get("/v1/models").status_code == 401
     r = client.get("/v1/models", headers={"authorization": "Bearer mobile-free"})
     assert r.status_code == 200 and r.json()["data"][0]["id"] == "hybrid-router"
+
+
+def test_a_streamed_answers_outcome_record_is_written_before_its_response_ends(
+    config_file: Path, tmp_path: Path, core_logs: None
+) -> None:
+    from hyrouter.router import OutcomeWriter
+    from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
+
+    path = tmp_path / "outcomes.sqlite3"
+
+    async def recording_engine(config: RouterConfig) -> RoutingEngine:
+        engine = await fake_engine(config)
+        # A writer that would wait half a minute for more records: Lambda freezes long before.
+        writer = OutcomeWriter(SqliteOutcomeStore(path), salt="s", linger_s=30.0)
+        return RoutingEngine(
+            config, estimator=engine.estimator, edge=engine.edge, cloud=engine.cloud, outcomes=writer
+        )
+
+    app = create_stream_app(ConfigSource("file", str(config_file)), engine_factory=recording_engine)
+    with TestClient(app) as client:
+        r = client.post("/v1/chat/completions", json=BODY, headers={"authorization": "Bearer mobile-free"})
+        answer_id = json.loads(events(r.text)[0])["id"]
+        reader = SqliteOutcomeStore(path)
+        record = reader.get(answer_id)
+        reader.close()
+        assert record is not None and record["tenant"] == "app" and record["stream"]

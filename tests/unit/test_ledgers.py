@@ -288,6 +288,36 @@ def test_lambda_environments_share_the_dynamodb_table_the_template_names(
     first.close()
 
 
+def test_a_lambda_environment_charges_the_budget_table_of_the_settings_it_is_given(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "tiers.yaml"
+    path.write_text('{"edge": {"enabled": false}, "tiers": {"free": {}}}')
+    monkeypatch.setenv(LambdaSettings.env_name("budget_table"), "read-again-from-the-environment")
+    settings = LambdaSettings.from_env({LambdaSettings.env_name("budget_table"): "budgets"})
+    environment = LambdaEnvironment(ConfigSource("file", str(path)), settings=settings)
+    assert isinstance(environment.ledger, DynamoDbLedger) and environment.ledger.table == "budgets"
+
+
+@pytest.mark.anyio
+async def test_closing_an_engine_closes_its_sqlite_ledgers_connections(tmp_path: Path) -> None:
+    import sqlite3
+
+    config = parse_config(
+        {"edge": {"enabled": False}, "ledger": {"kind": "sqlite", "path": str(tmp_path / "b")}}
+    )
+    engine = build_engine(config)
+    ledger = engine.ledger
+    assert isinstance(ledger, SqliteLedger)
+    assert ledger.reserve("acme", Budget(COST), COST) is not None
+    opened = list(ledger._opened)
+    await engine.aclose()
+    for connection in opened:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            connection.execute("SELECT 1")
+    assert ledger.spent("acme") == pytest.approx(COST)  # a later use opens the file again
+
+
 def test_parallel_requests_against_a_rate_limit_of_k_per_minute_let_exactly_k_through(
     make_ledger: LedgerMaker,
 ) -> None:

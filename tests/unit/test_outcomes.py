@@ -214,6 +214,45 @@ async def test_feedback_joins_the_callers_own_record_only(store: SqliteOutcomeSt
 
 
 @pytest.mark.anyio
+async def test_feedback_waits_for_the_writer_only_for_an_id_it_has_queued(
+    store: SqliteOutcomeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = OutcomeWriter(store, linger_s=30.0)  # what is queued stays queued until a flush
+    flushes: list[float] = []
+    flush = writer.flush
+
+    def counted(timeout: float = 5.0) -> bool:
+        flushes.append(timeout)
+        return flush(timeout)
+
+    monkeypatch.setattr(writer, "flush", counted)
+    e = engine(writer)
+    answer = await e.complete(request(), ACME)
+    # Random ids cost one store call each, never a wait for the writer thread.
+    assert not any(writer.rate(f"chatcmpl-random-{i}", "acme", 1.0, None) for i in range(20))
+    assert flushes == []
+    assert writer.rate(answer.id, "acme", 1.0, None)  # queued: written first, then rated
+    assert len(flushes) == 1
+    assert not writer.rate(answer.id, "globex", 1.0, None)  # written now: no wait for another tenant
+    assert len(flushes) == 1
+    await e.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_rating_after_the_writer_is_closed_is_refused_not_an_error(
+    store: SqliteOutcomeStore,
+) -> None:
+    writer = OutcomeWriter(store)
+    e = engine(writer)
+    answer = await e.complete(request(), ACME)
+    await e.aclose()  # the server shuts down; a feedback call still comes in
+    assert not writer.rate(answer.id, "acme", 1.0, "late")
+    assert not store.rate(answer.id, "acme", 1.0, "late")  # the store's own answer, once closed
+    record = stored(store, answer.id)
+    assert record is not None and record["rating"] is None
+
+
+@pytest.mark.anyio
 async def test_aclose_writes_what_is_queued_before_it_returns(tmp_path: Path) -> None:
     slow = BlockedStore()
     e = engine(OutcomeWriter(slow))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,13 @@ from hyrouter.cloud.aws.runtime import with_outcomes_table
 from hyrouter.cloud.aws.settings import LambdaSettings
 from hyrouter.cloud.engines import outcome_writer
 from hyrouter.router import OutcomeRecord, parse_config
-from hyrouter.router._outcomes import unpack_features
+from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
+from hyrouter.router._outcomes import OutcomeStore, unpack_features
 from tests.unit.test_outcomes import _record
 from tests.unit.test_template_alarms import _CloudFormationLoader
 
 TABLE = "outcomes-test"
+Reader = Callable[[str], tuple[object, ...] | None]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -76,6 +78,47 @@ def test_only_the_tenant_whose_record_it_is_may_rate_it(dynamodb: Any) -> None:
     assert float(stored["rating"]["N"]) == 0.75 and stored["comment"] == {"S": "good enough"}
 
 
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def either_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[OutcomeStore, Reader]]:
+    """Each store, with a reader of one record's tenant, rating and comment (None: no such record)."""
+    if request.param == "sqlite":
+        sqlite = SqliteOutcomeStore(tmp_path / "outcomes.sqlite3")
+
+        def read_sqlite(record_id: str) -> tuple[object, ...] | None:
+            found = sqlite.get(record_id)
+            return None if found is None else (found["tenant"], found["rating"], found["comment"])
+
+        yield sqlite, read_sqlite
+        sqlite.close()
+        return
+    client = request.getfixturevalue("dynamodb")
+
+    def read_dynamodb(record_id: str) -> tuple[object, ...] | None:
+        found = item(client, record_id)
+        if not found:
+            return None
+        rating = float(found["rating"]["N"]) if "rating" in found else None
+        return found["tenant"]["S"], rating, found.get("comment", {}).get("S")
+
+    yield DynamoDbOutcomeStore(TABLE), read_dynamodb
+
+
+def test_both_stores_keep_the_first_record_of_an_id_and_a_rating_replaces_the_last_whole(
+    either_store: tuple[OutcomeStore, Reader],
+) -> None:
+    store, read = either_store
+    # A repeat within one batch (DynamoDB refused a whole BatchWriteItem that repeats a key) ...
+    store.write([_record("chatcmpl-1", "acme"), _record("chatcmpl-2", "acme"), _record("chatcmpl-1", "evil")])
+    assert read("chatcmpl-1") == ("acme", None, None) and read("chatcmpl-2") == ("acme", None, None)
+    assert store.rate("chatcmpl-1", "acme", 1.0, "spot on")
+    # ... and in a later one (a cache hit's record carries its answer's id): the first stays, rated.
+    store.write([_record("chatcmpl-1", "evil")])
+    assert read("chatcmpl-1") == ("acme", 1.0, "spot on")
+    assert store.rate("chatcmpl-1", "acme", -1.0, None)  # a new rating without a comment: none left
+    assert read("chatcmpl-1") == ("acme", -1.0, None)
+    assert not store.rate("chatcmpl-1", "evil", 1.0, None) and read("chatcmpl-3") is None
+
+
 def test_the_lambda_environment_selects_the_table(dynamodb: Any) -> None:
     settings = LambdaSettings.from_env(
         {"HYBRID_ROUTER_OUTCOMES_TABLE": TABLE, "HYBRID_ROUTER_OUTCOMES_TTL_DAYS": "3"}
@@ -110,7 +153,7 @@ def test_the_template_declares_the_table_with_ttl_and_least_privilege() -> None:
         assert statements == [
             {
                 "Effect": "Allow",
-                "Action": ["dynamodb:BatchWriteItem", "dynamodb:UpdateItem"],
+                "Action": ["dynamodb:PutItem", "dynamodb:UpdateItem"],
                 "Resource": "OutcomesTable.Arn",
             }
         ]
