@@ -71,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve(config: RouterConfig, args: argparse.Namespace, *, reload: Callable[[], RouterConfig]) -> int:
     _require_server_extra(args.command)
-    if config.edge.enabled:
+    if config.edge_needed:  # no tier may use the edge: no model, no llama.cpp
         from hyrouter.edge.llama_cpp_backend import require_llama_cpp
 
         require_llama_cpp()  # before the build check, whose child would fail with a traceback
@@ -81,7 +81,7 @@ def _serve(config: RouterConfig, args: argparse.Namespace, *, reload: Callable[[
     from hyrouter.cloud.engines import build_engine
     from hyrouter.cloud.server import GracefulServer, uvicorn_options
 
-    if config.edge.enabled:
+    if config.edge_needed:
         from hyrouter.edge.model_files import resolve_model_path
 
         resolve_model_path(config.edge)  # a missing GGUF is one line now, not a trace at start-up

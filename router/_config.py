@@ -105,6 +105,12 @@ class TierConfig(_Strict):
         "estimator's features.",
     )
 
+    @property
+    def uses_edge(self) -> bool:
+        """Whether a request of this tier may be answered on the edge model: unless the tier forces the
+        cloud with no fallback to the edge and no budget (a spent budget is answered on the edge)."""
+        return self.cloud != "forced" or self.fallback_to_edge or self.budget_usd is not None
+
 
 class EdgeConfig(_Strict):
     """The CPU model answered next to the user (llama.cpp, GGUF)."""
@@ -350,6 +356,13 @@ class RouterConfig(_Strict):
         OutcomesConfig(), description="Outcome records and feedback; off by default."
     )
 
+    @property
+    def edge_needed(self) -> bool:
+        """Whether the edge model is enabled and some tier may use it (`TierConfig.uses_edge`); when
+        no tier can, it is never loaded."""
+        tiers = self.tiers.values()
+        return self.edge.enabled and (not tiers or any(tier.uses_edge for tier in tiers))
+
     @model_validator(mode="after")
     def _keys_name_known_tiers(self) -> RouterConfig:
         for entry in self.api_keys:
@@ -443,5 +456,9 @@ ENGINE_SECTIONS = ("edge", "cloud", "estimator", "outcomes", "ledger", "cache")
 
 
 def engine_sections_changed(old: RouterConfig, new: RouterConfig) -> list[str]:
-    """The `ENGINE_SECTIONS` that differ between `old` and `new`."""
-    return [name for name in ENGINE_SECTIONS if getattr(old, name) != getattr(new, name)]
+    """The `ENGINE_SECTIONS` that differ between `old` and `new`, and "tiers" when the new tiers use the
+    edge model that the old ones did not need (and so never loaded)."""
+    changed = [name for name in ENGINE_SECTIONS if getattr(old, name) != getattr(new, name)]
+    if new.edge_needed and not old.edge_needed and "edge" not in changed:
+        changed.append("tiers")
+    return changed

@@ -93,6 +93,7 @@ T = TypeVar("T")
 _Head = list[ChatCompletionChunk]  # a stream's chunks up to its first content, held back
 
 _NOT_CONFIGURED = BackendHealth(available=False, detail="not configured", configured=False)
+_NOT_NEEDED = BackendHealth(available=False, detail="not needed: no tier can use the edge", configured=False)
 
 
 class RoutingEngine(OutcomeRecording):
@@ -225,9 +226,14 @@ class RoutingEngine(OutcomeRecording):
         return backend
 
     def health(self, target: Target) -> BackendHealth:
-        """The state of `target`'s backend now."""
+        """The state of `target`'s backend now; an edge that no tier can use (`RouterConfig.edge_needed`)
+        and so was not built is "not needed", not configured."""
         backend = self.backends.get(target)
-        return _NOT_CONFIGURED if backend is None else backend.health()
+        if backend is not None:
+            return backend.health()
+        if target == "edge" and self.config.edge.enabled and not self.config.edge_needed:
+            return _NOT_NEEDED
+        return _NOT_CONFIGURED
 
     def facts(
         self,
