@@ -24,7 +24,7 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from hyrouter.cloud.server_protocol import OpenAIErrorH11Protocol
+from hyrouter.cloud.server_protocol import http_protocol
 from hyrouter.router import RequestIdFilter, ServerConfig
 from hyrouter.router._metrics import DECISION_LOGGER
 
@@ -90,8 +90,17 @@ def log_config() -> dict[str, Any]:
     return config
 
 
+def event_loop() -> str:
+    """uvicorn's event loop: "uvloop" when it is installed (the `server` extra), else "asyncio"."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
 def uvicorn_options(server: ServerConfig) -> dict[str, Any]:
-    """The `uvicorn.Config` arguments that `server` sets."""
+    """The `uvicorn.Config` arguments that `server` sets; uvloop and httptools where installed."""
     return {
         "host": server.host,
         "port": server.port,
@@ -99,7 +108,8 @@ def uvicorn_options(server: ServerConfig) -> dict[str, Any]:
         "forwarded_allow_ips": list(server.forwarded_allow_ips),
         "timeout_graceful_shutdown": server.shutdown_grace_s + FAREWELL_S,
         "log_config": log_config(),
-        "http": OpenAIErrorH11Protocol,  # a request uvicorn cannot read gets an OpenAI error object too
+        "loop": event_loop(),
+        "http": http_protocol(),  # a request uvicorn cannot read gets an OpenAI error object too
     }
 
 

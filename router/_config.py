@@ -142,6 +142,20 @@ class CloudTimeouts(_Strict):
     total: Annotated[float, Field(gt=0)] = Field(60.0, description="Deadline of one call, retries included.")
 
 
+class CloudPool(_Strict):
+    """The connections to the GPU endpoint that the router keeps (httpx's pool)."""
+
+    max_connections: Annotated[int, Field(ge=1)] = Field(
+        100, description="Connections open at once, in use or idle; a call past it waits for one."
+    )
+    max_keepalive_connections: Annotated[int, Field(ge=0)] = Field(
+        20, description="Idle connections kept open for the next calls; set it near the concurrency."
+    )
+    keepalive_expiry_s: Annotated[float, Field(ge=0)] = Field(
+        5.0, description="Seconds an idle connection is kept open."
+    )
+
+
 class CloudRetries(_Strict):
     """Retries on connect errors, 429, 502, 503 and 504, with exponential backoff and full jitter."""
 
@@ -174,6 +188,7 @@ class CloudConfig(_Strict):
     max_tokens: Annotated[int, Field(ge=1)] = Field(1024, description="Default completion tokens.")
     timeouts: CloudTimeouts = CloudTimeouts()
     retries: CloudRetries = CloudRetries()
+    pool: CloudPool = CloudPool()
     breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     price: CloudPrice = CloudPrice()
     probe_interval_s: Annotated[float, Field(ge=0)] = Field(

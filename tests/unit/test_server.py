@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -133,3 +134,20 @@ async def test_a_cut_answers_a_request_still_waiting_with_a_503() -> None:
         return routes.HttpResponse(204)
 
     assert (await _unless_cut(quick(), asyncio.Event())).status == 204
+
+
+def test_serve_runs_on_uvloop_and_httptools_when_they_are_installed() -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    options = uvicorn_options(ServerConfig())
+    assert options["loop"] == "uvloop"
+    assert issubclass(options["http"], HttpToolsProtocol)
+
+
+def test_serve_falls_back_to_asyncio_and_h11_without_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hyrouter.cloud.server_protocol import OpenAIErrorH11Protocol
+
+    for name in ("uvloop", "httptools", "uvicorn.protocols.http.httptools_impl"):
+        monkeypatch.setitem(sys.modules, name, None)  # an import of it raises ImportError
+    options = uvicorn_options(ServerConfig())
+    assert options["loop"] == "asyncio" and options["http"] is OpenAIErrorH11Protocol
