@@ -151,3 +151,30 @@ def test_serve_falls_back_to_asyncio_and_h11_without_them(monkeypatch: pytest.Mo
         monkeypatch.setitem(sys.modules, name, None)  # an import of it raises ImportError
     options = uvicorn_options(ServerConfig())
     assert options["loop"] == "asyncio" and options["http"] is OpenAIErrorH11Protocol
+
+
+#: Configures logging as `serve --log-level LEVEL` does, then logs what a routed request logs.
+_LOG_A_REQUEST = """
+import logging, sys
+import uvicorn
+from hyrouter.cloud.server import uvicorn_options
+from hyrouter.router import ServerConfig
+from hyrouter.router._metrics import DECISION_LOGGER
+
+uvicorn.Config(lambda: None, **uvicorn_options(ServerConfig(), log_level=sys.argv[1]))
+DECISION_LOGGER.info({"event": "route_decision", "target": "cloud"})
+logging.getLogger("hybrid_router").info("a request's info line")
+logging.getLogger("hybrid_router").warning("a warning")
+"""
+
+
+@pytest.mark.parametrize("level", ["info", "warning"])
+def test_the_log_level_holds_for_the_decision_log_and_the_router(level: str) -> None:
+    import subprocess
+
+    ran = subprocess.run(
+        [sys.executable, "-c", _LOG_A_REQUEST, level], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert ("route_decision" in ran.stdout) is (level == "info")
+    assert ("a request's info line" in ran.stderr) is (level == "info")
+    assert "a warning" in ran.stderr
