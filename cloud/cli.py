@@ -71,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve(config: RouterConfig, args: argparse.Namespace, *, reload: Callable[[], RouterConfig]) -> int:
     _require_server_extra(args.command)
-    if config.edge.enabled:
+    if config.edge_needed:  # no tier may use the edge: no model, no llama.cpp
         from hyrouter.edge.llama_cpp_backend import require_llama_cpp
 
         require_llama_cpp()  # before the build check, whose child would fail with a traceback
@@ -81,7 +81,7 @@ def _serve(config: RouterConfig, args: argparse.Namespace, *, reload: Callable[[
     from hyrouter.cloud.engines import build_engine
     from hyrouter.cloud.server import GracefulServer, uvicorn_options
 
-    if config.edge.enabled:
+    if config.edge_needed:
         from hyrouter.edge.model_files import resolve_model_path
 
         resolve_model_path(config.edge)  # a missing GGUF is one line now, not a trace at start-up
@@ -103,9 +103,9 @@ def _serve(config: RouterConfig, args: argparse.Namespace, *, reload: Callable[[
         return engine
 
     app = create_app(config, engine_factory=built)
-    options = uvicorn_options(config.server)
+    options = uvicorn_options(config.server, log_level=args.log_level)
     server = GracefulServer(
-        uvicorn.Config(app, **options, log_level=args.log_level, access_log=args.access_log),
+        uvicorn.Config(app, **options, access_log=args.access_log),
         grace_s=config.server.shutdown_grace_s,
         cut_in_flight=lambda: cut_in_flight(app),
         on_hangup=lambda: _reload(app, reload),
@@ -320,7 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", help="address to listen on; default: server.host of the config")
         p.add_argument("--port", type=int, help="port to listen on; default: server.port of the config")
         RouterSettings.add_arguments(p)  # --cloud-url, --cloud-model: over the env and the file
-        p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="uvicorn's log level")
+        p.add_argument(
+            "--log-level",
+            default="info",
+            choices=LOG_LEVELS,
+            help="uvicorn's and the router's log level, the decision log's included",
+        )
         p.add_argument(
             "--access-log",
             action=argparse.BooleanOptionalAction,

@@ -58,6 +58,7 @@ from hyrouter.router._config import CloudConfig
 from hyrouter.router._errors import CloudBackendError, CloudUnavailable, RouterError
 from hyrouter.router._openai_client import (
     RETRY_STATUSES,
+    HTTPPool,
     HTTPTimeouts,
     OpenAIHTTPClient,
     RetryPolicy,
@@ -150,6 +151,11 @@ class CloudEndpointClient(ChatBackend):
             name="cloud endpoint",
             timeouts=HTTPTimeouts(connect=t.connect, read=t.read, total=t.total),
             retry=RetryPolicy.from_config(config.retries, statuses=GPU_RETRY_STATUSES),
+            pool=HTTPPool(
+                max_connections=config.pool.max_connections,
+                max_keepalive_connections=config.pool.max_keepalive_connections,
+                keepalive_expiry=config.pool.keepalive_expiry_s,
+            ),
             api_key=lambda: config.api_key,  # read at call time: a rotated key applies at once
             status_error=_http_error,
             default_model=config.model,

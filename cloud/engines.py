@@ -40,7 +40,8 @@ def build_engine(
     cloud_transport: httpx.AsyncBaseTransport | None = None,
     ledger: Ledger | None = None,
 ) -> RoutingEngine:
-    """A ready engine: the estimator loaded, the edge model loaded (when enabled), the cloud client made.
+    """A ready engine: the estimator loaded, the edge model loaded (when enabled and some tier can use
+    it: `RouterConfig.edge_needed`), the cloud client made.
 
     Loading the edge model takes a fraction of a second for SmolLM2; `load_edge=False` leaves the
     edge backend unloaded (it then reports itself unavailable and counts tokens approximately).
@@ -50,7 +51,9 @@ def build_engine(
     """
     estimator = load_estimator(config.estimator.name, config.estimator.version)
     edge: ChatBackend | None = None
-    if config.edge.enabled:
+    if config.edge.enabled and not config.edge_needed:
+        logger.info("edge model not loaded: no tier can use it (each forces the cloud, with no fallback)")
+    elif config.edge.enabled:
         from hyrouter.edge.llama_cpp_backend import LlamaCppBackend
 
         edge_backend = LlamaCppBackend(config.edge)

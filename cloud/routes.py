@@ -13,8 +13,9 @@ the local server, the Function URL and API Gateway serve the same routes, bodies
                                 with an admin key: the mode (hybrid, edge-only, cloud-only), each
                                 backend's state, the breaker, the queue, the cloud probe's last result
     GET  /livez                 liveness: 200 while the process answers (no key, no detail)
-    GET  /readyz                readiness: 200 once the config is loaded and the edge model (when enabled)
-                                has decoded its first token; else 503 with a short reason (no key)
+    GET  /readyz                readiness: 200 once the config is loaded and the edge model (when some
+                                tier can use it) has decoded its first token; else 503 with a short
+                                reason (no key)
     GET  /metrics               Prometheus text (an admin key); the JSON counters with `?format=json` or
                                 `Accept: application/json` (JSON only where metrics go elsewhere: Lambda)
     GET  /v1/edge/config        the caller's tier policy for the edge SDK's config sync (ETag)
@@ -370,12 +371,13 @@ async def livez(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
 
 
 async def readyz(request: HttpRequest, engine: RoutingEngine) -> HttpResponse:
-    """`GET /readyz`: 200 once the config is loaded and the edge model, when enabled, has decoded its
-    first token (it does at load, before it reports available); else 503 with a short reason.
+    """`GET /readyz`: 200 once the config is loaded and the edge model, when enabled and some tier can
+    use it, has decoded its first token (it does at load, before it reports available); else 503 with
+    a short reason.
 
     For anyone, and nothing more: which backend lags is `/healthz`'s detail.
     """
-    if engine.config.edge.enabled and not engine.health("edge").available:
+    if engine.config.edge_needed and not engine.health("edge").available:
         return json_response({"status": "not_ready", "reason": "edge model not warm"}, 503)
     return json_response({"status": "ready"})
 

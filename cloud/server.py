@@ -22,9 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-from uvicorn.config import LOGGING_CONFIG
+from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
 
-from hyrouter.cloud.server_protocol import OpenAIErrorH11Protocol
+from hyrouter.cloud.server_protocol import http_protocol
 from hyrouter.router import RequestIdFilter, ServerConfig
 from hyrouter.router._metrics import DECISION_LOGGER
 
@@ -61,9 +61,14 @@ def decision_log_formatter() -> logging.Formatter:
 _JSON_RENAMES = {"asctime": "time", "levelname": "level"}
 
 
-def log_config() -> dict[str, Any]:
+def log_config(level: str = "info") -> dict[str, Any]:
     """uvicorn's logging config, with `PathWithoutQuery` on the access logger, the request id on every
-    line served for a request, and the decision log as JSON lines on stdout."""
+    line served for a request, and the decision log as JSON lines on stdout.
+
+    The router's loggers, the decision log's included, write from `level` (one of uvicorn's names,
+    `--log-level`) up: at "warning" a request writes no line unless something went wrong.
+    """
+    threshold = LOG_LEVELS[level]
     config = copy.deepcopy(LOGGING_CONFIG)
     filters = config.setdefault("filters", {})
     filters["path_without_query"] = {"()": PathWithoutQuery}
@@ -85,21 +90,37 @@ def log_config() -> dict[str, Any]:
         "formatter": "decisions",
         "stream": "ext://sys.stdout",
     }
-    config["loggers"]["hybrid_router"] = {"handlers": ["router"], "level": "INFO", "propagate": False}
-    config["loggers"][DECISION_LOGGER.name] = {"handlers": ["decisions"], "level": "INFO", "propagate": False}
+    config["loggers"]["hybrid_router"] = {"handlers": ["router"], "level": threshold, "propagate": False}
+    config["loggers"][DECISION_LOGGER.name] = {
+        "handlers": ["decisions"],
+        "level": threshold,
+        "propagate": False,
+    }
     return config
 
 
-def uvicorn_options(server: ServerConfig) -> dict[str, Any]:
-    """The `uvicorn.Config` arguments that `server` sets."""
+def event_loop() -> str:
+    """uvicorn's event loop: "uvloop" when it is installed (the `server` extra), else "asyncio"."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def uvicorn_options(server: ServerConfig, *, log_level: str = "info") -> dict[str, Any]:
+    """The `uvicorn.Config` arguments that `server` and `log_level` (`--log-level`, uvicorn's and the
+    router's loggers alike) set; uvloop and httptools where installed."""
     return {
         "host": server.host,
         "port": server.port,
         "proxy_headers": bool(server.forwarded_allow_ips),
         "forwarded_allow_ips": list(server.forwarded_allow_ips),
         "timeout_graceful_shutdown": server.shutdown_grace_s + FAREWELL_S,
-        "log_config": log_config(),
-        "http": OpenAIErrorH11Protocol,  # a request uvicorn cannot read gets an OpenAI error object too
+        "log_config": log_config(log_level),
+        "log_level": log_level,
+        "loop": event_loop(),
+        "http": http_protocol(),  # a request uvicorn cannot read gets an OpenAI error object too
     }
 
 

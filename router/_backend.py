@@ -45,6 +45,16 @@ def approximate_tokens(messages: Sequence[ChatMessage]) -> int:
     return int(chars / 3.5) + 1 + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REPLY
 
 
+def token_upper_bound(messages: Sequence[ChatMessage]) -> int:
+    """A bound no byte-level tokenizer's count exceeds: a token is at least one UTF-8 byte.
+
+    Looser than `approximate_tokens` (about four times a count of English), and as cheap; what
+    decides that a prompt certainly fits a context window without tokenizing it.
+    """
+    size = sum(len(m.text.encode("utf-8", "replace")) for m in messages)
+    return size + 1 + 2 * TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REPLY
+
+
 class ChatBackend(abc.ABC):
     """A place a chat completion can be answered: the CPU model here or the GPU endpoint.
 

@@ -105,6 +105,12 @@ class TierConfig(_Strict):
         "estimator's features.",
     )
 
+    @property
+    def uses_edge(self) -> bool:
+        """Whether a request of this tier may be answered on the edge model: unless the tier forces the
+        cloud with no fallback to the edge and no budget (a spent budget is answered on the edge)."""
+        return self.cloud != "forced" or self.fallback_to_edge or self.budget_usd is not None
+
 
 class EdgeConfig(_Strict):
     """The CPU model answered next to the user (llama.cpp, GGUF)."""
@@ -134,6 +140,20 @@ class CloudTimeouts(_Strict):
     connect: Annotated[float, Field(gt=0)] = 2.0
     read: Annotated[float, Field(gt=0)] = Field(30.0, description="Longest wait for the next bytes.")
     total: Annotated[float, Field(gt=0)] = Field(60.0, description="Deadline of one call, retries included.")
+
+
+class CloudPool(_Strict):
+    """The connections to the GPU endpoint that the router keeps (httpx's pool)."""
+
+    max_connections: Annotated[int, Field(ge=1)] = Field(
+        100, description="Connections open at once, in use or idle; a call past it waits for one."
+    )
+    max_keepalive_connections: Annotated[int, Field(ge=0)] = Field(
+        20, description="Idle connections kept open for the next calls; set it near the concurrency."
+    )
+    keepalive_expiry_s: Annotated[float, Field(ge=0)] = Field(
+        5.0, description="Seconds an idle connection is kept open."
+    )
 
 
 class CloudRetries(_Strict):
@@ -168,6 +188,7 @@ class CloudConfig(_Strict):
     max_tokens: Annotated[int, Field(ge=1)] = Field(1024, description="Default completion tokens.")
     timeouts: CloudTimeouts = CloudTimeouts()
     retries: CloudRetries = CloudRetries()
+    pool: CloudPool = CloudPool()
     breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     price: CloudPrice = CloudPrice()
     probe_interval_s: Annotated[float, Field(ge=0)] = Field(
@@ -350,6 +371,13 @@ class RouterConfig(_Strict):
         OutcomesConfig(), description="Outcome records and feedback; off by default."
     )
 
+    @property
+    def edge_needed(self) -> bool:
+        """Whether the edge model is enabled and some tier may use it (`TierConfig.uses_edge`); when
+        no tier can, it is never loaded."""
+        tiers = self.tiers.values()
+        return self.edge.enabled and (not tiers or any(tier.uses_edge for tier in tiers))
+
     @model_validator(mode="after")
     def _keys_name_known_tiers(self) -> RouterConfig:
         for entry in self.api_keys:
@@ -443,5 +471,9 @@ ENGINE_SECTIONS = ("edge", "cloud", "estimator", "outcomes", "ledger", "cache")
 
 
 def engine_sections_changed(old: RouterConfig, new: RouterConfig) -> list[str]:
-    """The `ENGINE_SECTIONS` that differ between `old` and `new`."""
-    return [name for name in ENGINE_SECTIONS if getattr(old, name) != getattr(new, name)]
+    """The `ENGINE_SECTIONS` that differ between `old` and `new`, and "tiers" when the new tiers use the
+    edge model that the old ones did not need (and so never loaded)."""
+    changed = [name for name in ENGINE_SECTIONS if getattr(old, name) != getattr(new, name)]
+    if new.edge_needed and not old.edge_needed and "edge" not in changed:
+        changed.append("tiers")
+    return changed

@@ -25,7 +25,13 @@ from dataclasses import replace
 from typing import TypeVar, cast
 
 from hyrouter.router._accounting import CostLedger, Ledger
-from hyrouter.router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
+from hyrouter.router._backend import (
+    BackendHealth,
+    ChatBackend,
+    Target,
+    approximate_tokens,
+    token_upper_bound,
+)
 from hyrouter.router._cache import (
     CachedAnswer,
     CacheLookup,
@@ -36,7 +42,7 @@ from hyrouter.router._cache import (
     cached_response,
     carries_more,
 )
-from hyrouter.router._config import RouterConfig
+from hyrouter.router._config import RouterConfig, TierConfig
 from hyrouter.router._errors import (
     BackendError,
     DeadlineExceeded,
@@ -87,6 +93,7 @@ T = TypeVar("T")
 _Head = list[ChatCompletionChunk]  # a stream's chunks up to its first content, held back
 
 _NOT_CONFIGURED = BackendHealth(available=False, detail="not configured", configured=False)
+_NOT_NEEDED = BackendHealth(available=False, detail="not needed: no tier can use the edge", configured=False)
 
 
 class RoutingEngine(OutcomeRecording):
@@ -219,9 +226,14 @@ class RoutingEngine(OutcomeRecording):
         return backend
 
     def health(self, target: Target) -> BackendHealth:
-        """The state of `target`'s backend now."""
+        """The state of `target`'s backend now; an edge that no tier can use (`RouterConfig.edge_needed`)
+        and so was not built is "not needed", not configured."""
         backend = self.backends.get(target)
-        return _NOT_CONFIGURED if backend is None else backend.health()
+        if backend is not None:
+            return backend.health()
+        if target == "edge" and self.config.edge.enabled and not self.config.edge_needed:
+            return _NOT_NEEDED
+        return _NOT_CONFIGURED
 
     def facts(
         self,
@@ -274,21 +286,28 @@ class RoutingEngine(OutcomeRecording):
             logger.exception("estimator %s failed; scoring 0.5", estimator_id)
             score, features = 0.5, None
         estimator_ms = (time.perf_counter() - started) * 1000.0
-        counter = self.edge or self.cloud
-        prompt_tokens = (
-            counter.count_tokens(request.messages) if counter else approximate_tokens(request.messages)
-        )
         requested = cap_max_tokens(request.requested_max_tokens, tier)
         edge_lacks = self.edge.cannot_honour(request) if self.edge else None
+        max_tokens = requested or self.config.edge.max_tokens
+        prompt_tokens = approximate_tokens(request.messages)
+        exact = self._needs_exact_count(request, tier, prompt_tokens, max_tokens, edge_lacks)
+        if exact:
+            prompt_tokens = self._count_tokens(request)
         facts = self.facts(
             prompt_tokens,
-            requested or self.config.edge.max_tokens,
+            max_tokens,
             self._budget_left(tenant, tier) if read_budget else None,
             edge_lacks,
         )
         given = PolicyInput(score, tenant.tier, tenant.name, estimator_id, facts, request)
         try:
             decision = self.policy.decide(given)
+            if decision.target == "edge" and not exact:
+                # The edge answers after all (a budget spent, the cloud down, a device's own rule):
+                # its window and its room for the completion need the exact count; decide on that.
+                prompt_tokens, exact = self._count_tokens(request), True
+                given = replace(given, facts=replace(facts, prompt_tokens=prompt_tokens))
+                decision = self.policy.decide(given)
         except RouterError as exc:
             refused = RoutePlan(
                 exc.decision,
@@ -310,7 +329,41 @@ class RoutingEngine(OutcomeRecording):
             given=given,
             features=features,
             request=request,
+            exact_tokens=exact,
         )
+
+    def _needs_exact_count(
+        self,
+        request: ChatCompletionRequest,
+        tier: TierConfig,
+        estimate: int,
+        max_tokens: int,
+        edge_lacks: str | None,
+    ) -> bool:
+        """Whether deciding `request` needs its exact prompt tokens, not the upper-leaning `estimate`.
+
+        Exact where the edge may answer it (the only place, or the tier does not force the cloud, the
+        edge can give what it asks, and the estimate fits the edge's window: beyond it the request goes
+        to the cloud for its length), and where a prompt that certainly fits (`token_upper_bound`)
+        might not fit the cloud's window. Tokenizing costs up to milliseconds (the llama tokenizer:
+        0.3 ms for a line, 12 ms for 8 kB); a request the cloud answers needs only a bound, for its
+        budget reservation.
+        """
+        edge, cloud = self.edge, self.cloud
+        if edge is not None:
+            if cloud is None or tier.cloud == "never":
+                return True  # the edge is the only place: its window decides, or refuses
+            fits = estimate + max_tokens <= edge.context_window
+            if tier.cloud != "forced" and edge_lacks is None and fits:
+                return True
+        return cloud is not None and token_upper_bound(request.messages) + max_tokens > cloud.context_window
+
+    async def _counted(self, plan: RoutePlan) -> RoutePlan:
+        """`plan` with its exact prompt tokens (in a worker thread), for the edge's room to answer in."""
+        if plan.exact_tokens or plan.request is None:
+            return plan
+        counted = await asyncio.to_thread(self._count_tokens, plan.request)
+        return replace(plan, prompt_tokens=counted, exact_tokens=True)
 
     async def _plan_off_loop(
         self, request: ChatCompletionRequest, tenant: Tenant, plan: RoutePlan | None = None
@@ -369,8 +422,8 @@ class RoutingEngine(OutcomeRecording):
         ready = await self._plan_off_loop(request, tenant, plan)
         started = time.perf_counter()
 
-        async def run(target: Target) -> ChatCompletionResponse:
-            return await self.backend(target).complete(request, max_tokens=self._max_tokens(target, ready))
+        async def run(target: Target, plan: RoutePlan) -> ChatCompletionResponse:
+            return await self.backend(target).complete(request, max_tokens=self._max_tokens(target, plan))
 
         held, decision, response = await self._run_with_fallback(ready, started, run, stream=False)
         # A backend that is itself a router (the device's cloud) reports its own route.
@@ -410,8 +463,8 @@ class RoutingEngine(OutcomeRecording):
         ready = await self._plan_off_loop(request, tenant, plan)
         started = time.perf_counter()
 
-        async def start(target: Target) -> tuple[AsyncIterator[ChatCompletionChunk], _Head]:
-            chunks = self.backend(target).stream(request, max_tokens=self._max_tokens(target, ready))
+        async def start(target: Target, plan: RoutePlan) -> tuple[AsyncIterator[ChatCompletionChunk], _Head]:
+            chunks = self.backend(target).stream(request, max_tokens=self._max_tokens(target, plan))
             head: list[ChatCompletionChunk] = []
             try:
                 async for chunk in chunks:
@@ -436,7 +489,12 @@ class RoutingEngine(OutcomeRecording):
         return RoutedStream(route, relay, source=chunks, release=release)
 
     async def _run_with_fallback(
-        self, plan: RoutePlan, started: float, run: Callable[[Target], Awaitable[T]], *, stream: bool
+        self,
+        plan: RoutePlan,
+        started: float,
+        run: Callable[[Target, RoutePlan], Awaitable[T]],
+        *,
+        stream: bool,
     ) -> tuple[RoutePlan, Decision, T]:
         """`run` on the decided target, then once where the policy falls back to; failures are recorded.
 
@@ -451,10 +509,12 @@ class RoutingEngine(OutcomeRecording):
         try:
             async with deadline_scope(deadline_at(seconds, time.perf_counter() - started), seconds):
                 try:
-                    return plan, decision, await run(decision.target)
+                    return plan, decision, await run(decision.target, plan)
                 except BackendError as exc:
                     fallback = self.policy.fall_back(decision, exc, self._fallback_facts(plan))
                     plan = await self._reserve_fallback(plan, fallback, exc)
+                    if fallback.target == "edge":
+                        plan = await self._counted(plan)
                     decision = fallback
                     logger.warning(
                         "%s failed (%s: %s); answering on %s",
@@ -464,7 +524,7 @@ class RoutingEngine(OutcomeRecording):
                         decision.target,
                     )
                 try:
-                    return plan, decision, await run(decision.target)
+                    return plan, decision, await run(decision.target, plan)
                 except BackendError as exc:
                     self.policy.fall_back(decision, exc, self._fallback_facts(plan))
                     raise  # a policy that names a third place is not followed: one fallback at most
@@ -628,6 +688,8 @@ class RoutingEngine(OutcomeRecording):
         if not continues_cut_streams(self.policy):
             raise failure
         other = self.policy.fall_back(decision, failure, self._fallback_facts(plan))
+        if other.target == "edge":
+            plan = await self._counted(plan)
         room = self.backend(other.target).context_window - plan.prompt_tokens - len(sent)
         max_tokens = max(1, min(self._max_tokens(other.target, plan) - len(sent), room))
         backend = self.backend(other.target)

@@ -123,6 +123,26 @@ class HTTPTimeouts:
         return httpx.Timeout(connect=self.connect, read=self.read, write=self.read, pool=self.connect)
 
 
+@dataclass(frozen=True, slots=True)
+class HTTPPool:
+    """The connections kept to the server: open at once, idle kept open, and for how long (seconds).
+
+    The defaults are httpx's own.
+    """
+
+    max_connections: int = 100
+    max_keepalive_connections: int = 20
+    keepalive_expiry: float = 5.0
+
+    def for_httpx(self) -> httpx.Limits:
+        """The pool as httpx's limits."""
+        return httpx.Limits(
+            max_connections=self.max_connections,
+            max_keepalive_connections=self.max_keepalive_connections,
+            keepalive_expiry=self.keepalive_expiry,
+        )
+
+
 def error_for_status(status: int, message: str, code: str | None) -> RouterError:
     """The router error for an OpenAI-compatible server's error status, keeping its message and code."""
     if status == 401:
@@ -168,6 +188,7 @@ class OpenAIHTTPClient:
     name: str
     timeouts: HTTPTimeouts = field(default_factory=HTTPTimeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    pool: HTTPPool = field(default_factory=HTTPPool)
     api_key: Callable[[], str | None] = lambda: None
     headers: Mapping[str, str] = field(default_factory=dict)
     status_error: StatusError = error_for_status
@@ -308,6 +329,7 @@ class OpenAIHTTPClient:
             self._client = httpx.AsyncClient(
                 base_url=self.base_url.rstrip("/") + "/",
                 timeout=self.timeouts.for_httpx(),
+                limits=self.pool.for_httpx(),
                 transport=self.transport,
                 headers=dict(self.headers),
             )

@@ -85,6 +85,8 @@ class RoutePlan:
     features: Sequence[float] | None = None
     #: the request planned for (outcome capture reads its text off the request path)
     request: ChatCompletionRequest | None = None
+    #: `prompt_tokens` is the tokenizer's count; false: an upper-leaning estimate (a cloud decision)
+    exact_tokens: bool = True
 
 
 @dataclass

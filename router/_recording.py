@@ -22,7 +22,7 @@ from hyrouter.router._accounting import (
     cloud_cost_usd,
     worst_case_cost_usd,
 )
-from hyrouter.router._backend import ChatBackend, Target
+from hyrouter.router._backend import ChatBackend, Target, approximate_tokens
 from hyrouter.router._config import RouterConfig, TierConfig
 from hyrouter.router._errors import RateLimitExceeded, RouterError
 from hyrouter.router._metrics import DecisionObserver, RequestOutcome
@@ -41,6 +41,13 @@ class OutcomeRecording:
     policy: Policy
     ledger: Ledger
     observers: list[DecisionObserver]
+
+    def _count_tokens(self, request: ChatCompletionRequest) -> int:
+        """The prompt tokens of `request`: exact where a backend can tell (the edge model's tokenizer)."""
+        counter = self.backends.get("edge") or self.backends.get("cloud")
+        if counter is None:
+            return approximate_tokens(request.messages)
+        return counter.count_tokens(request.messages)
 
     def _budget_left(self, tenant: Tenant, tier: TierConfig) -> float | None:
         """The tenant's budget left; unlimited (logged) when the ledger cannot say: a budget store
@@ -90,7 +97,13 @@ class OutcomeRecording:
             return replace(plan, reservation=reservation)
         spent = replace(given, facts=replace(given.facts, budget_left_usd=0.0))
         try:
-            return replace(plan, decision=self.policy.decide(spent))
+            decided = self.policy.decide(spent)
+            if decided.target == "edge" and not plan.exact_tokens:  # decide on the edge's exact count
+                counted = self._count_tokens(request)
+                spent = replace(spent, facts=replace(spent.facts, prompt_tokens=counted))
+                plan = replace(plan, prompt_tokens=counted, exact_tokens=True)
+                decided = self.policy.decide(spent)
+            return replace(plan, decision=decided)
         except RouterError as exc:
             self._record_refusal(exc, plan, request)
             raise

@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 
 from hyrouter.cloud.app import create_app
-from hyrouter.cloud.server_protocol import OpenAIErrorH11Protocol
+from hyrouter.cloud.server_protocol import OpenAIErrorH11Protocol, http_protocol
 from hyrouter.router import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -49,8 +49,10 @@ class Explodes(FakeBackend):
         return await super().complete(request, max_tokens=max_tokens)
 
 
-@pytest.fixture(scope="module")
-def port() -> Iterator[int]:
+@pytest.fixture(scope="module", params=["h11", "httptools"])
+def port(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A server with the h11 protocol, and one with what `serve` picks (httptools, installed here)."""
+
     async def factory(config: RouterConfig) -> RoutingEngine:
         return RoutingEngine(config, estimator=HeuristicEstimator(), edge=Explodes("edge", reply="hello"))
 
@@ -59,7 +61,7 @@ def port() -> Iterator[int]:
         create_app(CONFIG, engine_factory=factory),
         host="127.0.0.1",
         port=port,
-        http=OpenAIErrorH11Protocol,
+        http=OpenAIErrorH11Protocol if request.param == "h11" else http_protocol(),
         ws="none",
         log_level="critical",
     )

@@ -820,3 +820,27 @@ async def test_stream_cut_without_finish_or_done_is_a_breaker_failure() -> None:
     h = Harness(Upstream(streaming(body)))
     assert len([c async for c in h.client.stream(chat(stream=True), max_tokens=5)]) == 3
     assert h.client.breaker.failures == 0
+
+
+def test_the_upstream_pool_is_sized_by_the_cloud_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hyrouter.router._openai_client import HTTPPool
+
+    assert HTTPPool().for_httpx() == httpx.Limits(max_connections=100, max_keepalive_connections=20)
+    made: list[httpx.Limits] = []
+    real = httpx.AsyncClient
+
+    def spy(*args: Any, limits: httpx.Limits, **kw: Any) -> httpx.AsyncClient:
+        made.append(limits)
+        return real(*args, limits=limits, **kw)
+
+    monkeypatch.setattr(httpx, "AsyncClient", spy)
+    pool = {"max_connections": 64, "max_keepalive_connections": 48, "keepalive_expiry_s": 30.0}
+    config = CloudConfig.model_validate({"url": "http://gpu.invalid/v1", "pool": pool})
+    endpoint = CloudEndpointClient(config)
+
+    async def open_and_close() -> None:
+        await endpoint._http._http()
+        await endpoint.aclose()
+
+    asyncio.run(open_and_close())
+    assert made == [httpx.Limits(max_connections=64, max_keepalive_connections=48, keepalive_expiry=30.0)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -133,3 +134,47 @@ async def test_a_cut_answers_a_request_still_waiting_with_a_503() -> None:
         return routes.HttpResponse(204)
 
     assert (await _unless_cut(quick(), asyncio.Event())).status == 204
+
+
+def test_serve_runs_on_uvloop_and_httptools_when_they_are_installed() -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    options = uvicorn_options(ServerConfig())
+    assert options["loop"] == "uvloop"
+    assert issubclass(options["http"], HttpToolsProtocol)
+
+
+def test_serve_falls_back_to_asyncio_and_h11_without_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hyrouter.cloud.server_protocol import OpenAIErrorH11Protocol
+
+    for name in ("uvloop", "httptools", "uvicorn.protocols.http.httptools_impl"):
+        monkeypatch.setitem(sys.modules, name, None)  # an import of it raises ImportError
+    options = uvicorn_options(ServerConfig())
+    assert options["loop"] == "asyncio" and options["http"] is OpenAIErrorH11Protocol
+
+
+#: Configures logging as `serve --log-level LEVEL` does, then logs what a routed request logs.
+_LOG_A_REQUEST = """
+import logging, sys
+import uvicorn
+from hyrouter.cloud.server import uvicorn_options
+from hyrouter.router import ServerConfig
+from hyrouter.router._metrics import DECISION_LOGGER
+
+uvicorn.Config(lambda: None, **uvicorn_options(ServerConfig(), log_level=sys.argv[1]))
+DECISION_LOGGER.info({"event": "route_decision", "target": "cloud"})
+logging.getLogger("hybrid_router").info("a request's info line")
+logging.getLogger("hybrid_router").warning("a warning")
+"""
+
+
+@pytest.mark.parametrize("level", ["info", "warning"])
+def test_the_log_level_holds_for_the_decision_log_and_the_router(level: str) -> None:
+    import subprocess
+
+    ran = subprocess.run(
+        [sys.executable, "-c", _LOG_A_REQUEST, level], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert ("route_decision" in ran.stdout) is (level == "info")
+    assert ("a request's info line" in ran.stderr) is (level == "info")
+    assert "a warning" in ran.stderr
