@@ -61,8 +61,11 @@ def make_router_config(cloud_url: str | None, **overrides: Any) -> dict[str, Any
     return data
 
 
-def spawn_router(config_file: Path, port: int, *, stdout: Any = None) -> subprocess.Popen[bytes]:
-    """Start `hybrid-router serve` on `config_file` and `port`, without waiting for it."""
+def spawn_router(
+    config_file: Path, port: int, *, stdout: Any = None, log_level: str = "warning"
+) -> subprocess.Popen[bytes]:
+    """Start `hybrid-router serve` on `config_file` and `port`, without waiting for it; `log_level`
+    "info" writes the decision log too."""
     command = [
         sys.executable,
         "-m",
@@ -74,7 +77,7 @@ def spawn_router(config_file: Path, port: int, *, stdout: Any = None) -> subproc
         str(port),
     ]
     return subprocess.Popen(
-        [*command, "--no-access-log", "--log-level", "warning"],
+        [*command, "--no-access-log", "--log-level", log_level],
         stdout=stdout,
         stderr=subprocess.STDOUT if stdout is not None else None,
     )
@@ -103,14 +106,14 @@ def wait_until_up(process: subprocess.Popen[bytes], base: str, log_file: Path, s
 
 @contextlib.contextmanager
 def router_process(
-    config: dict[str, Any], tmp_path: Path, *, startup_s: float = 120.0
+    config: dict[str, Any], tmp_path: Path, *, startup_s: float = 120.0, log_level: str = "warning"
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """`hybrid-router serve` in a subprocess on a free port; yields the process and its base URL."""
     port = free_port()
     config_file = tmp_path / f"router-{port}.yaml"
     config_file.write_text(yaml.safe_dump(config))
     log = (tmp_path / f"router-{port}.log").open("wb")
-    process = spawn_router(config_file, port, stdout=log)
+    process = spawn_router(config_file, port, stdout=log, log_level=log_level)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(process, base, tmp_path / f"router-{port}.log", startup_s)

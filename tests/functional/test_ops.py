@@ -33,7 +33,7 @@ def router(standin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     config = make_router_config(standin_url)
     config["cloud"]["probe_interval_s"] = 0.5
     tmp = tmp_path_factory.mktemp("ops")
-    with router_process(config, tmp) as (_, base):
+    with router_process(config, tmp, log_level="info") as (_, base):  # info: the decision log too
         yield base, tmp / f"router-{base.rsplit(':', 1)[1]}.log"
 
 
