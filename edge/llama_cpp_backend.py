@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from hyrouter.edge._token_signals import TokenSignals, openai_logprobs
 from hyrouter.edge.model_files import resolve_model_path
 from hyrouter.router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
+from hyrouter.router._confidence import TokenSignal
 from hyrouter.router._config import EdgeConfig
 from hyrouter.router._errors import EdgeBackendError, EdgeBusy, MissingExtra
 from hyrouter.router._extras import require_extra
@@ -189,9 +190,11 @@ async def _recording(signals: TokenSignals | None, llm: Llama) -> AsyncIterator[
         yield
 
 
-def _signals(request: ChatCompletionRequest) -> TokenSignals | None:
-    """A recorder of the tokens' log-probabilities when the request asks for them."""
-    return TokenSignals(top=request.top_logprobs or 0) if request.logprobs else None
+def _signals(request: ChatCompletionRequest, sink: list[TokenSignal] | None = None) -> TokenSignals | None:
+    """A recorder of the tokens' log-probabilities when the request asks for them or the engine
+    verifies the answer (`sink`)."""
+    wanted = request.logprobs or sink is not None
+    return TokenSignals(top=request.top_logprobs or 0) if wanted else None
 
 
 def _piece(chunk: Any) -> tuple[str, str | None]:
@@ -368,8 +371,19 @@ class LlamaCppBackend(ChatBackend):
 
     async def complete(self, request: ChatCompletionRequest, *, max_tokens: int) -> ChatCompletionResponse:
         """Answer in one response; raises `EdgeBusy` when refused, `EdgeBackendError` on failure."""
+        return await self._complete(request, max_tokens, None)
+
+    async def complete_with_signals(
+        self, request: ChatCompletionRequest, *, max_tokens: int, signals: list[TokenSignal]
+    ) -> ChatCompletionResponse:
+        """`complete`, the answer's tokens (`TokenLogprob`) appended to `signals`."""
+        return await self._complete(request, max_tokens, signals)
+
+    async def _complete(
+        self, request: ChatCompletionRequest, max_tokens: int, sink: list[TokenSignal] | None
+    ) -> ChatCompletionResponse:
         params = self._params(request, max_tokens)
-        signals = _signals(request)
+        signals = _signals(request, sink)
         async with self._slot() as llm:
             cancel = threading.Event()  # set when this call is cancelled (e.g. at the request's deadline)
             params["logits_processor"] = _processors(signals, _stop_when(cancel, llm.token_eos()))
@@ -382,7 +396,11 @@ class LlamaCppBackend(ChatBackend):
         content = choice["message"].get("content") or ""
         logprobs = None
         if signals is not None:
-            logprobs = openai_logprobs(signals.covering(content), request.top_logprobs or 0)
+            tokens = signals.covering(content)
+            if sink is not None:
+                sink.extend(tokens)
+            if request.logprobs:
+                logprobs = openai_logprobs(tokens, request.top_logprobs or 0)
         return ChatCompletionResponse(
             model=self.model_id,
             choices=[
@@ -419,7 +437,7 @@ class LlamaCppBackend(ChatBackend):
             emit(exc)
         emit(_DONE)
 
-    async def stream(
+    def stream(
         self, request: ChatCompletionRequest, *, max_tokens: int
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
         """Answer as chunks: role first, then content, then `finish_reason`, then usage if asked.
@@ -427,6 +445,18 @@ class LlamaCppBackend(ChatBackend):
         Refusals and failures before the first token raise before the first chunk. Closing the
         generator early stops the generation at the next token.
         """
+        return self._stream(request, max_tokens, None)
+
+    def stream_with_signals(
+        self, request: ChatCompletionRequest, *, max_tokens: int, signals: list[TokenSignal]
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
+        """`stream`, the tokens (`TokenLogprob`) behind each content chunk appended to `signals`
+        before the chunk is yielded."""
+        return self._stream(request, max_tokens, signals)
+
+    async def _stream(
+        self, request: ChatCompletionRequest, max_tokens: int, sink: list[TokenSignal] | None
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
         params = self._params(request, max_tokens)
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         completion_id = new_completion_id()
@@ -435,7 +465,7 @@ class LlamaCppBackend(ChatBackend):
             choice = ChunkChoice(delta=delta, finish_reason=finish_reason)
             return ChatCompletionChunk(id=completion_id, model=self.model_id, choices=[choice])
 
-        signals = _signals(request)
+        signals = _signals(request, sink)
         if signals is not None:
             params["logits_processor"] = _processors(signals)
         top_logprobs = request.top_logprobs or 0
@@ -450,7 +480,11 @@ class LlamaCppBackend(ChatBackend):
                     text.append(content)
                     piece = chunk(Delta(content=content))
                     if signals is not None:
-                        piece.choices[0].logprobs = openai_logprobs(signals.take(content), top_logprobs)
+                        taken = signals.take(content)
+                        if sink is not None:
+                            sink.extend(taken)
+                        if request.logprobs:
+                            piece.choices[0].logprobs = openai_logprobs(taken, top_logprobs)
                     yield piece
                 finish_reason = reason or finish_reason
         finally:

@@ -6,6 +6,7 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from hyrouter.router._confidence import TokenSignal
 from hyrouter.router._errors import BackendError
 from hyrouter.router._wire import (
     ChatCompletionChunk,
@@ -99,6 +100,26 @@ class ChatBackend(abc.ABC):
         When the request has `stream_options.include_usage`, a final chunk with empty `choices`
         carries the usage, as OpenAI does.
         """
+
+    async def complete_with_signals(
+        self, request: ChatCompletionRequest, *, max_tokens: int, signals: list[TokenSignal]
+    ) -> ChatCompletionResponse:
+        """`complete`, appending to `signals` what the model thought of each token of its answer.
+
+        The engine's seam for verifying an answer (`TierConfig.verify`); the response is the one
+        `complete` gives (no `logprobs` unless the request asks). The default is `complete` with no
+        signals: a backend that cannot tell leaves `signals` empty, and its answer is not judged.
+        """
+        return await self.complete(request, max_tokens=max_tokens)
+
+    def stream_with_signals(
+        self, request: ChatCompletionRequest, *, max_tokens: int, signals: list[TokenSignal]
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """`stream`, appending to `signals` the tokens behind each content chunk before it is yielded.
+
+        The default is `stream` with no signals (see `complete_with_signals`).
+        """
+        return self.stream(request, max_tokens=max_tokens)
 
     def continue_stream(
         self, request: ChatCompletionRequest, partial: str, *, max_tokens: int

@@ -62,6 +62,33 @@ class TierCacheConfig(_Strict):
         return self.exact or self.semantic_threshold is not None
 
 
+class TierVerifyConfig(_Strict):
+    """Whether the edge model's own confidence in its answer may send a tier's request to the cloud.
+
+    Off by default. On, an edge answer (decided on the edge, not a fallback) is judged by the edge
+    model's token signals (`hyrouter.router._confidence`: uncalibrated, exp(mean token log-probability),
+    in this version); below `min_confidence` it is discarded and the cloud answers, reason
+    'edge_unsure', before any byte reaches the caller. A tier with cloud 'never' keeps the edge's answer
+    and reports its confidence. A non-streamed answer is judged whole; a stream per `stream`.
+    """
+
+    enabled: bool = Field(False, description="Judge edge answers by the edge model's confidence.")
+    min_confidence: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.5, description="Escalate an edge answer whose confidence is below this to the cloud."
+    )
+    max_edge_tokens: Annotated[int, Field(ge=1)] = Field(
+        64,
+        description="Streams with stream 'hold': the edge tokens held back and judged before anything "
+        "is sent (the decision is made on them, or on the whole answer when it is shorter).",
+    )
+    stream: Literal["hold", "whole"] = Field(
+        "hold",
+        description="hold: hold back the first max_edge_tokens tokens, decide, then send them and stream "
+        "the rest; whole: hold the whole answer and decide on all of it (for short answers). Models are "
+        "never switched after bytes were sent.",
+    )
+
+
 class TierConfig(_Strict):
     """How one tier (free, standard, premium, ...) is routed."""
 
@@ -99,6 +126,9 @@ class TierConfig(_Strict):
         description="Seconds a request may take, streamed or not, fallback included; None: server.deadline_s",
     )
     cache: TierCacheConfig = Field(TierCacheConfig(), description="The response cache; off by default.")
+    verify: TierVerifyConfig = Field(
+        TierVerifyConfig(), description="The edge model checks its own answer; off by default."
+    )
     store_prompts: bool = Field(
         False,
         description="Keep the prompt's text in outcome records; false keeps only a salted hash and the "

@@ -13,6 +13,8 @@ on-device SDK (`edge.EdgeRouter`) all call it, and differ only in what they plug
   target "cache" (recorded and observed like any decision, its saving counted as the cloud's price).
 - outcome capture (`OutcomeWriter`): an observer that writes outcome records off the request path,
   and joins feedback to them.
+- the calibration (`Calibration`): the edge model's token signals to a confidence in its answer, for
+  tiers that verify edge answers (`hyrouter.router._cascade`); uncalibrated by default.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from hyrouter.router._cache import (
     cached_response,
     carries_more,
 )
+from hyrouter.router._cascade import EdgeCheck, Verdict, content_pieces, escalation, hold_back
+from hyrouter.router._confidence import UNCALIBRATED, Calibration
 from hyrouter.router._config import RouterConfig, TierConfig
 from hyrouter.router._errors import (
     BackendError,
@@ -115,6 +119,7 @@ class RoutingEngine(OutcomeRecording):
         log_decisions: bool = True,
         cache: ResponseCache | None = None,
         outcomes: OutcomeWriter | None = None,
+        calibration: Calibration = UNCALIBRATED,
     ) -> None:
         """An engine for `config`; every seam has a default.
 
@@ -124,7 +129,8 @@ class RoutingEngine(OutcomeRecording):
         false, the decision log observe before `observers`. The cache defaults to an in-process LRU of
         `config.cache.max_entries`, semantic when the primary estimator is an `Embedder`; tiers turn it on.
         `outcomes` observes last, and asks the estimator for its features; `aclose` writes what it
-        still holds.
+        still holds. `calibration` turns the edge's token signals into a confidence where a tier
+        verifies edge answers (default `UNCALIBRATED`).
         """
         if estimators is None:
             if estimator is None:
@@ -132,6 +138,7 @@ class RoutingEngine(OutcomeRecording):
             estimators = SingleEstimator(estimator)
         self.config = config
         self.estimators = estimators
+        self.calibration = calibration
         self.backends: dict[Target, ChatBackend] = dict(backends or {})
         for name, backend in (("edge", edge), ("cloud", cloud)):
             if backend is not None:
@@ -183,6 +190,7 @@ class RoutingEngine(OutcomeRecording):
             log_decisions=self._log_decisions,
             cache=self.cache,
             outcomes=self.outcomes,
+            calibration=self.calibration,
         )
 
     @property
@@ -421,11 +429,25 @@ class RoutingEngine(OutcomeRecording):
             return (await self._answer_from_cache(lookup, request, tenant, stream=False))[0]
         ready = await self._plan_off_loop(request, tenant, plan)
         started = time.perf_counter()
+        check = self._edge_check(ready)
 
         async def run(target: Target, plan: RoutePlan) -> ChatCompletionResponse:
-            return await self.backend(target).complete(request, max_tokens=self._max_tokens(target, plan))
+            backend, max_tokens = self.backend(target), self._max_tokens(target, plan)
+            if check is None or target != "edge" or plan.decision.target != "edge":
+                return await backend.complete(request, max_tokens=max_tokens)
+            check.start()
+            answer = await backend.complete_with_signals(
+                request, max_tokens=max_tokens, signals=check.signals
+            )
+            check.finish(answer.usage.completion_tokens if answer.usage else len(check.signals))
+            return answer
 
         held, decision, response = await self._run_with_fallback(ready, started, run, stream=False)
+        verdict: Verdict | None = None
+        if check is not None and check.answered and decision == ready.decision:
+            held, decision, response, verdict = await self._verified_answer(
+                held, check, response, request, started
+            )
         # A backend that is itself a router (the device's cloud) reports its own route.
         route = await self._record(
             held,
@@ -437,6 +459,8 @@ class RoutingEngine(OutcomeRecording):
             upstream=response.route,
             completion_id=response.id,
         )
+        if verdict is not None:
+            verdict.annotate(route)
         response.route = route
         response.model = route.model
         if lookup is not None and not _degraded(route):
@@ -462,22 +486,40 @@ class RoutingEngine(OutcomeRecording):
             return RoutedStream(hit_route, replay)
         ready = await self._plan_off_loop(request, tenant, plan)
         started = time.perf_counter()
+        check = self._edge_check(ready)
 
         async def start(target: Target, plan: RoutePlan) -> tuple[AsyncIterator[ChatCompletionChunk], _Head]:
-            chunks = self.backend(target).stream(request, max_tokens=self._max_tokens(target, plan))
+            backend, max_tokens = self.backend(target), self._max_tokens(target, plan)
+            verifying = check is not None and target == "edge" and plan.decision.target == "edge"
+            if check is not None and verifying:
+                check.start()
+                chunks = backend.stream_with_signals(request, max_tokens=max_tokens, signals=check.signals)
+            else:
+                chunks = backend.stream(request, max_tokens=max_tokens)
             head: list[ChatCompletionChunk] = []
             try:
                 async for chunk in chunks:
                     head.append(chunk)
                     if chunk.starts_answer:
                         break
+                if check is not None and verifying:  # hold back what is judged
+                    whole = check.settings.stream == "whole"
+                    await hold_back(chunks, head, None if whole else check.settings.max_edge_tokens)
+                    check.finish(content_pieces(head))
             except BaseException:
                 await aclose_stream(chunks)
                 raise
             return chunks, head
 
         held, decision, (chunks, head) = await self._run_with_fallback(ready, started, start, stream=True)
+        verdict: Verdict | None = None
+        if check is not None and check.answered and decision == ready.decision:
+            held, decision, (chunks, head), verdict = await self._verified_stream(
+                held, check, (chunks, head), start, started
+            )
         route = self._route_info(decision, upstream=head[0].route if head else None)
+        if verdict is not None:
+            verdict.annotate(route)
         ran = [False]  # the relay records the outcome (and settles the reservation) once it runs
         relay = self._relay(held, decision, started, route, chunks, head, want_usage, request, ran, lookup)
 
@@ -531,6 +573,115 @@ class RoutingEngine(OutcomeRecording):
         except RouterError as exc:
             await self._record(plan, decision, started, status=exc.status_code, stream=stream, error=exc)
             raise
+
+    def _edge_check(self, plan: RoutePlan) -> EdgeCheck | None:
+        """A verification of the edge's answer, where the plan sends it to the edge (not as a
+        fallback) and its tier verifies edge answers."""
+        if plan.decision.target != "edge" or plan.decision.fallback:
+            return None
+        settings = self.policy.tier(plan.decision.tier).verify
+        return EdgeCheck(settings) if settings.enabled else None
+
+    async def _escalation(
+        self, plan: RoutePlan, check: EdgeCheck
+    ) -> tuple[RoutePlan, Decision | None, Verdict]:
+        """The verdict on the edge's answer, and the cloud decision (its budget held in the plan)
+        replacing it when the edge was unsure; None where the answer stands (confident, no cloud to
+        take it, or a budget that cannot pay for it)."""
+        confidence = check.confidence(self.calibration)
+        tier = self.policy.tier(plan.decision.tier)
+        escalated = escalation(
+            plan.decision, tier.cloud, check.settings, confidence, self._fallback_facts(plan)
+        )
+        if escalated is None:
+            return plan, None, Verdict(confidence)
+        if enforces_tenant_limits(self.policy) and plan.reservation is None:
+            max_tokens = self._max_tokens("cloud", plan)
+            held, reservation = await asyncio.to_thread(self._hold, plan, escalated, max_tokens)
+            if not held:
+                return plan, None, Verdict(confidence)  # past the budget: the edge's answer stands
+            plan = replace(plan, reservation=reservation)
+        logger.info(
+            "edge unsure (confidence %.3f < %g): escalating to the cloud",
+            confidence,
+            check.settings.min_confidence,
+        )
+        return plan, escalated, Verdict(confidence, check.tokens, check.elapsed_ms)
+
+    async def _escalated(
+        self,
+        plan: RoutePlan,
+        escalated: Decision,
+        started: float,
+        run: Callable[[], Awaitable[T]],
+        *,
+        stream: bool,
+    ) -> tuple[Decision, T | None]:
+        """`run` in the cloud within the request's deadline: (the escalated decision, its result), or
+        (the policy's fallback, None) when the cloud failed and the edge's answer is to be kept;
+        a failure the policy does not fall back from is recorded and raised."""
+        decision = escalated
+        try:
+            seconds = self._deadline_s(plan)
+            async with deadline_scope(deadline_at(seconds, time.perf_counter() - started), seconds):
+                try:
+                    return escalated, await run()
+                except BackendError as exc:
+                    decision = self.policy.fall_back(escalated, exc, self._fallback_facts(plan))
+                    logger.warning(
+                        "escalation failed (%s: %s); the edge's answer stands", exc.code, exc.message
+                    )
+                    return decision, None
+        except RouterError as exc:
+            await self._record(plan, decision, started, status=exc.status_code, stream=stream, error=exc)
+            raise
+
+    async def _verified_answer(
+        self,
+        plan: RoutePlan,
+        check: EdgeCheck,
+        answer: ChatCompletionResponse,
+        request: ChatCompletionRequest,
+        started: float,
+    ) -> tuple[RoutePlan, Decision, ChatCompletionResponse, Verdict]:
+        """The edge's `answer` judged: kept, or replaced by the cloud's when the edge was unsure."""
+        plan, escalated, verdict = await self._escalation(plan, check)
+        if escalated is None:
+            return plan, plan.decision, answer, verdict
+
+        async def run() -> ChatCompletionResponse:
+            return await self.backend("cloud").complete(request, max_tokens=self._max_tokens("cloud", plan))
+
+        decision, cloud = await self._escalated(plan, escalated, started, run, stream=False)
+        if cloud is None:
+            return plan, decision, answer, Verdict(verdict.confidence)
+        return plan, decision, cloud, verdict
+
+    async def _verified_stream(
+        self,
+        plan: RoutePlan,
+        check: EdgeCheck,
+        edge: tuple[AsyncIterator[ChatCompletionChunk], _Head],
+        start: Callable[[Target, RoutePlan], Awaitable[tuple[AsyncIterator[ChatCompletionChunk], _Head]]],
+        started: float,
+    ) -> tuple[RoutePlan, Decision, tuple[AsyncIterator[ChatCompletionChunk], _Head], Verdict]:
+        """The edge's held-back stream judged: released, or closed unsent and the cloud's started in
+        its place when the edge was unsure (the edge's is kept open until the cloud's has started, to
+        be released if the cloud fails)."""
+        plan, escalated, verdict = await self._escalation(plan, check)
+        if escalated is None:
+            return plan, plan.decision, edge, verdict
+        try:
+            decision, cloud = await self._escalated(
+                plan, escalated, started, lambda: start("cloud", plan), stream=True
+            )
+        except BaseException:
+            await aclose_stream(edge[0])
+            raise
+        if cloud is None:
+            return plan, decision, edge, Verdict(verdict.confidence)
+        await aclose_stream(edge[0])
+        return plan, decision, cloud, verdict
 
     async def _reserve_fallback(
         self, plan: RoutePlan, fallback: Decision, failure: BackendError

@@ -39,6 +39,8 @@ class RouteReason(enum.StrEnum):
     EDGE_BUSY = "edge_busy"
     CLOUD_UNAVAILABLE = "cloud_unavailable"
     BUDGET_EXHAUSTED = "budget_exhausted"
+    # The edge answered, and its model's confidence was below the tier's `verify.min_confidence`.
+    EDGE_UNSURE = "edge_unsure"
     # Answered from the response cache (`hyrouter.router._cache`), before any estimate or backend.
     CACHE_HIT = "cache_hit"
     SEMANTIC_CACHE_HIT = "semantic_cache_hit"

@@ -315,6 +315,12 @@ class RouteInfo(WireModel):
     #: set on a stream's last chunk when the stream broke and `target` continued the answer: the
     #: content chunks (about one token each) the caller had from the first backend by then
     failover_at_tokens: int | None = None
+    #: the edge model's confidence in its answer, where the tier verifies edge answers (`verify`)
+    confidence: float | None = None
+    #: escalated for low confidence (reason "edge_unsure"): the edge tokens generated and thrown away,
+    #: and the milliseconds they took
+    edge_tokens_discarded: int | None = None
+    edge_ms_discarded: float | None = None
 
     @classmethod
     def from_decision(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from hyrouter.router import (
     BackendError,
@@ -16,9 +17,19 @@ from hyrouter.router import (
     ChunkChoice,
     Delta,
     Target,
+    TokenSignal,
     Usage,
 )
 from hyrouter.router._wire import AssistantMessage
+
+
+@dataclass(frozen=True)
+class FakeSignal:
+    """A generated token's signals, as a backend that verifies reports them."""
+
+    logprob: float
+    entropy: float = 0.0
+    margin: float = 0.0
 
 
 class FakeBackend(ChatBackend):
@@ -26,6 +37,7 @@ class FakeBackend(ChatBackend):
 
     `delay` waits before each answer and each streamed word; `cut` (with `cut_after` words sent)
     breaks a stream mid-answer; `continue_stream` answers with `reply` and records the partial text.
+    With `logprob`, the `*_with_signals` calls report one token of that log-probability per word.
     """
 
     def __init__(
@@ -41,6 +53,7 @@ class FakeBackend(ChatBackend):
         cut: BackendError | None = None,
         cut_after: int = 1,
         lacks: str | None = None,
+        logprob: float | None = None,
     ) -> None:
         self.target = target
         self.lacks = lacks  # what `cannot_honour` says of every request
@@ -52,6 +65,8 @@ class FakeBackend(ChatBackend):
         self.calls: list[int] = []
         self.delay, self.cut, self.cut_after = delay, cut, cut_after
         self.continued: list[tuple[str, int]] = []  # (partial text, max_tokens) per continuation
+        self.logprob = logprob
+        self.streamed = 0  # content chunks streamed so far, over all streams
 
     def health(self) -> BackendHealth:
         return self._health
@@ -83,10 +98,27 @@ class FakeBackend(ChatBackend):
             if self.cut is not None and sent == self.cut_after:
                 raise self.cut
             await asyncio.sleep(self.delay)
+            self.streamed += 1
             yield ChatCompletionChunk(
                 id="c1", model=self.model_id, choices=[ChunkChoice(delta=Delta(content=word))]
             )
         yield ChatCompletionChunk(id="c1", model=self.model_id, choices=[ChunkChoice(finish_reason="stop")])
+
+    async def complete_with_signals(
+        self, request: ChatCompletionRequest, *, max_tokens: int, signals: list[TokenSignal]
+    ) -> ChatCompletionResponse:
+        response = await self.complete(request, max_tokens=max_tokens)
+        if self.logprob is not None:
+            signals.extend(FakeSignal(self.logprob) for _ in self.reply.split())
+        return response
+
+    async def stream_with_signals(
+        self, request: ChatCompletionRequest, *, max_tokens: int, signals: list[TokenSignal]
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        async for chunk in self.stream(request, max_tokens=max_tokens):
+            if self.logprob is not None and any(c.delta.content for c in chunk.choices):
+                signals.append(FakeSignal(self.logprob))
+            yield chunk
 
     async def continue_stream(
         self, request: ChatCompletionRequest, partial: str, *, max_tokens: int
