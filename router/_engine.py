@@ -41,10 +41,10 @@ from hyrouter.router._cache import (
     ResponseCache,
     answer_of,
     cached_chunks,
-    cached_response,
     carries_more,
 )
-from hyrouter.router._cascade import EdgeCheck, Verdict, content_pieces, escalation, hold_back
+from hyrouter.router._caching import ResponseCaching
+from hyrouter.router._cascade import Verdict, content_pieces, hold_back
 from hyrouter.router._confidence import UNCALIBRATED, Calibration
 from hyrouter.router._config import RouterConfig, TierConfig
 from hyrouter.router._errors import (
@@ -76,31 +76,30 @@ from hyrouter.router._plan import (
     ApiKeys,
     RoutedStream,
     RoutePlan,
+    StreamHead,
     Tenant,
     aclose_stream,
     cap_max_tokens,
     chain_chunks,
 )
-from hyrouter.router._policy import Decision, Policy, PolicyInput, RequestFacts, RouteReason, TierPolicy
-from hyrouter.router._recording import OutcomeRecording
+from hyrouter.router._policy import Decision, Policy, PolicyInput, RequestFacts, TierPolicy
+from hyrouter.router._verifying import EdgeVerification
 from hyrouter.router._wire import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     RouteInfo,
     Usage,
-    new_completion_id,
 )
 
 logger = logging.getLogger("hybrid_router")
 T = TypeVar("T")
-_Head = list[ChatCompletionChunk]  # a stream's chunks up to its first content, held back
 
 _NOT_CONFIGURED = BackendHealth(available=False, detail="not configured", configured=False)
 _NOT_NEEDED = BackendHealth(available=False, detail="not needed: no tier can use the edge", configured=False)
 
 
-class RoutingEngine(OutcomeRecording):
+class RoutingEngine(ResponseCaching, EdgeVerification):
     """Routes chat completions between named backends (the edge model, the cloud endpoint) per tier."""
 
     def __init__(
@@ -488,7 +487,9 @@ class RoutingEngine(OutcomeRecording):
         started = time.perf_counter()
         check = self._edge_check(ready)
 
-        async def start(target: Target, plan: RoutePlan) -> tuple[AsyncIterator[ChatCompletionChunk], _Head]:
+        async def start(
+            target: Target, plan: RoutePlan
+        ) -> tuple[AsyncIterator[ChatCompletionChunk], StreamHead]:
             backend, max_tokens = self.backend(target), self._max_tokens(target, plan)
             verifying = check is not None and target == "edge" and plan.decision.target == "edge"
             if check is not None and verifying:
@@ -573,115 +574,6 @@ class RoutingEngine(OutcomeRecording):
         except RouterError as exc:
             await self._record(plan, decision, started, status=exc.status_code, stream=stream, error=exc)
             raise
-
-    def _edge_check(self, plan: RoutePlan) -> EdgeCheck | None:
-        """A verification of the edge's answer, where the plan sends it to the edge (not as a
-        fallback) and its tier verifies edge answers."""
-        if plan.decision.target != "edge" or plan.decision.fallback:
-            return None
-        settings = self.policy.tier(plan.decision.tier).verify
-        return EdgeCheck(settings) if settings.enabled else None
-
-    async def _escalation(
-        self, plan: RoutePlan, check: EdgeCheck
-    ) -> tuple[RoutePlan, Decision | None, Verdict]:
-        """The verdict on the edge's answer, and the cloud decision (its budget held in the plan)
-        replacing it when the edge was unsure; None where the answer stands (confident, no cloud to
-        take it, or a budget that cannot pay for it)."""
-        confidence = check.confidence(self.calibration)
-        tier = self.policy.tier(plan.decision.tier)
-        escalated = escalation(
-            plan.decision, tier.cloud, check.settings, confidence, self._fallback_facts(plan)
-        )
-        if escalated is None:
-            return plan, None, Verdict(confidence)
-        if enforces_tenant_limits(self.policy) and plan.reservation is None:
-            max_tokens = self._max_tokens("cloud", plan)
-            held, reservation = await asyncio.to_thread(self._hold, plan, escalated, max_tokens)
-            if not held:
-                return plan, None, Verdict(confidence)  # past the budget: the edge's answer stands
-            plan = replace(plan, reservation=reservation)
-        logger.info(
-            "edge unsure (confidence %.3f < %g): escalating to the cloud",
-            confidence,
-            check.settings.min_confidence,
-        )
-        return plan, escalated, Verdict(confidence, check.tokens, check.elapsed_ms)
-
-    async def _escalated(
-        self,
-        plan: RoutePlan,
-        escalated: Decision,
-        started: float,
-        run: Callable[[], Awaitable[T]],
-        *,
-        stream: bool,
-    ) -> tuple[Decision, T | None]:
-        """`run` in the cloud within the request's deadline: (the escalated decision, its result), or
-        (the policy's fallback, None) when the cloud failed and the edge's answer is to be kept;
-        a failure the policy does not fall back from is recorded and raised."""
-        decision = escalated
-        try:
-            seconds = self._deadline_s(plan)
-            async with deadline_scope(deadline_at(seconds, time.perf_counter() - started), seconds):
-                try:
-                    return escalated, await run()
-                except BackendError as exc:
-                    decision = self.policy.fall_back(escalated, exc, self._fallback_facts(plan))
-                    logger.warning(
-                        "escalation failed (%s: %s); the edge's answer stands", exc.code, exc.message
-                    )
-                    return decision, None
-        except RouterError as exc:
-            await self._record(plan, decision, started, status=exc.status_code, stream=stream, error=exc)
-            raise
-
-    async def _verified_answer(
-        self,
-        plan: RoutePlan,
-        check: EdgeCheck,
-        answer: ChatCompletionResponse,
-        request: ChatCompletionRequest,
-        started: float,
-    ) -> tuple[RoutePlan, Decision, ChatCompletionResponse, Verdict]:
-        """The edge's `answer` judged: kept, or replaced by the cloud's when the edge was unsure."""
-        plan, escalated, verdict = await self._escalation(plan, check)
-        if escalated is None:
-            return plan, plan.decision, answer, verdict
-
-        async def run() -> ChatCompletionResponse:
-            return await self.backend("cloud").complete(request, max_tokens=self._max_tokens("cloud", plan))
-
-        decision, cloud = await self._escalated(plan, escalated, started, run, stream=False)
-        if cloud is None:
-            return plan, decision, answer, Verdict(verdict.confidence)
-        return plan, decision, cloud, verdict
-
-    async def _verified_stream(
-        self,
-        plan: RoutePlan,
-        check: EdgeCheck,
-        edge: tuple[AsyncIterator[ChatCompletionChunk], _Head],
-        start: Callable[[Target, RoutePlan], Awaitable[tuple[AsyncIterator[ChatCompletionChunk], _Head]]],
-        started: float,
-    ) -> tuple[RoutePlan, Decision, tuple[AsyncIterator[ChatCompletionChunk], _Head], Verdict]:
-        """The edge's held-back stream judged: released, or closed unsent and the cloud's started in
-        its place when the edge was unsure (the edge's is kept open until the cloud's has started, to
-        be released if the cloud fails)."""
-        plan, escalated, verdict = await self._escalation(plan, check)
-        if escalated is None:
-            return plan, plan.decision, edge, verdict
-        try:
-            decision, cloud = await self._escalated(
-                plan, escalated, started, lambda: start("cloud", plan), stream=True
-            )
-        except BaseException:
-            await aclose_stream(edge[0])
-            raise
-        if cloud is None:
-            return plan, decision, edge, Verdict(verdict.confidence)
-        await aclose_stream(edge[0])
-        return plan, decision, cloud, verdict
 
     async def _reserve_fallback(
         self, plan: RoutePlan, fallback: Decision, failure: BackendError
@@ -854,78 +746,6 @@ class RoutingEngine(OutcomeRecording):
             other.target,
         )
         return other, chunks
-
-    # -- the response cache ----------------------------------------------------------------------
-
-    def _cache_namespace(self) -> str:
-        """What answers here, in every cache key: a changed model does not serve its predecessor's answers."""
-        models = ",".join(f"{name}={backend.model_id}" for name, backend in sorted(self.backends.items()))
-        return f"{self.config.served_model_name}|{models}"
-
-    async def _cache_lookup(self, request: ChatCompletionRequest, tenant: Tenant) -> CacheLookup | None:
-        """The tier's cache lookup for `request` (off the event loop); None when it is not cached.
-
-        A cache that fails is logged and the request is routed as if it had missed.
-        """
-        if request.model != self.config.served_model_name:
-            return None  # `plan` refuses it
-        settings = self.policy.tier(tenant.tier).cache
-        if not settings.enabled:
-            return None
-        try:
-            if not self.cache.blocks(settings):  # a dictionary read: cheaper than a thread hop
-                return self.cache.lookup(request, tenant, settings, self._cache_namespace())
-            return await asyncio.to_thread(
-                self.cache.lookup, request, tenant, settings, self._cache_namespace()
-            )
-        except Exception:
-            logger.exception("response cache %r failed; routing the request", self.cache)
-            return None
-
-    async def _remember(self, lookup: CacheLookup, answer: CachedAnswer | None) -> None:
-        """Keep a whole answer (None: not one to keep); a store that fails is logged, the answer stands."""
-        if answer is None:
-            return
-        try:
-            if self.cache.in_process:
-                self.cache.remember(lookup, answer)
-            else:
-                await asyncio.to_thread(self.cache.remember, lookup, answer)
-        except Exception:
-            logger.exception("response cache %r failed to keep an answer", self.cache)
-
-    async def _answer_from_cache(
-        self, lookup: CacheLookup, request: ChatCompletionRequest, tenant: Tenant, *, stream: bool
-    ) -> tuple[ChatCompletionResponse, RouteInfo]:
-        """A hit as a response and its route, recorded as a decision of target "cache"."""
-        hit = lookup.hit
-        assert hit is not None
-        tier = self.policy.tier(tenant.tier)
-        decision = Decision(
-            target="cache",
-            reason=RouteReason.SEMANTIC_CACHE_HIT if hit.semantic else RouteReason.CACHE_HIT,
-            score=hit.similarity if hit.similarity is not None else 1.0,
-            threshold=tier.cache.semantic_threshold if hit.semantic else None,
-            tier=tenant.tier,
-            tenant=tenant.name,
-            estimator="",
-        )
-        # The answer's own id and the request, so that its outcome record can be rated and joined.
-        plan = RoutePlan(decision, hit.answer.prompt_tokens, None, 0.0, request=request)
-        completion_id = new_completion_id()
-        route = await self._record(
-            plan,
-            decision,
-            time.perf_counter(),
-            status=200,
-            stream=stream,
-            usage=hit.answer.usage,
-            model=hit.answer.model,
-            completion_id=completion_id,
-        )
-        return cached_response(hit.answer, route, completion_id=completion_id), route
-
-    # -- accounting ----------------------------------------------------------------------------
 
 
 def _degraded(route: RouteInfo) -> bool:

@@ -89,6 +89,10 @@ class RoutePlan:
     exact_tokens: bool = True
 
 
+#: A stream's chunks up to its first content, held back until the route is sure.
+StreamHead = list[ChatCompletionChunk]
+
+
 @dataclass
 class RoutedStream:
     """A streamed answer whose route is known before the first byte is sent.
