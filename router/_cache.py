@@ -336,6 +336,18 @@ def _digest(document: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _scope(request: ChatCompletionRequest, tenant: Tenant, namespace: str) -> dict[str, Any]:
+    """What every key of `request` holds: who asks (never shared across tenants), what answers, and
+    the parameters that change the answer."""
+    return {
+        "v": KEY_VERSION,
+        "tenant": tenant.name,
+        "tier": tenant.tier,
+        "namespace": namespace,
+        "params": answer_parameters(request),
+    }
+
+
 def request_key(request: ChatCompletionRequest, tenant: Tenant, namespace: str = "") -> str:
     """The exact cache key of `request` for `tenant`: a sha256 of the normalised request.
 
@@ -343,29 +355,13 @@ def request_key(request: ChatCompletionRequest, tenant: Tenant, namespace: str =
     does not serve its predecessor's answers.
     """
     messages = [message.model_dump(mode="json") for message in request.messages]
-    return _digest(
-        {
-            "v": KEY_VERSION,
-            "tenant": tenant.name,
-            "tier": tenant.tier,
-            "namespace": namespace,
-            "params": answer_parameters(request),
-            "messages": messages,
-        }
-    )
+    return _digest({**_scope(request, tenant, namespace), "messages": messages})
 
 
 def semantic_bucket(request: ChatCompletionRequest, tenant: Tenant, namespace: str = "") -> str:
     """Where similar requests are looked for: the same tenant, parameters and sequence of roles."""
     return _digest(
-        {
-            "v": KEY_VERSION,
-            "tenant": tenant.name,
-            "tier": tenant.tier,
-            "namespace": namespace,
-            "params": answer_parameters(request),
-            "roles": [message.role for message in request.messages],
-        }
+        {**_scope(request, tenant, namespace), "roles": [message.role for message in request.messages]}
     )
 
 

@@ -225,13 +225,7 @@ class OpenAIHTTPClient:
             async with self._deadline():
                 await self._admit()
                 admitted = True
-                response = await self._send(client, body)
-                try:
-                    await response.aread()
-                except httpx.HTTPError as exc:
-                    raise self._failure(exc, "while sending its response") from None
-                finally:
-                    await response.aclose()
+                response = await self._read(await self._send(client, body))
             answer = self._parse(response)
         except BaseException as exc:
             if admitted:
@@ -286,13 +280,7 @@ class OpenAIHTTPClient:
         """POST `body` to `path` (not a chat call: no breaker), retried as one; its JSON answer."""
         client = await self._http()
         async with self._deadline():
-            response = await self._send(client, body, path=path)
-            try:
-                await response.aread()
-            except httpx.HTTPError as exc:
-                raise self._failure(exc, "while sending its response") from None
-            finally:
-                await response.aclose()
+            response = await self._read(await self._send(client, body, path=path))
         try:
             return response.json()
         except ValueError:
@@ -408,6 +396,16 @@ class OpenAIHTTPClient:
             if self.clock() - started + wait > self.timeouts.total:
                 raise _after(failure, attempt)  # the wait alone would pass the deadline
             await self.sleep(wait)
+
+    async def _read(self, response: httpx.Response) -> httpx.Response:
+        """`response` with its body read and its connection released; a body cut off is a failure."""
+        try:
+            await response.aread()
+        except httpx.HTTPError as exc:
+            raise self._failure(exc, "while sending its response") from None
+        finally:
+            await response.aclose()
+        return response
 
     async def _status_failure(self, response: httpx.Response) -> RouterError:
         try:

@@ -17,7 +17,6 @@ import boto3
 import pytest
 from aws_lambda_powertools.metrics.provider import cold_start
 from aws_lambda_powertools.utilities import parameters
-from moto import mock_aws
 
 from hyrouter.cloud.aws import handler as lambda_handler
 from hyrouter.cloud.aws.config import ENV_CONFIG_MAX_AGE, ENV_CONFIG_PARAMETER
@@ -79,22 +78,14 @@ async def fake_engine(config: RouterConfig) -> RoutingEngine:
 
 
 @pytest.fixture
-def ssm(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def ssm(monkeypatch: pytest.MonkeyPatch, fake_aws: None) -> Iterator[Any]:
     """Moto's SSM holding the test config, and the handler reading it from there."""
-    for name, value in {
-        "AWS_DEFAULT_REGION": "eu-west-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        ENV_CONFIG_PARAMETER: PARAMETER,
-        ENV_CONFIG_MAX_AGE: "60",
-    }.items():
-        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(ENV_CONFIG_PARAMETER, PARAMETER)
+    monkeypatch.setenv(ENV_CONFIG_MAX_AGE, "60")
     parameters.clear_caches()
-    with mock_aws():
-        client = boto3.client("ssm")
-        client.put_parameter(Name=PARAMETER, Value=json.dumps(CONFIG), Type="String")
-        yield client
+    client = boto3.client("ssm")
+    client.put_parameter(Name=PARAMETER, Value=json.dumps(CONFIG), Type="String")
+    yield client
     parameters.clear_caches()
 
 

@@ -16,7 +16,6 @@ from typing import Any
 import boto3
 import pytest
 import yaml
-from moto import mock_aws
 
 from hyrouter.cloud.aws.config import ConfigSource
 from hyrouter.cloud.aws.ledger import DynamoDbLedger
@@ -44,40 +43,18 @@ class Clock:
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def aws(fake_aws: None) -> Iterator[Any]:
     """Moto's DynamoDB with the budget table made as template.yaml declares it."""
-    for name, value in {
-        "AWS_DEFAULT_REGION": "eu-west-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-    }.items():
-        monkeypatch.setenv(name, value)
-    # DynamoDB applies a conditional write to an item atomically; moto's in-memory backend checks and
-    # writes in two steps, so that threads interleave there. One lock around it is the service's own.
-    from moto.dynamodb.models import DynamoDBBackend
-
-    atomic = threading.Lock()
-    update_item = DynamoDBBackend.update_item
-
-    def one_at_a_time(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with atomic:
-            return update_item(self, *args, **kwargs)
-
-    monkeypatch.setattr(DynamoDBBackend, "update_item", one_at_a_time)
-    with mock_aws():
-        client = boto3.client("dynamodb")
-        table = budget_table()
-        client.create_table(
-            TableName="budgets",
-            KeySchema=table["KeySchema"],
-            AttributeDefinitions=table["AttributeDefinitions"],
-            BillingMode=table["BillingMode"],
-        )
-        client.update_time_to_live(
-            TableName="budgets", TimeToLiveSpecification=table["TimeToLiveSpecification"]
-        )
-        yield client
+    client = boto3.client("dynamodb")
+    table = budget_table()
+    client.create_table(
+        TableName="budgets",
+        KeySchema=table["KeySchema"],
+        AttributeDefinitions=table["AttributeDefinitions"],
+        BillingMode=table["BillingMode"],
+    )
+    client.update_time_to_live(TableName="budgets", TimeToLiveSpecification=table["TimeToLiveSpecification"])
+    yield client
 
 
 def template() -> dict[str, Any]:

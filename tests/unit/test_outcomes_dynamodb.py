@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-from moto import mock_aws
 
 from hyrouter.cloud.aws.outcomes import TTL_ATTRIBUTE, DynamoDbOutcomeStore
 from hyrouter.cloud.aws.runtime import with_outcomes_table
@@ -27,24 +26,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name, value in {
-        "AWS_DEFAULT_REGION": "eu-west-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        import boto3
+def dynamodb(fake_aws: None) -> Iterator[Any]:
+    import boto3
 
-        client = boto3.client("dynamodb")
-        client.create_table(
-            TableName=TABLE,
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        yield client
+    client = boto3.client("dynamodb")
+    client.create_table(
+        TableName=TABLE,
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    yield client
 
 
 def item(client: Any, record_id: str) -> dict[str, Any]:
