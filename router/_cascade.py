@@ -54,6 +54,13 @@ class Verdict:
     discarded_tokens: int | None = None
     discarded_ms: float | None = None
 
+    @classmethod
+    def of(cls, route: RouteInfo) -> Verdict | None:
+        """The verdict `annotate` put on `route`; None where the route was not verified."""
+        if route.confidence is None and route.edge_tokens_discarded is None:
+            return None
+        return cls(route.confidence, route.edge_tokens_discarded, route.edge_ms_discarded)
+
     def annotate(self, route: RouteInfo) -> None:
         """Put the verdict on `route` (the `route` facts of the response)."""
         route.confidence = None if self.confidence is None else round(self.confidence, 4)

@@ -457,9 +457,8 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
             usage=response.usage,
             upstream=response.route,
             completion_id=response.id,
+            verdict=verdict,
         )
-        if verdict is not None:
-            verdict.annotate(route)
         response.route = route
         response.model = route.model
         if lookup is not None and not _degraded(route):
@@ -713,6 +712,7 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
                 failover=failover,
                 completion_id=last.id if last is not None else None,
                 cloud_part=cloud_part,
+                verdict=Verdict.of(route),
             )
             route.cost_usd, route.cost_saved_usd = recorded.cost_usd, recorded.cost_saved_usd
 

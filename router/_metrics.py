@@ -49,6 +49,10 @@ class RequestOutcome:
     request: ChatCompletionRequest | None = None
     #: whether the tier lets its prompts' text be kept (`TierConfig.store_prompts`)
     keep_prompt: bool = False
+    #: the edge model's confidence in its answer, where the tier verifies edge answers
+    confidence: float | None = None
+    #: the edge's completion tokens thrown away when an unsure edge answer went to the cloud
+    edge_tokens_discarded: int | None = None
 
 
 class DecisionObserver(Protocol):

@@ -1,7 +1,9 @@
 """`SqliteOutcomeStore`: outcome records in one SQLite file (WAL), for a local server or a device.
 
 One row per record, one column per `OutcomeRecord` field (`features` as a BLOB of little-endian
-float32, `pack_features`), then `rating`, `comment` and `rated_at` once the caller rates the answer.
+float32, `pack_features`), then `rating`, `comment` and `rated_at` once the caller rates the answer,
+and `judged_good`, `judge` and `judged_at` once a judge (shadow judging) has compared the edge's
+answer with the cloud's. A file written by an older version gains the newer columns when opened.
 
 The embedded default (`outcomes: {store: sqlite, path: ...}`). WAL lets readers (an analysis, `models
 fit` later) read while the writer thread writes, and several server processes share one file; within a
@@ -13,12 +15,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from hyrouter.router._outcomes import OutcomeRecord, pack_features, unpack_features
+from hyrouter.router._outcomes import LABEL_FIELDS, OutcomeRecord, pack_features, unpack_features
 
 _COLUMNS = [f.name for f in fields(OutcomeRecord)]
 _TYPES = {"id": "TEXT PRIMARY KEY", "created_at": "REAL NOT NULL", "tenant": "TEXT NOT NULL"}
@@ -27,7 +29,10 @@ CREATE TABLE IF NOT EXISTS outcomes (
     {", ".join(f"{name} {_TYPES.get(name, '')}".strip() for name in _COLUMNS)},
     rating REAL,
     comment TEXT,
-    rated_at REAL
+    rated_at REAL,
+    judged_good INTEGER,
+    judge TEXT,
+    judged_at REAL
 );
 CREATE INDEX IF NOT EXISTS outcomes_created_at ON outcomes (created_at);
 """
@@ -50,6 +55,15 @@ class SqliteOutcomeStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Give a file written by an older version the columns added since (NULL in its rows)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(outcomes)")}
+        for name in (*_COLUMNS, *LABEL_FIELDS):
+            if name not in have:
+                kind = {"judged_good": "INTEGER", "judge": "TEXT", "comment": "TEXT"}.get(name, "")
+                self._db.execute(f"ALTER TABLE outcomes ADD COLUMN {name} {kind}".strip())
 
     def __repr__(self) -> str:
         return f"SqliteOutcomeStore({str(self.path)!r})"
@@ -85,18 +99,42 @@ class SqliteOutcomeStore:
             )
         return cursor.rowcount > 0
 
+    def judge(self, record_id: str, good: bool, judge: str) -> bool:
+        """Join a judge's verdict to record `record_id`; False when there is none (or once closed)."""
+        with self._lock:
+            if self._closed:
+                return False
+            cursor = self._db.execute(
+                "UPDATE outcomes SET judged_good = ?, judge = ?, judged_at = ? WHERE id = ?",
+                (int(good), judge, time.time(), record_id),
+            )
+        return cursor.rowcount > 0
+
     def get(self, record_id: str) -> dict[str, Any] | None:
-        """The record `record_id` with its rating, as a dict (`features` decoded); None when unknown."""
+        """The record `record_id` with its labels, as a dict (`features` decoded); None when unknown."""
         with self._lock:
             cursor = self._db.execute("SELECT * FROM outcomes WHERE id = ?", (record_id,))
             row = cursor.fetchone()
             names = [d[0] for d in cursor.description]
-        if row is None:
-            return None
-        record = dict(zip(names, row, strict=True))
-        if record["features"] is not None:
-            record["features"] = unpack_features(record["features"])
-        return record
+        return None if row is None else _record(names, row)
+
+    def records(self, since: float | None = None) -> Iterator[dict[str, Any]]:
+        """Every record created at or after `since` (all when None), oldest first, with its labels.
+
+        Read on a connection of its own, a page at a time: the writer thread is never held up.
+        """
+        db = sqlite3.connect(self.path, timeout=10.0)
+        try:
+            cursor = db.execute(
+                "SELECT * FROM outcomes WHERE created_at >= ? ORDER BY created_at, id",
+                (float("-inf") if since is None else since,),
+            )
+            names = [d[0] for d in cursor.description]
+            while rows := cursor.fetchmany(500):
+                for row in rows:
+                    yield _record(names, row)
+        finally:
+            db.close()
 
     def count(self) -> int:
         """How many records the file holds."""
@@ -109,6 +147,16 @@ class SqliteOutcomeStore:
         with self._lock:
             self._closed = True
             self._db.close()
+
+
+def _record(names: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
+    record = dict(zip(names, row, strict=True))
+    if record["features"] is not None:
+        record["features"] = unpack_features(record["features"])
+    for flag in ("fallback", "stream", "judged_good"):
+        if record.get(flag) is not None:
+            record[flag] = bool(record[flag])
+    return record
 
 
 def _row(record: dict[str, Any]) -> tuple[object, ...]:

@@ -30,7 +30,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
@@ -74,6 +74,10 @@ class OutcomeRecord:
     features: list[float] | None = None
     #: the conversation's text, only where the tier sets `store_prompts`
     prompt: str | None = None
+    #: the edge model's confidence in its answer, where the tier verifies edge answers
+    confidence: float | None = None
+    #: the edge's completion tokens thrown away when an unsure edge answer went to the cloud
+    edge_tokens_discarded: int | None = None
 
     def fields(self) -> dict[str, Any]:
         """The record as a dict of plain values (shallow: `features` is the record's own list)."""
@@ -81,6 +85,9 @@ class OutcomeRecord:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(OutcomeRecord))
+
+#: What a store joins to a record after it is written: the caller's rating and a judge's verdict.
+LABEL_FIELDS = ("rating", "comment", "rated_at", "judged_good", "judge", "judged_at")
 
 
 class OutcomeStore(Protocol):
@@ -92,6 +99,17 @@ class OutcomeStore(Protocol):
 
     def rate(self, record_id: str, tenant: str, rating: float, comment: str | None) -> bool:
         """Join a rating to `tenant`'s record `record_id`; False when `tenant` has no such record."""
+        ...
+
+    def judge(self, record_id: str, good: bool, judge: str) -> bool:
+        """Join a judge's verdict (was the edge's answer good enough?) to record `record_id`; False
+        when there is no such record. A later verdict replaces an earlier one."""
+        ...
+
+    def records(self, since: float | None = None) -> Iterator[dict[str, Any]]:
+        """Every record created at or after `since` (all when None), oldest first, as dicts of the
+        `OutcomeRecord` fields (`features` decoded) and the labels joined later: `rating`, `comment`,
+        `rated_at`, `judged_good`, `judge`, `judged_at` (None where absent)."""
         ...
 
     def close(self) -> None:
@@ -367,6 +385,8 @@ class OutcomeWriter:
             prompt_sha256=prompt_digest(self._salt, text),
             features=features,
             prompt=text if o.keep_prompt else None,
+            confidence=o.confidence,
+            edge_tokens_discarded=o.edge_tokens_discarded,
         )
 
 

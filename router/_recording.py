@@ -23,6 +23,7 @@ from hyrouter.router._accounting import (
     worst_case_cost_usd,
 )
 from hyrouter.router._backend import ChatBackend, Target, approximate_tokens
+from hyrouter.router._cascade import Verdict
 from hyrouter.router._config import RouterConfig, TierConfig
 from hyrouter.router._errors import RateLimitExceeded, RouterError
 from hyrouter.router._metrics import DecisionObserver, RequestOutcome
@@ -171,6 +172,7 @@ class OutcomeRecording:
         model: str | None = None,
         completion_id: str | None = None,
         cloud_part: Usage | None = None,
+        verdict: Verdict | None = None,
     ) -> RouteInfo:
         """Book a finished request's cost or saving (settling its reservation) and tell the observers.
 
@@ -204,6 +206,7 @@ class OutcomeRecording:
             saved=saved,
             model=model,
             completion_id=completion_id,
+            verdict=verdict,
         )
 
     async def _book_off_loop(
@@ -243,9 +246,12 @@ class OutcomeRecording:
         saved: float = 0.0,
         model: str | None = None,
         completion_id: str | None = None,
+        verdict: Verdict | None = None,
     ) -> RouteInfo:
         usage = usage or Usage()
         route = self._route_info(decision, cost, saved, upstream=upstream, model=model)
+        if verdict is not None:
+            verdict.annotate(route)
         outcome = RequestOutcome(
             decision=decision,
             model=route.model,
@@ -264,6 +270,8 @@ class OutcomeRecording:
             features=plan.features,
             request=plan.request,
             keep_prompt=self._keeps_prompts(decision.tier),
+            confidence=None if verdict is None else verdict.confidence,
+            edge_tokens_discarded=None if verdict is None else verdict.discarded_tokens,
         )
         for observer in self.observers:
             try:

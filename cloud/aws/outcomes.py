@@ -11,7 +11,11 @@ key `id` and TTL on `expires_at`. The store keeps what `SqliteOutcomeStore` keep
 - a rating is an UpdateItem on the condition that the record is the tenant's, so another tenant's
   id reads exactly as an unknown one; it replaces an earlier rating whole (no comment: none kept).
 
+- a judge's verdict (shadow judging) is an UpdateItem on the condition that the record exists.
+
 The functions may only PutItem and UpdateItem on this table (least privilege): no reads, no scans.
+`records` (a Scan) is for the operator's tools (`hybrid-router models fit --outcomes`, `drift`), run
+with the operator's credentials, never by the functions.
 
 boto3 is imported when a store is made, never at import.
 """
@@ -20,11 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
-from hyrouter.router._outcomes import OutcomeRecord, pack_features
+from hyrouter.router._outcomes import LABEL_FIELDS, OutcomeRecord, pack_features, unpack_features
 
 #: The attribute DynamoDB's TTL deletes a record after (epoch seconds).
 TTL_ATTRIBUTE = "expires_at"
@@ -84,6 +88,39 @@ class DynamoDbOutcomeStore:
             return False
         return True
 
+    def judge(self, record_id: str, good: bool, judge: str) -> bool:
+        """Join a judge's verdict to record `record_id`; False when there is no such record."""
+        try:
+            self._client.update_item(
+                TableName=self.table,
+                Key={"id": {"S": record_id}},
+                UpdateExpression="SET judged_good = :good, judge = :judge, judged_at = :at",
+                ConditionExpression="attribute_exists(id)",
+                ExpressionAttributeValues={
+                    ":good": {"BOOL": good},
+                    ":judge": {"S": judge},
+                    ":at": {"N": _number(time.time())},
+                },
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def records(self, since: float | None = None) -> Iterator[dict[str, Any]]:
+        """Every record created at or after `since` (all when None), oldest first, with its labels.
+
+        A paginated Scan sorted here (DynamoDB keeps no order across partitions): an operator's tool.
+        """
+        kwargs: dict[str, Any] = {"TableName": self.table}
+        if since is not None:
+            kwargs["FilterExpression"] = "created_at >= :since"
+            kwargs["ExpressionAttributeValues"] = {":since": {"N": _number(since)}}
+        found: list[dict[str, Any]] = []
+        for page in self._client.get_paginator("scan").paginate(**kwargs):
+            found.extend(_plain(item) for item in page.get("Items", []))
+        found.sort(key=lambda r: (r["created_at"], r["id"]))
+        yield from found
+
     def close(self) -> None:
         """Nothing to release (boto3 clients close with the process)."""
 
@@ -101,6 +138,26 @@ class DynamoDbOutcomeStore:
             else:
                 item[name] = {"S": str(value)}
         return item
+
+
+_RECORD_FIELDS = (*OutcomeRecord.__dataclass_fields__, *LABEL_FIELDS)
+_INTEGERS = {"status", "prompt_tokens", "completion_tokens", "edge_tokens_discarded"}
+
+
+def _plain(item: dict[str, Any]) -> dict[str, Any]:
+    """A DynamoDB item as the dict `records` gives: every record field and label, None where absent."""
+    record: dict[str, Any] = dict.fromkeys(_RECORD_FIELDS)
+    for name, value in item.items():
+        if name not in record:
+            continue
+        ((kind, raw),) = value.items()
+        if kind == "N":
+            record[name] = int(raw) if name in _INTEGERS else float(raw)
+        elif kind == "B":
+            record[name] = unpack_features(bytes(raw))
+        else:  # S or BOOL
+            record[name] = raw
+    return record
 
 
 def _number(value: float) -> str:

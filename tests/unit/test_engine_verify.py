@@ -93,6 +93,7 @@ async def test_an_unsure_edge_answer_is_discarded_and_the_cloud_answers_as_edge_
     assert (outcome.decision.target, outcome.decision.reason) == ("cloud", "edge_unsure")
     assert outcome.decision.original_reason == "score_below_threshold"
     assert outcome.cost_usd > 0 and outcome.cost_saved_usd == 0
+    assert outcome.confidence == pytest.approx(math.exp(UNSURE)) and outcome.edge_tokens_discarded == 2
 
 
 async def test_a_tier_without_verification_keeps_the_edge_answer_unjudged() -> None:
@@ -174,6 +175,8 @@ async def test_an_unsure_stream_escalates_before_any_edge_byte_is_sent() -> None
     assert edge.streamed == 2  # the edge stopped at the decision
     (outcome,) = recorder.outcomes
     assert (outcome.decision.target, outcome.decision.reason) == ("cloud", "edge_unsure")
+    assert outcome.confidence == pytest.approx(math.exp(UNSURE), abs=1e-4)
+    assert outcome.edge_tokens_discarded == 2
 
 
 async def test_a_whole_answer_stream_is_judged_on_all_of_it() -> None:

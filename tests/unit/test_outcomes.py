@@ -293,6 +293,26 @@ def test_the_sqlite_file_is_in_wal_mode_and_keeps_a_first_record(store: SqliteOu
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
+def test_a_file_written_by_an_older_version_gains_the_newer_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:  # the first version's table: no confidence, no judge's verdict
+        db.execute(
+            "CREATE TABLE outcomes (id TEXT PRIMARY KEY, created_at REAL NOT NULL, tenant TEXT NOT NULL)"
+        )
+        db.execute("INSERT INTO outcomes VALUES ('chatcmpl-old', 1.0, 'acme')")
+    store = SqliteOutcomeStore(path)
+    try:
+        store.write([_record("chatcmpl-new", "acme")])
+        assert store.judge("chatcmpl-old", True, "judge")
+        old, new = list(store.records())
+        assert old["id"] == "chatcmpl-old" and old["judged_good"] is True and old["confidence"] is None
+        assert new["features"] == [0.5, 0.25]
+    finally:
+        store.close()
+
+
 def stored(store: SqliteOutcomeStore, record_id: str) -> dict[str, Any] | None:
     """The record in `store`'s file, read through a connection of its own (the writer closes its store)."""
     reader = SqliteOutcomeStore(store.path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from hyrouter.cloud.aws.settings import LambdaSettings
 from hyrouter.cloud.engines import outcome_writer
 from hyrouter.router import OutcomeRecord, parse_config
 from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
-from hyrouter.router._outcomes import OutcomeStore, unpack_features
+from hyrouter.router._outcomes import LABEL_FIELDS, OutcomeStore, unpack_features
 from tests.unit.test_outcomes import _record
 from tests.unit.test_template_alarms import _CloudFormationLoader
 
@@ -109,6 +110,28 @@ def test_both_stores_keep_the_first_record_of_an_id_and_a_rating_replaces_the_la
     assert store.rate("chatcmpl-1", "acme", -1.0, None)  # a new rating without a comment: none left
     assert read("chatcmpl-1") == ("acme", -1.0, None)
     assert not store.rate("chatcmpl-1", "evil", 1.0, None) and read("chatcmpl-3") is None
+
+
+def test_both_stores_join_a_judges_verdict_and_read_back_the_same_records(
+    either_store: tuple[OutcomeStore, Reader],
+) -> None:
+    store, _ = either_store
+    first, second = _record("chatcmpl-1", "acme"), _record("chatcmpl-2", "acme")
+    later = replace(_record("chatcmpl-3", "other"), created_at=second.created_at + 10, confidence=0.25)
+    store.write([later, first, second])
+    assert store.judge("chatcmpl-1", True, "stand-in@judge") and store.judge("chatcmpl-3", False, "j")
+    assert not store.judge("chatcmpl-9", True, "j")  # no such record: nothing made
+    assert store.rate("chatcmpl-2", "acme", -1.0, "wrong")
+    read = list(store.records())
+    assert [r["id"] for r in read] == ["chatcmpl-1", "chatcmpl-2", "chatcmpl-3"]  # oldest first
+    assert [r["judged_good"] for r in read] == [True, None, False]
+    assert (
+        read[0]["judge"] == "stand-in@judge" and read[1]["rating"] == -1.0 and read[1]["comment"] == "wrong"
+    )
+    assert read[2]["confidence"] == 0.25 and read[2]["features"] == [0.5, 0.25] and read[2]["status"] == 200
+    assert read[0]["fallback"] is False and read[0]["prompt"] is None
+    assert [r["id"] for r in store.records(since=later.created_at)] == ["chatcmpl-3"]
+    assert set(read[0]) == set(OutcomeRecord.__dataclass_fields__) | set(LABEL_FIELDS)
 
 
 def test_the_lambda_environment_selects_the_table(dynamodb: Any) -> None:
