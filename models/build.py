@@ -210,7 +210,7 @@ def _say(message: str, enabled: bool) -> None:
 
 
 def add_models_command(subparsers: Any) -> None:
-    """Register `hybrid-router models build|verify`."""
+    """Register `hybrid-router models build|verify|compare|fit-confidence`."""
     p = subparsers.add_parser("models", help="build or verify the learned estimator artefacts")
     sub = p.add_subparsers(dest="models_command", required=True)
     b = sub.add_parser("build", help="rebuild the estimator (needs the `models` extra: torch, optimum)")
@@ -226,6 +226,9 @@ def add_models_command(subparsers: Any) -> None:
     v.add_argument("--root", type=Path, default=DEFAULT_OUTPUT, help="artefact registry folder")
     v.set_defaults(func=_cmd_verify)
     add_compare_command(sub)
+    from hyrouter.models.cascade import add_fit_confidence_command
+
+    add_fit_confidence_command(sub)
 
 
 def _cmd_build(args: Any) -> int:

@@ -269,10 +269,22 @@ def run_labels(
     return out_file
 
 
+def _answers_dir() -> Path:
+    from hyrouter.models.edge_answers import ANSWERS_DIR
+
+    return ANSWERS_DIR
+
+
 def add_labels_command(subparsers: Any) -> None:
     """Register `hybrid-router labels`."""
     p = subparsers.add_parser("labels", help="record where the edge model is right (resumable, long)")
-    p.add_argument("--benchmark", choices=("mmlu", "gsm8k"), required=True, help="what to label")
+    p.add_argument(
+        "--benchmark",
+        choices=("mmlu", "gsm8k", "answers"),
+        required=True,
+        help="what to label; answers: graded generated answers with token signals (the cascade's data)",
+    )
+    p.add_argument("--tasks", help="answers: comma-separated tasks; default: all (models/edge_answers.py)")
     p.add_argument("--model", choices=tuple(EDGE_MODELS), default=SMOLLM2.key, help="the small model")
     p.add_argument("--per-subject", type=int, help="MMLU: the first N items of each subject")
     p.add_argument("--limit", type=int, help="at most N items")
@@ -285,6 +297,23 @@ def add_labels_command(subparsers: Any) -> None:
 
 
 def _cmd_labels(args: Any) -> int:
+    if args.benchmark == "answers":
+        from hyrouter.models.edge_answers import DEFAULT_LIMIT, TASKS, run_answers
+
+        tasks = args.tasks.split(",") if args.tasks else None
+        unknown = sorted(set(tasks or ()) - set(TASKS))
+        if unknown:
+            raise ConfigError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+        for path in run_answers(
+            tasks,
+            limit=args.limit or DEFAULT_LIMIT,
+            out_dir=args.out_dir if args.out_dir != LABELS_DIR else _answers_dir(),
+            data_dir=args.data_dir,
+            n_threads=args.threads,
+            model=EDGE_MODELS[args.model],
+        ):
+            print(path)
+        return 0
     out = run_labels(
         args.benchmark,
         out_dir=args.out_dir,

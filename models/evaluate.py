@@ -151,6 +151,12 @@ def add_eval_command(subparsers: Any) -> None:
     p.add_argument("--estimator", action="append", help="name[@version], repeatable; default: all registered")
     p.add_argument("--data-dir", type=Path, help="shared data folder (default: ../shared/data)")
     p.add_argument("--labels-dir", type=Path, help="edge labels folder (default: models/data/edge-labels)")
+    p.add_argument(
+        "--cascade",
+        action="store_true",
+        help="instead: the two-stage router (estimator, then the edge's calibrated confidence) on graded "
+        "edge answers it was not calibrated on, beside the pre-route router, prompt length and random",
+    )
     p.add_argument("--json", type=Path, help="write the numbers here")
     p.add_argument("--plot", type=Path, help="write the quality-vs-cloud-fraction curves here (PNG)")
     p.add_argument(
@@ -163,6 +169,15 @@ def add_eval_command(subparsers: Any) -> None:
 
 
 def _cmd_eval(args: Any) -> int:
+    if args.cascade:
+        from hyrouter.models.cascade_eval import format_cascade_table, run_cascade_eval
+
+        estimator = args.estimator[0] if args.estimator else None
+        cascade = run_cascade_eval(estimator=estimator, data_dir=args.data_dir)
+        print(format_cascade_table(cascade))
+        if args.json:
+            args.json.write_text(json.dumps(cascade, indent=2) + "\n")
+        return 0
     estimators = args.estimator or [spec for spec in available_estimators()]
     report, curves = run_eval(
         args.benchmark or list(ALL_BENCHMARKS),
