@@ -7,7 +7,7 @@ import importlib.util
 import threading
 from pathlib import Path
 
-from hyrouter.router._calibrations import resolve_calibration
+from hyrouter.router._calibrations import NONE, resolve_calibration
 from hyrouter.router._confidence import UNCALIBRATED, Calibration
 from hyrouter.router._config import EdgeConfig
 from hyrouter.router._errors import EdgeBackendError
@@ -93,7 +93,7 @@ def edge_calibration(config: EdgeConfig, *, verifies: bool) -> Calibration:
     Only where some tier `verifies` edge answers: elsewhere no confidence is computed, and the GGUF
     is not hashed (`UNCALIBRATED` is returned).
     """
-    if not verifies:
+    if not verifies or config.calibration == NONE:
         return UNCALIBRATED
     path = resolve_model_path(config)
     return resolve_calibration(config.calibration, f"{config.model_id} ({path})", lambda: gguf_sha256(path))

@@ -166,6 +166,6 @@ def decision_fields(outcome: RequestOutcome) -> dict[str, object]:
         "error_code": outcome.error_code,
         "failover_from": outcome.failover_from,
         "failover_at_tokens": outcome.failover_at_tokens,
-        "confidence": outcome.confidence,
+        "confidence": None if outcome.confidence is None else round(outcome.confidence, 4),
         "calibration": outcome.calibration,
     }
