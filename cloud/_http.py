@@ -38,12 +38,14 @@ ROUTE_HEADERS = (
     "x-route-tier",
     "x-route-model",
     "x-route-fallback",
+    "x-route-confidence",
 )
 
 
 def route_headers(route: RouteInfo) -> dict[str, str]:
-    """The `x-route-*` headers that say where and why a request was answered."""
-    return {
+    """The `x-route-*` headers that say where and why a request was answered; `x-route-confidence`
+    (the edge model's confidence in its answer, 4 decimals) only where the tier verified it."""
+    headers = {
         "x-route-target": route.target,
         "x-route-reason": route.reason,
         "x-route-score": f"{route.score:.4f}",
@@ -51,6 +53,9 @@ def route_headers(route: RouteInfo) -> dict[str, str]:
         "x-route-model": route.model,
         "x-route-fallback": "true" if route.fallback else "false",
     }
+    if route.confidence is not None:
+        headers["x-route-confidence"] = f"{route.confidence:.4f}"
+    return headers
 
 
 def parse_chat_request(body: str | bytes, limits: ServerConfig | None = None) -> ChatCompletionRequest:

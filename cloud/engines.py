@@ -20,6 +20,7 @@ from hyrouter.router import (
     SqliteLedger,
     load_estimator,
 )
+from hyrouter.router._confidence import UNCALIBRATED, Calibration
 from hyrouter.router._outcomes import OutcomeStore, OutcomeWriter
 from hyrouter.router._settings import RouterSettings, secret_from_env
 
@@ -47,15 +48,20 @@ def build_engine(
     edge backend unloaded (it then reports itself unavailable and counts tokens approximately).
     `cloud_transport` carries the cloud client's calls (SigV4 signing for SageMaker, a mock in tests).
     The ledger is `ledger`, else the one the config's `ledger` section names (`open_ledger`).
-    Outcome records are written where `config.outcomes` says (`outcome_writer`).
+    Outcome records are written where `config.outcomes` says (`outcome_writer`). Where some tier
+    verifies edge answers, the edge model's calibration is the one `edge.calibration` names
+    (`hyrouter.edge.model_files.edge_calibration`; a mismatch with the GGUF is a `ConfigError`).
     """
     estimator = load_estimator(config.estimator.name, config.estimator.version)
     edge: ChatBackend | None = None
+    calibration: Calibration = UNCALIBRATED
     if config.edge.enabled and not config.edge_needed:
         logger.info("edge model not loaded: no tier can use it (each forces the cloud, with no fallback)")
     elif config.edge.enabled:
         from hyrouter.edge.llama_cpp_backend import LlamaCppBackend
+        from hyrouter.edge.model_files import edge_calibration
 
+        calibration = edge_calibration(config.edge, verifies=config.verifies)
         edge_backend = LlamaCppBackend(config.edge)
         if load_edge:
             edge_backend.load()
@@ -71,7 +77,13 @@ def build_engine(
         ledger = open_ledger(config.ledger)
     outcomes = outcome_writer(config)
     return RoutingEngine(
-        config, estimator=estimator, edge=edge, cloud=cloud, ledger=ledger, outcomes=outcomes
+        config,
+        estimator=estimator,
+        edge=edge,
+        cloud=cloud,
+        ledger=ledger,
+        outcomes=outcomes,
+        calibration=calibration,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from hyrouter.cloud._http import ROUTE_HEADERS
 from hyrouter.cloud._version import installed_version
 from hyrouter.router._feedback import FeedbackRequest, FeedbackResponse
 from hyrouter.router._wire import (
@@ -54,6 +55,21 @@ _READY = {
 }
 _UNAUTHORIZED = _error("No API key, or one the router does not know.")
 
+_ROUTE_HEADER_DOCS = {
+    "x-route-target": "Where it was answered: edge, cloud or cache.",
+    "x-route-reason": "Why (the policy's reason: score_below_threshold, edge_unsure, ...).",
+    "x-route-score": "The complexity estimator's score, 4 decimals.",
+    "x-route-tier": "The caller's tier.",
+    "x-route-model": "The model that answered.",
+    "x-route-fallback": "true when the answer came from a fallback.",
+    "x-route-confidence": "The edge model's confidence in its answer, 4 decimals; only where the tier "
+    "verifies edge answers.",
+}
+#: The route headers of an answer (`hyrouter.cloud._http.route_headers`).
+_ROUTE_HEADER_SPECS = {
+    name: {"description": _ROUTE_HEADER_DOCS[name], "schema": {"type": "string"}} for name in ROUTE_HEADERS
+}
+
 #: What each route takes and answers, by method and path.
 _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/chat/completions"): {
@@ -68,6 +84,7 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             "200": {
                 "description": "The answer; with `stream: true`, server-sent events of chunks, then "
                 "`data: [DONE]`. The `x-route-*` headers say where and why it was answered.",
+                "headers": _ROUTE_HEADER_SPECS,
                 "content": {
                     "application/json": {"schema": _ref(ChatCompletionResponse)},
                     "text/event-stream": {"schema": {"type": "string"}, "x-chunk": _ref(ChatCompletionChunk)},

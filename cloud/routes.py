@@ -341,6 +341,8 @@ async def health_detail(request: HttpRequest, engine: RoutingEngine) -> HttpResp
         "status": ("ok" if whole else "degraded") if available else "unavailable",
         "mode": engine.mode,
         "estimator": f"{engine.estimator.name}@{engine.estimator.version}",
+        # what turns the edge model's token signals into the confidence of verified answers
+        "calibration": engine.calibration.name,
         "edge": {
             "configured": edge.configured,
             "available": edge.available,

@@ -139,11 +139,18 @@ class EdgeRouter:
         return router
 
     def load(self) -> None:
-        """Load the local model after checking it fits; raises `ModelTooLarge` or `EdgeBackendError`."""
+        """Load the local model after checking it fits; raises `ModelTooLarge` or `EdgeBackendError`.
+
+        Where a tier verifies the model's answers, its calibration is resolved first (`model.calibration`;
+        a calibration fitted on another GGUF is a `ConfigError`)."""
         from hyrouter.edge.llama_cpp_backend import LlamaCppBackend, require_llama_cpp
-        from hyrouter.edge.model_files import resolve_model_path
+        from hyrouter.edge.model_files import edge_calibration, resolve_model_path
 
         if isinstance(self.local, LlamaCppBackend):
+            verifies = self._policy.routing.verify.enabled or any(
+                tier.routing.verify.enabled for tier in self.config.tiers.values()
+            )
+            self.engine.calibration = edge_calibration(self.config.model, verifies=verifies)
             if not self.local.loaded:
                 require_llama_cpp()  # before the model: the extra is what to install first
                 check_model_fits(

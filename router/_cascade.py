@@ -3,20 +3,33 @@
 Where a tier verifies edge answers (`TierConfig.verify`), an answer the policy sent to the edge (not a
 fallback) is generated with its token signals (`ChatBackend.complete_with_signals` /
 `stream_with_signals`), held back, and judged (`hyrouter.router._confidence`); below the tier's
-`min_confidence` it is discarded and the cloud answers, reason `edge_unsure`. The engine owns the
-running (`RoutingEngine._verified_answer`, `_verified_stream`); the rules are pure, here.
+`min_confidence` it is discarded and the cloud answers, reason `edge_unsure`. With `stream` "hold" a
+non-streamed answer is generated as a stream too (`HeldAnswer`): judged on its first
+`max_edge_tokens`, then read to its end and `assembled` into one response, or stopped there. The
+engine owns the running (`RoutingEngine._verified_answer`, `_verified_stream`); the rules are pure,
+here.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from hyrouter.router._confidence import Calibration, TokenSignal, answer_confidence
 from hyrouter.router._config import TierVerifyConfig
 from hyrouter.router._policy import Decision, RequestFacts, RouteReason
-from hyrouter.router._wire import ChatCompletionChunk, RouteInfo
+from hyrouter.router._wire import (
+    AssistantMessage,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Choice,
+    RouteInfo,
+    StreamOptions,
+    Usage,
+)
 
 
 @dataclass
@@ -91,14 +104,66 @@ def content_pieces(chunks: list[ChatCompletionChunk]) -> int:
 
 async def hold_back(
     chunks: AsyncIterator[ChatCompletionChunk], head: list[ChatCompletionChunk], limit: int | None
-) -> None:
+) -> bool:
     """Read `chunks` into `head` until it holds `limit` content pieces (None: the whole answer) or the
-    stream ends."""
+    stream ends; whether it ended (`head` is all of it)."""
     held = content_pieces(head)
     while limit is None or held < limit:
         try:
             chunk = await anext(chunks)
         except StopAsyncIteration:
-            return
+            return True
         head.append(chunk)
         held += sum(1 for choice in chunk.choices if choice.delta.content)
+    return False
+
+
+@dataclass
+class HeldAnswer:
+    """A non-streamed edge answer generated as a stream and held at its first tokens, to be judged:
+    the chunks read so far (`head`) and the stream still open (`chunks`)."""
+
+    chunks: AsyncIterator[ChatCompletionChunk]
+    head: list[ChatCompletionChunk]
+    #: whether the stream ended within the head: `head` is the whole answer
+    ended: bool = False
+
+
+def streamed(request: ChatCompletionRequest) -> ChatCompletionRequest:
+    """`request` asked as a stream that ends with its usage: how a held non-streamed answer is made."""
+    return request.model_copy(update={"stream": True, "stream_options": StreamOptions(include_usage=True)})
+
+
+def assembled(
+    chunks: Sequence[ChatCompletionChunk], *, prompt_tokens: int, logprobs: bool
+) -> ChatCompletionResponse:
+    """The one non-streamed response the (non-empty) `chunks` of a single-choice stream make: their
+    content, finish reason, usage (counted from the chunks when the stream reported none: one content
+    piece a token) and, where the request asked for `logprobs`, their log-probabilities."""
+    content: list[str] = []
+    tokens: list[Any] = []
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    for chunk in chunks:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                content.append(choice.delta.content)
+            if choice.logprobs:
+                tokens.extend(choice.logprobs.get("content") or [])
+            finish_reason = choice.finish_reason or finish_reason
+    if usage is None:
+        usage = Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(content),
+            total_tokens=prompt_tokens + len(content),
+        )
+    first = chunks[0]
+    answer = Choice(
+        message=AssistantMessage(content="".join(content)),
+        finish_reason=finish_reason or "stop",
+        logprobs={"content": tokens, "refusal": None} if logprobs else None,
+    )
+    return ChatCompletionResponse(
+        id=first.id, created=first.created, model=first.model, choices=[answer], usage=usage
+    )

@@ -66,10 +66,11 @@ class TierVerifyConfig(_Strict):
     """Whether the edge model's own confidence in its answer may send a tier's request to the cloud.
 
     Off by default. On, an edge answer (decided on the edge, not a fallback) is judged by the edge
-    model's token signals (`hyrouter.router._confidence`: uncalibrated, exp(mean token log-probability),
-    in this version); below `min_confidence` it is discarded and the cloud answers, reason
-    'edge_unsure', before any byte reaches the caller. A tier with cloud 'never' keeps the edge's answer
-    and reports its confidence. A non-streamed answer is judged whole; a stream per `stream`.
+    model's token signals (`hyrouter.router._confidence`, through the calibration `edge.calibration`
+    names); below `min_confidence` it is discarded and the cloud answers, reason 'edge_unsure', before
+    any byte reaches the caller. A tier with cloud 'never' keeps the edge's answer and reports its
+    confidence. Streamed or not, an answer is judged per `stream`: on its first `max_edge_tokens`
+    tokens ('hold'), or whole ('whole').
     """
 
     enabled: bool = Field(False, description="Judge edge answers by the edge model's confidence.")
@@ -78,13 +79,15 @@ class TierVerifyConfig(_Strict):
     )
     max_edge_tokens: Annotated[int, Field(ge=1)] = Field(
         64,
-        description="Streams with stream 'hold': the edge tokens held back and judged before anything "
-        "is sent (the decision is made on them, or on the whole answer when it is shorter).",
+        description="With stream 'hold': the edge tokens generated and judged before anything is sent (the "
+        "decision is made on them, or on the whole answer when it is shorter); an unsure edge stops there. "
+        "Non-streamed answers too.",
     )
     stream: Literal["hold", "whole"] = Field(
         "hold",
-        description="hold: hold back the first max_edge_tokens tokens, decide, then send them and stream "
-        "the rest; whole: hold the whole answer and decide on all of it (for short answers). Models are "
+        description="hold: judge the first max_edge_tokens tokens; when confident, send them and the rest "
+        "(a stream streams on, a non-streamed answer is generated to its end), else stop the edge and ask "
+        "the cloud; whole: generate the whole answer and judge all of it (for short answers). Models are "
         "never switched after bytes were sent.",
     )
 
@@ -162,6 +165,14 @@ class EdgeConfig(_Strict):
     max_queue: Annotated[int, Field(ge=0)] = Field(8, description="Requests that may wait for the model.")
     queue_timeout_s: Annotated[float, Field(gt=0)] = Field(30.0, description="Longest wait for the model.")
     seed: int = -1
+    calibration: str = Field(
+        "auto",
+        min_length=1,
+        description="How the model's token signals become a confidence, where a tier verifies edge answers: "
+        "auto: the registered calibration fitted on this GGUF (by its sha256), else uncalibrated "
+        "(exp(mean token log-probability), with a warning); none: uncalibrated; else the path of a "
+        "calibration JSON fitted on this GGUF.",
+    )
 
 
 class CloudTimeouts(_Strict):
@@ -408,6 +419,12 @@ class RouterConfig(_Strict):
         tiers = self.tiers.values()
         return self.edge.enabled and (not tiers or any(tier.uses_edge for tier in tiers))
 
+    @property
+    def verifies(self) -> bool:
+        """Whether some tier judges edge answers by the edge model's confidence (`TierConfig.verify`):
+        only then is the model's calibration resolved (`edge.calibration`)."""
+        return self.edge_needed and any(tier.verify.enabled for tier in self.tiers.values())
+
     @model_validator(mode="after")
     def _keys_name_known_tiers(self) -> RouterConfig:
         for entry in self.api_keys:
@@ -506,4 +523,6 @@ def engine_sections_changed(old: RouterConfig, new: RouterConfig) -> list[str]:
     changed = [name for name in ENGINE_SECTIONS if getattr(old, name) != getattr(new, name)]
     if new.edge_needed and not old.edge_needed and "edge" not in changed:
         changed.append("tiers")
+    elif new.verifies and not old.verifies and "edge" not in changed and "tiers" not in changed:
+        changed.append("tiers.verify")  # the edge model's calibration is resolved only where a tier verifies
     return changed

@@ -44,7 +44,7 @@ from hyrouter.router._cache import (
     carries_more,
 )
 from hyrouter.router._caching import ResponseCaching
-from hyrouter.router._cascade import Verdict, content_pieces, hold_back
+from hyrouter.router._cascade import HeldAnswer, Verdict, content_pieces, hold_back
 from hyrouter.router._confidence import UNCALIBRATED, Calibration
 from hyrouter.router._config import RouterConfig, TierConfig
 from hyrouter.router._errors import (
@@ -430,23 +430,27 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
         started = time.perf_counter()
         check = self._edge_check(ready)
 
-        async def run(target: Target, plan: RoutePlan) -> ChatCompletionResponse:
+        async def run(target: Target, plan: RoutePlan) -> ChatCompletionResponse | HeldAnswer:
             backend, max_tokens = self.backend(target), self._max_tokens(target, plan)
             if check is None or target != "edge" or plan.decision.target != "edge":
                 return await backend.complete(request, max_tokens=max_tokens)
             check.start()
+            if check.settings.stream == "hold":  # judged on its first tokens, as a stream would be
+                return await self._held_answer(backend, request, max_tokens, check)
             answer = await backend.complete_with_signals(
                 request, max_tokens=max_tokens, signals=check.signals
             )
             check.finish(answer.usage.completion_tokens if answer.usage else len(check.signals))
             return answer
 
-        held, decision, response = await self._run_with_fallback(ready, started, run, stream=False)
+        held, decision, first = await self._run_with_fallback(ready, started, run, stream=False)
         verdict: Verdict | None = None
         if check is not None and check.answered and decision == ready.decision:
             held, decision, response, verdict = await self._verified_answer(
-                held, check, response, request, started
+                held, check, first, request, started
             )
+        else:
+            response = await self._finished(held, decision, started, first, request)
         # A backend that is itself a router (the device's cloud) reports its own route.
         route = await self._record(
             held,

@@ -75,13 +75,13 @@ def register_estimator(name: str, version: str, factory: EstimatorFactory) -> No
 
 def available_estimators() -> list[str]:
     """`name@version` of every registered estimator, sorted."""
-    _discover()
+    discover_plugins()
     return sorted(f"{name}@{version}" for name, version in _REGISTRY)
 
 
 def load_estimator(name: str, version: str | None = None) -> ComplexityEstimator:
     """Build the registered estimator `name` at `version` (None: the newest registered)."""
-    _discover()
+    discover_plugins()
     versions = sorted((v for n, v in _REGISTRY if n == name), key=_version_key)
     if not versions:
         raise EstimatorError(f"unknown estimator {name!r}; available: {', '.join(available_estimators())}")
@@ -93,8 +93,9 @@ def load_estimator(name: str, version: str | None = None) -> ComplexityEstimator
     return _REGISTRY[(name, chosen)]()
 
 
-def _discover() -> None:
-    """Run each `hybrid_router.estimators` entry point once, so that plugins register their estimators."""
+def discover_plugins() -> None:
+    """Run each `hybrid_router.estimators` entry point once, so that plugins register their estimators
+    (and the calibrations they ship: `hyrouter.router._calibrations`)."""
     global _discovered
     if _discovered:
         return

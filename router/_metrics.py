@@ -51,6 +51,8 @@ class RequestOutcome:
     keep_prompt: bool = False
     #: the edge model's confidence in its answer, where the tier verifies edge answers
     confidence: float | None = None
+    #: the calibration that gave `confidence` (`Calibration.name`)
+    calibration: str | None = None
     #: the edge's completion tokens thrown away when an unsure edge answer went to the cloud
     edge_tokens_discarded: int | None = None
 
@@ -164,4 +166,6 @@ def decision_fields(outcome: RequestOutcome) -> dict[str, object]:
         "error_code": outcome.error_code,
         "failover_from": outcome.failover_from,
         "failover_at_tokens": outcome.failover_at_tokens,
+        "confidence": None if outcome.confidence is None else round(outcome.confidence, 4),
+        "calibration": outcome.calibration,
     }

@@ -24,6 +24,7 @@ from hyrouter.router._accounting import (
 )
 from hyrouter.router._backend import ChatBackend, Target, approximate_tokens
 from hyrouter.router._cascade import Verdict
+from hyrouter.router._confidence import Calibration
 from hyrouter.router._config import RouterConfig, TierConfig
 from hyrouter.router._errors import RateLimitExceeded, RouterError
 from hyrouter.router._metrics import DecisionObserver, RequestOutcome
@@ -42,6 +43,7 @@ class OutcomeRecording:
     policy: Policy
     ledger: Ledger
     observers: list[DecisionObserver]
+    calibration: Calibration
 
     def _count_tokens(self, request: ChatCompletionRequest) -> int:
         """The prompt tokens of `request`: exact where a backend can tell (the edge model's tokenizer)."""
@@ -271,6 +273,7 @@ class OutcomeRecording:
             request=plan.request,
             keep_prompt=self._keeps_prompts(decision.tier),
             confidence=None if verdict is None else verdict.confidence,
+            calibration=None if verdict is None or verdict.confidence is None else self.calibration.name,
             edge_tokens_discarded=None if verdict is None else verdict.discarded_tokens,
         )
         for observer in self.observers:

@@ -3,7 +3,9 @@
 `EdgeVerification` is the part of `RoutingEngine` that runs the cascade (router/_cascade.py holds its
 pure rules): where a tier verifies edge answers, the edge's answer (or a stream's held-back head) is
 judged on its token signals, and replaced by the cloud's when the edge was unsure (reason
-`edge_unsure`), its budget held first; when the cloud fails, the edge's answer stands.
+`edge_unsure`), its budget held first; when the cloud fails, the edge's answer stands. A non-streamed
+answer of a tier whose `verify.stream` is "hold" is judged on its first `max_edge_tokens` tokens
+(`HeldAnswer`): an unsure edge stops there.
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
 from hyrouter.router._backend import ChatBackend, Target
-from hyrouter.router._cascade import EdgeCheck, Verdict, escalation
+from hyrouter.router._cascade import (
+    EdgeCheck,
+    HeldAnswer,
+    Verdict,
+    assembled,
+    content_pieces,
+    escalation,
+    hold_back,
+    streamed,
+)
 from hyrouter.router._confidence import Calibration
 from hyrouter.router._errors import BackendError, RouterError
 from hyrouter.router._failover import deadline_at, deadline_scope, enforces_tenant_limits
@@ -104,26 +115,102 @@ class EdgeVerification(OutcomeRecording):
             await self._record(plan, decision, started, status=exc.status_code, stream=stream, error=exc)
             raise
 
+    async def _held_answer(
+        self, backend: ChatBackend, request: ChatCompletionRequest, max_tokens: int, check: EdgeCheck
+    ) -> HeldAnswer:
+        """The edge's non-streamed answer started as a stream with its signals, and held at its first
+        `max_edge_tokens` content pieces (or its end) to be judged; a failure before then raises."""
+        chunks = backend.stream_with_signals(streamed(request), max_tokens=max_tokens, signals=check.signals)
+        head: list[ChatCompletionChunk] = []
+        try:
+            ended = await hold_back(chunks, head, check.settings.max_edge_tokens)
+        except BaseException:
+            await aclose_stream(chunks)
+            raise
+        check.finish(content_pieces(head))
+        return HeldAnswer(chunks, head, ended)
+
+    async def _finished(
+        self,
+        plan: RoutePlan,
+        decision: Decision,
+        started: float,
+        answer: ChatCompletionResponse | HeldAnswer,
+        request: ChatCompletionRequest,
+    ) -> ChatCompletionResponse:
+        """`answer` whole: a held one read to its end (within the deadline) and assembled into one
+        response; a failure on the way is recorded and raised."""
+        if isinstance(answer, ChatCompletionResponse):
+            return answer
+        held = answer
+
+        async def rest() -> ChatCompletionResponse:
+            chunks = list(held.head)
+            try:
+                async for chunk in held.chunks:
+                    chunks.append(chunk)
+            finally:
+                await aclose_stream(held.chunks)
+            return assembled(chunks, prompt_tokens=plan.prompt_tokens, logprobs=bool(request.logprobs))
+
+        return await self._recorded_run(plan, decision, started, rest)
+
+    async def _recorded_run(
+        self, plan: RoutePlan, decision: Decision, started: float, run: Callable[[], Awaitable[T]]
+    ) -> T:
+        """`run` within the request's deadline; a failure is recorded (as `decision`'s) and raised."""
+        try:
+            seconds = self._deadline_s(plan)
+            async with deadline_scope(deadline_at(seconds, time.perf_counter() - started), seconds):
+                return await run()
+        except RouterError as exc:
+            await self._record(plan, decision, started, status=exc.status_code, stream=False, error=exc)
+            raise
+
     async def _verified_answer(
         self,
         plan: RoutePlan,
         check: EdgeCheck,
-        answer: ChatCompletionResponse,
+        answer: ChatCompletionResponse | HeldAnswer,
         request: ChatCompletionRequest,
         started: float,
     ) -> tuple[RoutePlan, Decision, ChatCompletionResponse, Verdict]:
-        """The edge's `answer` judged: kept, or replaced by the cloud's when the edge was unsure."""
-        plan, escalated, verdict = await self._escalation(plan, check)
-        if escalated is None:
-            return plan, plan.decision, answer, verdict
+        """The edge's `answer` judged: kept (a held one generated to its end), or replaced by the
+        cloud's when the edge was unsure (a held one stopped where it was judged; should the cloud
+        then fail, the edge's answer stands: the held one when it was whole, else the edge answers
+        the request again)."""
+        try:
+            plan, escalated, verdict = await self._escalation(plan, check)
+            if escalated is None:
+                whole = await self._finished(plan, plan.decision, started, answer, request)
+                return plan, plan.decision, whole, verdict
+            if isinstance(answer, HeldAnswer):
+                await aclose_stream(answer.chunks)  # the edge stops at what was judged
 
-        async def run() -> ChatCompletionResponse:
-            return await self.backend("cloud").complete(request, max_tokens=self._max_tokens("cloud", plan))
+            async def run() -> ChatCompletionResponse:
+                max_tokens = self._max_tokens("cloud", plan)
+                return await self.backend("cloud").complete(request, max_tokens=max_tokens)
 
-        decision, cloud = await self._escalated(plan, escalated, started, run, stream=False)
-        if cloud is None:
+            decision, cloud = await self._escalated(plan, escalated, started, run, stream=False)
+            if cloud is not None:
+                return plan, decision, cloud, verdict
+            if isinstance(answer, HeldAnswer) and answer.ended:
+                whole = assembled(
+                    answer.head, prompt_tokens=plan.prompt_tokens, logprobs=bool(request.logprobs)
+                )
+                answer = whole
+            elif isinstance(answer, HeldAnswer):
+
+                async def again() -> ChatCompletionResponse:
+                    max_tokens = self._max_tokens("edge", plan)
+                    return await self.backend("edge").complete(request, max_tokens=max_tokens)
+
+                answer = await self._recorded_run(plan, decision, started, again)
             return plan, decision, answer, Verdict(verdict.confidence)
-        return plan, decision, cloud, verdict
+        except BaseException:
+            if isinstance(answer, HeldAnswer):
+                await aclose_stream(answer.chunks)
+            raise
 
     async def _verified_stream(
         self,

@@ -86,14 +86,14 @@ async def test_an_unsure_edge_answer_is_discarded_and_the_cloud_answers_as_edge_
     assert (route.target, route.reason, route.fallback) == ("cloud", "edge_unsure", False)
     assert route.model == "cloud-model" and response.model == "cloud-model"
     assert route.confidence == pytest.approx(math.exp(UNSURE), abs=1e-4)
-    assert route.edge_tokens_discarded == 2  # the fake's usage
+    assert route.edge_tokens_discarded == 1  # "Lyon?": the one token generated before it was judged
     assert route.edge_ms_discarded is not None and route.edge_ms_discarded >= 0
     assert len(edge.calls) == 1 and len(cloud.calls) == 1
     (outcome,) = recorder.outcomes  # recorded once, with the final route
     assert (outcome.decision.target, outcome.decision.reason) == ("cloud", "edge_unsure")
     assert outcome.decision.original_reason == "score_below_threshold"
     assert outcome.cost_usd > 0 and outcome.cost_saved_usd == 0
-    assert outcome.confidence == pytest.approx(math.exp(UNSURE)) and outcome.edge_tokens_discarded == 2
+    assert outcome.confidence == pytest.approx(math.exp(UNSURE)) and outcome.edge_tokens_discarded == 1
 
 
 async def test_a_tier_without_verification_keeps_the_edge_answer_unjudged() -> None:
@@ -186,3 +186,50 @@ async def test_a_whole_answer_stream_is_judged_on_all_of_it() -> None:
     assert edge.streamed == 4
     assert (stream.route.reason, stream.route.edge_tokens_discarded) == ("edge_unsure", 4)
     assert await words(stream) == ["Paris."]
+
+
+LONG = "Lyon is probably the capital of France I think"
+
+
+async def test_an_unsure_non_streamed_answer_stops_the_edge_after_max_edge_tokens() -> None:
+    edge, cloud = FakeBackend("edge", reply=LONG, logprob=UNSURE), FakeBackend("cloud", reply="Paris.")
+    response = await engine(edge, cloud).complete(request(), Tenant("acme", "verified"))
+    assert response.choices[0].message.content == "Paris."
+    route = response.route
+    assert route is not None and (route.target, route.reason) == ("cloud", "edge_unsure")
+    assert edge.streamed == 2  # judged on its first max_edge_tokens, then stopped: not the 9 words
+    assert route.edge_tokens_discarded == 2
+
+
+async def test_a_confident_non_streamed_answer_is_judged_early_then_given_whole() -> None:
+    edge, cloud = FakeBackend("edge", reply=LONG, logprob=SURE), FakeBackend("cloud")
+    response = await engine(edge, cloud).complete(request(logprobs=True), Tenant("acme", "verified"))
+    assert edge.streamed == len(LONG.split()) and cloud.calls == []
+    assert response.object == "chat.completion" and response.model == "edge-model"
+    (choice,) = response.choices
+    assert choice.message.content == "".join(LONG.split())  # the fake's chunks are its words
+    assert choice.finish_reason == "stop"
+    assert choice.logprobs == {"content": [], "refusal": None}  # asked for: the chunks' (none here)
+    assert response.usage.completion_tokens == len(LONG.split())
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+    route = response.route
+    assert route is not None and route.target == "edge"
+    assert route.confidence == pytest.approx(math.exp(SURE), abs=1e-4)
+
+
+async def test_a_whole_tier_judges_a_non_streamed_answer_on_all_of_it() -> None:
+    edge, cloud = FakeBackend("edge", reply=LONG, logprob=UNSURE), FakeBackend("cloud", reply="Paris.")
+    response = await engine(edge, cloud).complete(request(), Tenant("acme", "whole"))
+    route = response.route
+    assert route is not None and route.reason == "edge_unsure"
+    assert edge.streamed == 0 and route.edge_tokens_discarded == 2  # generated whole (the fake's usage)
+
+
+async def test_when_the_cloud_fails_after_a_stopped_edge_the_edge_answers_again() -> None:
+    edge = FakeBackend("edge", reply=LONG, logprob=UNSURE)
+    cloud = FakeBackend("cloud", fail=CloudUnavailable("down"))
+    response = await engine(edge, cloud).complete(request(), Tenant("acme", "verified"))
+    assert response.choices[0].message.content == LONG  # the fake's whole (non-streamed) answer
+    route = response.route
+    assert route is not None and (route.target, route.fallback) == ("edge", True)
+    assert edge.streamed == 2 and len(edge.calls) == 2

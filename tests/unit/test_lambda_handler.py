@@ -272,6 +272,39 @@ def test_stream_request_is_answered_as_one_sse_body(invoke: Any) -> None:
     assert json.loads(events[-2].removeprefix("data: "))["usage"]["total_tokens"] > 0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_unsure_edge_answer_escalates_with_its_confidence_in_a_header(
+    invoke: Any, ssm: Any, log_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    verified = {
+        **CONFIG,
+        "tiers": {**CONFIG["tiers"], "free": {"threshold": 0.7, "verify": {"enabled": True}}},
+    }
+    ssm.put_parameter(Name=PARAMETER, Value=json.dumps(verified), Type="String", Overwrite=True)
+    edge = FakeBackend("edge", reply="Lyon is it", logprob=-2.0)  # confidence exp(-2) ~ 0.1353
+
+    async def unsure_edge(config: RouterConfig) -> RoutingEngine:
+        cloud = FakeBackend("cloud", reply="Paris")
+        return RoutingEngine(config, estimator=HeuristicEstimator(), edge=edge, cloud=cloud)
+
+    monkeypatch.setattr(lambda_handler, "engine_factory", unsure_edge)
+    event = load_event("chat_completions.json")
+    event["body"] = json.dumps({**json.loads(event["body"]), "stream": stream})
+    result = invoke(event)
+    assert result["statusCode"] == 200
+    assert header(result, "x-route-target") == "cloud" and header(result, "x-route-reason") == "edge_unsure"
+    assert header(result, "x-route-confidence") == "0.1353"
+    assert edge.streamed == 3  # judged on its first max_edge_tokens (64): the whole short answer
+    if stream:
+        events = [line for line in result["body"].splitlines() if line.startswith("data: ")]
+        assert json.loads(events[0].removeprefix("data: "))["route"]["reason"] == "edge_unsure"
+    else:
+        assert json.loads(result["body"])["choices"][0]["message"]["content"] == "Paris"
+    lines = [json.loads(line) for line in log_lines.getvalue().splitlines() if "route_decision" in line]
+    (decision,) = [line["message"] for line in lines]
+    assert decision["confidence"] == 0.1353 and decision["calibration"] == "uncalibrated-exp-mean-logprob"
+
+
 def test_emf_metrics_and_cold_start(invoke: Any, capsys: pytest.CaptureFixture[str]) -> None:
     invoke("chat_completions.json")
     invoke("chat_completions.json")
