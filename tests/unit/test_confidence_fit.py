@@ -61,7 +61,7 @@ def test_features_come_from_the_recorded_signals_and_an_empty_answer_is_least_co
 
 def test_a_written_calibration_is_listed_with_its_sha256_and_the_router_reads_it_alike(tmp_path: Path) -> None:
     from hyrouter.router import AnswerFeatures
-    from hyrouter.router._confidence import FittedCalibration
+    from hyrouter.router._confidence import CalibrationDocument, FittedCalibration
 
     (tmp_path / "registry.json").write_text(json.dumps({"format": 1, "estimators": []}))
     doc = {
@@ -85,7 +85,8 @@ def test_a_written_calibration_is_listed_with_its_sha256_and_the_router_reads_it
     assert path.exists() and len(entry["sha256"]) == 64
     answers = [row([-0.1, -0.2, -0.05], True), row([-1.5, -3.0], False), row([-0.6], True)]
     ours = apply(doc, feature_matrix(answers))
-    router = FittedCalibration.from_document(doc, source=str(path))
+    router = FittedCalibration(CalibrationDocument.model_validate(doc), source=str(path))
+    assert FittedCalibration.load(path).name == "tiny@1.0.0"
     theirs = [router.confidence(AnswerFeatures.of(_signals(a))) for a in answers]  # type: ignore[arg-type]
     assert ours.tolist() == pytest.approx(theirs, abs=1e-9)
 
