@@ -33,7 +33,11 @@ EXIT_OK, EXIT_DRIFTED, EXIT_NOTHING = 0, 1, 2
 
 
 def open_store(spec: str) -> OutcomeStore:
-    """The outcome store `spec` names: `sqlite:PATH` or `dynamodb:TABLE`."""
+    """The outcome store `spec` names: `sqlite:PATH`, or `KIND:WHERE` for a store another package
+    registers under the entry point group `hybrid_router.outcome_stores` (`dynamodb:TABLE`, from
+    `hyrouter.cloud.aws`: models/ does not import cloud/)."""
+    from importlib.metadata import entry_points
+
     kind, _, where = spec.partition(":")
     if not where:
         raise ConfigError(f"--outcomes {spec!r}: expected sqlite:PATH or dynamodb:TABLE")
@@ -43,11 +47,11 @@ def open_store(spec: str) -> OutcomeStore:
         if not Path(where).is_file():
             raise ConfigError(f"--outcomes {spec!r}: no such file")
         return SqliteOutcomeStore(where)
-    if kind == "dynamodb":
-        from hyrouter.cloud.aws.outcomes import DynamoDbOutcomeStore
-
-        return DynamoDbOutcomeStore(where)
-    raise ConfigError(f"--outcomes {spec!r}: the store is sqlite:PATH or dynamodb:TABLE")
+    for entry in entry_points(group="hybrid_router.outcome_stores"):
+        if entry.name == kind:
+            store: OutcomeStore = entry.load()(where)
+            return store
+    raise ConfigError(f"--outcomes {spec!r}: no outcome store of kind {kind!r} (sqlite, dynamodb)")
 
 
 def split_by_time(

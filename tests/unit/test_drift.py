@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hyrouter.models.drift import EXIT_DRIFTED, EXIT_NOTHING, EXIT_OK, add_drift_command
-from hyrouter.router import parse_config
+from hyrouter.router import load_estimator, parse_config
 from hyrouter.router._config import TierDriftConfig
 from hyrouter.router._drift import DriftObserver, TierDrift, Window, drift_between, ks_statistic, psi
 from hyrouter.router._metrics import RequestOutcome
@@ -82,7 +82,7 @@ def test_the_observer_compares_rolling_windows_with_its_reference_and_reports() 
     assert len(heard) == 4 + 4
 
 
-def write_records(path: Path, scores_by_age: list[tuple[float, float]]) -> None:
+def write_records(path: Path, scores_by_age: list[tuple[float, float]], estimator: str = "h@1") -> None:
     store = SqliteOutcomeStore(path)
     now = time.time()
     records = []
@@ -98,7 +98,7 @@ def write_records(path: Path, scores_by_age: list[tuple[float, float]]) -> None:
                 fallback=False,
                 score=score,
                 threshold=0.4,
-                estimator="h@1",
+                estimator=estimator,
                 model="m",
                 status=200,
                 stream=False,
@@ -142,3 +142,23 @@ def test_the_drift_command_passes_calm_traffic_and_fails_drifted_traffic(
     assert run_drift("--outcomes", f"sqlite:{moved}", *by_count) == EXIT_DRIFTED
     assert run_drift("--outcomes", f"sqlite:{calm}", "--tier", "premium") == EXIT_NOTHING
     assert run_drift("--outcomes", f"sqlite:{calm}", "--reference-records", "3") == EXIT_NOTHING
+
+
+def test_calibrate_from_outcomes_holds_the_target_share_on_recent_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hyrouter.models.calibrate import add_calibrate_command
+
+    path = tmp_path / "o.sqlite3"
+    recent = [(1.0, i / 100) for i in range(100)]  # scores 0.00 .. 0.99, an hour old
+    old = [(100.0, 0.99)] * 50  # older than --since: not counted
+    current = load_estimator("heuristic")  # the demo config's
+    write_records(path, recent + old, estimator=f"{current.name}@{current.version}")
+    parser = argparse.ArgumentParser()
+    add_calibrate_command(parser.add_subparsers())
+    argv = ["calibrate", "--tier", "standard", "--cloud-fraction", "0.25", "--outcomes", f"sqlite:{path}"]
+    args = parser.parse_args([*argv, "--since", "24h"])
+    assert args.func(args) == 0
+    result = json.loads(capsys.readouterr().out.split("\ntier ")[0])
+    assert result["calibration_prompts"] == 100 and result["threshold"] == pytest.approx(0.75)
+    assert result["expected_cloud_fraction"] == 0.25
