@@ -21,8 +21,10 @@ from hyrouter.router import (
     load_estimator,
 )
 from hyrouter.router._confidence import UNCALIBRATED, Calibration
+from hyrouter.router._drift import DriftObserver
 from hyrouter.router._outcomes import OutcomeStore, OutcomeWriter
 from hyrouter.router._settings import RouterSettings, secret_from_env
+from hyrouter.router._shadow import ShadowJudge, ShadowRunner
 
 if TYPE_CHECKING:
     import httpx
@@ -48,9 +50,10 @@ def build_engine(
     edge backend unloaded (it then reports itself unavailable and counts tokens approximately).
     `cloud_transport` carries the cloud client's calls (SigV4 signing for SageMaker, a mock in tests).
     The ledger is `ledger`, else the one the config's `ledger` section names (`open_ledger`).
-    Outcome records are written where `config.outcomes` says (`outcome_writer`). Where some tier
-    verifies edge answers, the edge model's calibration is the one `edge.calibration` names
-    (`hyrouter.edge.model_files.edge_calibration`; a mismatch with the GGUF is a `ConfigError`).
+    Outcome records are written where `config.outcomes` says (`outcome_writer`); a `DriftObserver`
+    watches every tier, and tiers that sample edge answers get a shadow judge (`shadow_judge`).
+    Where some tier verifies edge answers, the edge model's calibration is the one `edge.calibration`
+    names (`hyrouter.edge.model_files.edge_calibration`; a mismatch with the GGUF is a `ConfigError`).
     """
     estimator = load_estimator(config.estimator.name, config.estimator.version)
     edge: ChatBackend | None = None
@@ -76,6 +79,10 @@ def build_engine(
     if ledger is None:
         ledger = open_ledger(config.ledger)
     outcomes = outcome_writer(config)
+    drift = DriftObserver(config)
+    shadow = shadow_judge(config, cloud, ledger, outcomes, transport=cloud_transport)
+    if shadow is not None and shadow.runner is not None:
+        shadow.runner.on_verdict = drift.judged
     return RoutingEngine(
         config,
         estimator=estimator,
@@ -84,7 +91,53 @@ def build_engine(
         ledger=ledger,
         outcomes=outcomes,
         calibration=calibration,
+        shadow=shadow,
+        observers=[drift],
     )
+
+
+def shadows(config: RouterConfig) -> bool:
+    """Whether some tier samples edge answers for shadow judging."""
+    return any(t.shadow.sample_rate > 0 and t.cloud != "never" for t in config.tiers.values())
+
+
+def shadow_judges(
+    config: RouterConfig, transport: httpx.AsyncBaseTransport | None = None
+) -> dict[str, ChatBackend]:
+    """The judge backends of the tiers that name one of their own (`TierShadowConfig.judge`)."""
+    from hyrouter.cloud.endpoint import CloudEndpointClient
+    from hyrouter.router import CloudConfig
+
+    judges: dict[str, ChatBackend] = {}
+    for name, tier in config.tiers.items():
+        judge = tier.shadow.judge
+        if judge is not None and tier.shadow.sample_rate > 0:
+            section = CloudConfig(url=judge.url, model=judge.model, api_key_env=judge.api_key_env)
+            judges[name] = CloudEndpointClient(section, transport=transport)
+    return judges
+
+
+def shadow_judge(
+    config: RouterConfig,
+    cloud: ChatBackend | None,
+    ledger: Ledger,
+    outcomes: OutcomeWriter | None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> ShadowJudge | None:
+    """The shadow judge when some tier samples edge answers and there is a cloud to compare with;
+    verdicts join outcome records when they are on (else they are only counted)."""
+    if not shadows(config):
+        return None
+    if cloud is None:
+        logger.warning("shadow judging configured, but there is no cloud endpoint: it is off")
+        return None
+    if outcomes is None:
+        logger.warning("shadow judging without outcome records: verdicts are counted, not stored")
+    runner = ShadowRunner(
+        config, cloud, ledger=ledger, verdicts=outcomes, judges=shadow_judges(config, transport)
+    )
+    return ShadowJudge(config, runner)
 
 
 def open_ledger(config: LedgerConfig) -> Ledger:
@@ -121,3 +174,8 @@ def outcome_writer(config: RouterConfig) -> OutcomeWriter | None:
 async def close_engine(engine: RoutingEngine) -> None:
     """Release the engine's backends (all of them, each even when another fails to close)."""
     await engine.aclose()
+
+
+def drift_observer(engine: RoutingEngine) -> DriftObserver | None:
+    """The engine's drift observer, if it has one."""
+    return next((o for o in engine.observers if isinstance(o, DriftObserver)), None)

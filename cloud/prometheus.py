@@ -15,6 +15,12 @@ all prefixed `hybrid_router_`::
     outcomes_written_total / outcomes_dropped_total / outcomes_failed_total / outcomes_queued
                                            outcome records (when on): written, dropped because the
                                            queue was full, refused by the store, waiting
+    shadow_total{tier,event}               shadow judging (when on): sampled, judged, edge_good,
+                                           unparseable, failed, skipped_budget/_queue/_privacy
+    shadow_edge_good_rate{tier}            the judges' share of edge answers found good enough
+    drift_score_psi{tier} / drift_score_ks{tier}       recent scores against the tier's reference
+    drift_cloud_share{tier} / drift_cloud_share_target{tier} / drift_edge_good_rate{tier}
+    drift_detected{tier}                   1 when a signal passed the tier's drift thresholds
 
 prometheus_client is imported when an instance is made, never at import (the Lambda handler imports
 `hyrouter.cloud.routes`, which names this class).
@@ -104,6 +110,7 @@ class PrometheusMetrics:
             available.labels(target).set_function(_availability(engine, target))
         if engine.outcomes is not None:
             r.register(_OutcomeCounts(engine.outcomes))
+        r.register(_LearningGauges(engine))
 
     def record(self, outcome: RequestOutcome) -> None:
         """Count one finished request."""
@@ -159,6 +166,66 @@ class _OutcomeCounts:
         yield GaugeMetricFamily(
             f"{PREFIX}_outcomes_queued", "Outcome records waiting.", value=stats["queued"]
         )
+
+
+class _LearningGauges:
+    """Shadow judging's counts and the drift observer's latest comparison, read at scrape (the engine's
+    current ones: a reload brings new ones)."""
+
+    def __init__(self, engine: RoutingEngine) -> None:
+        self._engine = engine
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from hyrouter.cloud.engines import drift_observer
+
+        shadow = self._engine.shadow
+        if shadow is not None:
+            counts = CounterMetricFamily(
+                f"{PREFIX}_shadow", "Shadow judging of sampled edge answers.", labels=["tier", "event"]
+            )
+            rate = GaugeMetricFamily(
+                f"{PREFIX}_shadow_edge_good_rate", "Judged edge answers found good enough.", labels=["tier"]
+            )
+            for tier, events in sorted(shadow.stats.snapshot().items()):
+                for event, n in events.items():
+                    counts.add_metric([tier, event], n)
+                good = shadow.stats.edge_good_rate(tier)
+                if good is not None:
+                    rate.add_metric([tier], good)
+            yield counts
+            yield rate
+        drift = drift_observer(self._engine)
+        if drift is None:
+            return
+        gauges = {
+            name: GaugeMetricFamily(f"{PREFIX}_drift_{name}", text, labels=["tier"])
+            for name, text in (
+                ("score_psi", "PSI of recent scores against the tier's reference."),
+                ("score_ks", "Kolmogorov-Smirnov statistic of recent scores against the reference."),
+                ("cloud_share", "Recent share of decisions sent to the cloud."),
+                ("cloud_share_target", "The cloud share the tier's threshold is meant to give."),
+                ("edge_good_rate", "Recent shadow verdicts that found the edge good enough."),
+                ("detected", "1 when a drift signal passed the tier's threshold."),
+            )
+        }
+        for tier, d in sorted(drift.snapshot().items()):
+            values = {
+                "score_psi": d.score_psi,
+                "score_ks": d.score_ks,
+                "cloud_share": d.cloud_share,
+                "cloud_share_target": d.target_cloud_share,
+                "edge_good_rate": d.edge_good_rate,
+                "detected": float(d.drifted),
+            }
+            for name, value in values.items():
+                if value is not None:
+                    gauges[name].add_metric([tier], value)
+        yield from gauges.values()
 
 
 def _availability(engine: RoutingEngine, target: Target) -> Callable[[], float]:

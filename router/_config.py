@@ -92,6 +92,76 @@ class TierVerifyConfig(_Strict):
     )
 
 
+class CloudPrice(_Strict):
+    """What the GPU endpoint costs, in US dollars per 1,000 tokens."""
+
+    prompt_per_1k: Annotated[float, Field(ge=0)] = 0.0005
+    completion_per_1k: Annotated[float, Field(ge=0)] = 0.0015
+
+
+class ShadowJudgeEndpoint(_Strict):
+    """A judge model of its own for shadow judging (any OpenAI-compatible endpoint)."""
+
+    url: str = Field(description="Base URL ending in /v1.")
+    model: str = Field("default", description="Model name sent to the endpoint.")
+    api_key_env: str = Field(
+        RouterSettings.SECRET_ENV["judge_api_key"],
+        description="Env var that holds the judge endpoint's API key.",
+    )
+    price: CloudPrice = Field(CloudPrice(), description="What the judge costs, paid from the shadow budget.")
+
+    @property
+    def api_key(self) -> str | None:
+        """The judge's API key, read from the environment at call time (never stored)."""
+        return secret_from_env(self.api_key_env)
+
+
+class TierShadowConfig(_Strict):
+    """Shadow judging: a sample of a tier's edge answers is also answered in the cloud, off the request
+    path, and a judge model says whether the edge's answer was as good (`hyrouter.router._shadow`).
+
+    Off by default (sample_rate 0). Only answers the edge was decided for (no fallback, no error) are
+    sampled; never in a tier with cloud 'never', never a request kept local for privacy. The cloud
+    answer and the judge's call are paid from a budget of their own per tenant (ledger key
+    '<tenant>#shadow'); once it is spent, that tenant's answers are not judged until the period ends.
+    """
+
+    sample_rate: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.0, description="Share of the tier's edge answers judged; 0: off."
+    )
+    budget_usd: Annotated[float, Field(ge=0.0)] = Field(
+        0.1, description="Shadow spend (cloud answer and judge) a tenant may incur per budget_period."
+    )
+    budget_period: Literal["day", "month", "total"] = Field(
+        "day", description="When budget_usd starts again at 0 (UTC day, UTC month, never)."
+    )
+    judge: ShadowJudgeEndpoint | None = Field(
+        None, description="The judge model's endpoint; None: the cloud endpoint judges."
+    )
+    judge_max_tokens: Annotated[int, Field(ge=1)] = Field(
+        256, description="Completion tokens the judge may use for its explanation and verdict."
+    )
+
+
+class TierDriftConfig(_Strict):
+    """What counts as drift for a tier (`hybrid-router drift`, and the live drift metrics and alarms)."""
+
+    target_cloud_share: Annotated[float | None, Field(ge=0.0, le=1.0)] = Field(
+        None,
+        description="The share of requests meant for the cloud (what `calibrate --cloud-fraction` set the "
+        "threshold for); None: the reference window's share.",
+    )
+    max_psi: Annotated[float, Field(gt=0.0)] = Field(
+        0.2, description="Population stability index of the scores above which they have drifted."
+    )
+    max_cloud_share_gap: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.15, description="Absolute gap between the cloud share and its target above which it has drifted."
+    )
+    min_edge_good_rate: Annotated[float | None, Field(ge=0.0, le=1.0)] = Field(
+        None, description="Shadow judges' edge-good rate below which edge answers have drifted; None: off."
+    )
+
+
 class TierConfig(_Strict):
     """How one tier (free, standard, premium, ...) is routed."""
 
@@ -132,6 +202,10 @@ class TierConfig(_Strict):
     verify: TierVerifyConfig = Field(
         TierVerifyConfig(), description="The edge model checks its own answer; off by default."
     )
+    shadow: TierShadowConfig = Field(
+        TierShadowConfig(), description="Shadow judging of sampled edge answers; off by default."
+    )
+    drift: TierDriftConfig = Field(TierDriftConfig(), description="Drift thresholds of this tier.")
     store_prompts: bool = Field(
         False,
         description="Keep the prompt's text in outcome records; false keeps only a salted hash and the "
@@ -210,13 +284,6 @@ class CircuitBreakerConfig(_Strict):
 
     failure_threshold: Annotated[int, Field(ge=1)] = 3
     cooldown_s: Annotated[float, Field(gt=0)] = 30.0
-
-
-class CloudPrice(_Strict):
-    """What the GPU endpoint costs, in US dollars per 1,000 tokens."""
-
-    prompt_per_1k: Annotated[float, Field(ge=0)] = 0.0005
-    completion_per_1k: Annotated[float, Field(ge=0)] = 0.0015
 
 
 class CloudConfig(_Strict):
@@ -525,4 +592,11 @@ def engine_sections_changed(old: RouterConfig, new: RouterConfig) -> list[str]:
         changed.append("tiers")
     elif new.verifies and not old.verifies and "edge" not in changed and "tiers" not in changed:
         changed.append("tiers.verify")  # the edge model's calibration is resolved only where a tier verifies
+    if _shadow_setup(old) != _shadow_setup(new):  # the shadow judge and its judges are built with it
+        changed.append("shadow")
     return changed
+
+
+def _shadow_setup(config: RouterConfig) -> dict[str, ShadowJudgeEndpoint | None]:
+    """The tiers that shadow-judge, and their judge endpoints."""
+    return {n: t.shadow.judge for n, t in config.tiers.items() if t.shadow.sample_rate > 0}

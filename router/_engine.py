@@ -83,6 +83,7 @@ from hyrouter.router._plan import (
     chain_chunks,
 )
 from hyrouter.router._policy import Decision, Policy, PolicyInput, RequestFacts, TierPolicy
+from hyrouter.router._shadow import ShadowJudge
 from hyrouter.router._verifying import EdgeVerification
 from hyrouter.router._wire import (
     ChatCompletionChunk,
@@ -119,6 +120,7 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
         cache: ResponseCache | None = None,
         outcomes: OutcomeWriter | None = None,
         calibration: Calibration = UNCALIBRATED,
+        shadow: ShadowJudge | None = None,
     ) -> None:
         """An engine for `config`; every seam has a default.
 
@@ -129,7 +131,9 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
         `config.cache.max_entries`, semantic when the primary estimator is an `Embedder`; tiers turn it on.
         `outcomes` observes last, and asks the estimator for its features; `aclose` writes what it
         still holds. `calibration` turns the edge's token signals into a confidence where a tier
-        verifies edge answers (default `UNCALIBRATED`).
+        verifies edge answers (default `UNCALIBRATED`). `shadow` samples edge answers for shadow
+        judging (`hyrouter.router._shadow`); it observes after outcome capture, and follows
+        `reconfigured` configs.
         """
         if estimators is None:
             if estimator is None:
@@ -149,6 +153,9 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
         decision_log: list[DecisionObserver] = [DecisionLog()] if log_decisions else []
         self.outcomes = outcomes
         capture: list[DecisionObserver] = [outcomes] if outcomes is not None else []
+        self.shadow = shadow
+        if shadow is not None:
+            capture.append(shadow)
         self.observers: list[DecisionObserver] = [self.metrics, *decision_log, *observers, *capture]
         self.keys = ApiKeys(config)
         if cache is None:
@@ -174,10 +181,16 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
         new tiers; any other policy is kept (it reads its own state).
         """
         policy = TierPolicy(config.tiers) if isinstance(self.policy, TierPolicy) else self.policy
+        if self.shadow is not None:
+            self.shadow.retarget(config)
         # The observers given or plugged in since (an app's Prometheus exporter), not the ones the
         # new engine makes itself again (metrics, the decision log, outcome capture).
-        own = (self.metrics, self.outcomes)
+        own = (self.metrics, self.outcomes, self.shadow)
         observers = [o for o in self.observers if o not in own and not isinstance(o, DecisionLog)]
+        for observer in observers:  # those that judge by the config (drift thresholds) follow it
+            retarget = getattr(observer, "retarget", None)
+            if retarget is not None:
+                retarget(config)
         return RoutingEngine(
             config,
             estimators=self.estimators,
@@ -190,6 +203,7 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
             cache=self.cache,
             outcomes=self.outcomes,
             calibration=self.calibration,
+            shadow=self.shadow,
         )
 
     @property
@@ -396,7 +410,12 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
     async def aclose(self) -> None:
         """Write the outcome records still queued, then release every backend (models, connections)
         and the ledger's connections (a ledger with a `close`: `SqliteLedger`, which reopens if used
-        again), each even when another fails to close."""
+        again), each even when another fails to close. Shadow jobs get a short grace first."""
+        if self.shadow is not None:
+            try:
+                await self.shadow.aclose()
+            except Exception:
+                logger.exception("closing the shadow judge failed")
         if self.outcomes is not None:
             try:
                 await asyncio.to_thread(self.outcomes.close)
@@ -462,6 +481,7 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
             upstream=response.route,
             completion_id=response.id,
             verdict=verdict,
+            answer=_answer_text(response),
         )
         response.route = route
         response.model = route.model
@@ -717,6 +737,7 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
                 completion_id=last.id if last is not None else None,
                 cloud_part=cloud_part,
                 verdict=Verdict.of(route),
+                answer="".join(sent) if error is None and text_only else None,
             )
             route.cost_usd, route.cost_saved_usd = recorded.cost_usd, recorded.cost_saved_usd
 
@@ -750,6 +771,17 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
             other.target,
         )
         return other, chunks
+
+
+def _answer_text(response: ChatCompletionResponse) -> str | None:
+    """The text of a response's first choice; None for tool calls or no text."""
+    if not response.choices:
+        return None
+    message = response.choices[0].message
+    if getattr(message, "tool_calls", None):
+        return None
+    content = message.content
+    return content if isinstance(content, str) else None
 
 
 def _degraded(route: RouteInfo) -> bool:

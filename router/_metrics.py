@@ -55,6 +55,8 @@ class RequestOutcome:
     calibration: str | None = None
     #: the edge's completion tokens thrown away when an unsure edge answer went to the cloud
     edge_tokens_discarded: int | None = None
+    #: the answer's text, for observers that look at it (shadow judging); None without an answer
+    answer: str | None = None
 
 
 class DecisionObserver(Protocol):

@@ -139,6 +139,13 @@ class _Queued:
     request_id: str | None
 
 
+@dataclass(frozen=True)
+class _Judged:
+    record_id: str
+    good: bool
+    judge: str
+
+
 class _Flush:
     def __init__(self) -> None:
         self.done = threading.Event()
@@ -262,6 +269,21 @@ class OutcomeWriter:
             return False
         return self.flush() and self.store.rate(record_id, tenant, rating, comment)
 
+    # -- judges ------------------------------------------------------------------------------------
+
+    def judge(self, record_id: str, good: bool, judge: str) -> bool:
+        """Queue a judge's verdict on record `record_id` behind everything queued before it (its
+        record among them), so that the store joins it to a record already written. Never blocks;
+        False when it is not queued (a full queue, counted as dropped; a closed writer)."""
+        if self._closed:
+            return False
+        try:
+            self._queue.put_nowait(_Judged(record_id, good, judge))
+        except queue.Full:
+            self._count_drop()
+            return False
+        return True
+
     # -- the writer thread ------------------------------------------------------------------------
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -311,18 +333,34 @@ class OutcomeWriter:
                     markers.append(item)
                 elif isinstance(item, _Queued):
                     batch.append(item)
+                elif isinstance(item, _Judged):  # its record may be in the batch: write that first
+                    self._write_all(batch)
+                    batch = []
+                    self._join_verdict(item)
                 if stop or len(batch) >= _MOST_PER_WAKE:
                     break
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            for start in range(0, len(batch), self._batch_size):
-                self._write(batch[start : start + self._batch_size])
+            self._write_all(batch)
             for marker in markers:
                 marker.done.set()
             if stop:
                 return
+
+    def _write_all(self, batch: list[_Queued]) -> None:
+        for start in range(0, len(batch), self._batch_size):
+            self._write(batch[start : start + self._batch_size])
+
+    def _join_verdict(self, verdict: _Judged) -> None:
+        try:
+            if not self.store.judge(verdict.record_id, verdict.good, verdict.judge):
+                logger.info("judged record %s is not in the store (dropped or failed)", verdict.record_id)
+        except Exception:
+            with self._lock:
+                self.failed += 1
+            logger.exception("outcome store %r failed to join a verdict", self.store)
 
     def _write(self, batch: list[_Queued]) -> None:
         try:

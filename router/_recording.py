@@ -175,6 +175,7 @@ class OutcomeRecording:
         completion_id: str | None = None,
         cloud_part: Usage | None = None,
         verdict: Verdict | None = None,
+        answer: str | None = None,
     ) -> RouteInfo:
         """Book a finished request's cost or saving (settling its reservation) and tell the observers.
 
@@ -209,6 +210,7 @@ class OutcomeRecording:
             model=model,
             completion_id=completion_id,
             verdict=verdict,
+            answer=answer,
         )
 
     async def _book_off_loop(
@@ -249,6 +251,7 @@ class OutcomeRecording:
         model: str | None = None,
         completion_id: str | None = None,
         verdict: Verdict | None = None,
+        answer: str | None = None,
     ) -> RouteInfo:
         usage = usage or Usage()
         route = self._route_info(decision, cost, saved, upstream=upstream, model=model)
@@ -275,6 +278,7 @@ class OutcomeRecording:
             confidence=None if verdict is None else verdict.confidence,
             calibration=None if verdict is None or verdict.confidence is None else self.calibration.name,
             edge_tokens_discarded=None if verdict is None else verdict.discarded_tokens,
+            answer=answer,
         )
         for observer in self.observers:
             try:

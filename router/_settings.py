@@ -123,6 +123,8 @@ class RouterSettings(HybridRouterSettings):
         "cloud_api_key": "HYBRID_ROUTER_CLOUD_API_KEY",
         # Salt of the prompt hashes in outcome records, over the config's `outcomes.salt`.
         "outcomes_salt": "HYBRID_ROUTER_OUTCOMES_SALT",
+        # The default of a tier's `shadow.judge.api_key_env`: the shadow judge endpoint's API key.
+        "judge_api_key": "HYBRID_ROUTER_JUDGE_API_KEY",
     }
 
     cloud_url: str | None = Field(

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 from hyrouter.cloud.aws.config import ConfigSource, LambdaRouterConfig, parse_text
 from hyrouter.cloud.aws.settings import LambdaSettings
-from hyrouter.cloud.aws.telemetry import EmfRouterMetrics
-from hyrouter.cloud.engines import EngineFactory
+from hyrouter.cloud.aws.telemetry import EmfRouterMetrics, emit_drift
+from hyrouter.cloud.engines import EngineFactory, drift_observer
 from hyrouter.router import (
     CacheStore,
     ConfigError,
@@ -244,6 +244,9 @@ class LambdaEnvironment:
         if engine.metrics is not self.metrics:
             engine.observers = [self.metrics if o is engine.metrics else o for o in engine.observers]
             engine.metrics = self.metrics
+        drift = drift_observer(engine)
+        if drift is not None and drift.on_update is None:  # EMF, for the template's drift alarms
+            drift.on_update = emit_drift
         return engine
 
     def _build(self, config: RouterConfig) -> RoutingEngine:

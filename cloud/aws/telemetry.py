@@ -8,6 +8,12 @@ read the service as a whole, a tier, a tier's target, and a tier's target and re
     EstimatorLatency, UpstreamLatency                                         Milliseconds
     PromptTokens, CompletionTokens                                            Count
     CostUSD, CostSavedUSD (against always-cloud)                              None
+
+`emit_drift` writes a tier's drift signals (the engine's `DriftObserver` calls it every so many
+requests): ScorePSI, ScoreKS, CloudShare, CloudShareGap, EdgeGoodRate, DriftDetected, under the
+dimensions service and tier; template.yaml alarms on them. `emit_shadow` writes what the judge
+function (`hyrouter.cloud.aws.judge`) found: ShadowJudged, ShadowEdgeGood, ShadowUnparseable,
+ShadowFailed, ShadowSkippedBudget, per tier.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit, single_m
 
 from hyrouter.cloud.aws.settings import LambdaSettings
 from hyrouter.router import RequestOutcome
+from hyrouter.router._drift import TierDrift
 
 
 def metrics_namespace(settings: LambdaSettings | None = None) -> str:
@@ -66,6 +73,36 @@ class EmfRouterMetrics:
         m.add_metadata(key="estimator", value=d.estimator)
         m.add_metadata(key="stream", value=outcome.stream)
         m.flush_metrics()
+
+
+def emit_drift(drift: TierDrift, *, namespace: str | None = None, service: str | None = None) -> None:
+    """One EMF record of `drift`'s signals for its tier (a signal without a value is left out)."""
+    service = service or service_name()
+    m = EphemeralMetrics(namespace=namespace or metrics_namespace(), service=service)
+    m.add_dimensions(service=service, tier=drift.tier)
+    values = {
+        "ScorePSI": drift.score_psi,
+        "ScoreKS": drift.score_ks,
+        "CloudShare": drift.cloud_share,
+        "CloudShareGap": None if drift.cloud_share_gap is None else abs(drift.cloud_share_gap),
+        "EdgeGoodRate": drift.edge_good_rate,
+        "DriftDetected": float(drift.drifted),
+    }
+    for name, value in values.items():
+        if value is not None and value == value:  # NaN: no value
+            m.add_metric(name=name, unit=MetricUnit.NoUnit, value=value)
+    m.flush_metrics()
+
+
+def emit_shadow(tier: str, counts: dict[str, int], *, namespace: str | None = None) -> None:
+    """One EMF record of a judge function invocation's counts for `tier`."""
+    service = service_name()
+    m = EphemeralMetrics(namespace=namespace or metrics_namespace(), service=service)
+    m.add_dimensions(service=service, tier=tier)
+    for name in ("judged", "edge_good", "unparseable", "failed", "skipped_budget"):
+        metric = "Shadow" + "".join(part.title() for part in name.split("_"))
+        m.add_metric(name=metric, unit=MetricUnit.Count, value=counts.get(name, 0))
+    m.flush_metrics()
 
 
 def emit_cold_start(function_name: str, *, namespace: str | None = None, service: str | None = None) -> None:

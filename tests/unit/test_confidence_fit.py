@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -47,8 +48,8 @@ def test_the_logistic_fit_separates_what_is_separable_and_the_isotonic_map_is_mo
     assert auroc(z, y) > 0.95
     assert fit.coef[0] > 0 > fit.coef[1]
     xs, ys = isotonic(z, y)
-    assert all(b > a for a, b in zip(xs, xs[1:], strict=False))
-    assert all(b >= a for a, b in zip(ys, ys[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(xs))
+    assert all(b >= a for a, b in itertools.pairwise(ys))
     assert 0.0 <= ys[0] <= ys[-1] <= 1.0
 
 
@@ -59,7 +60,9 @@ def test_features_come_from_the_recorded_signals_and_an_empty_answer_is_least_co
     assert x[2].tolist() == pytest.approx([-2.0, -2.0, -2.0, 0.0])  # each column's worst
 
 
-def test_a_written_calibration_is_listed_with_its_sha256_and_the_router_reads_it_alike(tmp_path: Path) -> None:
+def test_a_written_calibration_is_listed_with_its_sha256_and_read_alike_by_the_router(
+    tmp_path: Path,
+) -> None:
     from hyrouter.router import AnswerFeatures
     from hyrouter.router._confidence import CalibrationDocument, FittedCalibration
 
