@@ -6,8 +6,9 @@
 The label of a record is "escalation was needed" (1) or "the edge was good enough" (0):
 
 - a judge's verdict (`judged_good`, shadow judging) decides where there is one, whatever answered;
-- else a caller's rating decides, but only of an answer the edge gave (target "edge"): negative → 1,
-  positive → 0, 0 → no label. A rating of a cloud (or cached) answer says nothing about the edge's.
+- else a caller's rating decides, but only of an answer the edge gave (target "edge"): at least 0.5
+  (1 is "good"; graded ratings run from 0 to 1) → 0, below (-1 is "bad") → 1. A rating of a cloud
+  (or cached) answer says nothing about the edge's.
 - Every other record (no verdict, no rating; or a rated cloud answer) has no label and is not used;
   nor is one without features.
 
@@ -49,6 +50,8 @@ DEFAULT_REGISTRY = Path("estimators")
 DEFAULT_EVAL_SHARE = 0.2
 PENALTIES = (0.01, 0.1, 1.0, 10.0, 100.0)
 RANDOM_DRAWS = 20
+#: A rating at or above this says the edge's answer was good enough.
+GOOD_RATING = 0.5
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -78,9 +81,9 @@ def escalation_label(record: dict[str, Any]) -> int | None:
     if judged is not None:
         return 0 if judged else 1
     rating = record.get("rating")
-    if rating is None or record.get("target") != "edge" or rating == 0:
+    if rating is None or record.get("target") != "edge":
         return None
-    return 1 if rating < 0 else 0
+    return 0 if rating >= GOOD_RATING else 1
 
 
 @dataclass

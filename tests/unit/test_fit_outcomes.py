@@ -82,7 +82,8 @@ def test_labels_come_from_verdicts_and_from_ratings_of_edge_answers_only() -> No
     assert escalation_label({"judged_good": None, "rating": -0.5, "target": "edge"}) == 1
     assert escalation_label({"judged_good": None, "rating": 1.0, "target": "edge"}) == 0
     assert escalation_label({"judged_good": None, "rating": -1.0, "target": "cloud"}) is None
-    assert escalation_label({"judged_good": None, "rating": 0.0, "target": "edge"}) is None
+    assert escalation_label({"judged_good": None, "rating": 0.2, "target": "edge"}) == 1
+    assert escalation_label({"judged_good": None, "rating": 0.8, "target": "edge"}) == 0
     assert escalation_label({"judged_good": None, "rating": None, "target": "edge"}) is None
 
 
