@@ -149,7 +149,8 @@ def run(weak_model: str, strong_model: str, plot: Path | None) -> dict[str, Any]
         data = labelled_records(evaluation)
         weak = np.asarray([row["weak"] for row in rows[max(SIZES) :]])
         strong = np.asarray([row["strong"] for row in rows[max(SIZES) :]])
-        tokens = data.prompt_tokens
+        # The fake backends report no real usage: prompt length is the query's length in characters.
+        tokens = np.asarray([float(len(row["query"])) for row in rows[max(SIZES) :]])
         tasks = [row["task"] for row in rows[max(SIZES) :]]
         unseen = np.asarray([t in UNSEEN for t in tasks])
         baselines = {

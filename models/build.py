@@ -4,8 +4,8 @@
                                [--target weak-failure|escalation-gain]
     hybrid-router models verify [--root models/artefacts]
     hybrid-router models compare [--json bench/results/estimator_candidates.json]   # vs MiniLM int8
-    hybrid-router models fit --outcomes sqlite:PATH|dynamodb:TABLE   # a version from this deployment's labels
-    hybrid-router models canary --outcomes sqlite:PATH|dynamodb:TABLE   # the canary and the A/B arms
+    hybrid-router models fit --outcomes sqlite:PATH   # a version from this deployment's labels
+    hybrid-router models canary --outcomes sqlite:PATH   # the canary and the A/B arms
 
 Steps (each with a progress bar where it takes time): tokenize the training conversations with the
 teacher's tokenizer; distil static token vectors from the MiniLM teacher (`models/token_vectors.py`);

@@ -134,7 +134,7 @@ def add_canary_command(subparsers: Any) -> None:
     c = subparsers.add_parser(
         "canary", help="compare the canary estimator and the A/B arms on outcome records"
     )
-    c.add_argument("--outcomes", required=True, help="sqlite:PATH or dynamodb:TABLE")
+    c.add_argument("--outcomes", required=True, help="sqlite:PATH")
     c.add_argument("--since", type=float, help="use records created at or after this Unix time")
     c.set_defaults(func=_cmd_canary)
 
