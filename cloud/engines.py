@@ -55,6 +55,7 @@ def build_engine(
     Where some tier verifies edge answers, the edge model's calibration is the one `edge.calibration`
     names (`hyrouter.edge.model_files.edge_calibration`; a mismatch with the GGUF is a `ConfigError`).
     """
+    register_registry(config)
     estimator = load_estimator(config.estimator.name, config.estimator.version)
     edge: ChatBackend | None = None
     calibration: Calibration = UNCALIBRATED
@@ -140,6 +141,16 @@ def shadow_judge(
     return ShadowJudge(config, runner)
 
 
+def register_registry(config: RouterConfig) -> None:
+    """Register the estimators of `config.estimator.registry` (a deployment's fitted versions), if named."""
+    if config.estimator.registry:
+        from pathlib import Path
+
+        from hyrouter.router._onnx_estimator import register_artefacts
+
+        register_artefacts(Path(config.estimator.registry))
+
+
 def open_ledger(config: LedgerConfig) -> Ledger:
     """The ledger `config` names: this process's own, or the SQLite file every worker shares."""
     if config.kind == "sqlite":
@@ -150,7 +161,8 @@ def open_ledger(config: LedgerConfig) -> Ledger:
 def outcome_writer(config: RouterConfig) -> OutcomeWriter | None:
     """The writer of outcome records to the store `config.outcomes` names; None when it is off.
 
-    The prompt hashes' salt is `HYBRID_ROUTER_OUTCOMES_SALT`, else `outcomes.salt`.
+    The prompt hashes' salt is `HYBRID_ROUTER_OUTCOMES_SALT`, else `outcomes.salt`. A canary
+    (`estimator.candidate`) is loaded here: the writer scores each request with it, off the request path.
     """
     section = config.outcomes
     store: OutcomeStore
@@ -168,7 +180,18 @@ def outcome_writer(config: RouterConfig) -> OutcomeWriter | None:
         store = DynamoDbOutcomeStore(section.table, ttl_days=section.ttl_days)
     salt = secret_from_env(RouterSettings.SECRET_ENV["outcomes_salt"]) or section.salt
     logger.info("outcome records: %r", store)
-    return OutcomeWriter(store, salt=salt, max_queue=section.max_queue, batch_size=section.batch_size)
+    candidate = None
+    if config.estimator.candidate is not None:
+        register_registry(config)
+        candidate = load_estimator(config.estimator.candidate.name, config.estimator.candidate.version)
+        logger.info("canary estimator %s@%s scores in shadow", candidate.name, candidate.version)
+    return OutcomeWriter(
+        store,
+        salt=salt,
+        max_queue=section.max_queue,
+        batch_size=section.batch_size,
+        candidate=candidate,
+    )
 
 
 async def close_engine(engine: RoutingEngine) -> None:

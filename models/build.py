@@ -4,6 +4,8 @@
                                [--target weak-failure|escalation-gain]
     hybrid-router models verify [--root models/artefacts]
     hybrid-router models compare [--json bench/results/estimator_candidates.json]   # vs MiniLM int8
+    hybrid-router models fit --outcomes sqlite:PATH   # a version from this deployment's labels
+    hybrid-router models canary --outcomes sqlite:PATH   # the canary and the A/B arms
 
 Steps (each with a progress bar where it takes time): tokenize the training conversations with the
 teacher's tokenizer; distil static token vectors from the MiniLM teacher (`models/token_vectors.py`);
@@ -29,8 +31,10 @@ from typing import Any
 import numpy as np
 
 from hyrouter.models.artefacts import ARTEFACTS_DIR
+from hyrouter.models.canary import add_canary_command
 from hyrouter.models.candidates import add_compare_command
 from hyrouter.models.evaluate import evaluate
+from hyrouter.models.fit import add_fit_command
 from hyrouter.models.quality import summarize
 from hyrouter.models.routing_data import BENCHMARKS, default_data_dir, load_benchmark
 from hyrouter.models.training_data import DEFAULT_TARGET, TARGETS, all_examples, training_excludes
@@ -210,7 +214,7 @@ def _say(message: str, enabled: bool) -> None:
 
 
 def add_models_command(subparsers: Any) -> None:
-    """Register `hybrid-router models build|verify|compare|fit-confidence`."""
+    """Register `hybrid-router models build|verify|compare|fit|canary|fit-confidence`."""
     p = subparsers.add_parser("models", help="build or verify the learned estimator artefacts")
     sub = p.add_subparsers(dest="models_command", required=True)
     b = sub.add_parser("build", help="rebuild the estimator (needs the `models` extra: torch, optimum)")
@@ -226,6 +230,8 @@ def add_models_command(subparsers: Any) -> None:
     v.add_argument("--root", type=Path, default=DEFAULT_OUTPUT, help="artefact registry folder")
     v.set_defaults(func=_cmd_verify)
     add_compare_command(sub)
+    add_fit_command(sub)
+    add_canary_command(sub)
     from hyrouter.models.cascade import add_fit_confidence_command
 
     add_fit_confidence_command(sub)

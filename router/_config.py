@@ -162,6 +162,32 @@ class TierDriftConfig(_Strict):
     )
 
 
+class EstimatorRef(_Strict):
+    """One registered estimator version: `name@version`."""
+
+    name: str
+    version: str | None = Field(None, description="None: the newest version of that name.")
+
+
+class TierABConfig(_Strict):
+    """An A/B test on one tier: a share of its requests (arm "b") routed with another threshold and/or
+    estimator; the rest (arm "a") as the tier says. The arm is recorded in outcome records (`variant`);
+    `hybrid-router models canary` compares the arms."""
+
+    share: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        description="The fraction of the tier's requests in arm b."
+    )
+    threshold: Annotated[float | None, Field(ge=0.0, le=1.0)] = Field(
+        None, description="Arm b's threshold; None: the tier's."
+    )
+    estimator: EstimatorRef | None = Field(None, description="Arm b's estimator; None: the live one.")
+    by: Literal["request", "tenant"] = Field(
+        "request",
+        description="What decides the arm, by a hash: request: the request id (else the conversation's "
+        "text); tenant: the tenant, so that each tenant always sees one arm.",
+    )
+
+
 class TierConfig(_Strict):
     """How one tier (free, standard, premium, ...) is routed."""
 
@@ -206,6 +232,9 @@ class TierConfig(_Strict):
         TierShadowConfig(), description="Shadow judging of sampled edge answers; off by default."
     )
     drift: TierDriftConfig = Field(TierDriftConfig(), description="Drift thresholds of this tier.")
+    ab: TierABConfig | None = Field(
+        None, description="Route a share of this tier with another threshold or estimator; None: no test."
+    )
     store_prompts: bool = Field(
         False,
         description="Keep the prompt's text in outcome records; false keeps only a salted hash and the "
@@ -394,6 +423,16 @@ class EstimatorConfig(_Strict):
 
     name: str = "heuristic"
     version: str | None = Field(None, description="None: the newest version of that name.")
+    registry: str | None = Field(
+        None,
+        description="A folder holding an artefact registry (registry.json) whose estimators are added to "
+        "the installed ones: where `hybrid-router models fit` writes a deployment's own versions.",
+    )
+    candidate: EstimatorRef | None = Field(
+        None,
+        description="A canary: an estimator that also scores every request, off the request path, into its "
+        "outcome record (candidate_score); never acted on. Compare with `hybrid-router models canary`.",
+    )
 
 
 class CacheConfig(_Strict):

@@ -26,6 +26,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import replace
 from typing import TypeVar, cast
 
+from hyrouter.router._ab import ABArms
 from hyrouter.router._accounting import CostLedger, Ledger
 from hyrouter.router._backend import (
     BackendHealth,
@@ -59,6 +60,7 @@ from hyrouter.router._estimator import (
     EstimatorSelector,
     FeatureEstimator,
     SingleEstimator,
+    load_estimator,
 )
 from hyrouter.router._failover import (
     continued,
@@ -121,6 +123,7 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
         outcomes: OutcomeWriter | None = None,
         calibration: Calibration = UNCALIBRATED,
         shadow: ShadowJudge | None = None,
+        arms: ABArms | None = None,
     ) -> None:
         """An engine for `config`; every seam has a default.
 
@@ -133,7 +136,8 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
         still holds. `calibration` turns the edge's token signals into a confidence where a tier
         verifies edge answers (default `UNCALIBRATED`). `shadow` samples edge answers for shadow
         judging (`hyrouter.router._shadow`); it observes after outcome capture, and follows
-        `reconfigured` configs.
+        `reconfigured` configs. `arms` are the tiers' A/B tests (default: those of `config.tiers`, arm
+        b's estimators loaded from the registry).
         """
         if estimators is None:
             if estimator is None:
@@ -147,6 +151,7 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
             if backend is not None:
                 self.backends[name] = backend
         self.policy: Policy = policy if policy is not None else TierPolicy(config.tiers)
+        self.arms = arms if arms is not None else ABArms(config.tiers, load_estimator)
         self.metrics: RouterMetrics = metrics if metrics is not None else InMemoryMetrics()
         self.ledger: Ledger = ledger if ledger is not None else CostLedger()
         self._log_decisions = log_decisions
@@ -204,6 +209,7 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
             outcomes=self.outcomes,
             calibration=self.calibration,
             shadow=self.shadow,
+            arms=ABArms(config.tiers, load_estimator, loaded=self.arms.estimators),
         )
 
     @property
@@ -292,6 +298,9 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
             )
         tier = self.policy.tier(tenant.tier)
         estimator = self.estimators.select(request, tenant)
+        arm = self.arms.arm(request, tenant) if self.arms.tiers else None
+        if arm is not None and arm.estimator is not None:
+            estimator = arm.estimator
         estimator_id = f"{estimator.name}@{estimator.version}"
         started = time.perf_counter()
         features: Sequence[float] | None = None
@@ -321,6 +330,8 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
             edge_lacks,
         )
         given = PolicyInput(score, tenant.tier, tenant.name, estimator_id, facts, request)
+        if arm is not None:
+            given = replace(given, variant=arm.variant, threshold=arm.threshold)
         try:
             decision = self.policy.decide(given)
             if decision.target == "edge" and not exact:

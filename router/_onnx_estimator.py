@@ -11,6 +11,11 @@ An artefact that also
 returns `features` (float, shape [1, d]: what its head reads, the pooled embedding) hands them to
 outcome records (`score_with_features`). Artefacts built before `models build` exported it have none.
 
+An entry fitted to one deployment's outcomes (`hybrid-router models fit`) adds a `head` file (JSON:
+`weights`, `bias`, the graph output they read as `input`) beside the unchanged encoder files: its score
+is sigmoid(weights · input + bias), computed with numpy from the encoder's features; the graph's own
+`score` is not used. The head is sha256-checked like every other file.
+
 onnxruntime, tokenizers and numpy are imported when an estimator is loaded, not when `router` is;
 they come with the `onnx` extra (`MissingExtra` names it when they are not installed).
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -169,6 +175,31 @@ class OnnxEstimator:
         self.features_output = FEATURES_OUTPUT if FEATURES_OUTPUT in outputs else self.embedding_output
         #: whether the artefact gives features (`score_with_features`)
         self.has_features = self.features_output is not None
+        self._head: tuple[Any, float] | None = None
+        if "head" in entry.get("files", {}):
+            self._head = self._load_head(verified_file(root, entry, "head"))
+
+    def _load_head(self, path: Path) -> tuple[Any, float]:
+        """The fitted head's weights and bias; it must read the features this graph gives."""
+        ident = f"estimator {self.name}@{self.version}"
+        try:
+            head = json.loads(path.read_text(encoding="utf-8"))
+            weights = self._np.asarray(head["weights"], dtype=self._np.float64)
+            bias = float(head["bias"])
+            source = str(head["input"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise EstimatorError(f"{ident}: head file {path} is unreadable: {exc}") from exc
+        if source != self.features_output:
+            raise EstimatorError(
+                f"{ident}: its head reads {source!r}; the model gives {self.features_output!r}"
+            )
+        return weights, bias
+
+    def _head_score(self, features: Any) -> float:
+        assert self._head is not None
+        weights, bias = self._head
+        logit = float(features.reshape(-1).astype(self._np.float64) @ weights) + bias
+        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, logit))))
 
     def token_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The (truncated) token ids the model reads for a conversation."""
@@ -177,6 +208,9 @@ class OnnxEstimator:
     def score_ids(self, ids: Sequence[int]) -> float:
         """The model's score for already-tokenized input."""
         feed = {"input_ids": self._np.asarray([ids], dtype=self._np.int64)}
+        if self._head is not None:
+            (features,) = self._session.run([self.features_output], feed)
+            return self._head_score(features)
         (out,) = self._session.run(["score"], feed)
         return float(out.reshape(-1)[0])
 
@@ -205,6 +239,9 @@ class OnnxEstimator:
         if not self.has_features:
             return self.score(messages), None
         feed = {"input_ids": self._np.asarray([self.token_ids(messages)], dtype=self._np.int64)}
+        if self._head is not None:
+            (features,) = self._session.run([self.features_output], feed)
+            return self._head_score(features), features.reshape(-1)
         score, features = self._session.run(["score", self.features_output], feed)
         vector: Sequence[float] = features.reshape(-1)
         return float(score.reshape(-1)[0]), vector

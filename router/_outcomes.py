@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
-from hyrouter.router._estimator import conversation_text
+from hyrouter.router._estimator import ComplexityEstimator, conversation_text
 from hyrouter.router._metrics import RequestOutcome
 
 logger = logging.getLogger("hybrid_router.outcomes")
@@ -78,6 +78,12 @@ class OutcomeRecord:
     confidence: float | None = None
     #: the edge's completion tokens thrown away when an unsure edge answer went to the cloud
     edge_tokens_discarded: int | None = None
+    #: the A/B arm of the request ("a", "b"; `TierConfig.ab`), None where its tier runs no test
+    variant: str | None = None
+    #: the canary estimator (`estimator.candidate`) that also scored the request, never acted on
+    candidate_estimator: str | None = None
+    #: the canary's score (its decision: at or above `threshold`)
+    candidate_score: float | None = None
 
     def fields(self) -> dict[str, Any]:
         """The record as a dict of plain values (shallow: `features` is the record's own list)."""
@@ -160,6 +166,8 @@ class OutcomeWriter:
 
     `salt` keys the prompt hash (None: a random salt for this process, and a warning: hashes then
     join only within the process). `max_queue` records may wait; more are dropped and counted.
+    `candidate` (a canary estimator) scores each request's conversation on the writer thread, off the
+    request path, into `candidate_score`; its failure leaves the score None.
     """
 
     def __init__(
@@ -171,11 +179,14 @@ class OutcomeWriter:
         batch_size: int = 25,
         linger_s: float = 0.05,
         clock: Callable[[], float] = time.time,
+        candidate: ComplexityEstimator | None = None,
     ) -> None:
         """Start the background writer thread; it waits `linger_s` after a first record for more."""
         if not salt:
             logger.warning("no outcomes salt configured: prompt hashes join only within this process")
         self.store = store
+        self.candidate = candidate
+        self._candidate_id = f"{candidate.name}@{candidate.version}" if candidate is not None else None
         self._salt = (salt or secrets.token_hex(16)).encode("utf-8")
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
         self._batch_size = batch_size
@@ -425,7 +436,19 @@ class OutcomeWriter:
             prompt=text if o.keep_prompt else None,
             confidence=o.confidence,
             edge_tokens_discarded=o.edge_tokens_discarded,
+            variant=d.variant,
+            candidate_estimator=self._candidate_id,
+            candidate_score=self._candidate_score(o),
         )
+
+    def _candidate_score(self, outcome: RequestOutcome) -> float | None:
+        if self.candidate is None or outcome.request is None:
+            return None
+        try:
+            return min(1.0, max(0.0, float(self.candidate.score(outcome.request.messages))))
+        except Exception:  # a canary's bug must not lose the record
+            logger.exception("candidate estimator %s failed", self._candidate_id)
+            return None
 
 
 def _floats(values: Sequence[float]) -> list[float]:

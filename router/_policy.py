@@ -20,6 +20,7 @@ from hyrouter.router._errors import (
     ContextLengthExceeded,
     EdgeBusy,
     NoBackendAvailable,
+    RouterError,
     UnsupportedFeature,
 )
 
@@ -96,6 +97,8 @@ class Decision:
     signals: tuple[str, ...] = ()
     #: the kinds of personal data found in the request (never the values)
     personal_data: tuple[str, ...] = ()
+    #: the A/B arm of the request ("a", "b"), None where its tier runs no test
+    variant: str | None = None
 
     def fall_back(self, target: Target, reason: RouteReason, *, offline: bool | None = None) -> Decision:
         """This decision redirected to `target` after its own target failed."""
@@ -119,6 +122,10 @@ class PolicyInput:
     estimator: str
     facts: RequestFacts
     request: ChatCompletionRequest
+    #: the A/B arm the request is in (`hyrouter.router._ab`), None where its tier runs no test
+    variant: str | None = None
+    #: the threshold of the request's arm, in place of the tier's (None: the tier's)
+    threshold: float | None = None
 
 
 class Policy(Protocol):
@@ -153,15 +160,24 @@ class TierPolicy:
         return self.tiers[name]
 
     def decide(self, given: PolicyInput) -> Decision:
-        """`decide` on the tier's rules."""
-        return decide(
-            score=given.score,
-            tier_name=given.tier_name,
-            tier=self.tier(given.tier_name),
-            tenant=given.tenant,
-            estimator=given.estimator,
-            facts=given.facts,
-        )
+        """`decide` on the tier's rules (at the threshold of the request's A/B arm, when it has one)."""
+        tier = self.tier(given.tier_name)
+        if given.threshold is not None:
+            tier = tier.model_copy(update={"threshold": given.threshold})
+        try:
+            decision = decide(
+                score=given.score,
+                tier_name=given.tier_name,
+                tier=tier,
+                tenant=given.tenant,
+                estimator=given.estimator,
+                facts=given.facts,
+            )
+        except RouterError as exc:
+            if given.variant is not None and exc.decision is not None:
+                exc.decision = replace(exc.decision, variant=given.variant)
+            raise
+        return decision if given.variant is None else replace(decision, variant=given.variant)
 
     def fall_back(self, decision: Decision, failure: BackendError, facts: RequestFacts) -> Decision:
         """The other backend, once, where the tier allows it and that backend can take the request now."""
