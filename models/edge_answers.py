@@ -79,7 +79,7 @@ def _arithmetic(name: str, make: Callable[[random.Random], tuple[str, int]]) -> 
             out.append({"idx": idx, "prompt": f"{question} {NUMBER_ONLY}", "reference": str(value)})
         return out
 
-    return AnswerTask(name, "arithmetic", 16, items, _last_integer_is)
+    return AnswerTask(name, "arithmetic", 64, items, _last_integer_is)
 
 
 def _add(rng: random.Random) -> tuple[str, int]:
