@@ -162,6 +162,16 @@ class EdgeConfig(_Strict):
     max_queue: Annotated[int, Field(ge=0)] = Field(8, description="Requests that may wait for the model.")
     queue_timeout_s: Annotated[float, Field(gt=0)] = Field(30.0, description="Longest wait for the model.")
     seed: int = -1
+    parallel: Annotated[int, Field(ge=1, le=64)] = Field(
+        4,
+        description="Requests decoded together, joining and leaving between tokens (continuous "
+        "batching; n_ctx is shared by them); 1: one at a time.",
+    )
+    min_tokens_per_s: Annotated[float, Field(ge=0)] = Field(
+        8.0,
+        description="A request joins running ones only while each still gets this many tokens per "
+        "second (as measured); else it waits. 0: no floor.",
+    )
 
 
 class CloudTimeouts(_Strict):
