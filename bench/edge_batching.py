@@ -181,9 +181,10 @@ def main() -> None:
         },
         "gemma-3-270m": "left out: a base model without a ChatML template (the batched path needs one)",
     }
+    report("edge_batching", result)  # kept should the router not start
     if not args.no_http:
         result["through_router_http"] = asyncio.run(through_router(args, threads))
-    report("edge_batching", result)
+        report("edge_batching", result)
 
 
 if __name__ == "__main__":
