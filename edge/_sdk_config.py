@@ -163,7 +163,8 @@ class EdgeRouterConfig(_Strict):
     tier: str = Field("free", description="This device's tier; config sync replaces it with the key's tier.")
     tiers: dict[str, DeviceTierPolicy] = Field(default_factory=_default_tiers)
     estimator: EstimatorConfig = EstimatorConfig()
-    model: EdgeConfig = EdgeConfig(n_ctx=2048, max_tokens=256, max_queue=2)
+    # One user per device: one request at a time, so no batch context (and its KV cache) in memory.
+    model: EdgeConfig = EdgeConfig(n_ctx=2048, max_tokens=256, max_queue=2, parallel=1)
     max_model_memory_mb: Annotated[float | None, Field(gt=0)] = Field(
         None, description="Refuse to load a model file larger than this; None: only free memory limits."
     )

@@ -74,6 +74,11 @@ class TokenSignals:
         self._step = step_signals(scores, self._top)
         return scores
 
+    def record(self, llm: Llama, scores: Any, token: int) -> None:
+        """Record `token`, drawn from the logits `scores` (the batch decoder's sequences: no `recording`)."""
+        self.processor(None, scores)
+        self._drawn(llm, token)
+
     def _drawn(self, llm: Llama, token: int) -> None:
         if self._step is None or _end_of_generation(llm, token):
             return

@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from hyrouter.edge._batching import BatchDecoder, Sampling
 from hyrouter.edge._token_signals import TokenSignals, openai_logprobs
 from hyrouter.edge.model_files import resolve_model_path
 from hyrouter.router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
@@ -223,12 +224,17 @@ def _warm_up(llm: Llama, path: Path) -> float:
 
 
 class LlamaCppBackend(ChatBackend):
-    """A GGUF chat model on the CPU, one request at a time, behind a bounded wait queue.
+    """A GGUF chat model on the CPU: up to `config.parallel` requests decoded together, behind a
+    bounded wait queue.
 
-    A `llama_cpp.Llama` decodes one sequence at a time and is not thread-safe, so every use of it
-    holds an `asyncio.Lock` and runs in a worker thread. A request that would have to wait is
-    refused with `EdgeBusy` when `config.max_queue` requests already wait, or when it waited
-    `config.queue_timeout_s` seconds, so the engine can send it to the cloud instead.
+    With `parallel` above 1 a plain chat request (ChatML, no JSON Schema, no penalties or
+    `logit_bias`) is a sequence of the batch decoder (`hyrouter.edge._batching`): requests join and
+    leave between decode steps. Any other request, and every request with `parallel: 1`, takes the
+    one-at-a-time path: a `llama_cpp.Llama`, not thread-safe, so every use of it holds an
+    `asyncio.Lock` and runs in a worker thread, the batch paused meanwhile (`BatchDecoder.exclusive`).
+    A request that would have to wait is refused with `EdgeBusy` when `config.max_queue` requests
+    already wait, or when it waited `config.queue_timeout_s` seconds, so the engine can send it to
+    the cloud instead.
     """
 
     target: Target = "edge"
@@ -239,6 +245,7 @@ class LlamaCppBackend(ChatBackend):
         self.model_id = config.model_id
         self.context_window = config.n_ctx
         self._llm: Llama | None = None
+        self._batch: BatchDecoder | None = None
         self._load_lock = threading.Lock()
         self._lock = asyncio.Lock()
         self._lock_loop: asyncio.AbstractEventLoop | None = None
@@ -254,8 +261,18 @@ class LlamaCppBackend(ChatBackend):
 
     @property
     def queue_depth(self) -> int:
-        """Requests waiting for the model plus the one running on it."""
-        return self._waiting + self._running
+        """Requests waiting for the model plus those running on it (batched or not)."""
+        batch = self._batch
+        return self._waiting + self._running + (batch.waiting + batch.running if batch else 0)
+
+    @property
+    def _all_waiting(self) -> int:
+        return self._waiting + (self._batch.waiting if self._batch else 0)
+
+    def _admit(self) -> None:
+        """Refuse a request that would wait behind `config.max_queue` others (`EdgeBusy`)."""
+        if self.queue_depth > 0 and self._all_waiting >= self.config.max_queue:
+            raise EdgeBusy(f"edge model busy: {self._all_waiting} requests already waiting")
 
     def load(self) -> None:
         """Load the GGUF model (blocking; a no-op when loaded). Raises `EdgeBackendError`, which names
@@ -282,13 +299,26 @@ class LlamaCppBackend(ChatBackend):
             except Exception as exc:  # ImportError, ValueError (bad GGUF), RuntimeError, ...
                 raise EdgeBackendError(f"cannot load edge model {path}: {exc}") from exc
             self.warm_up_s = _warm_up(llm, path)
+            if self.config.parallel > 1:
+                try:
+                    self._batch = BatchDecoder(
+                        llm,
+                        parallel=self.config.parallel,
+                        n_ctx=self.config.n_ctx,
+                        n_batch=self.config.n_batch,
+                        n_threads=self.config.n_threads or os.cpu_count() or 1,
+                        min_tokens_per_s=self.config.min_tokens_per_s,
+                    )
+                except Exception as exc:  # ValueError: no memory for the context
+                    llm.close()
+                    raise EdgeBackendError(f"cannot make the edge model's batch context: {exc}") from exc
             self._llm = llm
 
     def health(self) -> BackendHealth:
         """Available iff loaded; busy iff a request arriving now would be refused as the queue is full."""
         if self._llm is None:
             return BackendHealth(available=False, detail="not loaded")
-        busy = self.queue_depth > 0 and self._waiting >= self.config.max_queue
+        busy = self.queue_depth > 0 and self._all_waiting >= self.config.max_queue
         return BackendHealth(available=True, busy=busy, detail=f"queue {self.queue_depth}")
 
     def cannot_honour(self, request: ChatCompletionRequest) -> str | None:
@@ -337,8 +367,7 @@ class LlamaCppBackend(ChatBackend):
         if self._llm is None:
             raise EdgeBackendError("edge model not loaded")
         lock = self._loop_lock()
-        if self.queue_depth > 0 and self._waiting >= self.config.max_queue:
-            raise EdgeBusy(f"edge model busy: {self._waiting} requests already waiting")
+        self._admit()
         self._waiting += 1
         try:
             async with asyncio.timeout(self.config.queue_timeout_s):
@@ -356,6 +385,52 @@ class LlamaCppBackend(ChatBackend):
         finally:
             self._running -= 1
             lock.release()
+
+    def _batchable(self, request: ChatCompletionRequest) -> bool:
+        """Whether the batch decoder serves `request`: plain sampling of a ChatML prompt."""
+        return (
+            self._batch is not None
+            and self.config.chat_format == "chatml"
+            and request.json_schema is None  # a grammar: the one-at-a-time path
+            and not request.presence_penalty
+            and not request.frequency_penalty
+            and not (request.model_extra or {}).get("logit_bias")
+        )
+
+    def _batched(
+        self,
+        request: ChatCompletionRequest,
+        max_tokens: int,
+        signals: TokenSignals | None,
+        usage: list[int] | None = None,
+    ) -> AsyncGenerator[tuple[str, str | None], None]:
+        """`(text, finish_reason)` pieces of the answer, generated in the batch."""
+        llm, batch = self._llm, self._batch
+        if llm is None or batch is None:
+            raise EdgeBackendError("edge model not loaded")
+        self._admit()
+        # As llama-cpp-python's "chatml" handler tokenizes its prompt, so a greedy answer is the same.
+        prompt = llm.tokenize(render_chatml(_plain_messages(request.messages)).encode("utf-8"), special=True)
+        defaults = Sampling()
+        seed = request.seed if request.seed is not None else self.config.seed
+        sampling = Sampling(
+            temperature=defaults.temperature if request.temperature is None else request.temperature,
+            top_p=request.top_p or defaults.top_p,
+            seed=seed if seed >= 0 or request.seed is not None else defaults.seed,
+        )
+        return batch.generate(
+            prompt,
+            max_tokens=max_tokens,
+            sampling=sampling,
+            stops=["<|im_end|>", *request.stop_list],
+            signals=signals,
+            queue_timeout_s=self.config.queue_timeout_s,
+            usage=usage,
+        )
+
+    def _exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """For the one-at-a-time path's worker thread: the batch pauses around it."""
+        return self._batch.exclusive() if self._batch else contextlib.nullcontext()
 
     def _params(self, request: ChatCompletionRequest, max_tokens: int) -> dict[str, Any]:
         params: dict[str, Any] = {"messages": _plain_messages(request.messages), "max_tokens": max_tokens}
@@ -382,8 +457,20 @@ class LlamaCppBackend(ChatBackend):
     async def _complete(
         self, request: ChatCompletionRequest, max_tokens: int, sink: list[TokenSignal] | None
     ) -> ChatCompletionResponse:
-        params = self._params(request, max_tokens)
         signals = _signals(request, sink)
+        if self._batchable(request):
+            counts: list[int] = []
+            text, finish_reason = [], None
+            async with contextlib.aclosing(self._batched(request, max_tokens, signals, counts)) as pieces:
+                async for content, reason in pieces:
+                    text.append(content)
+                    finish_reason = reason or finish_reason
+            prompt, completion = counts
+            usage = Usage(
+                prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+            )
+            return self._response(request, "".join(text), finish_reason, usage, signals, sink)
+        params = self._params(request, max_tokens)
         async with self._slot() as llm:
             cancel = threading.Event()  # set when this call is cancelled (e.g. at the request's deadline)
             params["logits_processor"] = _processors(signals, _stop_when(cancel, llm.token_eos()))
@@ -393,7 +480,20 @@ class LlamaCppBackend(ChatBackend):
             except Exception as exc:
                 raise EdgeBackendError(f"edge model failed: {exc}") from exc
         choice = result["choices"][0]
-        content = choice["message"].get("content") or ""
+        usage = Usage.model_validate(result.get("usage") or {})
+        return self._response(
+            request, choice["message"].get("content") or "", choice.get("finish_reason"), usage, signals, sink
+        )
+
+    def _response(
+        self,
+        request: ChatCompletionRequest,
+        content: str,
+        finish_reason: str | None,
+        usage: Usage,
+        signals: TokenSignals | None,
+        sink: list[TokenSignal] | None,
+    ) -> ChatCompletionResponse:
         logprobs = None
         if signals is not None:
             tokens = signals.covering(content)
@@ -406,24 +506,36 @@ class LlamaCppBackend(ChatBackend):
             choices=[
                 Choice(
                     message=AssistantMessage(content=content),
-                    finish_reason=choice.get("finish_reason") or "stop",
+                    finish_reason=finish_reason or "stop",
                     logprobs=logprobs,
                 )
             ],
-            usage=Usage.model_validate(result.get("usage") or {}),
+            usage=usage,
         )
 
-    @staticmethod
-    def _recorded(llm: Llama, signals: TokenSignals | None, params: dict[str, Any]) -> Any:
+    def _recorded(self, llm: Llama, signals: TokenSignals | None, params: dict[str, Any]) -> Any:
         """Worker thread: a non-streamed chat completion, its tokens recorded into `signals`."""
-        if signals is None:
-            return llm.create_chat_completion(**params, stream=False)
-        with signals.recording(llm):
-            return llm.create_chat_completion(**params, stream=False)
+        with self._exclusive():
+            if signals is None:
+                return llm.create_chat_completion(**params, stream=False)
+            with signals.recording(llm):
+                return llm.create_chat_completion(**params, stream=False)
 
     @staticmethod
-    def _produce(generate: Callable[[], Any], cancel: threading.Event, emit: Callable[[Any], None]) -> None:
+    def _produce(
+        generate: Callable[[], Any],
+        cancel: threading.Event,
+        emit: Callable[[Any], None],
+        exclusive: Callable[[], contextlib.AbstractContextManager[None]],
+    ) -> None:
         """Worker thread: run llama's token generator, handing chunks to the loop until cancelled."""
+        with exclusive():
+            LlamaCppBackend._produce_chunks(generate, cancel, emit)
+
+    @staticmethod
+    def _produce_chunks(
+        generate: Callable[[], Any], cancel: threading.Event, emit: Callable[[Any], None]
+    ) -> None:
         try:
             chunks: Any = generate()
             try:
@@ -470,7 +582,10 @@ class LlamaCppBackend(ChatBackend):
             params["logits_processor"] = _processors(signals)
         top_logprobs = request.top_logprobs or 0
         text, finish_reason, started = [], None, False
-        pieces = self._generate(lambda llm: llm.create_chat_completion(**params, stream=True), signals)
+        if self._batchable(request):
+            pieces = self._batched(request, max_tokens, signals)
+        else:
+            pieces = self._generate(lambda llm: llm.create_chat_completion(**params, stream=True), signals)
         try:
             async for content, reason in pieces:
                 if not started:
@@ -557,7 +672,7 @@ class LlamaCppBackend(ChatBackend):
                 except RuntimeError:  # the loop is closed: nobody is listening any more
                     cancel.set()
 
-            work = asyncio.to_thread(self._produce, lambda: generate(llm), cancel, emit)
+            work = asyncio.to_thread(self._produce, lambda: generate(llm), cancel, emit, self._exclusive)
             worker = asyncio.ensure_future(work)
             try:
                 while (item := await queue.get()) is not _DONE:
@@ -579,6 +694,9 @@ class LlamaCppBackend(ChatBackend):
         llm, self._llm = self._llm, None  # new and queued requests now fail fast
         if llm is None:
             return
+        if (batch := self._batch) is not None:
+            await asyncio.to_thread(batch.close)  # once the batch's requests are done
+            self._batch = None
         async with self._loop_lock():
             close = getattr(llm, "close", None)
             if callable(close):

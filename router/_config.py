@@ -276,6 +276,16 @@ class EdgeConfig(_Strict):
         "(exp(mean token log-probability), with a warning); none: uncalibrated; else the path of a "
         "calibration JSON fitted on this GGUF.",
     )
+    parallel: Annotated[int, Field(ge=1, le=64)] = Field(
+        4,
+        description="Requests decoded together, joining and leaving between tokens (continuous "
+        "batching; each keeps a KV cache of n_ctx tokens); 1: one at a time.",
+    )
+    min_tokens_per_s: Annotated[float, Field(ge=0)] = Field(
+        8.0,
+        description="A request joins running ones only while each still gets this many tokens per "
+        "second (as measured); else it waits. 0: no floor.",
+    )
 
 
 class CloudTimeouts(_Strict):

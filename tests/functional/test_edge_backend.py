@@ -36,8 +36,13 @@ def request(messages: list[dict[str, str]], **fields: Any) -> ChatCompletionRequ
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[LlamaCppBackend]:
-    """The model, loaded once for the module; one waiting request allowed, one second of wait."""
-    config = EdgeConfig(n_threads=2, n_ctx=512, max_queue=1, queue_timeout_s=QUEUE_TIMEOUT_S, seed=0)
+    """The model, loaded once for the module; one waiting request allowed, one second of wait.
+
+    One request at a time (`parallel=1`): the batched path has its own module, test_edge_batching.py.
+    """
+    config = EdgeConfig(
+        n_threads=2, n_ctx=512, max_queue=1, queue_timeout_s=QUEUE_TIMEOUT_S, seed=0, parallel=1
+    )
     edge = LlamaCppBackend(config)
     edge.load()
     yield edge

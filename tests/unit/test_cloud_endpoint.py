@@ -598,7 +598,10 @@ async def test_a_wait_for_the_probe_is_bounded_by_the_calls_deadline() -> None:
     h = await half_open(upstream, timeouts=CloudTimeouts(connect=0.1, read=0.1, total=0.2))
     calls = [asyncio.create_task(h.client.complete(chat(), max_tokens=5)) for _ in range(3)]
     outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=5)
-    assert all(isinstance(o, CloudTimeout) for o in outcomes)
+    assert isinstance(outcomes[0], CloudTimeout), outcomes  # the probe
+    # A wait ends at its own deadline, or sooner when the probe's timeout opens the breaker first (a
+    # race on a loaded machine: both deadlines are 0.2 s): never later.
+    assert all(isinstance(o, CloudTimeout | CloudUnavailable) for o in outcomes[1:]), outcomes
     assert upstream.requests == 2
     assert h.client.breaker.state is BreakerState.OPEN  # the probe's timeout counted; the waits did not
     assert h.client.breaker.failures == 2

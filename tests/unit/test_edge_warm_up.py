@@ -46,7 +46,7 @@ def fake_llama(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> EdgeConfig:
     FakeLlama.instances, FakeLlama.fail = [], None
     model = tmp_path / "model.gguf"
     model.write_bytes(b"GGUF")
-    return EdgeConfig(model_path=str(model))
+    return EdgeConfig(model_path=str(model), parallel=1)  # the fake has no batch API
 
 
 def test_load_decodes_before_the_backend_is_available(fake_llama: EdgeConfig) -> None:
