@@ -16,8 +16,9 @@ skips the tenant until the period ends, counted.
 `ShadowJudge` is the observer: `record` decides and hands the job on in microseconds. Locally the jobs
 run as asyncio tasks on the server's loop: at most `max_pending` wait or run (more are skipped and
 counted) and `concurrency` run at once; the user's response never waits for them. In Lambda, whose
-environment is frozen once the handler returns, a `ShadowDispatcher` takes them instead and the
-handler sends them to the judge function (`hyrouter.cloud.aws.judge`), which runs `ShadowRunner`.
+environment is frozen once the handler returns, the judge is `hand_off`'d to a `ShadowDispatcher`
+(`hyrouter.cloud.aws.shadow`): the handler sends the jobs to the judge function
+(`hyrouter.cloud.aws.judge`), which runs `ShadowRunner`; with no dispatcher it samples nothing.
 """
 
 from __future__ import annotations
@@ -277,8 +278,10 @@ class ShadowRunner:
         self.stats.add(job.tier, "edge_good", int(good))
         if self.on_verdict is not None:
             self.on_verdict(job.tier, good)
-        if self.verdicts is not None:
-            self.verdicts.judge(job.completion_id, good, f"pairwise:{judge.model_id}")
+        if self.verdicts is not None and not self.verdicts.judge(
+            job.completion_id, good, f"pairwise:{judge.model_id}"
+        ):
+            logger.warning("the verdict on %s was not joined to its record", job.completion_id)
         return good
 
     async def _ledger(self, call: Callable[..., Any], *args: Any) -> Any:
@@ -308,7 +311,8 @@ class ShadowDispatcher(Protocol):
 class ShadowJudge:
     """The observer that samples edge answers for shadow judging (see the module's docstring).
 
-    Jobs run on the loop that recorded them with `runner`, unless `dispatcher` takes them.
+    Jobs run on the loop that recorded them with `runner`, unless `dispatcher` takes them (see
+    `hand_off`).
     """
 
     def __init__(
@@ -331,6 +335,7 @@ class ShadowJudge:
         self.max_pending = max_pending
         self.concurrency = concurrency
         self._rng = rng or random.Random()
+        self._runs_here = True
         self._tasks: set[asyncio.Task[bool | None]] = set()
         self._limits: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
 
@@ -343,6 +348,12 @@ class ShadowJudge:
         if self.runner is not None:
             self.runner.config = config
 
+    def hand_off(self, dispatcher: ShadowDispatcher | None) -> None:
+        """Never run a job in this process from now on (a Lambda is frozen between invocations, and
+        so would its tasks be): hand each to `dispatcher`; with none, sample no answers at all."""
+        self.dispatcher = dispatcher
+        self._runs_here = False
+
     @property
     def pending(self) -> int:
         """Jobs waiting or running on this process's loop."""
@@ -350,6 +361,8 @@ class ShadowJudge:
 
     def record(self, outcome: RequestOutcome) -> None:
         """Sample `outcome` and hand it on when it is eligible; never blocks, never raises."""
+        if self.dispatcher is None and not self._runs_here:
+            return
         d = outcome.decision
         tier = self.config.tiers.get(d.tier)
         if tier is None or tier.shadow.sample_rate <= 0.0 or tier.cloud == "never":

@@ -8,7 +8,8 @@ the Function URL (`InvokeMode: RESPONSE_STREAM`) passes the SSE bytes to the cal
 
 Callers authenticate as they do locally (`Authorization: Bearer <key>`, looked up by sha256 in
 `api_keys`). The tier config is refreshed as in the buffered handler; metrics are EMF. Each response's
-outcome record is written before its last body message leaves (the invocation ends with it).
+outcome record is written before its last body message leaves (the invocation ends with it), and
+its sampled edge answer, if any, is sent to the judge function then (`hyrouter.cloud.aws.shadow`).
 """
 
 from __future__ import annotations
@@ -69,16 +70,21 @@ def create_stream_app(
 
 
 def _flushing_outcomes(send: Send, environment: LambdaEnvironment) -> Send:
-    """`send`, writing the outcome records queued so far before a response's last body message.
+    """`send`, writing the outcome records queued so far before a response's last body message, then
+    sending the sampled shadow jobs to the judge function.
 
     The invocation ends with the response: the Lambda is frozen then, and a record still queued would
     wait for the next invocation (or be lost). A stream's record is made when its chunks end, before
     that last message.
     """
 
+    def flush() -> None:
+        environment.flush_outcomes()
+        environment.send_shadow_jobs()
+
     async def last_flushed(message: Message) -> None:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
-            await anyio.to_thread.run_sync(environment.flush_outcomes)
+            await anyio.to_thread.run_sync(flush)
         await send(message)
 
     return last_flushed
