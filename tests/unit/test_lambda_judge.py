@@ -197,30 +197,31 @@ def test_the_judge_function_reports_a_cloud_answer_found_better(
     from hyrouter.cloud.aws.outcomes import DynamoDbOutcomeStore
     from hyrouter.router._outcomes import OutcomeRecord
 
-    fields = {name: None for name in OutcomeRecord.__dataclass_fields__}
-    DynamoDbOutcomeStore("outcomes").write(
-        [
-            OutcomeRecord(
-                **{
-                    **fields,
-                    "id": "chatcmpl-1",
-                    "created_at": 1.0,
-                    "tenant": "t",
-                    "tier": "free",
-                    "target": "edge",
-                }
-                | {
-                    "reason": "score_below_threshold",
-                    "fallback": False,
-                    "score": 0.1,
-                    "estimator": "h",
-                    "model": "m",
-                }
-                | {"status": 200, "stream": False, "latency_ms": 1.0, "estimator_ms": 0.1, "prompt_tokens": 5}
-                | {"completion_tokens": 1, "cost_usd": 0.0, "cost_saved_usd": 0.0, "prompt_sha256": "x"}
-            )
-        ]
+    record = OutcomeRecord(
+        id="chatcmpl-1",
+        created_at=1.0,
+        tenant="t",
+        tier="free",
+        target="edge",
+        reason="score_below_threshold",
+        fallback=False,
+        score=0.1,
+        threshold=0.7,
+        estimator="heuristic@1.0.0",
+        model="edge-model",
+        status=200,
+        stream=False,
+        latency_ms=1.0,
+        estimator_ms=0.1,
+        prompt_tokens=5,
+        completion_tokens=1,
+        cost_usd=0.0,
+        cost_saved_usd=0.0,
+        error_code=None,
+        request_id=None,
+        prompt_sha256="x",
     )
+    DynamoDbOutcomeStore("outcomes").write([record])
     request = ChatCompletionRequest.model_validate(
         {"model": "hybrid-router", "messages": [{"role": "user", "content": "Prove Fermat's last theorem."}]}
     )
