@@ -94,7 +94,7 @@ VERDICT_TOOL: dict[str, Any] = {
         "parameters": {
             "type": "object",
             "properties": {
-                "explanation": {"type": "string", "maxLength": 160},
+                "explanation": {"type": "string", "maxLength": 100},
                 "verdict": {"type": "string", "enum": ["A", "B", "C"]},
             },
             "required": ["explanation", "verdict"],
@@ -165,7 +165,9 @@ def response_verdict(response: ChatCompletionResponse) -> bool | None:
         if not isinstance(function, dict) or function.get("name") != "verdict":
             continue
         try:
-            arguments = json.loads(str(function.get("arguments")))
+            arguments = json.loads(
+                str(function.get("arguments")), strict=False
+            )  # raw newlines: a grammar lets them be
         except ValueError:
             return None
         said = arguments.get("verdict") if isinstance(arguments, dict) else None

@@ -161,6 +161,7 @@ def verdict_call(arguments: str, name: str = "verdict") -> dict[str, Any]:
     [
         (verdict_call('{"explanation": "same facts", "verdict": "A"}'), True),
         (verdict_call('{"explanation": "a tie", "verdict": "C"}'), True),
+        (verdict_call('{"explanation": "line one\nline two", "verdict": "A"}'), True),  # a raw newline
         (verdict_call('{"explanation": "B is right", "verdict": "B"}'), False),
         (verdict_call('{"explanation": "cut off'), None),  # no JSON: no verdict
         (verdict_call('{"verdict": "D"}'), None),
