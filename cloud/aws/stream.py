@@ -15,6 +15,7 @@ its sampled edge answer, if any, is sent to the judge function then (`hyrouter.c
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import anyio
 from aws_lambda_powertools import Logger
@@ -33,9 +34,14 @@ logger = Logger(service=service_name())
 
 
 def create_stream_app(
-    source: ConfigSource | None = None, *, engine_factory: EngineFactory = lambda_engine
+    source: ConfigSource | None = None,
+    *,
+    engine_factory: EngineFactory = lambda_engine,
+    lambda_client: Any = None,
 ) -> ASGIApp:
-    """The ASGI app for the Function URL: `hyrouter.cloud.app` on an engine kept current with the config."""
+    """The ASGI app for the Function URL: `hyrouter.cloud.app` on an engine kept current with the config;
+    shadow jobs go to the judge function through `lambda_client` (a boto3 Lambda client; None: made
+    on first use)."""
     route_core_logs(logger)
     settings = LambdaSettings.from_env()
     environment = LambdaEnvironment(
@@ -43,6 +49,7 @@ def create_stream_app(
         engine_factory=engine_factory,
         shared_cache=shared_cache_store(settings),
         settings=settings,
+        lambda_client=lambda_client,
     )
     first = environment.current()  # at init: config, estimator and edge model, before the first request
     if settings.function_name:
