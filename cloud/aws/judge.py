@@ -47,7 +47,7 @@ dynamodb_client: Any = None
 
 @dataclass
 class _Judging:
-    """The runner for one config document, and the loop its clients belong to."""
+    """The runner built for one config document (by its digest)."""
 
     digest: str
     runner: ShadowRunner | None
