@@ -5,7 +5,7 @@
 #
 # SAM CLI and cfn-lint live in their own tools environment (.tools/sam, ignored by git through
 # .tools/.gitignore), never in the project's .venv: aws-sam-cli pins versions of its own.
-# The image functions (RouterFunction, StreamFunction) need Docker to build; CI builds only the zip
+# The image functions (RouterFunction, StreamFunction, JudgeFunction) need Docker to build; CI builds only the zip
 # function here and the images where a Docker engine runs (`sam build` with no argument).
 set -euo pipefail
 

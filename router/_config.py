@@ -141,6 +141,13 @@ class TierShadowConfig(_Strict):
     judge_max_tokens: Annotated[int, Field(ge=1)] = Field(
         256, description="Completion tokens the judge may use for its explanation and verdict."
     )
+    verdict: Literal["text", "tool_call"] = Field(
+        "text",
+        description="How the judge gives its verdict: 'text', [[A]], [[B]] or [[C]] in its reply (MT-Bench); "
+        "'tool_call', a forced call of a 'verdict' function whose arguments are a short explanation and "
+        "A, B or C (a grammar on llama.cpp, guided decoding on vLLM): small judges need it to answer in "
+        "form.",
+    )
 
 
 class TierDriftConfig(_Strict):

@@ -4,7 +4,10 @@ A sample of each tier's edge answers (`TierShadowConfig.sample_rate`; answers th
 not fallbacks, not errors) is answered again by the cloud in the background, and a judge model compares
 the two with a pairwise prompt in the manner of MT-Bench and Chatbot Arena (Zheng et al., 2023):
 assistant A (the edge) against assistant B (the cloud), a short explanation, then a verdict `[[A]]`,
-`[[B]]` or `[[C]]` (a tie). A or a tie: the edge was good enough. The verdict is joined to the answer's
+`[[B]]` or `[[C]]` (a tie); or, with `shadow.verdict: tool_call`, a forced call of the function
+`verdict` (`VERDICT_TOOL`) whose arguments hold the explanation and A, B or C, which a server
+constrains (a grammar on llama.cpp, guided decoding on vLLM) so that even a small judge answers in
+form. A or a tie: the edge was good enough. The verdict is joined to the answer's
 outcome record (`OutcomeWriter.judge`, queued behind the record) with the judge's name; a reply with no
 verdict gives no label and is counted.
 
@@ -16,13 +19,15 @@ skips the tenant until the period ends, counted.
 `ShadowJudge` is the observer: `record` decides and hands the job on in microseconds. Locally the jobs
 run as asyncio tasks on the server's loop: at most `max_pending` wait or run (more are skipped and
 counted) and `concurrency` run at once; the user's response never waits for them. In Lambda, whose
-environment is frozen once the handler returns, a `ShadowDispatcher` takes them instead and the
-handler sends them to the judge function (`hyrouter.cloud.aws.judge`), which runs `ShadowRunner`.
+environment is frozen once the handler returns, the judge is `hand_off`'d to a `ShadowDispatcher`
+(`hyrouter.cloud.aws.shadow`): the handler sends the jobs to the judge function
+(`hyrouter.cloud.aws.judge`), which runs `ShadowRunner`; with no dispatcher it samples nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import re
@@ -45,7 +50,7 @@ from hyrouter.router._config import CloudPrice, RouterConfig, TierConfig
 from hyrouter.router._estimator import conversation_text
 from hyrouter.router._metrics import RequestOutcome
 from hyrouter.router._policy import RouteReason
-from hyrouter.router._wire import ChatCompletionRequest, ChatMessage, Usage
+from hyrouter.router._wire import ChatCompletionRequest, ChatCompletionResponse, ChatMessage, Usage
 
 logger = logging.getLogger("hybrid_router.shadow")
 
@@ -79,6 +84,24 @@ _JUDGE_USER = (
     "[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"
 )
 
+#: The function a judge asked for a tool call verdict must call: the explanation first (reasoning
+#: before the verdict, as in the text form), kept short, then the verdict.
+VERDICT_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "verdict",
+        "description": "Give your very short explanation, then your final verdict: A, B or C (a tie).",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "explanation": {"type": "string", "maxLength": 100},
+                "verdict": {"type": "string", "enum": ["A", "B", "C"]},
+            },
+            "required": ["explanation", "verdict"],
+        },
+    },
+}
+
 #: Room for the judge prompt's own words, in tokens, when its worst-case cost is reserved.
 _PROMPT_OVERHEAD_TOKENS = 220
 
@@ -110,6 +133,46 @@ def parse_verdict(text: str) -> bool | None:
     if len(found) != 1:
         return None
     return found.pop() in ("A", "C")
+
+
+def judge_request(
+    model: str, question: str, edge_answer: str, cloud_answer: str, *, verdict: str = "text"
+) -> ChatCompletionRequest:
+    """The judge's request: the pairwise prompt at temperature 0; with `verdict` "tool_call", the
+    `VERDICT_TOOL` it must call."""
+    fields: dict[str, Any] = {
+        "model": model,
+        "messages": [
+            m.model_dump(exclude_none=True) for m in judge_messages(question, edge_answer, cloud_answer)
+        ],
+        "temperature": 0.0,
+    }
+    if verdict == "tool_call":
+        fields["tools"] = [VERDICT_TOOL]
+        fields["tool_choice"] = {"type": "function", "function": {"name": "verdict"}}
+    return ChatCompletionRequest.model_validate(fields)
+
+
+def response_verdict(response: ChatCompletionResponse) -> bool | None:
+    """The verdict in a judge's response: its `verdict` call's argument where it made one, else the
+    text of its reply (`parse_verdict`)."""
+    if not response.choices:
+        return None
+    message = response.choices[0].message
+    calls = (message.model_extra or {}).get("tool_calls") or []  # a response's calls are kept as sent
+    for call in calls if isinstance(calls, list) else []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or function.get("name") != "verdict":
+            continue
+        try:
+            arguments = json.loads(
+                str(function.get("arguments")), strict=False
+            )  # raw newlines: a grammar lets them be
+        except ValueError:
+            return None
+        said = arguments.get("verdict") if isinstance(arguments, dict) else None
+        return said in ("A", "C") if said in ("A", "B", "C") else None
+    return parse_verdict(message.content or "")
 
 
 @dataclass(frozen=True)
@@ -254,21 +317,18 @@ class ShadowRunner:
             spent += _cost(answered.usage, self.config.cloud.price)
             cloud_answer = answered.choices[0].message.content if answered.choices else None
             question = conversation_text(job.request.messages)
-            request = ChatCompletionRequest(
-                model=judge.model_id,
-                messages=judge_messages(question, job.answer, cloud_answer or ""),
-                temperature=0.0,
+            request = judge_request(
+                judge.model_id, question, job.answer, cloud_answer or "", verdict=shadow.verdict
             )
             ruling = await judge.complete(request, max_tokens=shadow.judge_max_tokens)
             spent += _cost(ruling.usage, judge_price)
-            text = ruling.choices[0].message.content if ruling.choices else None
         except Exception as exc:  # best effort: a failed shadow call costs what it used, no label
             self.stats.add(job.tier, "failed")
             logger.warning("shadow judging of %s failed: %s", job.completion_id, exc)
             return None
         finally:
             await self._ledger(self.ledger.settle, reservation, spent)
-        good = parse_verdict(text or "")
+        good = response_verdict(ruling)
         if good is None:
             self.stats.add(job.tier, "unparseable")
             logger.info("the judge gave no verdict on %s", job.completion_id)
@@ -277,8 +337,10 @@ class ShadowRunner:
         self.stats.add(job.tier, "edge_good", int(good))
         if self.on_verdict is not None:
             self.on_verdict(job.tier, good)
-        if self.verdicts is not None:
-            self.verdicts.judge(job.completion_id, good, f"pairwise:{judge.model_id}")
+        if self.verdicts is not None and not self.verdicts.judge(
+            job.completion_id, good, f"pairwise:{judge.model_id}"
+        ):
+            logger.warning("the verdict on %s was not joined to its record", job.completion_id)
         return good
 
     async def _ledger(self, call: Callable[..., Any], *args: Any) -> Any:
@@ -308,7 +370,8 @@ class ShadowDispatcher(Protocol):
 class ShadowJudge:
     """The observer that samples edge answers for shadow judging (see the module's docstring).
 
-    Jobs run on the loop that recorded them with `runner`, unless `dispatcher` takes them.
+    Jobs run on the loop that recorded them with `runner`, unless `dispatcher` takes them (see
+    `hand_off`).
     """
 
     def __init__(
@@ -331,6 +394,7 @@ class ShadowJudge:
         self.max_pending = max_pending
         self.concurrency = concurrency
         self._rng = rng or random.Random()
+        self._runs_here = True
         self._tasks: set[asyncio.Task[bool | None]] = set()
         self._limits: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
 
@@ -343,6 +407,12 @@ class ShadowJudge:
         if self.runner is not None:
             self.runner.config = config
 
+    def hand_off(self, dispatcher: ShadowDispatcher | None) -> None:
+        """Never run a job in this process from now on (a Lambda is frozen between invocations, and
+        so would its tasks be): hand each to `dispatcher`; with none, sample no answers at all."""
+        self.dispatcher = dispatcher
+        self._runs_here = False
+
     @property
     def pending(self) -> int:
         """Jobs waiting or running on this process's loop."""
@@ -350,6 +420,8 @@ class ShadowJudge:
 
     def record(self, outcome: RequestOutcome) -> None:
         """Sample `outcome` and hand it on when it is eligible; never blocks, never raises."""
+        if self.dispatcher is None and not self._runs_here:
+            return
         d = outcome.decision
         tier = self.config.tiers.get(d.tier)
         if tier is None or tier.shadow.sample_rate <= 0.0 or tier.cloud == "never":

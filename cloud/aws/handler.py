@@ -13,7 +13,10 @@ an event without a key (a direct invoke) is read as the local server reads it: `
 Set `HYBRID_ROUTER_IDEMPOTENCY_TABLE` to a DynamoDB table and a retried chat completion that repeats
 its `Idempotency-Key` header gets the first answer.
 
-The invocation's outcome record is written before the handler returns (`LambdaEnvironment.flush_outcomes`).
+The invocation's outcome record is written before the handler returns (`LambdaEnvironment.flush_outcomes`),
+and then, where tiers sample edge answers for shadow judging, the sampled ones are sent to the judge
+function (`LambdaEnvironment.send_shadow_jobs`: one asynchronous invoke each, see
+`hyrouter.cloud.aws.shadow`).
 
 Each invocation is served as one request id: the caller's `X-Request-Id` when sane, else API
 Gateway's request id (`requestContext.requestId`), else a new one. It is in the `x-request-id`
@@ -62,6 +65,8 @@ app = APIGatewayRestResolver()
 
 #: How this environment builds its engine (tests put fake backends here).
 engine_factory: EngineFactory = lambda_engine
+#: The boto3 Lambda client that invokes the judge function (tests put a fake here); None: made on first use.
+lambda_client: Any = None
 _environment: LambdaEnvironment | None = None
 _complete_once: Any = None
 _idempotency_config: Any = None
@@ -79,6 +84,7 @@ def get_environment() -> LambdaEnvironment:
             engine_factory=engine_factory,
             shared_cache=shared_cache_store(settings),
             settings=settings,
+            lambda_client=lambda_client,
         )
         environment.current()  # fetch the config, load the estimator and the edge model: fail at init
         environment.init_ms["total_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
@@ -241,6 +247,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         result = app.resolve(event, context)
     if _environment is not None:  # before the response leaves: Lambda freezes the environment then
         _environment.flush_outcomes()
+        _environment.send_shadow_jobs()  # after the records: a verdict joins a written record
     _add_header(result, REQUEST_ID_HEADER, request_id)
     status = int(result.get("statusCode", 500))
     # One per invocation, so that every invocation (health checks included) has its metrics record.

@@ -5,6 +5,10 @@ which serve a cached copy until `max_age` has passed, so a changed parameter rea
 environment within that time and no deploy is needed. A new document with the same backend sections
 (edge, cloud, estimator) keeps the loaded model and the open connections; one that changes them
 builds new backends. A document that does not validate is logged and the last good one stays.
+
+Shadow judging never runs here (a frozen environment would freeze its tasks): every engine's shadow
+judge hands its jobs to the judge function (`hyrouter.cloud.aws.shadow`), sent at the end of each
+invocation by `send_shadow_jobs`, or samples nothing when no judge function is named.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hyrouter.cloud.aws.config import ConfigSource, LambdaRouterConfig, parse_text
 from hyrouter.cloud.aws.settings import LambdaSettings
+from hyrouter.cloud.aws.shadow import ENV_JUDGE_FUNCTION, JudgeFunctionDispatcher, judge_dispatcher
 from hyrouter.cloud.aws.telemetry import EmfRouterMetrics, emit_drift
 from hyrouter.cloud.engines import EngineFactory, drift_observer
 from hyrouter.router import (
@@ -36,6 +41,9 @@ from hyrouter.router import (
     engine_sections_changed,
     warn_about_demo_keys,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 logger = logging.getLogger("hybrid_router")
 T = TypeVar("T")
@@ -57,16 +65,22 @@ def _build_lambda_engine(config: RouterConfig) -> RoutingEngine:
     from hyrouter.cloud.engines import build_engine
 
     settings = LambdaSettings.from_env()  # read once per build: a secret id may have changed
-    _load_cloud_secret(config, settings.cloud_api_key_secret)
+    load_cloud_secret(config, settings.cloud_api_key_secret)
     config = with_outcomes_table(config, settings.outcomes_table, settings.outcomes_ttl_days)
-    transport = None
-    if settings.cloud_auth == "sagemaker" and config.cloud.url:
-        from hyrouter.cloud.aws.sagemaker import SageMakerTransport
-
-        transport = SageMakerTransport.from_env(settings)
+    transport = lambda_cloud_transport(config, settings)
     # One build: the cloud client is made once, with the transport it will use. The ledger is a
     # placeholder: `LambdaEnvironment` plugs in its own (a config's SQLite file has no place here).
     return build_engine(config, cloud_transport=transport, ledger=CostLedger())
+
+
+def lambda_cloud_transport(config: RouterConfig, settings: LambdaSettings) -> httpx.AsyncBaseTransport | None:
+    """What carries the cloud client's calls: SigV4 signing when the template says the endpoint is
+    SageMaker's (`HYBRID_ROUTER_CLOUD_AUTH=sagemaker`), else None (plain HTTPS, a bearer key)."""
+    if settings.cloud_auth == "sagemaker" and config.cloud.url:
+        from hyrouter.cloud.aws.sagemaker import SageMakerTransport
+
+        return SageMakerTransport.from_env(settings)
+    return None
 
 
 def lambda_ledger(settings: LambdaSettings) -> Ledger:
@@ -90,7 +104,9 @@ def with_outcomes_table(config: RouterConfig, table: str | None, ttl_days: int |
     return config.model_copy(update={"outcomes": outcomes})
 
 
-def _load_cloud_secret(config: RouterConfig, secret_id: str | None) -> None:
+def load_cloud_secret(config: RouterConfig, secret_id: str | None) -> None:
+    """Copy the GPU endpoint's API key from Secrets Manager secret `secret_id` (when one is named) into
+    the env var `config.cloud.api_key_env` names."""
     if not secret_id:
         return
     from aws_lambda_powertools.utilities import parameters
@@ -123,18 +139,25 @@ class LambdaEnvironment:
         ledger: Ledger | None = None,
         shared_cache: CacheStore | None = None,
         settings: LambdaSettings | None = None,
+        lambda_client: Any = None,
     ) -> None:
         """Serve the config from `source` on engines `engine_factory` builds; `ledger` defaults to
         `lambda_ledger` of `settings` (those the entry point loaded; None: read from the environment
         now); `shared_cache` (the fleet's DynamoDB store, `hyrouter.cloud.aws.cache`) sits behind each
-        engine's in-process cache."""
+        engine's in-process cache. Shadow jobs go to the judge function `settings` name, invoked with
+        `lambda_client` (a boto3 Lambda client; None: made on first use)."""
+        if settings is None:
+            settings = LambdaSettings.from_env()
         self.source = source
         self.shared_cache = shared_cache
         self._factory = engine_factory
         self.metrics: RouterMetrics = metrics if metrics is not None else EmfRouterMetrics()
         if ledger is None:
-            ledger = lambda_ledger(settings if settings is not None else LambdaSettings.from_env())
+            ledger = lambda_ledger(settings)
         self.ledger = ledger
+        self.shadow_dispatcher: JudgeFunctionDispatcher | None = judge_dispatcher(
+            settings, client=lambda_client
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._snapshot: Snapshot | None = None
         self._text_digest = ""
@@ -178,6 +201,14 @@ class LambdaEnvironment:
             logger.warning("outcome records not written within %.1fs of the invocation's end", timeout)
             return False
         return True
+
+    def send_shadow_jobs(self) -> int:
+        """Send the invocation's sampled edge answers to the judge function; how many were sent.
+
+        Called at the end of each invocation, after `flush_outcomes` (a verdict joins a record that is
+        written). One asynchronous invoke per job: Lambda queues it and answers at once.
+        """
+        return self.shadow_dispatcher.flush() if self.shadow_dispatcher is not None else 0
 
     async def close_retired(self) -> None:
         """Close the backends of engines a config change replaced (their requests have finished)."""
@@ -247,6 +278,12 @@ class LambdaEnvironment:
         drift = drift_observer(engine)
         if drift is not None and drift.on_update is None:  # EMF, for the template's drift alarms
             drift.on_update = emit_drift
+        if engine.shadow is not None:  # never asyncio tasks here: the environment is frozen between calls
+            engine.shadow.hand_off(self.shadow_dispatcher)
+            if self.shadow_dispatcher is None:
+                logger.warning(
+                    "shadow judging is configured but %s is not set: it is off", ENV_JUDGE_FUNCTION
+                )
         return engine
 
     def _build(self, config: RouterConfig) -> RoutingEngine:

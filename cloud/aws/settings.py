@@ -77,6 +77,12 @@ class LambdaSettings(HybridRouterSettings):
         validation_alias="HYBRID_ROUTER_OUTCOMES_TTL_DAYS",
         description="Days an outcome record is kept in that table (TTL); unset: outcomes.ttl_days.",
     )
+    judge_function: str | None = Field(
+        None,
+        validation_alias="HYBRID_ROUTER_JUDGE_FUNCTION",
+        description="The judge function (name or ARN) that sampled edge answers are sent to for shadow "
+        "judging (`hyrouter.cloud.aws.judge`); unset: shadow judging is off in Lambda.",
+    )
     metrics_namespace: str = Field(
         "HybridRouter", validation_alias="POWERTOOLS_METRICS_NAMESPACE", description="CloudWatch namespace."
     )

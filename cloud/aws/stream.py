@@ -8,12 +8,14 @@ the Function URL (`InvokeMode: RESPONSE_STREAM`) passes the SSE bytes to the cal
 
 Callers authenticate as they do locally (`Authorization: Bearer <key>`, looked up by sha256 in
 `api_keys`). The tier config is refreshed as in the buffered handler; metrics are EMF. Each response's
-outcome record is written before its last body message leaves (the invocation ends with it).
+outcome record is written before its last body message leaves (the invocation ends with it), and
+its sampled edge answer, if any, is sent to the judge function then (`hyrouter.cloud.aws.shadow`).
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import anyio
 from aws_lambda_powertools import Logger
@@ -32,9 +34,14 @@ logger = Logger(service=service_name())
 
 
 def create_stream_app(
-    source: ConfigSource | None = None, *, engine_factory: EngineFactory = lambda_engine
+    source: ConfigSource | None = None,
+    *,
+    engine_factory: EngineFactory = lambda_engine,
+    lambda_client: Any = None,
 ) -> ASGIApp:
-    """The ASGI app for the Function URL: `hyrouter.cloud.app` on an engine kept current with the config."""
+    """The ASGI app for the Function URL: `hyrouter.cloud.app` on an engine kept current with the config;
+    shadow jobs go to the judge function through `lambda_client` (a boto3 Lambda client; None: made
+    on first use)."""
     route_core_logs(logger)
     settings = LambdaSettings.from_env()
     environment = LambdaEnvironment(
@@ -42,6 +49,7 @@ def create_stream_app(
         engine_factory=engine_factory,
         shared_cache=shared_cache_store(settings),
         settings=settings,
+        lambda_client=lambda_client,
     )
     first = environment.current()  # at init: config, estimator and edge model, before the first request
     if settings.function_name:
@@ -69,16 +77,21 @@ def create_stream_app(
 
 
 def _flushing_outcomes(send: Send, environment: LambdaEnvironment) -> Send:
-    """`send`, writing the outcome records queued so far before a response's last body message.
+    """`send`, writing the outcome records queued so far before a response's last body message, then
+    sending the sampled shadow jobs to the judge function.
 
     The invocation ends with the response: the Lambda is frozen then, and a record still queued would
     wait for the next invocation (or be lost). A stream's record is made when its chunks end, before
     that last message.
     """
 
+    def flush() -> None:
+        environment.flush_outcomes()
+        environment.send_shadow_jobs()
+
     async def last_flushed(message: Message) -> None:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
-            await anyio.to_thread.run_sync(environment.flush_outcomes)
+            await anyio.to_thread.run_sync(flush)
         await send(message)
 
     return last_flushed

@@ -13,7 +13,9 @@ read the service as a whole, a tier, a tier's target, and a tier's target and re
 requests): ScorePSI, ScoreKS, CloudShare, CloudShareGap, EdgeGoodRate, DriftDetected, under the
 dimensions service and tier; template.yaml alarms on them. `emit_shadow` writes what the judge
 function (`hyrouter.cloud.aws.judge`) found: ShadowJudged, ShadowEdgeGood, ShadowUnparseable,
-ShadowFailed, ShadowSkippedBudget, per tier.
+ShadowFailed, ShadowSkippedBudget, per tier, and with a verdict EdgeGoodRate (the share found good
+enough: averaged over an hour, the share of that hour's verdicts, which the template alarms on; in
+Lambda the router functions' drift records carry none, their verdicts being the judge function's).
 """
 
 from __future__ import annotations
@@ -95,13 +97,17 @@ def emit_drift(drift: TierDrift, *, namespace: str | None = None, service: str |
 
 
 def emit_shadow(tier: str, counts: dict[str, int], *, namespace: str | None = None) -> None:
-    """One EMF record of a judge function invocation's counts for `tier`."""
+    """One EMF record of a judge function invocation's counts for `tier` (and EdgeGoodRate with a verdict)."""
     service = service_name()
     m = EphemeralMetrics(namespace=namespace or metrics_namespace(), service=service)
     m.add_dimensions(service=service, tier=tier)
     for name in ("judged", "edge_good", "unparseable", "failed", "skipped_budget"):
         metric = "Shadow" + "".join(part.title() for part in name.split("_"))
         m.add_metric(name=metric, unit=MetricUnit.Count, value=counts.get(name, 0))
+    if counts.get("judged", 0) > 0:
+        m.add_metric(
+            name="EdgeGoodRate", unit=MetricUnit.NoUnit, value=counts.get("edge_good", 0) / counts["judged"]
+        )
     m.flush_metrics()
 
 

@@ -149,3 +149,68 @@ def test_a_streamed_answers_outcome_record_is_written_before_its_response_ends(
         record = reader.get(answer_id)
         reader.close()
         assert record is not None and record["tenant"] == "app" and record["stream"]
+
+
+def test_a_streamed_edge_answer_sampled_for_shadow_judging_goes_to_the_judge_function_as_it_ends(
+    tmp_path: Path, core_logs: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hyrouter.cloud.aws.shadow import ENV_JUDGE_FUNCTION
+    from hyrouter.cloud.engines import shadow_judge
+    from hyrouter.router import CostLedger, OutcomeWriter
+    from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
+    from hyrouter.router._shadow import ShadowJob
+
+    path = tmp_path / "outcomes.sqlite3"
+    shadowed = {
+        **CONFIG,
+        "tiers": {**CONFIG["tiers"], "free": {"threshold": 0.7, "shadow": {"sample_rate": 1.0}}},
+    }
+    config_file = tmp_path / "shadowed.yaml"
+    config_file.write_text(yaml.safe_dump(shadowed))
+    monkeypatch.setenv(ENV_JUDGE_FUNCTION, "judge-fn")
+
+    class Lambda:
+        def __init__(self) -> None:
+            self.jobs: list[tuple[ShadowJob, bool]] = []
+
+        def invoke(self, **kwargs: Any) -> dict[str, Any]:
+            assert (kwargs["FunctionName"], kwargs["InvocationType"]) == ("judge-fn", "Event")
+            job = ShadowJob.from_json(json.loads(kwargs["Payload"]))
+            reader = SqliteOutcomeStore(path)
+            self.jobs.append((job, reader.get(job.completion_id) is not None))
+            reader.close()
+            return {"StatusCode": 202}
+
+    async def shadowing_engine(config: RouterConfig) -> RoutingEngine:
+        edge, cloud = FakeBackend("edge", reply="hi from the edge"), FakeBackend("cloud")
+        writer = OutcomeWriter(SqliteOutcomeStore(path), salt="s", linger_s=30.0)
+        ledger = CostLedger()
+        return RoutingEngine(
+            config,
+            estimator=HeuristicEstimator(),
+            edge=edge,
+            cloud=cloud,
+            ledger=ledger,
+            outcomes=writer,
+            shadow=shadow_judge(config, cloud, ledger, writer),
+        )
+
+    client = Lambda()
+    app = create_stream_app(
+        ConfigSource("file", str(config_file)), engine_factory=shadowing_engine, lambda_client=client
+    )
+    with TestClient(app) as test_client:
+        r = test_client.post(
+            "/v1/chat/completions", json=BODY, headers={"authorization": "Bearer mobile-free"}
+        )
+        chunks = [json.loads(e) for e in events(r.text) if e != "[DONE]"]
+        sent = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        # Sent before the response ended, after its record was written; no task left running here.
+        ((job, record_written),) = client.jobs
+        assert (job.completion_id, job.tenant, job.answer, record_written) == (
+            chunks[0]["id"],
+            "app",
+            sent,
+            True,
+        )
+        assert sent

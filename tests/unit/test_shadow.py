@@ -25,11 +25,14 @@ from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
 from hyrouter.router._outcomes import OutcomeWriter
 from hyrouter.router._policy import Decision, PolicyInput, TierPolicy
 from hyrouter.router._shadow import (
+    VERDICT_TOOL,
     ShadowJob,
     ShadowJudge,
     ShadowRunner,
     judge_messages,
+    judge_request,
     parse_verdict,
+    response_verdict,
     shadow_tenant,
 )
 from tests.fakes import FakeBackend
@@ -134,6 +137,57 @@ def test_the_judge_prompt_puts_the_edge_answer_first_and_asks_for_a_bracketed_ve
     system, user = judge_messages("Q?", "edge says", "cloud says")
     assert "[[A]]" in system.text and "[[B]]" in system.text and "[[C]]" in system.text
     assert user.text.index("edge says") < user.text.index("cloud says")
+
+
+def judged(message: dict[str, Any]) -> ChatCompletionResponse:
+    return ChatCompletionResponse.model_validate(
+        {
+            "id": "j",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "judge",
+            "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": "stop"}],
+        }
+    )
+
+
+def verdict_call(arguments: str, name: str = "verdict") -> dict[str, Any]:
+    call = {"id": "call-1", "type": "function", "function": {"name": name, "arguments": arguments}}
+    return {"content": None, "tool_calls": [call]}
+
+
+@pytest.mark.parametrize(
+    ("message", "good"),
+    [
+        (verdict_call('{"explanation": "same facts", "verdict": "A"}'), True),
+        (verdict_call('{"explanation": "a tie", "verdict": "C"}'), True),
+        (verdict_call('{"explanation": "line one\nline two", "verdict": "A"}'), True),  # a raw newline
+        (verdict_call('{"explanation": "B is right", "verdict": "B"}'), False),
+        (verdict_call('{"explanation": "cut off'), None),  # no JSON: no verdict
+        (verdict_call('{"verdict": "D"}'), None),
+        (verdict_call('{"verdict": "A"}', name="other"), None),  # another function: the text decides
+        ({"content": "Both fine. [[C]]"}, True),  # no call: the text form
+    ],
+)
+def test_a_verdict_is_read_from_the_verdict_call_else_from_the_text(
+    message: dict[str, Any], good: bool | None
+) -> None:
+    assert response_verdict(judged(message)) is good
+
+
+def test_a_tool_call_verdict_is_asked_for_by_a_forced_call_of_the_verdict_function() -> None:
+    text = judge_request("judge-model", "Q?", "edge says", "cloud says")
+    assert text.tools is None and text.tool_choice is None and text.temperature == 0.0
+    forced = judge_request("judge-model", "Q?", "edge says", "cloud says", verdict="tool_call")
+    assert forced.model_dump(mode="json", exclude_none=True)["tools"] == [VERDICT_TOOL]
+    choice = forced.model_dump(mode="json", exclude_none=True)["tool_choice"]
+    assert choice == {"type": "function", "function": {"name": "verdict"}}
+    parameters = VERDICT_TOOL["function"]["parameters"]
+    assert list(parameters["properties"]) == [
+        "explanation",
+        "verdict",
+    ]  # reasoning first, as in the text form
+    assert parameters["properties"]["verdict"]["enum"] == ["A", "B", "C"]
 
 
 def test_a_job_survives_json() -> None:
