@@ -8,17 +8,20 @@ import asyncio
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hyrouter.cloud.cli import main
 from hyrouter.router import (
     ChatCompletionRequest,
+    ChatMessage,
     OutcomeWriter,
     RoutingEngine,
     Tenant,
     load_estimator,
     parse_config,
 )
+from hyrouter.router._estimator import conversation_text
 from hyrouter.router._onnx_estimator import OnnxEstimator, read_manifest
 from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
 from tests.fakes import FakeBackend
@@ -101,6 +104,18 @@ def test_models_fit_then_models_canary_on_a_real_store(
     assert canary["records"] == 90 and canary["candidate"] == ["static-minilm@1.1.0.1"]
     assert canary["judged"]["records"] == 90
     assert canary["judged"]["candidate"]["apgr"] > canary["judged"]["live"]["apgr"]
+
+    # Exact: the canary's score of each request is the numpy head of head.json applied to what the
+    # record carries (the live encoder's features and prompt_chars), as `models fit` reads them.
+    head = json.loads((registry / entry["files"]["head"]["path"]).read_text(encoding="utf-8"))
+    store = SqliteOutcomeStore(store_path)
+    shadowed = [r for r in store.records() if r["candidate_score"] is not None]
+    store.close()
+    for r, (text, _) in zip(shadowed, later, strict=True):
+        assert r["prompt_chars"] == len(conversation_text([ChatMessage(role="user", content=text)]))
+        x = np.append(np.asarray(r["features"], dtype=np.float64), np.log1p(r["prompt_chars"]))
+        expected = 1.0 / (1.0 + np.exp(-(x @ np.asarray(head["weights"]) + head["bias"])))
+        assert r["candidate_score"] == pytest.approx(expected, abs=1e-6)  # features are kept as float32
 
 
 def test_models_fit_refuses_what_it_cannot_show_better(
