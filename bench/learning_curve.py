@@ -13,13 +13,18 @@ when the weak model scored at least as well as the strong one (what a shadow jud
 answers says).
 
 The fit code of `models fit` (`labelled_records`, `fit_head`) is run on the first N = 100, 300, 1000,
-3000 records read back from the store; every N is evaluated on the same traffic that follows them all
-(the records after the 3000th), with the weak and strong models' real scores: APGR, CPT(50%),
-CPT(80%) of the fitted head, the shipped estimator (the scores it recorded), prompt length and random
-(the mean of 20 draws), all in this one run. `decision` says what `models fit` itself would do with
-those N records (its own time split: refused when worse than the current estimator on the newest fifth).
-The head fitted on 3000 is also written as a registry version and scored through `OnnxEstimator` on the
-evaluation queries, to show the run-time artefact gives the head's scores.
+3000 records read back from the store, twice: the default head (the embedding and the prompt's length,
+log(1 + `prompt_chars`)) and the embedding alone (`--features embedding`, the head before the length
+was added); every N is evaluated on the same traffic that follows them all (the records after the
+3000th), with the weak and strong models' real scores: APGR, CPT(50%), CPT(80%) of the fitted heads,
+the shipped estimator (the scores it recorded), prompt length and random (the mean of 20 draws), all
+in this one run; `*_judged_labels` are the same on the judges' binary labels (weak good enough or not,
+the strong model good on all), the metric `models fit` computes. `models_fit_decision` says what
+`models fit` itself would do with those N records (its own time split and acceptance check: both
+labels at least 20 times in the newest fifth, and the bootstrap interval of the APGR difference to
+the current estimator above 0), with the difference and interval it saw. The head fitted on 3000 is
+also written as a registry version and scored through `OnnxEstimator` on the evaluation queries, to
+show the run-time artefact gives the head's scores.
 
 Caveat: the shipped estimator was trained on the train split of 10 of these 14 tasks (with the weak
 models' scores as target), so on this traffic it is partly scored in-sample; the per-task comparison
@@ -41,7 +46,15 @@ import numpy as np
 
 from bench.common import report
 from hyrouter.models.artefacts import ARTEFACTS_DIR
-from hyrouter.models.fit import FitRefused, fit, fit_head, labelled_records, write_version
+from hyrouter.models.fit import (
+    DEFAULT_FEATURES,
+    FEATURE_SETS,
+    FitRefused,
+    fit,
+    fit_head,
+    labelled_records,
+    write_version,
+)
 from hyrouter.models.quality import quality_curve
 from hyrouter.models.routing_data import default_data_dir
 from hyrouter.router import (
@@ -146,13 +159,21 @@ def run(weak_model: str, strong_model: str, plot: Path | None) -> dict[str, Any]
         for i, r in enumerate(ordered):
             r["created_at"] = float(i)
         evaluation = ordered[max(SIZES) :]
-        data = labelled_records(evaluation)
+        extras = FEATURE_SETS[DEFAULT_FEATURES]
+        data = labelled_records(evaluation, extras=extras)
         weak = np.asarray([row["weak"] for row in rows[max(SIZES) :]])
         strong = np.asarray([row["strong"] for row in rows[max(SIZES) :]])
         # The fake backends report no real usage: prompt length is the query's length in characters.
         tokens = np.asarray([float(len(row["query"])) for row in rows[max(SIZES) :]])
         tasks = [row["task"] for row in rows[max(SIZES) :]]
         unseen = np.asarray([t in UNSEEN for t in tasks])
+        # The metric `models fit` itself computes: the judges' binary labels, the strong model good on all.
+        judged_weak, judged_strong = 1.0 - data.labels, np.ones_like(data.labels)
+        judged_base = {
+            "shipped": metrics(data.scores, judged_weak, judged_strong),
+            "prompt_length": metrics(tokens, judged_weak, judged_strong),
+            "random": random_metrics(judged_weak, judged_strong),
+        }
         baselines = {
             "shipped": metrics(data.scores, weak, strong),
             "prompt_length": metrics(tokens, weak, strong),
@@ -166,15 +187,23 @@ def run(weak_model: str, strong_model: str, plot: Path | None) -> dict[str, Any]
         curve = []
         head = None
         for n in SIZES:
-            train = labelled_records(ordered[:n])
-            head = fit_head(train.features, train.labels)
-            scores = head.scores(data.features)
+            train = labelled_records(ordered[:n], extras=extras)
+            head = fit_head(train.inputs, train.labels, extras)
+            scores = head.scores(data.inputs)
+            plain = fit_head(train.features, train.labels)
+            plain_scores = plain.scores(data.features)
             try:
                 _, fit_report = fit(ordered[:n], current="@".join(CURRENT))
-                ev = fit_report["evaluation"]
-                decision = "accepted" if ev["fitted"]["apgr"] >= ev["current"]["apgr"] else "refused (worse)"
+                refusal = fit_report["refusal"]
+                decision: dict[str, Any] = {
+                    "accepted": refusal is None,
+                    "refusal": refusal,
+                    "evaluation_items": fit_report["evaluation"]["items"],
+                    "evaluation_escalation_needed": fit_report["evaluation"]["escalation_needed"],
+                    "fitted_minus_current": fit_report["evaluation"]["fitted_minus_current"],
+                }
             except FitRefused as exc:
-                decision = f"refused ({exc})"
+                decision = {"accepted": False, "refusal": str(exc)}
             curve.append(
                 {
                     "outcomes": n,
@@ -182,6 +211,12 @@ def run(weak_model: str, strong_model: str, plot: Path | None) -> dict[str, Any]
                     "penalty": head.penalty,
                     "fitted": metrics(scores, weak, strong),
                     "fitted_unseen_tasks": metrics(scores[unseen], weak[unseen], strong[unseen]),
+                    "fitted_judged_labels": metrics(scores, judged_weak, judged_strong),
+                    "embedding_only": {
+                        "penalty": plain.penalty,
+                        "fitted": metrics(plain_scores, weak, strong),
+                        "fitted_unseen_tasks": metrics(plain_scores[unseen], weak[unseen], strong[unseen]),
+                    },
                     "models_fit_decision": decision,
                 }
             )
@@ -196,6 +231,7 @@ def run(weak_model: str, strong_model: str, plot: Path | None) -> dict[str, Any]
         "replay_s": round(replay_s, 1),
         "baselines": baselines,
         "baselines_unseen_tasks": unseen_base,
+        "baselines_judged_labels": judged_base,
         "curve": curve,
         "runtime_artefact": check,
     }
@@ -213,6 +249,7 @@ def runtime_check(
     entry = write_version(registry, ARTEFACTS_DIR, base, head, fit_report, version="1.1.0.1", command="bench")
     estimator = OnnxEstimator(registry, entry)
     from hyrouter.router import ChatMessage
+    from hyrouter.router._estimator import conversation_text
 
     sample = rows[:: max(1, len(rows) // 200)]
     diffs = []
@@ -220,7 +257,8 @@ def runtime_check(
         messages = [ChatMessage(role="user", content=row["query"])]
         score, features = estimator.score_with_features(messages)
         assert features is not None
-        expected = float(head.scores(np.asarray(features, dtype=np.float64)[None, :])[0])
+        x = np.append(np.asarray(features, dtype=np.float64), np.log1p(len(conversation_text(messages))))
+        expected = float(head.scores(x[None, :])[0])
         diffs.append(abs(score - expected))
     return {"version": "static-minilm@1.1.0.1", "queries": len(sample), "max_abs_diff": float(max(diffs))}
 
@@ -237,7 +275,14 @@ def draw(result: dict[str, Any], path: Path) -> None:
         (axes[0], "apgr", "APGR (higher is better)"),
         (axes[1], "cpt50", "CPT(50%) (lower is better)"),
     ):
-        ax.plot(sizes, [p["fitted"][key] for p in result["curve"]], "o-", label="fitted on own outcomes")
+        ax.plot(sizes, [p["fitted"][key] for p in result["curve"]], "o-", label="fitted: embedding + length")
+        ax.plot(
+            sizes,
+            [p["embedding_only"]["fitted"][key] for p in result["curve"]],
+            "s--",
+            color="C2",
+            label="fitted: embedding only",
+        )
         for name, style in (("shipped", "--"), ("prompt_length", ":"), ("random", "-.")):
             ax.axhline(
                 result["baselines"][name][key],

@@ -102,7 +102,7 @@ def calibrate_from_outcomes(
     *, tier: str, config_path: Path, cloud_fraction: float, store_spec: str, since_s: float, now: float
 ) -> dict[str, Any]:
     """The threshold for `tier` from the scores of its outcome records of the last `since_s` seconds."""
-    from hyrouter.models.drift import open_store
+    from hyrouter.models.stores import open_store
     from hyrouter.router import load_config
 
     config = load_config(config_path, apply_env=False)

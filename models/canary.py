@@ -1,6 +1,6 @@
 """`hybrid-router models canary --outcomes STORE`: the canary and the A/B arms, from outcome records.
 
-    hybrid-router models canary --outcomes sqlite:outcomes.sqlite3 [--since UNIX_TIME]
+    hybrid-router models canary --outcomes sqlite:outcomes.sqlite3|dynamodb:TABLE [--since UNIX_TIME]
 
 Canary (`estimator.candidate`): on every record the candidate scored, its decision and the live
 estimator's at the record's threshold (escalate at or above it): their agreement, and the cloud share
@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from hyrouter.models.abstats import two_proportions, welch
-from hyrouter.models.fit import escalation_label, open_store, routing_metrics
+from hyrouter.models.fit import escalation_label, routing_metrics
 from hyrouter.models.quality import NoQualityGapError
+from hyrouter.models.stores import open_store
 
 
 def canary_report(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -134,7 +135,7 @@ def add_canary_command(subparsers: Any) -> None:
     c = subparsers.add_parser(
         "canary", help="compare the canary estimator and the A/B arms on outcome records"
     )
-    c.add_argument("--outcomes", required=True, help="sqlite:PATH")
+    c.add_argument("--outcomes", required=True, help="sqlite:PATH or dynamodb:TABLE")
     c.add_argument("--since", type=float, help="use records created at or after this Unix time")
     c.set_defaults(func=_cmd_canary)
 

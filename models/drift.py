@@ -24,34 +24,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hyrouter.router import DEMO_CONFIG_PATH, ConfigError, load_config
+from hyrouter.models.stores import open_store
+from hyrouter.router import DEMO_CONFIG_PATH, load_config
 from hyrouter.router._config import TierDriftConfig
 from hyrouter.router._drift import TierDrift, Window, drift_between
-from hyrouter.router._outcomes import OutcomeStore
 
 EXIT_OK, EXIT_DRIFTED, EXIT_NOTHING = 0, 1, 2
-
-
-def open_store(spec: str) -> OutcomeStore:
-    """The outcome store `spec` names: `sqlite:PATH`, or `KIND:WHERE` for a store another package
-    registers under the entry point group `hybrid_router.outcome_stores` (`dynamodb:TABLE`, from
-    `hyrouter.cloud.aws`: models/ does not import cloud/)."""
-    from importlib.metadata import entry_points
-
-    kind, _, where = spec.partition(":")
-    if not where:
-        raise ConfigError(f"--outcomes {spec!r}: expected sqlite:PATH or dynamodb:TABLE")
-    if kind == "sqlite":
-        from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
-
-        if not Path(where).is_file():
-            raise ConfigError(f"--outcomes {spec!r}: no such file")
-        return SqliteOutcomeStore(where)
-    for entry in entry_points(group="hybrid_router.outcome_stores"):
-        if entry.name == kind:
-            store: OutcomeStore = entry.load()(where)
-            return store
-    raise ConfigError(f"--outcomes {spec!r}: no outcome store of kind {kind!r} (sqlite, dynamodb)")
 
 
 def split_by_time(

@@ -1,7 +1,8 @@
 """`hybrid-router models fit --outcomes STORE`: a new estimator version from this deployment's own labels.
 
-    hybrid-router models fit --outcomes sqlite:outcomes.sqlite3 [--registry estimators]
-                             [--current static-minilm@1.1.0] [--eval-share 0.2] [--version V] [--force]
+    hybrid-router models fit --outcomes sqlite:outcomes.sqlite3|dynamodb:TABLE [--registry estimators]
+                             [--current static-minilm@1.1.0] [--eval-share 0.2] [--version V]
+                             [--features embedding+length|embedding] [--force]
 
 The label of a record is "escalation was needed" (1) or "the edge was good enough" (0):
 
@@ -13,13 +14,23 @@ The label of a record is "escalation was needed" (1) or "the edge was good enoug
   nor is one without features.
 
 The head is an L2-regularised logistic regression (numpy, Newton's method) on the frozen encoder's
-features (the records' `features`, the current estimator's embedding), its penalty chosen on the newest
-fifth of the training records. Records are split by time: the oldest for training, the newest
-`eval_share` for evaluation, where APGR, CPT(50%), CPT(80%) of the fitted head are reported beside the
-current estimator (the scores it recorded; the evaluation uses the records it scored), prompt length
-and random (the mean of 20 draws). Weak quality is "the edge was good enough" (1 - label); the strong
-model is taken as good on every request. A fit worse than the current estimator (lower APGR) is refused
-unless `force`.
+features (the records' `features`, the current estimator's normalised embedding) and, by default
+(`--features embedding+length`), the prompt's length: log(1 + the record's `prompt_chars`), the
+characters of the conversation's text, which the run-time estimator computes from the conversation
+(`HEAD_EXTRAS`; the answering model's `prompt_tokens` is known only after the request, so it cannot be
+a feature). The length is not penalised (nor is the bias): a strong penalty leaves a head on length
+alone. Records written before `prompt_chars` existed are left out (`--features embedding` uses them).
+The penalty (`PENALTIES`, 1e-3 to 1e3, log-spaced) is the one with the lowest log-loss on the newest
+fifth of the training records, fitted on the older four fifths; the head is then refitted on all.
+
+Records are split by time: the oldest for training, the newest `eval_share` for evaluation, where
+APGR, CPT(50%), CPT(80%) of the fitted head are reported beside the current estimator (the scores it
+recorded; the evaluation uses the records it scored), prompt length and random (the mean of 20 draws).
+Weak quality is "the edge was good enough" (1 - label); the strong model is taken as good on every
+request. The acceptance check is about noise as much as about the mean: the evaluation must hold at
+least `MIN_PER_LABEL` records of each label, and the 95% interval of the APGR difference (fitted minus
+current; a stratified bootstrap of the evaluation records, `BOOTSTRAP` resamples) must lie above 0.
+Otherwise the fit is refused, unless `force`.
 
 The new version is an entry in the registry folder (`--registry`, default `estimators`): the current
 estimator's encoder and tokenizer (copied once per encoder) and a `head` file (`OnnxEstimator` loads
@@ -43,13 +54,28 @@ import numpy as np
 import numpy.typing as npt
 
 from hyrouter.models.quality import NoQualityGapError, quality_curve
-from hyrouter.router._onnx_estimator import MANIFEST_FORMAT, MANIFEST_NAME, file_sha256, read_manifest
+from hyrouter.models.stores import open_store
+from hyrouter.router._onnx_estimator import (
+    HEAD_EXTRAS,
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    file_sha256,
+    read_manifest,
+)
 from hyrouter.router._outcomes import OutcomeStore
 
 DEFAULT_REGISTRY = Path("estimators")
 DEFAULT_EVAL_SHARE = 0.2
-PENALTIES = (0.01, 0.1, 1.0, 10.0, 100.0)
+#: The penalties tried (on standardised features): 1e-3 to 1e3, two a decade.
+PENALTIES = tuple(float(p) for p in np.logspace(-3, 3, 13))
 RANDOM_DRAWS = 20
+#: The fewest records of each label the evaluation must hold for its verdict to count.
+MIN_PER_LABEL = 20
+#: Bootstrap resamples of the evaluation for the interval of the APGR difference.
+BOOTSTRAP = 1000
+#: What the head reads: the encoder's features, and the extras (`HEAD_EXTRAS`) after them.
+FEATURE_SETS: dict[str, tuple[str, ...]] = {"embedding+length": ("log_prompt_chars",), "embedding": ()}
+DEFAULT_FEATURES = "embedding+length"
 #: A rating at or above this says the edge's answer was good enough.
 GOOD_RATING = 0.5
 
@@ -57,20 +83,7 @@ FloatArray = npt.NDArray[np.float64]
 
 
 class FitRefused(RuntimeError):
-    """The fitted head routes worse than the current estimator on the newest records (or cannot be
-    fitted or judged); `force` writes it anyway where it exists."""
-
-
-def open_store(spec: str) -> OutcomeStore:
-    """The outcome store `spec` names: `sqlite:PATH`."""
-    kind, _, where = spec.partition(":")
-    if kind == "sqlite" and where:
-        from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
-
-        return SqliteOutcomeStore(where)
-    # `models` may not import `cloud` (the layering test), where the DynamoDB store lives: reading a
-    # table from `models fit` needs a seam that does not exist yet.
-    raise ValueError(f"outcome store {spec!r}: expected sqlite:PATH (dynamodb:TABLE is not supported yet)")
+    """There is too little to fit a head or to evaluate one on."""
 
 
 def escalation_label(record: dict[str, Any]) -> int | None:
@@ -94,9 +107,19 @@ class Labelled:
     prompt_tokens: FloatArray
     estimators: list[str]
     created_at: FloatArray
+    #: the head's extra inputs (`extra_names`, `HEAD_EXTRAS`), one column each
+    extras: FloatArray
+    extra_names: tuple[str, ...] = ()
+    #: labelled records with features left out because they lack what an extra is computed from
+    lacking_extras: int = 0
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def inputs(self) -> FloatArray:
+        """What the head reads: the features, then the extras."""
+        return np.hstack([self.features, self.extras])
 
     def take(self, index: Any) -> Labelled:
         """The rows `index` selects."""
@@ -107,12 +130,18 @@ class Labelled:
             self.prompt_tokens[index],
             [self.estimators[i] for i in np.arange(len(self))[index]],
             self.created_at[index],
+            self.extras[index],
+            self.extra_names,
         )
 
 
-def labelled_records(records: Iterable[dict[str, Any]], dims: int | None = None) -> Labelled:
-    """The records with a label and features (of `dims` values; None: as many as the first has)."""
-    rows: list[tuple[list[float], int, float, int, str, float]] = []
+def labelled_records(
+    records: Iterable[dict[str, Any]], dims: int | None = None, extras: Sequence[str] = ()
+) -> Labelled:
+    """The records with a label and features (of `dims` values; None: as many as the first has) and,
+    where `extras` are asked for, the `prompt_chars` they are computed from."""
+    rows: list[tuple[list[float], int, float, int, str, float, list[float]]] = []
+    lacking = 0
     for r in records:
         label, features = escalation_label(r), r.get("features")
         if label is None or not features:
@@ -120,7 +149,16 @@ def labelled_records(records: Iterable[dict[str, Any]], dims: int | None = None)
         dims = dims or len(features)
         if len(features) != dims:
             continue
-        rows.append((features, label, r["score"], r["prompt_tokens"], r["estimator"], r["created_at"]))
+        values: list[float] = []
+        if extras:
+            chars = r.get("prompt_chars")
+            if chars is None:
+                lacking += 1
+                continue
+            values = [HEAD_EXTRAS[name](int(chars)) for name in extras]
+        rows.append(
+            (features, label, r["score"], r["prompt_tokens"], r["estimator"], r["created_at"], values)
+        )
     rows.sort(key=lambda row: row[5])
     return Labelled(
         np.asarray([r[0] for r in rows], dtype=np.float64).reshape(len(rows), dims or 0),
@@ -129,16 +167,20 @@ def labelled_records(records: Iterable[dict[str, Any]], dims: int | None = None)
         np.asarray([r[3] for r in rows], dtype=np.float64),
         [r[4] for r in rows],
         np.asarray([r[5] for r in rows], dtype=np.float64),
+        np.asarray([r[6] for r in rows], dtype=np.float64).reshape(len(rows), len(extras)),
+        tuple(extras),
+        lacking,
     )
 
 
 @dataclass(frozen=True)
 class Head:
-    """A logistic head on raw features: sigmoid(weights · x + bias)."""
+    """A logistic head on raw inputs (features, then extras): sigmoid(weights · x + bias)."""
 
     weights: FloatArray
     bias: float
     penalty: float
+    extras: tuple[str, ...] = ()
 
     def scores(self, features: FloatArray) -> FloatArray:
         """The head's probabilities."""
@@ -146,15 +188,17 @@ class Head:
         return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64)
 
 
-def logistic_regression(x: FloatArray, y: FloatArray, penalty: float, iterations: int = 50) -> Head:
-    """L2-regularised logistic regression by Newton's method on standardised features (the bias is
-    not penalised); the head returned reads raw features."""
+def logistic_regression(
+    x: FloatArray, y: FloatArray, penalty: float, iterations: int = 50, *, free: int = 0
+) -> Head:
+    """L2-regularised logistic regression by Newton's method on standardised features (the bias and
+    the last `free` columns are not penalised); the head returned reads raw features."""
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale = np.where(scale > 1e-12, scale, 1.0)
     z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
     w = np.zeros(z.shape[1])
     ridge = np.full(z.shape[1], penalty)
-    ridge[-1] = 0.0
+    ridge[len(ridge) - 1 - free :] = 0.0
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -60.0, 60.0)))
         gradient = z.T @ (p - y) + ridge * w
@@ -167,18 +211,23 @@ def logistic_regression(x: FloatArray, y: FloatArray, penalty: float, iterations
     return Head(weights, float(w[-1] - weights @ mean), penalty)
 
 
-def fit_head(x: FloatArray, y: FloatArray) -> Head:
-    """The head whose penalty gives the lowest log-loss on the newest fifth of (x, y), refitted on all."""
+def fit_head(x: FloatArray, y: FloatArray, extras: Sequence[str] = ()) -> Head:
+    """The head whose penalty gives the lowest log-loss on the newest fifth of (x, y) (rows oldest
+    first) when fitted on the older four fifths, refitted on all. The last `len(extras)` columns of
+    `x` are the extras, not penalised."""
     cut = int(len(y) * 0.8)
-    if 0 < y[:cut].mean() < 1 and 0 < cut < len(y):
+    free = len(extras)
+    if 0 < cut < len(y) and 0 < y[:cut].mean() < 1:
         losses = []
         for penalty in PENALTIES:
-            p = np.clip(logistic_regression(x[:cut], y[:cut], penalty).scores(x[cut:]), 1e-9, 1 - 1e-9)
+            head = logistic_regression(x[:cut], y[:cut], penalty, free=free)
+            p = np.clip(head.scores(x[cut:]), 1e-9, 1 - 1e-9)
             losses.append(float(-np.mean(y[cut:] * np.log(p) + (1 - y[cut:]) * np.log(1 - p))))
         penalty = PENALTIES[int(np.argmin(losses))]
     else:
         penalty = max(PENALTIES)
-    return logistic_regression(x, y, penalty)
+    head = logistic_regression(x, y, penalty, free=free)
+    return Head(head.weights, head.bias, penalty, tuple(extras))
 
 
 def routing_metrics(scores: FloatArray, labels: FloatArray) -> dict[str, float]:
@@ -191,19 +240,68 @@ def routing_metrics(scores: FloatArray, labels: FloatArray) -> dict[str, float]:
     }
 
 
+def apgr_difference(
+    fitted: FloatArray, current: FloatArray, labels: FloatArray, *, resamples: int = BOOTSTRAP, seed: int = 0
+) -> dict[str, Any]:
+    """APGR of `fitted` minus APGR of `current` on `labels`, with its 95% percentile interval from a
+    stratified bootstrap (each resample keeps the number of records of each label)."""
+
+    def apgr(scores: FloatArray, y: FloatArray) -> float:
+        return quality_curve(scores, 1.0 - y, np.ones_like(y)).apgr()
+
+    difference = apgr(fitted, labels) - apgr(current, labels)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(labels == value) for value in (0.0, 1.0)]
+    draws = []
+    for _ in range(resamples):
+        index = np.concatenate([rng.choice(g, size=len(g)) for g in groups])
+        y = labels[index]
+        draws.append(apgr(fitted[index], y) - apgr(current[index], y))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return {
+        "apgr": round(float(difference), 4),
+        "ci95": [round(float(low), 4), round(float(high), 4)],
+        "resamples": resamples,
+    }
+
+
 def compare(head: Head, evaluation: Labelled, *, seed: int = 0) -> dict[str, Any]:
-    """The fitted head beside the recorded (current) scores, prompt length and random, on `evaluation`."""
+    """The fitted head beside the recorded (current) scores, prompt length and random, on `evaluation`,
+    and the bootstrap interval of the APGR difference between the head and the current estimator."""
     y = evaluation.labels
     rng = np.random.default_rng(seed)
     draws = [routing_metrics(rng.random(len(y)), y) for _ in range(RANDOM_DRAWS)]
+    fitted = head.scores(evaluation.inputs)
     return {
         "items": len(y),
+        "escalation_needed": int(y.sum()),
         "escalation_needed_share": round(float(y.mean()), 4),
-        "fitted": routing_metrics(head.scores(evaluation.features), y),
+        "fitted": routing_metrics(fitted, y),
         "current": routing_metrics(evaluation.scores, y),
         "prompt_length": routing_metrics(evaluation.prompt_tokens, y),
         "random": {k: round(float(np.mean([d[k] for d in draws])), 4) for k in draws[0]},
+        "fitted_minus_current": apgr_difference(fitted, evaluation.scores, y, seed=seed),
     }
+
+
+def acceptance(evaluation: dict[str, Any]) -> str | None:
+    """Why the evaluation does not show the fitted head better than the current estimator; None when
+    it does (enough records of each label, and the interval of the APGR difference above 0)."""
+    needed = int(evaluation["escalation_needed"])
+    fine = int(evaluation["items"]) - needed
+    if min(needed, fine) < MIN_PER_LABEL:
+        return (
+            f"the evaluation holds {needed} records where escalation was needed and {fine} where the edge "
+            f"was good enough: at least {MIN_PER_LABEL} of each are needed to tell heads apart"
+        )
+    difference = evaluation["fitted_minus_current"]
+    low, high = difference["ci95"]
+    if low <= 0.0:
+        return (
+            f"APGR difference to the current estimator {difference['apgr']:+.4f}, 95% interval "
+            f"[{low:+.4f}, {high:+.4f}]: not shown better"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -220,21 +318,30 @@ def fit(
     *,
     current: str | None = None,
     eval_share: float = DEFAULT_EVAL_SHARE,
+    features: str = DEFAULT_FEATURES,
 ) -> tuple[Head, dict[str, Any]]:
     """Fit a head on the oldest labelled records and evaluate it on the newest `eval_share`.
 
     `current` is the estimator (`name@version`) to beat; None: the one that scored most records.
+    `features` names what the head reads (`FEATURE_SETS`). The report's `refusal` says why the head is
+    not shown better than the current one (`acceptance`), None when it is.
     Raises `FitRefused` where there is too little to fit or to evaluate on.
     """
-    data = labelled_records(records)
+    data = labelled_records(records, extras=FEATURE_SETS[features])
     if len(data) < 20:
-        raise FitRefused(f"{len(data)} labelled records with features: at least 20 are needed")
+        lacking = (
+            f" ({data.lacking_extras} more lack prompt_chars, written before it was recorded: "
+            "--features embedding uses them)"
+            if data.lacking_extras
+            else ""
+        )
+        raise FitRefused(f"{len(data)} labelled records with features: at least 20 are needed{lacking}")
     current = current or Counter(data.estimators).most_common(1)[0][0]
     cut = round(len(data) * (1.0 - eval_share))
     train, newest = data.take(slice(0, cut)), data.take(slice(cut, None))
     if not 0 < train.labels.mean() < 1:
         raise FitRefused(f"the {len(train)} training records all have the same label")
-    head = fit_head(train.features, train.labels)
+    head = fit_head(train.inputs, train.labels, data.extra_names)
     evaluation = newest.take(np.asarray([e == current for e in newest.estimators], dtype=bool))
     if len(evaluation) == 0:
         raise FitRefused(f"no record of the newest {len(newest)} was scored by {current}")
@@ -242,9 +349,12 @@ def fit(
         metrics = compare(head, evaluation)
     except NoQualityGapError as exc:
         raise FitRefused(f"the newest records cannot judge a router: {exc}") from exc
-    report = {
+    report: dict[str, Any] = {
         "current": current,
         "labelled_records": len(data),
+        "features": features,
+        "extras": list(data.extra_names),
+        "left_out_lacking_prompt_chars": data.lacking_extras,
         "train": {
             "items": len(train),
             "escalation_needed_share": round(float(train.labels.mean()), 4),
@@ -253,6 +363,7 @@ def fit(
         "evaluation": {**metrics, "from": float(newest.created_at[0])},
         "penalty": head.penalty,
     }
+    report["refusal"] = acceptance(report["evaluation"])
     return head, report
 
 
@@ -307,6 +418,7 @@ def write_version(
     embedding = base.get("embedding") or {}
     head_doc = {
         "input": str(embedding.get("output", "features")),
+        "extras": list(head.extras),
         "weights": [float(w) for w in head.weights],
         "bias": head.bias,
     }
@@ -344,15 +456,15 @@ def fit_outcomes(
     since: float | None = None,
     command: str = "hybrid-router models fit",
     base_roots: Sequence[Path] = (),
+    features: str = DEFAULT_FEATURES,
 ) -> FitResult:
-    """Fit, compare and (unless it is worse than the current estimator, or `force`) write a version."""
+    """Fit, compare and (when the evaluation shows it better than the current estimator, or `force`)
+    write a version."""
     from hyrouter.models.artefacts import ARTEFACTS_DIR
 
-    head, report = fit(store.records(since), current=current, eval_share=eval_share)
-    evaluation = report["evaluation"]
-    worse = evaluation["fitted"]["apgr"] < evaluation["current"]["apgr"]
-    report["better_than_current"] = not worse
-    if worse and not force:
+    head, report = fit(store.records(since), current=current, eval_share=eval_share, features=features)
+    report["better_than_current"] = report["refusal"] is None
+    if report["refusal"] is not None and not force:
         return FitResult(head, report, None)
     base_root, base = find_entry(report["current"], [registry, *base_roots, ARTEFACTS_DIR])
     chosen = version or next_version(base, registry)
@@ -363,13 +475,19 @@ def fit_outcomes(
 def add_fit_command(subparsers: Any) -> None:
     """Register `hybrid-router models fit`."""
     f = subparsers.add_parser("fit", help="fit a new estimator version to this deployment's outcome records")
-    f.add_argument("--outcomes", required=True, help="sqlite:PATH")
+    f.add_argument("--outcomes", required=True, help="sqlite:PATH or dynamodb:TABLE")
     f.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY, help="registry folder to write to")
     f.add_argument("--current", help="name@version to beat (default: the one that scored most records)")
     f.add_argument("--eval-share", type=float, default=DEFAULT_EVAL_SHARE, help="newest share to evaluate on")
     f.add_argument("--version", help="version to write (default: the current's, plus .N)")
     f.add_argument("--since", type=float, help="use records created at or after this Unix time")
-    f.add_argument("--force", action="store_true", help="write the version even when it is worse")
+    f.add_argument(
+        "--features",
+        choices=sorted(FEATURE_SETS),
+        default=DEFAULT_FEATURES,
+        help="what the head reads: the embedding and the prompt's length (default), or the embedding",
+    )
+    f.add_argument("--force", action="store_true", help="write the version even when it is not shown better")
     f.set_defaults(func=_cmd_fit)
 
 
@@ -386,6 +504,7 @@ def _cmd_fit(args: Any) -> int:
             version=args.version,
             force=args.force,
             since=args.since,
+            features=args.features,
             command="hybrid-router " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         )
     except FitRefused as exc:
@@ -395,10 +514,7 @@ def _cmd_fit(args: Any) -> int:
         store.close()
     print(json.dumps(result.report, indent=2))
     if result.entry is None:
-        print(
-            "fit refused: worse than the current estimator on the newest records (--force writes it)",
-            file=sys.stderr,
-        )
+        print(f"fit refused: {result.report['refusal']} (--force writes it)", file=sys.stderr)
         return 1
     print(
         f"wrote {result.entry['name']}@{result.entry['version']} to {args.registry}; try it as a canary: "

@@ -12,9 +12,11 @@ returns `features` (float, shape [1, d]: what its head reads, the pooled embeddi
 outcome records (`score_with_features`). Artefacts built before `models build` exported it have none.
 
 An entry fitted to one deployment's outcomes (`hybrid-router models fit`) adds a `head` file (JSON:
-`weights`, `bias`, the graph output they read as `input`) beside the unchanged encoder files: its score
-is sigmoid(weights · input + bias), computed with numpy from the encoder's features; the graph's own
-`score` is not used. The head is sha256-checked like every other file.
+`weights`, `bias`, the graph output they read as `input`, and the names of the `extras` it reads after
+it) beside the unchanged encoder files: its score is sigmoid(weights · [input, extras] + bias),
+computed with numpy from the encoder's features and the extras (`HEAD_EXTRAS`: numbers the estimator
+computes from the conversation itself, the same functions `models fit` applies to the outcome
+records); the graph's own `score` is not used. The head is sha256-checked like every other file.
 
 onnxruntime, tokenizers and numpy are imported when an estimator is loaded, not when `router` is;
 they come with the `onnx` extra (`MissingExtra` names it when they are not installed).
@@ -42,6 +44,19 @@ FEATURES_OUTPUT = "features"
 # anyway, and tokenizing it would make cost grow with prompt length (English runs ~4-5 characters
 # per WordPiece token, so 12 keeps every token the model would have read).
 CHARS_PER_TOKEN = 12
+
+
+def log_prompt_chars(chars: int) -> float:
+    """The head extra `log_prompt_chars`: log(1 + characters of the conversation's text).
+
+    The prompt's length, which no normalised embedding carries. Computed from `conversation_text`
+    at scoring time and from an outcome record's `prompt_chars` (the same text's length) by `models fit`.
+    """
+    return math.log1p(chars)
+
+
+#: The extra head inputs by name: each a function of the characters of `conversation_text(messages)`.
+HEAD_EXTRAS = {"log_prompt_chars": log_prompt_chars}
 
 
 def file_sha256(path: Path) -> str:
@@ -176,47 +191,72 @@ class OnnxEstimator:
         #: whether the artefact gives features (`score_with_features`)
         self.has_features = self.features_output is not None
         self._head: tuple[Any, float] | None = None
+        #: the extras (`HEAD_EXTRAS`) the fitted head reads after the features, in order
+        self.head_extras: tuple[str, ...] = ()
         if "head" in entry.get("files", {}):
-            self._head = self._load_head(verified_file(root, entry, "head"))
+            self._head, self.head_extras = self._load_head(verified_file(root, entry, "head"))
 
-    def _load_head(self, path: Path) -> tuple[Any, float]:
-        """The fitted head's weights and bias; it must read the features this graph gives."""
+    def _load_head(self, path: Path) -> tuple[tuple[Any, float], tuple[str, ...]]:
+        """The fitted head's weights, bias and extras; it must read the features this graph gives."""
         ident = f"estimator {self.name}@{self.version}"
         try:
             head = json.loads(path.read_text(encoding="utf-8"))
             weights = self._np.asarray(head["weights"], dtype=self._np.float64)
             bias = float(head["bias"])
             source = str(head["input"])
+            extras = tuple(str(name) for name in head.get("extras", ()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise EstimatorError(f"{ident}: head file {path} is unreadable: {exc}") from exc
         if source != self.features_output:
             raise EstimatorError(
                 f"{ident}: its head reads {source!r}; the model gives {self.features_output!r}"
             )
-        return weights, bias
+        unknown = [name for name in extras if name not in HEAD_EXTRAS]
+        if unknown:
+            raise EstimatorError(f"{ident}: its head reads extras {unknown} this version cannot compute")
+        if weights.ndim != 1 or len(weights) <= len(extras):
+            raise EstimatorError(
+                f"{ident}: head file {path} has {weights.size} weights for {len(extras)} extras"
+            )
+        return (weights, bias), extras
 
-    def _head_score(self, features: Any) -> float:
+    def _head_score(self, features: Any, prompt_chars: int | None) -> float:
         assert self._head is not None
         weights, bias = self._head
-        logit = float(features.reshape(-1).astype(self._np.float64) @ weights) + bias
+        x = features.reshape(-1).astype(self._np.float64)
+        if self.head_extras:
+            if prompt_chars is None:
+                raise EstimatorError(
+                    f"estimator {self.name}@{self.version}: its head reads {list(self.head_extras)}, "
+                    "computed from the conversation: score it with `score`, not token ids alone"
+                )
+            extras = [HEAD_EXTRAS[name](prompt_chars) for name in self.head_extras]
+            x = self._np.concatenate([x, self._np.asarray(extras, dtype=self._np.float64)])
+        if len(x) != len(weights):
+            raise EstimatorError(
+                f"estimator {self.name}@{self.version}: its head has {len(weights)} weights for "
+                f"{len(x)} inputs"
+            )
+        logit = float(x @ weights) + bias
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, logit))))
 
     def token_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The (truncated) token ids the model reads for a conversation."""
         return conversation_ids(self._tokenizer, messages, self.max_tokens)
 
-    def score_ids(self, ids: Sequence[int]) -> float:
-        """The model's score for already-tokenized input."""
+    def score_ids(self, ids: Sequence[int], prompt_chars: int | None = None) -> float:
+        """The model's score for already-tokenized input; a head that reads extras also needs the
+        characters of the conversation's text (`prompt_chars`)."""
         feed = {"input_ids": self._np.asarray([ids], dtype=self._np.int64)}
         if self._head is not None:
             (features,) = self._session.run([self.features_output], feed)
-            return self._head_score(features)
+            return self._head_score(features, prompt_chars)
         (out,) = self._session.run(["score"], feed)
         return float(out.reshape(-1)[0])
 
     def score(self, messages: Sequence[ChatMessage]) -> float:
         """The probability that escalating this conversation to the cloud pays."""
-        return self.score_ids(self.token_ids(messages))
+        return self.score_ids(self.token_ids(messages), len(conversation_text(messages)))
 
     def embed(self, messages: Sequence[ChatMessage]) -> list[float] | None:
         """The pooled unit vector the score is computed from; None when the artefact names none, or
@@ -241,7 +281,7 @@ class OnnxEstimator:
         feed = {"input_ids": self._np.asarray([self.token_ids(messages)], dtype=self._np.int64)}
         if self._head is not None:
             (features,) = self._session.run([self.features_output], feed)
-            return self._head_score(features), features.reshape(-1)
+            return self._head_score(features, len(conversation_text(messages))), features.reshape(-1)
         score, features = self._session.run(["score", self.features_output], feed)
         vector: Sequence[float] = features.reshape(-1)
         return float(score.reshape(-1)[0]), vector

@@ -84,6 +84,9 @@ class OutcomeRecord:
     candidate_estimator: str | None = None
     #: the canary's score (its decision: at or above `threshold`)
     candidate_score: float | None = None
+    #: characters of the conversation's text (`conversation_text`): the length an estimator's head
+    #: can read at scoring time (`prompt_tokens` is the answering model's count, known only after)
+    prompt_chars: int | None = None
 
     def fields(self) -> dict[str, Any]:
         """The record as a dict of plain values (shallow: `features` is the record's own list)."""
@@ -439,6 +442,7 @@ class OutcomeWriter:
             variant=d.variant,
             candidate_estimator=self._candidate_id,
             candidate_score=self._candidate_score(o),
+            prompt_chars=len(text) if o.request is not None else None,
         )
 
     def _candidate_score(self, outcome: RequestOutcome) -> float | None:

@@ -141,7 +141,7 @@ class DynamoDbOutcomeStore:
 
 
 _RECORD_FIELDS = (*OutcomeRecord.__dataclass_fields__, *LABEL_FIELDS)
-_INTEGERS = {"status", "prompt_tokens", "completion_tokens", "edge_tokens_discarded"}
+_INTEGERS = {"status", "prompt_tokens", "completion_tokens", "edge_tokens_discarded", "prompt_chars"}
 
 
 def _plain(item: dict[str, Any]) -> dict[str, Any]:
