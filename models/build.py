@@ -192,12 +192,26 @@ def _write_entry(root: Path, entry: dict[str, Any]) -> None:
 
 
 def verify(root: Path) -> list[str]:
-    """Check every manifest entry's files against their sha256; the `name@version` of each."""
+    """Check every manifest entry's files against their sha256, the edge models' calibrations
+    included (each loaded and validated too); the `name@version` of each."""
+    from hyrouter.router._calibrations import RegisteredCalibration
+
     checked = []
-    for entry in read_manifest(root)["estimators"]:
+    manifest = read_manifest(root)
+    for entry in manifest["estimators"]:
         for role in entry.get("files", {}):
             verified_file(root, entry, role)
         checked.append(f"{entry['name']}@{entry['version']}")
+    for entry in manifest.get("calibrations", []):
+        calibration = RegisteredCalibration(
+            name=entry["name"],
+            version=entry["version"],
+            path=root / entry["path"],
+            sha256=entry["sha256"],
+            gguf_sha256=entry["gguf_sha256"],
+        )
+        calibration.load()  # checks its sha256 and its document
+        checked.append(f"calibration {calibration.ident}")
     return checked
 
 

@@ -2,8 +2,9 @@
 
     hybrid-router eval --cascade [--json out.json]
 
-Per report task (`REPORT_TASKS`, none of them among the calibration's tasks), on the edge model's
-own graded answers (models/data/edge-answers/):
+Per graded task (models/data/edge-answers/), with a calibration fitted the way the shipped one is
+(`fit_calibration`) on every *other* task (leave one task out: the task reported on is never one it
+was calibrated on), on the edge model's own graded answers:
 
 - the AUROC, for "the edge's answer is right", of the calibrated confidence, the uncalibrated
   default (exp(mean log-probability)), the pre-route estimator (lower score: more likely right),
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hyrouter.models.cascade import REPORT_TASKS, FloatArray, apply, auroc, feature_matrix, load_calibration
+from hyrouter.models.cascade import FloatArray, apply, auroc, feature_matrix, file_sha256, fit_calibration
 from hyrouter.models.edge_answers import TASKS, read_answers
 from hyrouter.models.quality import quality_curve, summarize
 from hyrouter.models.routing_data import SMOLLM2, EdgeModel, default_data_dir
@@ -138,39 +139,42 @@ def task_report(
 
 
 def run_cascade_eval(
-    tasks: Sequence[str] = REPORT_TASKS,
+    tasks: Sequence[str] | None = None,
     *,
     model: EdgeModel = SMOLLM2,
     estimator: str | None = None,
     data_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The two-stage report on `tasks`, with the committed calibration of `model`."""
+    """The two-stage report on `tasks` (default: every graded task), each with a calibration fitted
+    on all the other graded tasks."""
+    from hyrouter.models.edge_labels import model_file
+
     data_dir = data_dir or default_data_dir()
-    calibration = load_calibration(model)
     name, _, version = (estimator or DEFAULT_ESTIMATOR).partition("@")
     scorer = load_estimator(name, version or None)
-    fitted_on = set(calibration["training"]["tasks"])
+    gguf = model_file(model)
+    digest = file_sha256(gguf)
     report: dict[str, Any] = {
         "model": model.label_dir,
-        "calibration": f"{calibration['name']}@{calibration['version']} ({calibration['link']})",
-        "calibrated_on": sorted(fitted_on),
+        "protocol": "leave one task out: each task's calibration is fitted on all the other graded tasks",
         "estimator": f"{scorer.name}@{scorer.version}",
         "pre_route_share": PRE_ROUTE_SHARE,
         "tasks": {},
     }
-    for task in tasks:
-        if task in fitted_on:
-            raise ValueError(f"{task} is one of the calibration's own tasks: report on others")
-        report["tasks"][task] = task_report(task, read_answers(task, model), calibration, scorer, data_dir)
+    for task in tasks or list(TASKS):
+        others = [t for t in TASKS if t != task]
+        calibration = fit_calibration(others, model=model, gguf=gguf, gguf_digest=digest)
+        entry = task_report(task, read_answers(task, model), calibration, scorer, data_dir)
+        entry["calibration_features"] = calibration["features"]
+        report["tasks"][task] = entry
     return report
 
 
 def format_cascade_table(report: dict[str, Any]) -> str:
     """The report as two fixed-width tables: AUROC per task, then routers per task."""
     lines = [
-        f"calibration {report['calibration']} fitted on {', '.join(report['calibrated_on'])}; "
-        f"pre-route {report['estimator']} sends its top {report['pre_route_share']:.0%} straight to the "
-        "cloud",
+        f"{report['protocol']}; pre-route {report['estimator']} sends its top "
+        f"{report['pre_route_share']:.0%} straight to the cloud",
         f"{'task':16} {'items':>5} {'edge':>5} {'strong':>6}  AUROC(edge right): "
         f"{'calib':>6} {'uncal':>6} {'pre':>6} {'length':>6} {'random':>6}",
     ]
@@ -179,7 +183,7 @@ def format_cascade_table(report: dict[str, Any]) -> str:
         lines.append(
             f"{task:16} {t['items']:5d} {t['edge_right']:5.2f} {t['strong_right']:6.2f}  {'':19}"
             f"{a['calibrated']:6.3f} {a['uncalibrated']:6.3f} {a['pre-route']:6.3f} "
-            f"{a['prompt-length']:6.3f} {a['random']:6.3f}"
+            f"{a['prompt-length']:6.3f} {a['random']:6.3f}  ({','.join(t['calibration_features'])})"
         )
     lines.append(f"{'task':16} {'router':14} {'APGR':>6} {'CPT50':>6} {'CPT80':>6}")
     for task, t in report["tasks"].items():

@@ -103,3 +103,19 @@ async def test_the_device_sdk_escalates_an_unsure_local_answer_to_the_cloud_rout
         assert (stream.route.target, stream.route.reason) == ("cloud", "edge_unsure")  # before any byte
         text = "".join([c.choices[0].delta.content or "" async for c in stream.chunks if c.choices])
         assert text
+
+
+def test_the_shipped_calibration_is_found_for_the_packaged_model_by_its_sha256() -> None:
+    from hyrouter.edge.model_files import edge_calibration
+    from hyrouter.router import AnswerFeatures, EdgeConfig
+
+    calibration = edge_calibration(EdgeConfig(), verifies=True)  # "auto": the registry, by the GGUF's sha256
+    assert calibration.name == "smollm2-135m-instruct-q4_1@1.0.0"
+
+    class Token:
+        def __init__(self, margin: float) -> None:
+            self.logprob, self.entropy, self.margin = -0.5, 1.0, margin
+
+    sure, unsure = (AnswerFeatures.of([Token(m)] * 4) for m in (6.0, 0.2))
+    assert sure is not None and unsure is not None
+    assert 0.0 < calibration.confidence(unsure) < calibration.confidence(sure) < 1.0

@@ -13,6 +13,7 @@ import pytest
 
 from hyrouter.models.cascade import (
     FEATURES,
+    FloatArray,
     apply,
     auroc,
     feature_matrix,
@@ -124,3 +125,50 @@ def test_the_two_stage_order_sends_the_hardest_prompts_first_then_the_least_conf
     assert cost["escalated_after_edge"] == 2  # item 0 went straight: no edge work wasted on it
     assert cost["edge_tokens_wasted_per_request"] == pytest.approx(0.8)
     assert cost["edge_tokens_wasted_share"] == pytest.approx(0.2)
+
+
+def _task_rows(task: str, signal: FloatArray, right: FloatArray) -> list[dict[str, Any]]:
+    return [
+        {
+            "task": task,
+            "logprob": [float(s)],
+            "entropy": [1.0],
+            "margin": [float(s) + 3.0],
+            "correct": bool(r),
+        }
+        for s, r in zip(signal, right, strict=True)
+    ]
+
+
+def test_slopes_are_learned_within_tasks_not_across_them() -> None:
+    from hyrouter.models.cascade import fit_monotone, select_features
+
+    rng = np.random.default_rng(7)
+    # Within each task a surer answer is likelier right; across them the surer task is the weaker one
+    # (multiple choice copied with sure tokens, at chance): pooled, the slope comes out backwards.
+    sure = rng.normal(-0.2, 0.1, 300)
+    unsure = rng.normal(-1.5, 0.3, 300)
+    choice = rng.random(300) < (0.15 + 1.0 * (sure + 0.2)).clip(0.01, 0.99)
+    sums = rng.random(300) < (0.75 + 0.5 * (unsure + 1.5)).clip(0.01, 0.99)
+    rows = _task_rows("choice", sure, choice) + _task_rows("sums", unsure, sums)
+    x = feature_matrix(rows, ["mean_logprob"])
+    y = np.asarray([1.0 if r["correct"] else 0.0 for r in rows])
+    assert fit_logistic(x, y).coef[0] < 0  # pooled: backwards
+    within = fit_logistic(x, y, [r["task"] for r in rows])
+    assert within.coef[0] > 0
+    # The intercept kept makes the mean confidence the share right.
+    assert float(np.mean(1 / (1 + np.exp(-within.linear(x))))) == pytest.approx(float(y.mean()), abs=1e-6)
+    kept, fit = fit_monotone(rows, ["mean_logprob"])
+    assert kept == ("mean_logprob",) and fit is not None and fit.coef[0] > 0
+    chosen, scores = select_features(rows, [("mean_logprob",), ("first_logprob",), ("log_tokens",)])
+    assert chosen in {("mean_logprob",), ("first_logprob",)} and scores["log_tokens"] == 0.5
+
+
+def test_a_feature_whose_slope_goes_against_its_direction_is_dropped() -> None:
+    from hyrouter.models.cascade import fit_monotone
+
+    rng = np.random.default_rng(2)
+    signal = rng.normal(-1.0, 0.5, 400)
+    rows = _task_rows("t", signal, rng.random(400) < 0.8 - 0.5 * (signal + 2.0).clip(0, 1.5) / 1.5)
+    kept, fit = fit_monotone(rows, ["mean_logprob"])  # surer is *less* often right here: not kept
+    assert kept == () and fit is None
