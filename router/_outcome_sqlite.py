@@ -21,21 +21,25 @@ from pathlib import Path
 from typing import Any
 
 from hyrouter.router._outcomes import LABEL_FIELDS, OutcomeRecord, pack_features, unpack_features
+from hyrouter.router._sqlite import use_wal
 
 _COLUMNS = [f.name for f in fields(OutcomeRecord)]
-_TYPES = {"id": "TEXT PRIMARY KEY", "created_at": "REAL NOT NULL", "tenant": "TEXT NOT NULL"}
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS outcomes (
-    {", ".join(f"{name} {_TYPES.get(name, '')}".strip() for name in _COLUMNS)},
-    rating REAL,
-    comment TEXT,
-    rated_at REAL,
-    judged_good INTEGER,
-    judge TEXT,
-    judged_at REAL
-);
-CREATE INDEX IF NOT EXISTS outcomes_created_at ON outcomes (created_at);
-"""
+#: Each column's type: the record's fields (untyped but for the key), then the labels joined later.
+_TYPES = {
+    **dict.fromkeys(_COLUMNS, ""),
+    "id": "TEXT PRIMARY KEY",
+    "created_at": "REAL NOT NULL",
+    "tenant": "TEXT NOT NULL",
+    "rating": "REAL",
+    "comment": "TEXT",
+    "rated_at": "REAL",
+    "judged_good": "INTEGER",
+    "judge": "TEXT",
+    "judged_at": "REAL",
+}
+assert set(_TYPES) == {*_COLUMNS, *LABEL_FIELDS}
+_CREATE = f"CREATE TABLE IF NOT EXISTS outcomes ({', '.join(f'{n} {t}'.strip() for n, t in _TYPES.items())})"
+_INDEX = "CREATE INDEX IF NOT EXISTS outcomes_created_at ON outcomes (created_at)"
 _INSERT = (
     f"INSERT OR IGNORE INTO outcomes ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
@@ -52,18 +56,26 @@ class SqliteOutcomeStore:
         self._closed = False
         self._db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False, isolation_level=None)
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            use_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            self._add_missing_columns()
+            self._migrate()
 
-    def _add_missing_columns(self) -> None:
-        """Give a file written by an older version the columns added since (NULL in its rows)."""
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(outcomes)")}
-        for name in (*_COLUMNS, *LABEL_FIELDS):
-            if name not in have:
-                kind = {"judged_good": "INTEGER", "judge": "TEXT", "comment": "TEXT"}.get(name, "")
-                self._db.execute(f"ALTER TABLE outcomes ADD COLUMN {name} {kind}".strip())
+    def _migrate(self) -> None:
+        """Make the table, or give a file written by an older version the columns added since (NULL
+        in its rows), in one write transaction: processes opening the file at once take turns."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(_CREATE)
+            self._db.execute(_INDEX)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(outcomes)")}
+            for name, kind in _TYPES.items():
+                if name not in have:  # a new column cannot be NOT NULL: older rows have none
+                    kind = kind.replace(" NOT NULL", "").replace(" PRIMARY KEY", "")
+                    self._db.execute(f"ALTER TABLE outcomes ADD COLUMN {name} {kind}".strip())
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def __repr__(self) -> str:
         return f"SqliteOutcomeStore({str(self.path)!r})"

@@ -23,6 +23,7 @@ from hyrouter.router._accounting import (
     to_nano_usd,
     utc_now,
 )
+from hyrouter.router._sqlite import use_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spend (
@@ -85,7 +86,7 @@ class SqliteLedger:
         self._opened: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         connection = self._connection()
-        connection.execute("PRAGMA journal_mode=WAL")
+        use_wal(connection)
         connection.execute(_SCHEMA)
         connection.execute(_RATE_SCHEMA)
 

@@ -348,3 +348,38 @@ def _record(record_id: str, tenant: str) -> OutcomeRecord:
         prompt_sha256="0" * 64,
         features=[0.5, 0.25],
     )
+
+
+def _open_at_once(path: str, barrier: Any, errors: Any) -> None:
+    barrier.wait()
+    try:
+        SqliteOutcomeStore(path).close()
+    except Exception as exc:  # reported to the parent, which asserts there were none
+        errors.put(repr(exc))
+
+
+@pytest.mark.parametrize("older", [True, False])
+def test_several_processes_may_open_one_file_at_once(tmp_path: Path, older: bool) -> None:
+    import multiprocessing
+    import sqlite3
+
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    for attempt in range(4):  # the race is narrow: several rounds
+        path = tmp_path / f"outcomes-{attempt}.sqlite3"
+        if older:  # workers restarting after an upgrade all add the new columns at once
+            with sqlite3.connect(path) as db:
+                db.execute(
+                    "CREATE TABLE outcomes (id TEXT PRIMARY KEY, created_at REAL NOT NULL, tenant TEXT)"
+                )
+        barrier = context.Barrier(3)
+        workers = [context.Process(target=_open_at_once, args=(str(path), barrier, errors)) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        assert all(worker.exitcode == 0 for worker in workers)
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert found == []
