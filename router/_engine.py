@@ -480,7 +480,7 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
                 held, check, first, request, started
             )
         else:
-            response = await self._finished(held, decision, started, first, request)
+            held, decision, response = await self._finished(held, decision, started, first, request)
         # A backend that is itself a router (the device's cloud) reports its own route.
         route = await self._record(
             held,
@@ -588,18 +588,7 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
                 try:
                     return plan, decision, await run(decision.target, plan)
                 except BackendError as exc:
-                    fallback = self.policy.fall_back(decision, exc, self._fallback_facts(plan))
-                    plan = await self._reserve_fallback(plan, fallback, exc)
-                    if fallback.target == "edge":
-                        plan = await self._counted(plan)
-                    decision = fallback
-                    logger.warning(
-                        "%s failed (%s: %s); answering on %s",
-                        plan.decision.target,
-                        exc.code,
-                        exc.message,
-                        decision.target,
-                    )
+                    plan, decision = await self._fall_back(plan, decision, exc)
                 try:
                     return plan, decision, await run(decision.target, plan)
                 except BackendError as exc:
@@ -608,6 +597,25 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
         except RouterError as exc:
             await self._record(plan, decision, started, status=exc.status_code, stream=stream, error=exc)
             raise
+
+    async def _fall_back(
+        self, plan: RoutePlan, decision: Decision, failure: BackendError
+    ) -> tuple[RoutePlan, Decision]:
+        """Where the policy falls back to after `failure` of `decision`, with the plan holding its
+        budget (to the cloud) or its exact prompt count (to the edge); the policy raises when there
+        is no fallback, and `failure` is re-raised when the budget cannot pay for it."""
+        fallback = self.policy.fall_back(decision, failure, self._fallback_facts(plan))
+        plan = await self._reserve_fallback(plan, fallback, failure)
+        if fallback.target == "edge":
+            plan = await self._counted(plan)
+        logger.warning(
+            "%s failed (%s: %s); answering on %s",
+            decision.target,
+            failure.code,
+            failure.message,
+            fallback.target,
+        )
+        return plan, fallback
 
     async def _reserve_fallback(
         self, plan: RoutePlan, fallback: Decision, failure: BackendError

@@ -52,6 +52,9 @@ class EdgeVerification(OutcomeRecording):
         def _fallback_facts(self, plan: RoutePlan) -> RequestFacts: ...
         def _max_tokens(self, target: Target, plan: RoutePlan) -> int: ...
         def _deadline_s(self, plan: RoutePlan) -> float: ...
+        async def _fall_back(
+            self, plan: RoutePlan, decision: Decision, failure: BackendError
+        ) -> tuple[RoutePlan, Decision]: ...
 
     def _edge_check(self, plan: RoutePlan) -> EdgeCheck | None:
         """A verification of the edge's answer, where the plan sends it to the edge (not as a
@@ -137,11 +140,13 @@ class EdgeVerification(OutcomeRecording):
         started: float,
         answer: ChatCompletionResponse | HeldAnswer,
         request: ChatCompletionRequest,
-    ) -> ChatCompletionResponse:
+    ) -> tuple[RoutePlan, Decision, ChatCompletionResponse]:
         """`answer` whole: a held one read to its end (within the deadline) and assembled into one
-        response; a failure on the way is recorded and raised."""
+        response. Should the edge fail on the way, nothing was sent yet: the request falls back as
+        for any edge failure (the plan and decision returned are then the fallback's). A failure
+        that is not fallen back from is recorded and raised."""
         if isinstance(answer, ChatCompletionResponse):
-            return answer
+            return plan, decision, answer
         held = answer
 
         async def rest() -> ChatCompletionResponse:
@@ -153,7 +158,25 @@ class EdgeVerification(OutcomeRecording):
                 await aclose_stream(held.chunks)
             return assembled(chunks, prompt_tokens=plan.prompt_tokens, logprobs=bool(request.logprobs))
 
-        return await self._recorded_run(plan, decision, started, rest)
+        try:
+            seconds = self._deadline_s(plan)
+            async with deadline_scope(deadline_at(seconds, time.perf_counter() - started), seconds):
+                try:
+                    return plan, decision, await rest()
+                except BackendError as exc:
+                    plan, decision = await self._fall_back(plan, decision, exc)
+                    backend = self.backend(decision.target)
+                    try:
+                        again = await backend.complete(
+                            request, max_tokens=self._max_tokens(decision.target, plan)
+                        )
+                    except BackendError as second:
+                        self.policy.fall_back(decision, second, self._fallback_facts(plan))
+                        raise  # one fallback at most, as `_run_with_fallback`
+                    return plan, decision, again
+        except RouterError as exc:
+            await self._record(plan, decision, started, status=exc.status_code, stream=False, error=exc)
+            raise
 
     async def _recorded_run(
         self, plan: RoutePlan, decision: Decision, started: float, run: Callable[[], Awaitable[T]]
@@ -182,8 +205,8 @@ class EdgeVerification(OutcomeRecording):
         try:
             plan, escalated, verdict = await self._escalation(plan, check)
             if escalated is None:
-                whole = await self._finished(plan, plan.decision, started, answer, request)
-                return plan, plan.decision, whole, verdict
+                plan, decision, whole = await self._finished(plan, plan.decision, started, answer, request)
+                return plan, decision, whole, verdict
             if isinstance(answer, HeldAnswer):
                 await aclose_stream(answer.chunks)  # the edge stops at what was judged
 

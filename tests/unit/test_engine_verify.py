@@ -11,6 +11,7 @@ from hyrouter.router import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     CloudUnavailable,
+    EdgeBackendError,
     HeuristicEstimator,
     RequestOutcome,
     RoutedStream,
@@ -233,3 +234,19 @@ async def test_when_the_cloud_fails_after_a_stopped_edge_the_edge_answers_again(
     route = response.route
     assert route is not None and (route.target, route.fallback) == ("edge", True)
     assert edge.streamed == 2 and len(edge.calls) == 2
+
+
+async def test_an_edge_that_fails_after_its_judged_head_falls_back_to_the_cloud_unsent() -> None:
+    # Non-streamed and judged on its first 2 words, the edge breaks after 3: nothing was sent, so the
+    # cloud answers as it would for any edge failure, rather than the caller getting an error.
+    broken = EdgeBackendError("llama decode failed")
+    edge = FakeBackend("edge", reply="The capital is Paris.", logprob=SURE, cut=broken, cut_after=3)
+    cloud = FakeBackend("cloud", reply="Paris.")
+    recorder = Recorder()
+    response = await engine(edge, cloud, recorder).complete(request(), Tenant("acme", "verified"))
+    assert response.choices[0].message.content == "Paris."
+    route = response.route
+    assert route is not None and route.target == "cloud" and route.fallback
+    assert len(cloud.calls) == 1
+    (outcome,) = recorder.outcomes
+    assert outcome.decision.target == "cloud" and outcome.status == 200
