@@ -273,3 +273,59 @@ def test_the_dispatcher_refuses_what_it_cannot_send_and_never_raises() -> None:
     assert not dispatcher.put(job())  # more than it holds
     assert dispatcher.flush() == 0  # the API failed: logged and counted, not raised
     assert (dispatcher.failed, dispatcher.sent, dispatcher.held) == (2, 0, 0)
+
+
+def test_a_tiers_own_judge_is_called_over_plain_https_with_its_key_even_when_the_cloud_is_sagemaker(
+    aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SigV4 signing is for the SageMaker endpoint: a judge endpoint is another host, and the role's
+    signed credentials must never reach it (nor its URL and key be rewritten)."""
+    from hyrouter.cloud.aws.sagemaker import SageMakerTransport
+
+    config = {
+        **SHADOWED,
+        "tiers": {
+            **SHADOWED["tiers"],
+            "free": {
+                "threshold": 0.7,
+                "shadow": {
+                    "sample_rate": 1.0,
+                    "budget_usd": 1.0,
+                    "judge": {
+                        "url": "https://judge.test/v1",
+                        "model": "judge-model",
+                        "api_key_env": "JUDGE_KEY",
+                    },
+                },
+            },
+        },
+    }
+    boto3.client("ssm").put_parameter(Name=PARAMETER, Value=json.dumps(config), Type="String", Overwrite=True)
+    parameters.clear_caches()
+    monkeypatch.setenv("HYBRID_ROUTER_CLOUD_AUTH", "sagemaker")
+    monkeypatch.setenv("JUDGE_KEY", "judge-secret")
+    monkeypatch.setattr(judge_function, "transport", None)
+    answers = upstream("[[A]]")
+    signed: list[httpx.Request] = []
+    plain: list[httpx.Request] = []
+
+    async def sagemaker(self: SageMakerTransport, request: httpx.Request) -> httpx.Response:
+        signed.append(request)
+        return await answers.handle_async_request(request)
+
+    async def https(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> httpx.Response:
+        plain.append(request)
+        return await answers.handle_async_request(request)
+
+    monkeypatch.setattr(SageMakerTransport, "handle_async_request", sagemaker)
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", https)
+    request = ChatCompletionRequest.model_validate(
+        {"model": "hybrid-router", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+    )
+    event = ShadowJob("chatcmpl-9", "t", "free", request, "4").to_json()
+    assert judge_function.handler(event, LambdaContextStub())["edge_good"] is True
+    assert [r.url.host for r in signed] == ["gpu.test"]  # the cloud's answer, signed
+    (judged,) = plain
+    assert str(judged.url) == "https://judge.test/v1/chat/completions"
+    assert judged.headers["authorization"] == "Bearer judge-secret"
+    assert "x-amz-date" not in judged.headers
