@@ -254,6 +254,13 @@ class TierConfig(_Strict):
         cloud with no fallback to the edge and no budget (a spent budget is answered on the edge)."""
         return self.cloud != "forced" or self.fallback_to_edge or self.budget_usd is not None
 
+    @property
+    def shadow_judged(self) -> bool:
+        """Whether some of this tier's edge answers are judged in shadow (`TierShadowConfig`): a sample
+        rate above 0, in a tier that may use the cloud. The one rule the engine's build, a config
+        change and `ShadowJudge` go by."""
+        return self.shadow.sample_rate > 0.0 and self.cloud != "never"
+
 
 class EdgeConfig(_Strict):
     """The CPU model answered next to the user (llama.cpp, GGUF)."""
@@ -655,4 +662,4 @@ def engine_sections_changed(old: RouterConfig, new: RouterConfig) -> list[str]:
 
 def _shadow_setup(config: RouterConfig) -> dict[str, ShadowJudgeEndpoint | None]:
     """The tiers that shadow-judge, and their judge endpoints."""
-    return {n: t.shadow.judge for n, t in config.tiers.items() if t.shadow.sample_rate > 0}
+    return {n: t.shadow.judge for n, t in config.tiers.items() if t.shadow_judged}
