@@ -6,7 +6,8 @@
 
 The label of a record is "escalation was needed" (1) or "the edge was good enough" (0):
 
-- a judge's verdict (`judged_good`, shadow judging) decides where there is one, whatever answered;
+- a judge's verdict (`judged_good`, shadow judging) decides where there is one (shadow judging
+  samples only answers the edge was decided for, so cloud-decided records have none);
 - else a caller's rating decides, but only of an answer the edge gave (target "edge"): at least 0.5
   (1 is "good"; graded ratings run from 0 to 1) → 0, below (-1 is "bad") → 1. A rating of a cloud
   (or cached) answer says nothing about the edge's.

@@ -124,10 +124,18 @@ class TierShadowConfig(_Strict):
     sampled; never in a tier with cloud 'never', never a request kept local for privacy. The cloud
     answer and the judge's call are paid from a budget of their own per tenant (ledger key
     '<tenant>#shadow'); once it is spent, that tenant's answers are not judged until the period ends.
+
+    Privacy: a sampled job carries the whole conversation and the edge's answer, whatever
+    `store_prompts` says: to the cloud endpoint, to `judge` (which may be another provider), and in
+    Lambda through the asynchronous invoke's event queue (kept up to the judge function's
+    MaximumEventAgeInSeconds).
     """
 
     sample_rate: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
-        0.0, description="Share of the tier's edge answers judged; 0: off."
+        0.0,
+        description="Share of the tier's edge answers judged; 0: off. A sampled answer's whole conversation "
+        "goes to the cloud endpoint and to the judge (in Lambda through the judge function's event queue), "
+        "whatever store_prompts says.",
     )
     budget_usd: Annotated[float, Field(ge=0.0)] = Field(
         0.1, description="Shadow spend (cloud answer and judge) a tenant may incur per budget_period."
