@@ -329,3 +329,38 @@ def test_a_tiers_own_judge_is_called_over_plain_https_with_its_key_even_when_the
     assert str(judged.url) == "https://judge.test/v1/chat/completions"
     assert judged.headers["authorization"] == "Bearer judge-secret"
     assert "x-amz-date" not in judged.headers
+
+
+class _Body:
+    """The raw body of a canned botocore response."""
+
+    def stream(self, **kwargs: Any) -> Iterator[bytes]:
+        yield b'{"Type": "Service", "message": "Lambda is busy"}'
+
+
+def test_the_invoke_is_made_once_with_short_timeouts_and_a_failure_never_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The response waits for the Invoke: a slow Lambda API costs it one connect and one read timeout
+    at most, never a retry's backoff and second (third) attempt."""
+    from botocore.awsrequest import AWSResponse
+
+    for name, setting in {
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        monkeypatch.setenv(name, setting)
+    dispatcher = JudgeFunctionDispatcher(FUNCTION)
+    client = dispatcher.client()
+    assert (client.meta.config.connect_timeout, client.meta.config.read_timeout) == (0.5, 1.0)
+    sent: list[Any] = []
+
+    def unavailable(request: Any, **kwargs: Any) -> AWSResponse:
+        sent.append(request)  # never on the network: a canned 503, which standard mode would retry
+        return AWSResponse(request.url, 503, {"x-amzn-ErrorType": "ServiceException"}, _Body())
+
+    client.meta.events.register("before-send.lambda.Invoke", unavailable)
+    assert dispatcher.put(job())
+    assert dispatcher.flush() == 0
+    assert len(sent) == 1 and (dispatcher.failed, dispatcher.sent) == (1, 0)
