@@ -43,3 +43,17 @@ async def test_failing_shadow_calls_open_their_own_breaker_never_the_users() -> 
     assert users.breaker.state is BreakerState.CLOSED  # the users' requests still go to the cloud
     await judge.aclose()  # closes the shadow's own client, not the engine's
     await users.aclose()
+
+
+def test_one_rule_says_which_tiers_are_judged_for_the_build_a_config_change_and_the_observer() -> None:
+    from hyrouter.cloud.engines import shadows
+    from hyrouter.router._config import engine_sections_changed
+
+    judge = {"url": "https://judge.test/v1"}
+    local = parse_config({"tiers": {"local": {"cloud": "never", "shadow": {"sample_rate": 1.0}}}})
+    assert not local.tiers["local"].shadow_judged and not shadows(local)
+    other_judge = parse_config(
+        {"tiers": {"local": {"cloud": "never", "shadow": {"sample_rate": 1.0, "judge": judge}}}}
+    )
+    assert "shadow" not in engine_sections_changed(local, other_judge)  # nothing is built for it
+    assert CONFIG.tiers["free"].shadow_judged and shadows(CONFIG)
