@@ -7,16 +7,21 @@ No real traffic exists, so the llmrouter-9model queries (train and test splits, 
 are the traffic: shuffled within each task (seed 0), then one query of each task in turn, so that the
 mix is the same all along. Each query goes through the real `RoutingEngine` with the committed ONNX
 estimator (static-minilm 1.1.0: real scores, real features) and a real SQLite outcome store; the edge
-and cloud backends are fakes (only the decision and the features matter here). Each record is then
-labelled through the interface the live path uses, `OutcomeStore.judge(record_id, good, judge)`: good
-when the weak model scored at least as well as the strong one (what a shadow judge comparing the two
-answers says).
+and cloud backends are fakes (only the decision and the features matter here). Records are then
+labelled as the live path labels them: a shadow judge (`ShadowJudge`) samples only answers the edge
+was decided for, so only edge-decided records (at the shipped estimator's threshold, 0.5; every one
+of them, a sample rate of 1) get a verdict, through the interface the live path uses,
+`OutcomeStore.judge(record_id, good, judge)`: good when the weak model scored at least as well as the
+strong one (what a shadow judge comparing the two answers says). Cloud-decided records get no label
+(`models fit` reads no rating of a cloud answer either), so the head learns from the edge's side of
+the threshold only; `labelled` says how many of the first N that is.
 
 The fit code of `models fit` (`labelled_records`, `fit_head`) is run on the first N = 100, 300, 1000,
 3000 records read back from the store, twice: the default head (the embedding and the prompt's length,
 log(1 + `prompt_chars`)) and the embedding alone (`--features embedding`, the head before the length
-was added); every N is evaluated on the same traffic that follows them all (the records after the
-3000th), with the weak and strong models' real scores: APGR, CPT(50%), CPT(80%) of the fitted heads,
+was added); every N is evaluated on the same traffic that follows them all (every record after the
+3000th, whichever side decided it: the benchmark's measurement, not labels the deployment has), with
+the weak and strong models' real scores: APGR, CPT(50%), CPT(80%) of the fitted heads,
 the shipped estimator (the scores it recorded), prompt length and random (the mean of 20 draws), all
 in this one run; `*_judged_labels` are the same on the judges' binary labels (weak good enough or not,
 the strong model good on all), the metric `models fit` computes. `models_fit_decision` says what
@@ -150,17 +155,27 @@ def run(weak_model: str, strong_model: str, plot: Path | None) -> dict[str, Any]
         ids = asyncio.run(replay(rows, store_path))
         replay_s = time.perf_counter() - started
         store = SqliteOutcomeStore(store_path)
+        decided = {r["id"]: r for r in store.records()}
+        edge_decided = 0
         for record_id, row in zip(ids, rows, strict=True):
-            store.judge(record_id, row["weak"] >= row["strong"], "replay-judge")
+            r = decided[record_id]
+            if r["target"] == "edge" and not r["fallback"]:  # what ShadowJudge samples
+                store.judge(record_id, row["weak"] >= row["strong"], "replay-judge")
+                edge_decided += 1
         records = list(store.records())
         store.close()
         by_id = {r["id"]: r for r in records}
         ordered = [by_id[i] for i in ids]  # replay order (created_at ties broken by it)
         for i, r in enumerate(ordered):
             r["created_at"] = float(i)
-        evaluation = ordered[max(SIZES) :]
+        # The evaluation's labels are the benchmark's, on every later request (not only judged ones).
+        evaluation = [
+            {**r, "judged_good": row["weak"] >= row["strong"]}
+            for r, row in zip(ordered[max(SIZES) :], rows[max(SIZES) :], strict=True)
+        ]
         extras = FEATURE_SETS[DEFAULT_FEATURES]
         data = labelled_records(evaluation, extras=extras)
+        assert len(data) == len(evaluation)  # every later request, in order
         weak = np.asarray([row["weak"] for row in rows[max(SIZES) :]])
         strong = np.asarray([row["strong"] for row in rows[max(SIZES) :]])
         # The fake backends report no real usage: prompt length is the query's length in characters.
@@ -207,6 +222,7 @@ def run(weak_model: str, strong_model: str, plot: Path | None) -> dict[str, Any]
             curve.append(
                 {
                     "outcomes": n,
+                    "labelled": len(train),
                     "escalation_needed_share": round(float(train.labels.mean()), 4),
                     "penalty": head.penalty,
                     "fitted": metrics(scores, weak, strong),
@@ -228,6 +244,8 @@ def run(weak_model: str, strong_model: str, plot: Path | None) -> dict[str, Any]
         "evaluation_items": len(evaluation),
         "unseen_task_items": int(unseen.sum()),
         "weak_good_enough_share": round(float(np.mean([r["weak"] >= r["strong"] for r in rows])), 4),
+        "labels": "judge verdicts on edge-decided records only (threshold 0.5, sample rate 1)",
+        "edge_decided_share": round(edge_decided / len(rows), 4),
         "replay_s": round(replay_s, 1),
         "baselines": baselines,
         "baselines_unseen_tasks": unseen_base,
@@ -291,7 +309,7 @@ def draw(result: dict[str, Any], path: Path) -> None:
                 label=name.replace("_", " "),
             )
         ax.set_xscale("log")
-        ax.set_xlabel("judged outcomes fitted on")
+        ax.set_xlabel("requests replayed (edge-decided ones judged)")
         ax.set_title(label)
     axes[0].legend(fontsize=8)
     fig.suptitle(

@@ -41,6 +41,7 @@ def build_engine(
     *,
     load_edge: bool = True,
     cloud_transport: httpx.AsyncBaseTransport | None = None,
+    judge_transport: httpx.AsyncBaseTransport | None = None,
     ledger: Ledger | None = None,
 ) -> RoutingEngine:
     """A ready engine: the estimator loaded, the edge model loaded (when enabled and some tier can use
@@ -48,7 +49,8 @@ def build_engine(
 
     Loading the edge model takes a fraction of a second for SmolLM2; `load_edge=False` leaves the
     edge backend unloaded (it then reports itself unavailable and counts tokens approximately).
-    `cloud_transport` carries the cloud client's calls (SigV4 signing for SageMaker, a mock in tests).
+    `cloud_transport` carries the cloud client's calls (SigV4 signing for SageMaker, a mock in tests);
+    `judge_transport` the calls to the tiers' own judge endpoints (a mock in tests; else plain HTTPS).
     The ledger is `ledger`, else the one the config's `ledger` section names (`open_ledger`).
     Outcome records are written where `config.outcomes` says (`outcome_writer`); a `DriftObserver`
     watches every tier, and tiers that sample edge answers get a shadow judge (`shadow_judge`).
@@ -81,7 +83,9 @@ def build_engine(
         ledger = open_ledger(config.ledger)
     outcomes = outcome_writer(config)
     drift = DriftObserver(config)
-    shadow = shadow_judge(config, cloud, ledger, outcomes, transport=cloud_transport)
+    shadow = shadow_judge(
+        config, cloud, ledger, outcomes, transport=cloud_transport, judge_transport=judge_transport
+    )
     if shadow is not None and shadow.runner is not None:
         shadow.runner.on_verdict = drift.judged
     return RoutingEngine(
@@ -98,24 +102,42 @@ def build_engine(
 
 
 def shadows(config: RouterConfig) -> bool:
-    """Whether some tier samples edge answers for shadow judging."""
-    return any(t.shadow.sample_rate > 0 and t.cloud != "never" for t in config.tiers.values())
+    """Whether some tier samples edge answers for shadow judging (`TierConfig.shadow_judged`)."""
+    return any(t.shadow_judged for t in config.tiers.values())
 
 
 def shadow_judges(
     config: RouterConfig, transport: httpx.AsyncBaseTransport | None = None
 ) -> dict[str, ChatBackend]:
-    """The judge backends of the tiers that name one of their own (`TierShadowConfig.judge`)."""
+    """The judge backends of the tiers that name one of their own (`TierShadowConfig.judge`).
+
+    A judge endpoint is another host, called with its own key over plain HTTPS: never through the
+    cloud endpoint's transport (SigV4 signing for SageMaker would rewrite the URL and the headers and
+    sign with this role's credentials for that host). `transport` is for tests (a mock) only.
+    """
     from hyrouter.cloud.endpoint import CloudEndpointClient
     from hyrouter.router import CloudConfig
 
     judges: dict[str, ChatBackend] = {}
     for name, tier in config.tiers.items():
         judge = tier.shadow.judge
-        if judge is not None and tier.shadow.sample_rate > 0:
+        if judge is not None and tier.shadow_judged:
             section = CloudConfig(url=judge.url, model=judge.model, api_key_env=judge.api_key_env)
             judges[name] = CloudEndpointClient(section, transport=transport)
     return judges
+
+
+def shadow_cloud(cloud: ChatBackend, transport: httpx.AsyncBaseTransport | None = None) -> ChatBackend:
+    """The backend shadow jobs ask the cloud with: for the endpoint client, a client of its own to the
+    same endpoint (same config, same `transport`), so that shadow calls have their own circuit breaker:
+    a shadow call's timeouts and failures never open the breaker the users' requests go through (nor
+    does the users' traffic refuse shadow calls). Any other backend (a fake in tests) is used as it is.
+    """
+    from hyrouter.cloud.endpoint import CloudEndpointClient
+
+    if isinstance(cloud, CloudEndpointClient):
+        return CloudEndpointClient(cloud.config, transport=transport)
+    return cloud
 
 
 def shadow_judge(
@@ -125,9 +147,14 @@ def shadow_judge(
     outcomes: OutcomeWriter | None,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    judge_transport: httpx.AsyncBaseTransport | None = None,
 ) -> ShadowJudge | None:
     """The shadow judge when some tier samples edge answers and there is a cloud to compare with;
-    verdicts join outcome records when they are on (else they are only counted)."""
+    verdicts join outcome records when they are on (else they are only counted).
+
+    Shadow calls go to the cloud through `shadow_cloud(cloud, transport)` (`transport`: the cloud
+    client's own), and to a tier's judge endpoint through `shadow_judges(config, judge_transport)`
+    (`judge_transport`: tests only)."""
     if not shadows(config):
         return None
     if cloud is None:
@@ -135,8 +162,14 @@ def shadow_judge(
         return None
     if outcomes is None:
         logger.warning("shadow judging without outcome records: verdicts are counted, not stored")
+    own = shadow_cloud(cloud, transport)
     runner = ShadowRunner(
-        config, cloud, ledger=ledger, verdicts=outcomes, judges=shadow_judges(config, transport)
+        config,
+        own,
+        ledger=ledger,
+        verdicts=outcomes,
+        judges=shadow_judges(config, judge_transport),
+        owns_cloud=own is not cloud,
     )
     return ShadowJudge(config, runner)
 

@@ -6,12 +6,19 @@
 
 The label of a record is "escalation was needed" (1) or "the edge was good enough" (0):
 
-- a judge's verdict (`judged_good`, shadow judging) decides where there is one, whatever answered;
+- a judge's verdict (`judged_good`, shadow judging) decides where there is one (shadow judging
+  samples only answers the edge was decided for, so cloud-decided records have none);
 - else a caller's rating decides, but only of an answer the edge gave (target "edge"): at least 0.5
   (1 is "good"; graded ratings run from 0 to 1) → 0, below (-1 is "bad") → 1. A rating of a cloud
   (or cached) answer says nothing about the edge's.
 - Every other record (no verdict, no rating; or a rated cloud answer) has no label and is not used;
   nor is one without features.
+
+Only records scored by an estimator of the current one's name (`--current`, else the name that scored
+most labelled records) are used: features are that encoder's, and another estimator's (another name,
+or another width) mean something else. The report counts what was left out
+(`left_out_other_estimator`) and each tenant's labels (`labels_per_tenant`), since every tenant's
+labels train the one head of the deployment: one tenant's skew shows there.
 
 The head is an L2-regularised logistic regression (numpy, Newton's method) on the frozen encoder's
 features (the records' `features`, the current estimator's normalised embedding) and, by default
@@ -59,6 +66,7 @@ from hyrouter.router._onnx_estimator import (
     HEAD_EXTRAS,
     MANIFEST_FORMAT,
     MANIFEST_NAME,
+    OnnxEstimator,
     file_sha256,
     read_manifest,
 )
@@ -112,6 +120,11 @@ class Labelled:
     extra_names: tuple[str, ...] = ()
     #: labelled records with features left out because they lack what an extra is computed from
     lacking_extras: int = 0
+    #: labelled records with features left out because another estimator (by name), or features of
+    #: another width, scored them
+    other_estimator: int = 0
+    #: the tenant of each record
+    tenants: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -132,22 +145,51 @@ class Labelled:
             self.created_at[index],
             self.extras[index],
             self.extra_names,
+            tenants=tuple(self.tenants[i] for i in np.arange(len(self))[index]) if self.tenants else (),
         )
+
+    def per_tenant(self) -> dict[str, dict[str, int]]:
+        """Each tenant's labels: how many said escalation was needed, how many the edge was good enough."""
+        counts: dict[str, dict[str, int]] = {}
+        for tenant, label in zip(self.tenants, self.labels, strict=True):
+            c = counts.setdefault(tenant, {"escalation_needed": 0, "edge_good": 0})
+            c["escalation_needed" if label else "edge_good"] += 1
+        return dict(sorted(counts.items(), key=lambda kv: -sum(kv[1].values())))
+
+
+def estimator_name(ident: str) -> str:
+    """The name of an estimator `name@version`."""
+    return ident.partition("@")[0]
 
 
 def labelled_records(
-    records: Iterable[dict[str, Any]], dims: int | None = None, extras: Sequence[str] = ()
+    records: Iterable[dict[str, Any]],
+    dims: int | None = None,
+    extras: Sequence[str] = (),
+    *,
+    estimator: str | None = None,
 ) -> Labelled:
-    """The records with a label and features (of `dims` values; None: as many as the first has) and,
-    where `extras` are asked for, the `prompt_chars` they are computed from."""
-    rows: list[tuple[list[float], int, float, int, str, float, list[float]]] = []
-    lacking = 0
+    """The records with a label and features (of `dims` values; None: the most common width) and,
+    where `extras` are asked for, the `prompt_chars` they are computed from. With `estimator` (a name,
+    or `name@version`), only records an estimator of that name scored; the others, and those of
+    another width, are counted in `other_estimator`."""
+    name = estimator_name(estimator) if estimator else None
+    rows: list[tuple[list[float], int, float, int, str, float, list[float], str]] = []
+    lacking = other = 0
+    candidates: list[tuple[dict[str, Any], int, list[float]]] = []
     for r in records:
         label, features = escalation_label(r), r.get("features")
         if label is None or not features:
             continue
-        dims = dims or len(features)
+        if name is not None and estimator_name(str(r.get("estimator") or "")) != name:
+            other += 1
+            continue
+        candidates.append((r, label, features))
+    if dims is None and candidates:
+        dims = Counter(len(f) for _, _, f in candidates).most_common(1)[0][0]
+    for r, label, features in candidates:
         if len(features) != dims:
+            other += 1
             continue
         values: list[float] = []
         if extras:
@@ -155,9 +197,18 @@ def labelled_records(
             if chars is None:
                 lacking += 1
                 continue
-            values = [HEAD_EXTRAS[name](int(chars)) for name in extras]
+            values = [HEAD_EXTRAS[extra](int(chars)) for extra in extras]
         rows.append(
-            (features, label, r["score"], r["prompt_tokens"], r["estimator"], r["created_at"], values)
+            (
+                features,
+                label,
+                r["score"],
+                r["prompt_tokens"],
+                r["estimator"],
+                r["created_at"],
+                values,
+                str(r.get("tenant") or ""),
+            )
         )
     rows.sort(key=lambda row: row[5])
     return Labelled(
@@ -170,7 +221,17 @@ def labelled_records(
         np.asarray([r[6] for r in rows], dtype=np.float64).reshape(len(rows), len(extras)),
         tuple(extras),
         lacking,
+        other,
+        tuple(r[7] for r in rows),
     )
+
+
+def most_scored(records: Iterable[dict[str, Any]]) -> str | None:
+    """The estimator (`name@version`) that scored the most labelled records with features."""
+    counts = Counter(
+        str(r["estimator"]) for r in records if r.get("features") and escalation_label(r) is not None
+    )
+    return counts.most_common(1)[0][0] if counts else None
 
 
 @dataclass(frozen=True)
@@ -322,12 +383,15 @@ def fit(
 ) -> tuple[Head, dict[str, Any]]:
     """Fit a head on the oldest labelled records and evaluate it on the newest `eval_share`.
 
-    `current` is the estimator (`name@version`) to beat; None: the one that scored most records.
+    `current` is the estimator (`name@version`) to beat; None: the one that scored most labelled
+    records. Only records an estimator of its name scored are used (`labelled_records`).
     `features` names what the head reads (`FEATURE_SETS`). The report's `refusal` says why the head is
     not shown better than the current one (`acceptance`), None when it is.
     Raises `FitRefused` where there is too little to fit or to evaluate on.
     """
-    data = labelled_records(records, extras=FEATURE_SETS[features])
+    records = list(records)
+    current = current or most_scored(records)
+    data = labelled_records(records, extras=FEATURE_SETS[features], estimator=current)
     if len(data) < 20:
         lacking = (
             f" ({data.lacking_extras} more lack prompt_chars, written before it was recorded: "
@@ -336,7 +400,7 @@ def fit(
             else ""
         )
         raise FitRefused(f"{len(data)} labelled records with features: at least 20 are needed{lacking}")
-    current = current or Counter(data.estimators).most_common(1)[0][0]
+    assert current is not None  # some record was labelled
     cut = round(len(data) * (1.0 - eval_share))
     train, newest = data.take(slice(0, cut)), data.take(slice(cut, None))
     if not 0 < train.labels.mean() < 1:
@@ -355,6 +419,8 @@ def fit(
         "features": features,
         "extras": list(data.extra_names),
         "left_out_lacking_prompt_chars": data.lacking_extras,
+        "left_out_other_estimator": data.other_estimator,
+        "labels_per_tenant": data.per_tenant(),
         "train": {
             "items": len(train),
             "escalation_needed_share": round(float(train.labels.mean()), 4),
@@ -416,8 +482,12 @@ def write_version(
     folder = registry / f"{base['name']}-{version}"
     folder.mkdir(parents=True, exist_ok=True)
     embedding = base.get("embedding") or {}
+    # The tensor the records' features came from: the one `OnnxEstimator` reads (and checks on load).
+    source = OnnxEstimator(base_root, base, threads=1).features_output
+    if source is None:
+        raise FitRefused(f"estimator {base['name']}@{base['version']} gives no features to fit a head on")
     head_doc = {
-        "input": str(embedding.get("output", "features")),
+        "input": source,
         "extras": list(head.extras),
         "weights": [float(w) for w in head.weights],
         "bias": head.bias,

@@ -26,7 +26,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -97,17 +97,7 @@ class AnswerFeatures:
         )
 
 
-#: The `AnswerFeatures` a fitted calibration may read, by name.
-CALIBRATION_FEATURES = (
-    "tokens",
-    "mean_logprob",
-    "min_logprob",
-    "low_logprob",
-    "mean_entropy",
-    "mean_margin",
-    "first_logprob",
-    "log_tokens",
-)
+#: The name of an `AnswerFeatures` feature a fitted calibration may read.
 CalibrationFeature = Literal[
     "tokens",
     "mean_logprob",
@@ -118,6 +108,8 @@ CalibrationFeature = Literal[
     "first_logprob",
     "log_tokens",
 ]
+#: The `AnswerFeatures` a fitted calibration may read, by name (`CalibrationFeature`'s values).
+CALIBRATION_FEATURES: tuple[CalibrationFeature, ...] = get_args(CalibrationFeature)
 
 
 class Calibration(Protocol):

@@ -124,10 +124,18 @@ class TierShadowConfig(_Strict):
     sampled; never in a tier with cloud 'never', never a request kept local for privacy. The cloud
     answer and the judge's call are paid from a budget of their own per tenant (ledger key
     '<tenant>#shadow'); once it is spent, that tenant's answers are not judged until the period ends.
+
+    Privacy: a sampled job carries the whole conversation and the edge's answer, whatever
+    `store_prompts` says: to the cloud endpoint, to `judge` (which may be another provider), and in
+    Lambda through the asynchronous invoke's event queue (kept up to the judge function's
+    MaximumEventAgeInSeconds).
     """
 
     sample_rate: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
-        0.0, description="Share of the tier's edge answers judged; 0: off."
+        0.0,
+        description="Share of the tier's edge answers judged; 0: off. A sampled answer's whole conversation "
+        "goes to the cloud endpoint and to the judge (in Lambda through the judge function's event queue), "
+        "whatever store_prompts says.",
     )
     budget_usd: Annotated[float, Field(ge=0.0)] = Field(
         0.1, description="Shadow spend (cloud answer and judge) a tenant may incur per budget_period."
@@ -253,6 +261,13 @@ class TierConfig(_Strict):
         """Whether a request of this tier may be answered on the edge model: unless the tier forces the
         cloud with no fallback to the edge and no budget (a spent budget is answered on the edge)."""
         return self.cloud != "forced" or self.fallback_to_edge or self.budget_usd is not None
+
+    @property
+    def shadow_judged(self) -> bool:
+        """Whether some of this tier's edge answers are judged in shadow (`TierShadowConfig`): a sample
+        rate above 0, in a tier that may use the cloud. The one rule the engine's build, a config
+        change and `ShadowJudge` go by."""
+        return self.shadow.sample_rate > 0.0 and self.cloud != "never"
 
 
 class EdgeConfig(_Strict):
@@ -655,4 +670,4 @@ def engine_sections_changed(old: RouterConfig, new: RouterConfig) -> list[str]:
 
 def _shadow_setup(config: RouterConfig) -> dict[str, ShadowJudgeEndpoint | None]:
     """The tiers that shadow-judge, and their judge endpoints."""
-    return {n: t.shadow.judge for n, t in config.tiers.items() if t.shadow.sample_rate > 0}
+    return {n: t.shadow.judge for n, t in config.tiers.items() if t.shadow_judged}

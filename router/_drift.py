@@ -12,11 +12,14 @@ recent window of requests with a reference window:
 
 `drift_between` computes them from outcome records (`hybrid-router drift` reads a store);
 `DriftObserver` keeps rolling windows in the serving process and reports every `every` requests per
-tier (Prometheus gauges locally, EMF metrics in Lambda). numpy is imported when first needed.
+tier (Prometheus gauges locally, EMF metrics in Lambda). numpy is imported when first needed, and
+by `DriftObserver` when it is made, so that no request pays the import (without numpy, an observer
+compares nothing and says so once).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections import deque
@@ -26,6 +29,8 @@ from typing import Any
 
 from hyrouter.router._config import RouterConfig, TierDriftConfig
 from hyrouter.router._metrics import RequestOutcome
+
+logger = logging.getLogger("hybrid_router.drift")
 
 #: PSI's floor for an empty bin: log(0) has no value, and a bin empty in one window is a shift, not infinity.
 _PSI_FLOOR = 1e-4
@@ -220,10 +225,30 @@ class DriftObserver:
         self._lock = threading.Lock()
         self._tiers: dict[str, _TierWindows] = {}
         self._latest: dict[str, TierDrift] = {}
+        try:  # here, not at the first comparison: that is on a request's path
+            import numpy  # noqa: F401
+        except ImportError:
+            logger.warning("drift is not compared: numpy is not installed (the 'onnx' extra has it)")
+            self.compares = False
+        else:
+            #: whether windows are compared (numpy is installed)
+            self.compares = True
 
     def retarget(self, config: RouterConfig) -> None:
-        """Judge by a new config's thresholds (the windows are kept)."""
-        self.config = config
+        """Judge by a new config's limits. A tier whose routing changed on purpose (its threshold or
+        its cloud mode) starts again from an empty reference: its old one measured the old routing,
+        and the new cloud share would read as drift. Other tiers keep their windows."""
+        old, self.config = self.config, config
+        with self._lock:
+            for name in list(self._tiers):
+                before, after = old.tiers.get(name), config.tiers.get(name)
+                if (
+                    before is None
+                    or after is None
+                    or (before.threshold, before.cloud) != (after.threshold, after.cloud)
+                ):
+                    del self._tiers[name]
+                    self._latest.pop(name, None)
 
     def _windows(self, tier: str) -> _TierWindows:
         windows = self._tiers.get(tier)
@@ -244,7 +269,7 @@ class DriftObserver:
                 return
             w.recent.append(row)
             w.seen += 1
-            if w.seen % self.every or len(w.recent) < min(self.every, self.window_size):
+            if not self.compares or w.seen % self.every or len(w.recent) < min(self.every, self.window_size):
                 return
             reference = w.window(w.reference, ())
             recent = w.window(w.recent, list(w.verdicts))

@@ -258,6 +258,7 @@ class ShadowRunner:
 
     `judges` maps a tier to its own judge backend (`TierShadowConfig.judge`); other tiers are judged
     by `cloud`. `on_verdict(tier, good)` hears every verdict (the drift observer's edge-good rate).
+    `owns_cloud`: `cloud` is the runner's own client (its own circuit breaker), closed with the judge.
     """
 
     def __init__(
@@ -270,9 +271,11 @@ class ShadowRunner:
         judges: Mapping[str, ChatBackend] | None = None,
         stats: ShadowStats | None = None,
         on_verdict: Callable[[str, bool], None] | None = None,
+        owns_cloud: bool = False,
     ) -> None:
         self.config = config
         self.cloud = cloud
+        self.owns_cloud = owns_cloud
         self.ledger = ledger
         self.verdicts = verdicts
         self.judges = dict(judges or {})
@@ -424,7 +427,7 @@ class ShadowJudge:
             return
         d = outcome.decision
         tier = self.config.tiers.get(d.tier)
-        if tier is None or tier.shadow.sample_rate <= 0.0 or tier.cloud == "never":
+        if tier is None or not tier.shadow_judged:
             return
         if d.target != "edge" or d.fallback or outcome.error_code or outcome.status != 200:
             return
@@ -473,13 +476,15 @@ class ShadowJudge:
 
     async def aclose(self, grace_s: float = 2.0) -> None:
         """Give running jobs `grace_s` to finish, then cancel the rest (their verdicts are lost), and
-        close the judges of their own (the cloud backend is the engine's to close)."""
+        close the judges of their own, and the runner's cloud client when it is its own (`owns_cloud`;
+        else it is the engine's to close)."""
         if not await self.drain(grace_s):
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.runner is not None:
-            for judge in {id(j): j for j in self.runner.judges.values()}.values():
+            owned = [*self.runner.judges.values(), *([self.runner.cloud] if self.runner.owns_cloud else [])]
+            for judge in {id(j): j for j in owned}.values():
                 try:
                     await judge.aclose()
                 except Exception:

@@ -39,7 +39,8 @@ T = TypeVar("T")
 logger = Logger(service=service_name())
 
 #: What carries the cloud's and the judges' calls (tests put an httpx MockTransport here); None: the
-#: router functions' own (SigV4 for a SageMaker endpoint, else plain HTTPS).
+#: cloud's calls go as the router functions' do (SigV4 for a SageMaker endpoint, else plain HTTPS),
+#: a tier's own judge endpoint's over plain HTTPS with its key (never SigV4: it is another host).
 transport: httpx.AsyncBaseTransport | None = None
 #: The outcome store's boto3 DynamoDB client (tests may put one here); None: made for the region.
 dynamodb_client: Any = None
@@ -102,7 +103,7 @@ class JudgeEnvironment:
             CloudEndpointClient(config.cloud, transport=carrier),
             ledger=lambda_ledger(self.settings),
             verdicts=verdicts,
-            judges=shadow_judges(config, carrier),
+            judges=shadow_judges(config, transport),  # never the SageMaker transport: see `transport`
         )
 
     def close(self) -> None:

@@ -26,7 +26,8 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from hyrouter.router._outcomes import LABEL_FIELDS, OutcomeRecord, pack_features, unpack_features
 
@@ -141,7 +142,20 @@ class DynamoDbOutcomeStore:
 
 
 _RECORD_FIELDS = (*OutcomeRecord.__dataclass_fields__, *LABEL_FIELDS)
-_INTEGERS = {"status", "prompt_tokens", "completion_tokens", "edge_tokens_discarded", "prompt_chars"}
+
+
+def _integer_fields() -> frozenset[str]:
+    """The record fields typed `int` (or `int | None`): DynamoDB keeps every number as N."""
+    found = set()
+    for name, hint in get_type_hints(OutcomeRecord).items():
+        if hint is int or (
+            get_origin(hint) in (Union, UnionType) and set(get_args(hint)) - {type(None)} == {int}
+        ):
+            found.add(name)
+    return frozenset(found)
+
+
+_INTEGERS = _integer_fields()
 
 
 def _plain(item: dict[str, Any]) -> dict[str, Any]:

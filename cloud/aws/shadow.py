@@ -11,8 +11,10 @@ asynchronous invocation (`InvocationType="Event"`) of the judge function the tem
 An asynchronous invoke is one quick API call: Lambda queues the event and answers 202 at once, and
 the cloud answer and the judge run in the judge function, so the response waits for that call
 alone (typically 10-30 ms), and only for an answer that was sampled. The client's timeouts bound it
-(`INVOKE_TIMEOUTS_S`); a failed call is logged and counted, never raised: the job is lost, the
-response is not. A job over the asynchronous payload limit is not sampled (counted as a full queue).
+(`INVOKE_TIMEOUTS_S`: 0.5 s to connect, 1 s to read) and it is made once (`INVOKE_MAX_ATTEMPTS`: no
+retry), so a slow Lambda API delays a response by at most about 1.5 s per sampled answer; a failed
+call is logged and counted (`failed`), never raised: the job is lost, the response is not. A job over
+the asynchronous payload limit is not sampled (counted as a full queue).
 
 Without the variable, a router function that is configured to shadow-judge logs one warning per
 engine build and samples nothing.
@@ -36,7 +38,10 @@ ENV_JUDGE_FUNCTION = LambdaSettings.env_name("judge_function")
 MAX_EVENT_BYTES = 256 * 1024
 
 #: Connect and read timeouts of the Invoke call (seconds): the response waits for it.
-INVOKE_TIMEOUTS_S = (1.0, 2.0)
+INVOKE_TIMEOUTS_S = (0.5, 1.0)
+#: Attempts of the Invoke call (botocore's `max_attempts` counts the first): one, never a retry, so the
+#: response waits for at most one connect and one read timeout; a lost job is a lost sample.
+INVOKE_MAX_ATTEMPTS = 1
 
 
 class JudgeFunctionDispatcher:
@@ -96,17 +101,25 @@ class JudgeFunctionDispatcher:
         return sent
 
     def client(self) -> Any:
-        """The boto3 Lambda client, made on first use with short timeouts and one retry."""
+        """The boto3 Lambda client, made on first use (`invoke_client_config`)."""
         if self._client is None:
             import boto3
-            from botocore.config import Config  # type: ignore[import-untyped]
 
-            connect, read = INVOKE_TIMEOUTS_S
-            config = Config(
-                connect_timeout=connect, read_timeout=read, retries={"max_attempts": 2, "mode": "standard"}
-            )
-            self._client = boto3.client("lambda", config=config)
+            self._client = boto3.client("lambda", config=invoke_client_config())
         return self._client
+
+
+def invoke_client_config() -> Any:
+    """The botocore config of the Lambda client: short timeouts (`INVOKE_TIMEOUTS_S`), one attempt
+    (`INVOKE_MAX_ATTEMPTS`)."""
+    from botocore.config import Config  # type: ignore[import-untyped]
+
+    connect, read = INVOKE_TIMEOUTS_S
+    return Config(
+        connect_timeout=connect,
+        read_timeout=read,
+        retries={"total_max_attempts": INVOKE_MAX_ATTEMPTS, "mode": "standard"},
+    )
 
 
 def judge_dispatcher(settings: LambdaSettings, *, client: Any = None) -> JudgeFunctionDispatcher | None:

@@ -7,6 +7,7 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -80,6 +81,52 @@ def test_the_observer_compares_rolling_windows_with_its_reference_and_reports() 
     assert heard[-1].drifted and observer.snapshot()["t"] == heard[-1]
     observer.judged("t", False)
     assert len(heard) == 4 + 4
+
+
+def test_a_deliberate_threshold_change_starts_the_tier_from_a_new_reference() -> None:
+    heard: list[TierDrift] = []
+    config = parse_config({"tiers": {"t": {"threshold": 0.5}, "u": {"threshold": 0.5}}})
+    observer = DriftObserver(config, reference_size=300, window_size=100, every=25, on_update=heard.append)
+    rng = random.Random(3)
+    for _ in range(400):
+        observer.record(outcome(rng.random()))
+        observer.record(outcome(rng.random(), tier="u"))
+    assert set(observer.snapshot()) == {"t", "u"}
+    # t's threshold moves on purpose (u's drift limits only): t's cloud share will move with it.
+    observer.retarget(
+        parse_config({"tiers": {"t": {"threshold": 0.2}, "u": {"threshold": 0.5, "drift": {"max_psi": 0.3}}}})
+    )
+    assert set(observer.snapshot()) == {"u"}
+    heard.clear()
+    for _ in range(299):  # t refills its reference at the new threshold; u compares as before
+        observer.record(outcome(rng.random(), threshold=0.2))
+        observer.record(outcome(rng.random(), tier="u"))
+    assert heard and {d.tier for d in heard} == {"u"}
+    for _ in range(101):
+        observer.record(outcome(rng.random(), threshold=0.2))
+    latest = observer.snapshot()["t"]
+    # The new routing is its own reference: its cloud share (about 0.8) is the target, not drift.
+    assert latest.reference_n == 300 and latest.target_cloud_share is not None
+    assert latest.target_cloud_share > 0.7 and not any("cloud share" in r for r in latest.reasons)
+
+
+def test_without_numpy_the_observer_compares_nothing_and_never_fails_a_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_numpy(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "numpy" or name.startswith("numpy."):
+            raise ImportError("No module named 'numpy'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_numpy)
+    observer = DriftObserver(parse_config({"tiers": {"t": {}}}), reference_size=50, window_size=50, every=10)
+    for i in range(200):  # the first comparison imported numpy here, on a request's path
+        observer.record(outcome((i % 10) / 10))
+    assert not observer.compares and observer.snapshot() == {}
 
 
 def write_records(path: Path, scores_by_age: list[tuple[float, float]], estimator: str = "h@1") -> None:

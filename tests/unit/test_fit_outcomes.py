@@ -196,6 +196,30 @@ def test_the_prompts_length_is_what_a_head_on_the_embedding_alone_misses(tmp_pat
     assert fit(records, features="embedding")[1]["labelled_records"] == 600
 
 
+def test_only_records_of_the_current_estimators_name_train_and_each_tenants_labels_are_counted(
+    tmp_path: Path,
+) -> None:
+    store = synthetic_store(tmp_path / "o.sqlite3", 400, current_knows=False)
+    records = list(store.records())
+    store.close()
+    for r in records[:50]:  # another encoder's features, of the same width: they mean something else
+        r["estimator"] = "other-encoder@2.0.0"
+    for r in records[50:60]:  # another width
+        r["features"] = r["features"][:64]
+    for r in records[60:100]:
+        r["tenant"] = "globex"
+    for r in records[100:110]:  # a fitted version of the same name: the same encoder, used
+        r["estimator"] = "static-minilm@1.1.0.1"
+    _, report = fit(records, current=CURRENT)
+    assert report["labelled_records"] == 340
+    assert report["left_out_other_estimator"] == 60
+    tenants = report["labels_per_tenant"]
+    assert list(tenants) == ["acme", "globex"]
+    assert sum(tenants["globex"].values()) == 40 and sum(tenants["acme"].values()) == 300
+    # Without --current, the name that scored most labelled records is the one trained on.
+    assert fit(records)[1]["current"] == CURRENT
+
+
 def test_a_fit_worse_than_the_current_estimator_is_refused_unless_forced(tmp_path: Path) -> None:
     store = synthetic_store(tmp_path / "o.sqlite3", 300, current_knows=True)
     registry = tmp_path / "estimators"

@@ -273,3 +273,94 @@ def test_the_dispatcher_refuses_what_it_cannot_send_and_never_raises() -> None:
     assert not dispatcher.put(job())  # more than it holds
     assert dispatcher.flush() == 0  # the API failed: logged and counted, not raised
     assert (dispatcher.failed, dispatcher.sent, dispatcher.held) == (2, 0, 0)
+
+
+def test_a_tiers_own_judge_is_called_over_plain_https_with_its_key_even_when_the_cloud_is_sagemaker(
+    aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SigV4 signing is for the SageMaker endpoint: a judge endpoint is another host, and the role's
+    signed credentials must never reach it (nor its URL and key be rewritten)."""
+    from hyrouter.cloud.aws.sagemaker import SageMakerTransport
+
+    config = {
+        **SHADOWED,
+        "tiers": {
+            **SHADOWED["tiers"],
+            "free": {
+                "threshold": 0.7,
+                "shadow": {
+                    "sample_rate": 1.0,
+                    "budget_usd": 1.0,
+                    "judge": {
+                        "url": "https://judge.test/v1",
+                        "model": "judge-model",
+                        "api_key_env": "JUDGE_KEY",
+                    },
+                },
+            },
+        },
+    }
+    boto3.client("ssm").put_parameter(Name=PARAMETER, Value=json.dumps(config), Type="String", Overwrite=True)
+    parameters.clear_caches()
+    monkeypatch.setenv("HYBRID_ROUTER_CLOUD_AUTH", "sagemaker")
+    monkeypatch.setenv("JUDGE_KEY", "judge-secret")
+    monkeypatch.setattr(judge_function, "transport", None)
+    answers = upstream("[[A]]")
+    signed: list[httpx.Request] = []
+    plain: list[httpx.Request] = []
+
+    async def sagemaker(self: SageMakerTransport, request: httpx.Request) -> httpx.Response:
+        signed.append(request)
+        return await answers.handle_async_request(request)
+
+    async def https(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> httpx.Response:
+        plain.append(request)
+        return await answers.handle_async_request(request)
+
+    monkeypatch.setattr(SageMakerTransport, "handle_async_request", sagemaker)
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", https)
+    request = ChatCompletionRequest.model_validate(
+        {"model": "hybrid-router", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+    )
+    event = ShadowJob("chatcmpl-9", "t", "free", request, "4").to_json()
+    assert judge_function.handler(event, LambdaContextStub())["edge_good"] is True
+    assert [r.url.host for r in signed] == ["gpu.test"]  # the cloud's answer, signed
+    (judged,) = plain
+    assert str(judged.url) == "https://judge.test/v1/chat/completions"
+    assert judged.headers["authorization"] == "Bearer judge-secret"
+    assert "x-amz-date" not in judged.headers
+
+
+class _Body:
+    """The raw body of a canned botocore response."""
+
+    def stream(self, **kwargs: Any) -> Iterator[bytes]:
+        yield b'{"Type": "Service", "message": "Lambda is busy"}'
+
+
+def test_the_invoke_is_made_once_with_short_timeouts_and_a_failure_never_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The response waits for the Invoke: a slow Lambda API costs it one connect and one read timeout
+    at most, never a retry's backoff and second (third) attempt."""
+    from botocore.awsrequest import AWSResponse
+
+    for name, setting in {
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        monkeypatch.setenv(name, setting)
+    dispatcher = JudgeFunctionDispatcher(FUNCTION)
+    client = dispatcher.client()
+    assert (client.meta.config.connect_timeout, client.meta.config.read_timeout) == (0.5, 1.0)
+    sent: list[Any] = []
+
+    def unavailable(request: Any, **kwargs: Any) -> AWSResponse:
+        sent.append(request)  # never on the network: a canned 503, which standard mode would retry
+        return AWSResponse(request.url, 503, {"x-amzn-ErrorType": "ServiceException"}, _Body())
+
+    client.meta.events.register("before-send.lambda.Invoke", unavailable)
+    assert dispatcher.put(job())
+    assert dispatcher.flush() == 0
+    assert len(sent) == 1 and (dispatcher.failed, dispatcher.sent) == (1, 0)

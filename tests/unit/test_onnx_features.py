@@ -122,3 +122,31 @@ async def test_the_onnx_features_reach_the_outcome_record(
     assert record is not None
     expected = table[estimator.token_ids(user(text))].mean(axis=0)
     assert np.allclose(record["features"], expected, atol=1e-6)
+
+
+def test_a_fitted_head_reads_the_tensor_the_records_features_came_from(tmp_path: Path) -> None:
+    """An artefact that exports `features` and names another pooled vector for the cache: the records
+    hold `features`, so the head written by `models fit` must read it (and the estimator loads it)."""
+    from hyrouter.models.fit import Head, write_version
+
+    root = tmp_path / "base"
+    (root / "featured").mkdir(parents=True)
+    shutil.copy(TOKENIZER, root / "featured" / "tokenizer.json")
+    featured_model(root / "featured" / "model.onnx", np.ones((30522, DIMS), dtype=np.float32))
+    base: dict[str, Any] = {
+        "name": "featured",
+        "version": "0.1.0",
+        "max_tokens": 64,
+        "embedding": {"output": "vectors", "dims": DIMS},
+        "files": {
+            role: {"path": f"featured/{file}", "sha256": file_sha256(root / "featured" / file)}
+            for role, file in (("model", "model.onnx"), ("tokenizer", "tokenizer.json"))
+        },
+    }
+    assert OnnxEstimator(root, base).features_output == "features"
+    head = Head(np.full(DIMS, 0.5), 0.1, 1.0)
+    entry = write_version(tmp_path / "reg", root, base, head, {}, version="0.1.0.1", command="test")
+    estimator = OnnxEstimator(tmp_path / "reg", entry)  # raised: "its head reads 'vectors'"
+    score, features = estimator.score_with_features(user("Hi"))
+    assert features is not None
+    assert score == pytest.approx(float(head.scores(np.asarray([features], dtype=np.float64))[0]), abs=1e-6)

@@ -132,6 +132,13 @@ def test_both_stores_join_a_judges_verdict_and_read_back_the_same_records(
     assert read[0]["fallback"] is False and read[0]["prompt"] is None
     assert [r["id"] for r in store.records(since=later.created_at)] == ["chatcmpl-3"]
     assert set(read[0]) == set(OutcomeRecord.__dataclass_fields__) | set(LABEL_FIELDS)
+    # Every field typed int reads back as an int from either store (DynamoDB keeps numbers as N).
+    ints = [
+        name
+        for name, value in first.fields().items()
+        if isinstance(value, int) and not isinstance(value, bool)
+    ]
+    assert ints and all(type(read[0][name]) is int for name in ints)
 
 
 def test_the_lambda_environment_selects_the_table(dynamodb: Any) -> None:

@@ -86,3 +86,15 @@ def test_the_router_functions_name_the_judge_and_may_invoke_it_alone() -> None:
         ):
             props = resource["Properties"]
             assert all(not a.startswith("lambda:") for _, s in _statements(props) for a in _actions(s)), name
+
+
+def test_the_judge_functions_concurrency_is_reserved_and_capped_by_a_small_parameter() -> None:
+    """Shadow load is bounded: however many answers are sampled, at most this many judge at once."""
+    template: dict[str, Any] = yaml.load((ROOT / "template.yaml").read_text(), Loader=_CloudFormationLoader)
+    parameter = template["Parameters"]["JudgeReservedConcurrency"]
+    assert parameter["Type"] == "Number" and parameter["MinValue"] >= 1  # 0 would switch the judge off
+    assert 1 <= parameter["Default"] <= 5
+    props = template["Resources"]["JudgeFunction"]["Properties"]
+    assert props["ReservedConcurrentExecutions"] == "JudgeReservedConcurrency"
+    groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    assert any("JudgeReservedConcurrency" in g["Parameters"] for g in groups)
