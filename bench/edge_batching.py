@@ -131,6 +131,7 @@ async def direct(
     batched = LlamaCppBackend(EdgeConfig(parallel=args.parallel, **common))
     single.load()
     batched.load()
+    assert batched._batch is not None, "the model's chat format was not batched"
     runs: dict[str, dict[int, list[dict[str, float]]]] = {"single": {}, "batched": {}}
     steps: dict[str, float] = {}
     lone_equal = True
@@ -152,7 +153,6 @@ async def direct(
         await single.aclose()
         await batched.aclose()
     medians = {name: {level: median_of(r) for level, r in by.items()} for name, by in runs.items()}
-    assert batched._batch is not None, "the model's chat format was not batched"
     return compare(medians["single"], medians["batched"]), steps, lone_equal
 
 
