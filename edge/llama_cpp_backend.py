@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -120,24 +121,98 @@ class _TokenizeOnly:
         raise _PromptTokens(len(self._llm.tokenize(text, add_bos=add_bos, special=special)))
 
 
+@dataclass(frozen=True)
+class HandlerPrompt:
+    """What a chat handler would hand `Llama.create_completion`: the prompt's tokens and stop strings
+    (the request's, then the chat format's)."""
+
+    tokens: list[int]
+    stops: list[str]
+
+
+class _Completion(Exception):
+    """Carries the completion a chat handler asked for out of it, before anything is generated."""
+
+    def __init__(self, prompt: HandlerPrompt | None, why: str = "") -> None:
+        super().__init__(why)
+        self.prompt = prompt
+
+
+class _CaptureCompletion:
+    """Stands in for the `Llama` a chat handler is given: it tokenizes, and stops the handler at the
+    completion it starts, taking the prompt tokens and stop strings it would be run on.
+
+    Taken only when the completion is a plain one the batch decoder runs the same: a token list (a
+    handler that passes text, such as "chatml-function-calling", is not taken), with no stopping
+    criteria, grammar or logit bias of the handler's own. Anything else a handler asks of the model
+    raises `AttributeError`: such a handler is not taken either.
+    """
+
+    verbose = False  # read by some handlers when they build a grammar
+
+    def __init__(self, llm: Llama) -> None:
+        self._llm = llm
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        """The real model's tokens of `text`."""
+        return self._llm.tokenize(text, add_bos=add_bos, special=special)
+
+    def create_completion(
+        self,
+        prompt: str | list[int],
+        *,
+        stop: str | list[str] | None = None,
+        stopping_criteria: Any = None,
+        grammar: Any = None,
+        logit_bias: Any = None,
+        **_: Any,
+    ) -> Any:
+        """Stop the handler, carrying the completion it asked for (or why it is not taken)."""
+        if isinstance(prompt, str):
+            raise _Completion(None, "the handler passes text, not tokens")
+        if stopping_criteria is not None or grammar is not None or logit_bias:
+            raise _Completion(None, "the handler adds stopping criteria, a grammar or a logit bias")
+        stops = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+        raise _Completion(HandlerPrompt(list(prompt), stops))
+
+
+def _chat_handler(llm: Llama) -> Any:  # Any: it is handed a stand-in model and plain message dicts
+    """The handler `Llama.create_chat_completion` looks up (a GGUF template is one of `_chat_handlers`)."""
+    from llama_cpp import llama_chat_format  # lazy, as in `load()`
+
+    return (
+        llm.chat_handler
+        or llm._chat_handlers.get(llm.chat_format or "")
+        or llama_chat_format.get_chat_completion_handler(llm.chat_format or "")
+    )
+
+
 def format_prompt_tokens(llm: Llama, messages: list[dict[str, str]]) -> int:
     """Prompt tokens of `messages` rendered by `llm`'s chat format, as its chat completion renders them.
 
     Raises what the format raises (a role it refuses, a handler that needs more than the tokenizer).
     """
-    from llama_cpp import llama_chat_format  # lazy, as in `load()`
-
-    # The lookup `Llama.create_chat_completion` makes (a GGUF template is one of `_chat_handlers`).
-    handler: Any = (  # Any: it is handed a stand-in model and plain message dicts
-        llm.chat_handler
-        or llm._chat_handlers.get(llm.chat_format or "")
-        or llama_chat_format.get_chat_completion_handler(llm.chat_format or "")
-    )
     try:
-        handler(llama=_TokenizeOnly(llm), messages=messages)
+        _chat_handler(llm)(llama=_TokenizeOnly(llm), messages=messages)
     except _PromptTokens as counted:
         return counted.count
     raise EdgeBackendError(f"chat format {llm.chat_format!r} did not tokenize its prompt")
+
+
+def handler_prompt(llm: Llama, messages: list[dict[str, str]], stop: Sequence[str] = ()) -> HandlerPrompt:
+    """The prompt tokens and stop strings `llm`'s chat handler would run a completion of `messages` on
+    (with the request's `stop` strings), so that another decoder can run that completion the same.
+
+    Raises `LookupError` when the handler's completion cannot be taken (see `_CaptureCompletion`),
+    and what the handler raises (a role it refuses, an attribute of the model the stand-in lacks).
+    """
+    try:
+        _chat_handler(llm)(llama=_CaptureCompletion(llm), messages=messages, stop=list(stop))
+    except _Completion as asked:
+        if asked.prompt is None:
+            raise LookupError(f"chat format {llm.chat_format!r}: {asked}") from None
+        return asked.prompt
+    raise LookupError(f"chat format {llm.chat_format!r} started no completion")
 
 
 async def _join(future: asyncio.Future[T], cancel: threading.Event | None = None) -> T:
@@ -227,11 +302,16 @@ class LlamaCppBackend(ChatBackend):
     """A GGUF chat model on the CPU: up to `config.parallel` requests decoded together, behind a
     bounded wait queue.
 
-    With `parallel` above 1 a plain chat request (ChatML, no JSON Schema, no penalties or
-    `logit_bias`) is a sequence of the batch decoder (`hyrouter.edge._batching`): requests join and
-    leave between decode steps. Any other request, and every request with `parallel: 1`, takes the
-    one-at-a-time path: a `llama_cpp.Llama`, not thread-safe, so every use of it holds an
-    `asyncio.Lock` and runs in a worker thread, the batch paused meanwhile (`BatchDecoder.exclusive`).
+    With `parallel` above 1 a plain chat request (no JSON Schema, no penalties or `logit_bias`) is a
+    sequence of the batch decoder (`hyrouter.edge._batching`): requests join and leave between decode
+    steps. Its prompt tokens and stop strings are those the chat format's llama-cpp-python handler
+    would run its completion on (`handler_prompt`), so any format whose handler tokenizes a plain
+    prompt is batched ("chatml", "gemma", "llama-3", ...); one whose handler does more (passes text,
+    adds a grammar or stopping criteria, needs more of the model than its tokenizer, as
+    "chatml-function-calling" and "functionary") gets no batch context. Any other request, every
+    request of such a format, and every request with `parallel: 1`, takes the one-at-a-time path: a
+    `llama_cpp.Llama`, not thread-safe, so every use of it holds an `asyncio.Lock` and runs in a
+    worker thread, the batch paused meanwhile (`BatchDecoder.exclusive`).
     A request that would have to wait is refused with `EdgeBusy` when `config.max_queue` requests
     already wait, or when it waited `config.queue_timeout_s` seconds, so the engine can send it to
     the cloud instead.
@@ -299,7 +379,7 @@ class LlamaCppBackend(ChatBackend):
             except Exception as exc:  # ImportError, ValueError (bad GGUF), RuntimeError, ...
                 raise EdgeBackendError(f"cannot load edge model {path}: {exc}") from exc
             self.warm_up_s = _warm_up(llm, path)
-            if self.config.parallel > 1:
+            if self.config.parallel > 1 and self._format_batchable(llm):
                 try:
                     self._batch = BatchDecoder(
                         llm,
@@ -313,6 +393,22 @@ class LlamaCppBackend(ChatBackend):
                     llm.close()
                     raise EdgeBackendError(f"cannot make the edge model's batch context: {exc}") from exc
             self._llm = llm
+
+    def _format_batchable(self, llm: Llama) -> bool:
+        """Whether the chat format's handler lets its completions be taken for the batch decoder
+        (`handler_prompt`); if not, every request takes the one-at-a-time path and no batch context
+        is made."""
+        try:
+            handler_prompt(llm, [{"role": "user", "content": "Hi"}])
+        except Exception as exc:  # LookupError, or what the handler raised on the stand-in
+            logger.warning(
+                "chat format %r cannot be batched (%s): edge.parallel %d unused, one request at a time",
+                self.config.chat_format,
+                exc,
+                self.config.parallel,
+            )
+            return False
+        return True
 
     def health(self) -> BackendHealth:
         """Available iff loaded; busy iff a request arriving now would be refused as the queue is full."""
@@ -387,30 +483,40 @@ class LlamaCppBackend(ChatBackend):
             lock.release()
 
     def _batchable(self, request: ChatCompletionRequest) -> bool:
-        """Whether the batch decoder serves `request`: plain sampling of a ChatML prompt."""
+        """Whether the batch decoder may serve `request`: a batch context (its chat format's
+        completions can be taken, `handler_prompt`) and plain sampling."""
         return (
             self._batch is not None
-            and self.config.chat_format == "chatml"
             and request.json_schema is None  # a grammar: the one-at-a-time path
             and not request.presence_penalty
             and not request.frequency_penalty
             and not (request.model_extra or {}).get("logit_bias")
         )
 
+    def _batch_prompt(self, request: ChatCompletionRequest) -> HandlerPrompt | None:
+        """The prompt tokens and stop strings the chat handler would run `request` on, when the batch
+        decoder serves it; None: the one-at-a-time path (which raises what the handler raised)."""
+        llm = self._llm
+        if llm is None or not self._batchable(request):
+            return None
+        try:
+            return handler_prompt(llm, _plain_messages(request.messages), request.stop_list)
+        except Exception:  # a role the format refuses, ...: the handler raises it again there
+            return None
+
     def _batched(
         self,
         request: ChatCompletionRequest,
+        prompt: HandlerPrompt,
         max_tokens: int,
         signals: TokenSignals | None,
         usage: list[int] | None = None,
     ) -> AsyncGenerator[tuple[str, str | None], None]:
-        """`(text, finish_reason)` pieces of the answer, generated in the batch."""
-        llm, batch = self._llm, self._batch
-        if llm is None or batch is None:
+        """`(text, finish_reason)` pieces of the answer to `prompt`, generated in the batch."""
+        batch = self._batch
+        if self._llm is None or batch is None:
             raise EdgeBackendError("edge model not loaded")
         self._admit()
-        # As llama-cpp-python's "chatml" handler tokenizes its prompt, so a greedy answer is the same.
-        prompt = llm.tokenize(render_chatml(_plain_messages(request.messages)).encode("utf-8"), special=True)
         defaults = Sampling()
         seed = request.seed if request.seed is not None else self.config.seed
         sampling = Sampling(
@@ -419,10 +525,10 @@ class LlamaCppBackend(ChatBackend):
             seed=seed if seed >= 0 or request.seed is not None else defaults.seed,
         )
         return batch.generate(
-            prompt,
+            prompt.tokens,
             max_tokens=max_tokens,
             sampling=sampling,
-            stops=["<|im_end|>", *request.stop_list],
+            stops=prompt.stops,
             signals=signals,
             queue_timeout_s=self.config.queue_timeout_s,
             usage=usage,
@@ -458,10 +564,11 @@ class LlamaCppBackend(ChatBackend):
         self, request: ChatCompletionRequest, max_tokens: int, sink: list[TokenSignal] | None
     ) -> ChatCompletionResponse:
         signals = _signals(request, sink)
-        if self._batchable(request):
+        if (prompt_of := self._batch_prompt(request)) is not None:
             counts: list[int] = []
             text, finish_reason = [], None
-            async with contextlib.aclosing(self._batched(request, max_tokens, signals, counts)) as pieces:
+            batched = self._batched(request, prompt_of, max_tokens, signals, counts)
+            async with contextlib.aclosing(batched) as pieces:
                 async for content, reason in pieces:
                     text.append(content)
                     finish_reason = reason or finish_reason
@@ -582,8 +689,8 @@ class LlamaCppBackend(ChatBackend):
             params["logits_processor"] = _processors(signals)
         top_logprobs = request.top_logprobs or 0
         text, finish_reason, started = [], None, False
-        if self._batchable(request):
-            pieces = self._batched(request, max_tokens, signals)
+        if (prompt_of := self._batch_prompt(request)) is not None:
+            pieces = self._batched(request, prompt_of, max_tokens, signals)
         else:
             pieces = self._generate(lambda llm: llm.create_chat_completion(**params, stream=True), signals)
         try:

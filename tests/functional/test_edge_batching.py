@@ -260,3 +260,50 @@ async def test_aclose_lets_the_batch_finish_then_frees_it() -> None:
     assert edge._batch is None and not edge.health().available
     with pytest.raises(EdgeBackendError, match="not loaded"):
         await edge.complete(request(QUESTIONS[0]), max_tokens=2)
+
+
+@pytest.mark.parametrize("chat_format", ["zephyr", "llama-3"])
+async def test_another_chat_format_is_batched_as_its_handler_would_run_it(chat_format: str) -> None:
+    # The prompt tokens and stop strings are taken from llama-cpp-python's handler for the format.
+    common: dict[str, Any] = {"n_threads": 2, "n_ctx": 512, "chat_format": chat_format, "seed": 0}
+    single = LlamaCppBackend(EdgeConfig(parallel=1, **common))
+    batched = LlamaCppBackend(EdgeConfig(parallel=2, min_tokens_per_s=0, **common))
+    single.load()
+    batched.load()
+    try:
+        asked = request(QUESTIONS[0])
+        taken = batched._batch_prompt(asked)
+        assert taken is not None and batched._batch is not None
+        assert len(taken.tokens) == batched.count_tokens(asked.messages)  # the handler's own prompt
+        for question in (QUESTIONS[0], STORY):
+            alone = await single.complete(request(question), max_tokens=24)
+            lone_batched = await batched.complete(request(question), max_tokens=24)
+            assert answer(lone_batched) == answer(alone) and answer(alone)
+            assert lone_batched.usage == alone.usage
+            assert lone_batched.choices[0].finish_reason == alone.choices[0].finish_reason
+        streamed, _ = await text_of(batched.stream(request(STORY, stream=True), max_tokens=24))
+        assert streamed == answer(alone)
+        cut = request(STORY, stop=[answer(alone).split()[1]])
+        expected, got = await single.complete(cut, max_tokens=24), await batched.complete(cut, max_tokens=24)
+        assert answer(got) == answer(expected) and got.choices[0].finish_reason == "stop"
+    finally:
+        await single.aclose()
+        await batched.aclose()
+
+
+async def test_a_format_whose_handler_cannot_be_taken_runs_one_at_a_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # "chatml-function-calling" hands llama text, not tokens: its prompt is not taken for the batch.
+    config = EdgeConfig(n_threads=2, n_ctx=512, parallel=2, chat_format="chatml-function-calling", seed=0)
+    edge = LlamaCppBackend(config)
+    with caplog.at_level("WARNING", logger="hybrid_router"):
+        edge.load()
+    try:
+        assert edge._batch is None  # no batch context is made
+        assert "cannot be batched" in caplog.text and "passes text" in caplog.text
+        assert edge._batch_prompt(request(QUESTIONS[0])) is None
+        answers = await asyncio.gather(*(edge.complete(request(q), max_tokens=8) for q in QUESTIONS[:2]))
+        assert "Paris" in answer(answers[0]) and all(r.usage.completion_tokens > 0 for r in answers)
+    finally:
+        await edge.aclose()
