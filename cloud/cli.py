@@ -62,6 +62,7 @@ logger = logging.getLogger("hybrid_router")
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the router over HTTP until interrupted, on the config `--config` names (never the demo's);
     SIGHUP reloads the file."""
+    _ignore_hangups_until_started()
     if not args.config:
         raise ConfigError(SERVE_NEEDS_CONFIG)
     config = _load(args)
@@ -70,6 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(config: RouterConfig, args: argparse.Namespace, *, reload: Callable[[], RouterConfig]) -> int:
+    _ignore_hangups_until_started()
     _require_server_extra(args.command)
     if config.edge_needed:  # no tier may use the edge: no model, no llama.cpp
         from hyrouter.edge.llama_cpp_backend import require_llama_cpp
@@ -96,8 +98,6 @@ def _serve(config: RouterConfig, args: argparse.Namespace, *, reload: Callable[[
         listener.close()
         raise
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    if hasattr(signal, "SIGHUP"):  # until the server has started, a reload must not kill the process
-        signal.signal(signal.SIGHUP, _hangup_before_start)
 
     async def built(config: RouterConfig) -> RoutingEngine:
         return engine
@@ -130,6 +130,13 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from None
     listener.set_inheritable(True)
     return listener
+
+
+def _ignore_hangups_until_started() -> None:
+    """Until the server has started, a SIGHUP (a reload) is logged and ignored: its default action
+    would kill the process, and loading the edge model takes seconds on a busy machine."""
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, _hangup_before_start)
 
 
 def _hangup_before_start(signum: int, frame: FrameType | None) -> None:

@@ -38,7 +38,7 @@ def hang_up_until(
 
 def test_sighup_reloads_without_dropping_a_stream_and_keeps_the_last_good_config(tmp_path: Path) -> None:
     config: dict[str, Any] = make_router_config(None)
-    config["edge"]["max_tokens"] = 96
+    config["edge"]["max_tokens"] = 400  # a stream of several seconds: it outlasts the reload
     with router_process(config, tmp_path) as (process, base):
         config_file = next(tmp_path.glob("router-*.yaml"))
         log_file = next(tmp_path.glob("router-*.log"))
@@ -94,7 +94,7 @@ def test_sighup_while_starting_does_not_kill_the_server(tmp_path: Path) -> None:
     with log_file.open("wb") as log:
         process = spawn_router(config_file, port, stdout=log)
         try:
-            time.sleep(1.5)  # importing, checking the llama.cpp build, loading the model
+            time.sleep(1.5)  # importing, checking the llama.cpp build, loading the model (or sooner)
             process.send_signal(signal.SIGHUP)
             wait_until_up(process, f"http://127.0.0.1:{port}", log_file, 120)
             assert free_threshold(f"http://127.0.0.1:{port}") == 0.7
