@@ -269,9 +269,22 @@ class LlamaCppBackend(ChatBackend):
     def _all_waiting(self) -> int:
         return self._waiting + (self._batch.waiting if self._batch else 0)
 
+    def _refuses(self) -> bool:
+        """Whether a request arriving now would be refused: it would wait while `config.max_queue`
+        requests already wait.
+
+        It would wait while a one-at-a-time request holds the model or waits for it (the batch is
+        paused meanwhile), or while no sequence of the batch is free to it (all taken, the latency
+        floor, or earlier requests waiting; a one-at-a-time request is held back too, rather than
+        stall a full batch). A free sequence does not make it wait, whatever runs in the batch.
+        """
+        batch = self._batch
+        would_wait = self._waiting + self._running > 0 or (batch is not None and batch.would_wait())
+        return would_wait and self._all_waiting >= self.config.max_queue
+
     def _admit(self) -> None:
         """Refuse a request that would wait behind `config.max_queue` others (`EdgeBusy`)."""
-        if self.queue_depth > 0 and self._all_waiting >= self.config.max_queue:
+        if self._refuses():
             raise EdgeBusy(f"edge model busy: {self._all_waiting} requests already waiting")
 
     def load(self) -> None:
@@ -315,10 +328,13 @@ class LlamaCppBackend(ChatBackend):
             self._llm = llm
 
     def health(self) -> BackendHealth:
-        """Available iff loaded; busy iff a request arriving now would be refused as the queue is full."""
+        """Available iff loaded (and the batch decoder, if any, did not fail); busy iff a request
+        arriving now would be refused as the queue is full."""
         if self._llm is None:
             return BackendHealth(available=False, detail="not loaded")
-        busy = self.queue_depth > 0 and self._all_waiting >= self.config.max_queue
+        if self._batch is not None and (failure := self._batch.failure) is not None:
+            return BackendHealth(available=False, detail=str(failure))  # its requests would all fail
+        busy = self._refuses()
         return BackendHealth(available=True, busy=busy, detail=f"queue {self.queue_depth}")
 
     def cannot_honour(self, request: ChatCompletionRequest) -> str | None:
@@ -415,7 +431,7 @@ class LlamaCppBackend(ChatBackend):
         seed = request.seed if request.seed is not None else self.config.seed
         sampling = Sampling(
             temperature=defaults.temperature if request.temperature is None else request.temperature,
-            top_p=request.top_p or defaults.top_p,
+            top_p=defaults.top_p if request.top_p is None else request.top_p,
             seed=seed if seed >= 0 or request.seed is not None else defaults.seed,
         )
         return batch.generate(
