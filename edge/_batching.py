@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hyrouter.edge._batch_scheduler import BatchScheduler, Sequence, StepTimes, plan_step
+from hyrouter.edge._handoff import DONE, Handoff
 from hyrouter.edge._stop_strings import StopText
 from hyrouter.edge._token_signals import TokenSignals
 from hyrouter.router._errors import EdgeBackendError, EdgeBusy
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("hybrid_router")
 
 _ADMITTED = object()  # the worker took the sequence in (first item of a waiting request's queue)
-_DONE = object()  # the sequence left the context: nothing more comes
 
 
 @dataclass(frozen=True)
@@ -201,16 +201,12 @@ class BatchDecoder:
             raise EdgeBackendError("edge model closed")
         if len(prompt) >= self.n_ctx:
             raise EdgeBackendError(f"Requested tokens ({len(prompt)}) exceed context window of {self.n_ctx}")
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()  # unbounded: at most max_tokens pieces
 
-        def emit(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                answer.cancelled = True
+        def gone() -> None:
+            answer.cancelled = True
 
-        answer = _Answer(prompt, max_tokens, sampling, stops, signals, emit)
+        queue = Handoff(gone)  # DONE once the sequence left the context
+        answer = _Answer(prompt, max_tokens, sampling, stops, signals, queue.put)
         with self.scheduler.lock:  # the worker fails every answer it knows of when it ends
             if self._failure is not None:
                 raise EdgeBackendError(str(self._failure))
@@ -225,23 +221,23 @@ class BatchDecoder:
                         item = await queue.get()  # _ADMITTED, or the worker's failure
                 except TimeoutError:
                     if self.scheduler.withdraw(answer.seq):
-                        item = _DONE  # never ran: nothing to wait for
+                        item = DONE  # never ran: nothing to wait for
                         raise EdgeBusy(f"edge model busy: no turn within {queue_timeout_s:g}s") from None
-            while item is not _DONE:
+            while item is not DONE:
                 if isinstance(item, Exception):
                     raise EdgeBackendError(f"edge model failed: {item}") from item
                 if item is not None and item is not _ADMITTED:
                     yield item
                 item = await queue.get()
         finally:
-            if item is not _DONE:  # ended early: the caller went away, or its deadline passed
+            if item is not DONE:  # ended early: the caller went away, or its deadline passed
                 with self.scheduler.lock:
                     answer.cancelled = True
                     if self.scheduler.withdraw(answer.seq):  # still waiting: it never ran
-                        item = _DONE
+                        item = DONE
                     else:  # the worker drops it when it wakes, even while the batch is paused
                         self.scheduler.changed.notify_all()
-            while item is not _DONE:  # at most the current step
+            while item is not DONE:  # at most the current step
                 item = await queue.get()
             self._answers.pop(answer.seq, None)
             if usage is not None:
@@ -284,7 +280,7 @@ class BatchDecoder:
                     llama_cpp.llama_sampler_free(answer.sampler)
                 answer.sampler = None
             answer.emit(failure)
-            answer.emit(_DONE)
+            answer.emit(DONE)
 
     def _drop_cancelled(self) -> None:
         """Between steps, under the scheduler's lock: end the sequences whose callers went away."""
@@ -372,7 +368,7 @@ class BatchDecoder:
             answer.emit(("", reason))
         self._answers.pop(answer.seq, None)
         self.scheduler.finish(answer.seq)
-        answer.emit(_DONE)
+        answer.emit(DONE)
 
     def close(self) -> None:
         """Free the context once the running and waiting sequences are done (blocking); no new ones."""
@@ -384,7 +380,7 @@ class BatchDecoder:
         closed = EdgeBackendError("edge model closed")
         for answer in list(self._answers.values()):
             answer.emit(closed)
-            answer.emit(_DONE)
+            answer.emit(DONE)
         self._answers.clear()
         self._batch.close()  # type: ignore[no-untyped-call]
         self._ctx.close()  # type: ignore[no-untyped-call]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hyrouter.edge._batching import BatchDecoder, Sampling
+from hyrouter.edge._handoff import DONE, Handoff
 from hyrouter.edge._token_signals import TokenSignals, openai_logprobs
 from hyrouter.edge.model_files import resolve_model_path
 from hyrouter.router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
@@ -47,7 +48,6 @@ logger = logging.getLogger("hybrid_router")
 
 # The empty system turn llama-cpp-python's "chatml" format writes when a conversation has none.
 _EMPTY_SYSTEM_TURN = "<|im_start|>system\n<|im_end|>\n"
-_DONE = object()  # end-of-stream marker the worker thread puts on the queue
 
 
 def chatml_turns(messages: Sequence[dict[str, str]]) -> list[str]:
@@ -563,7 +563,7 @@ class LlamaCppBackend(ChatBackend):
                 chunks.close()
         except Exception as exc:
             emit(exc)
-        emit(_DONE)
+        emit(DONE)
 
     def stream(
         self, request: ChatCompletionRequest, *, max_tokens: int
@@ -678,20 +678,12 @@ class LlamaCppBackend(ChatBackend):
         Waiting for the turn raises `EdgeBusy`; closing the generator stops llama at its next token.
         """
         async with self._slot() as llm, _recording(signals, llm):
-            loop = asyncio.get_running_loop()
-            queue: asyncio.Queue[Any] = asyncio.Queue()  # unbounded: at most max_tokens chunks
             cancel = threading.Event()
-
-            def emit(item: Any) -> None:
-                try:
-                    loop.call_soon_threadsafe(queue.put_nowait, item)
-                except RuntimeError:  # the loop is closed: nobody is listening any more
-                    cancel.set()
-
-            work = asyncio.to_thread(self._produce, lambda: generate(llm), cancel, emit, self._exclusive)
+            queue = Handoff(cancel.set)
+            work = asyncio.to_thread(self._produce, lambda: generate(llm), cancel, queue.put, self._exclusive)
             worker = asyncio.ensure_future(work)
             try:
-                while (item := await queue.get()) is not _DONE:
+                while (item := await queue.get()) is not DONE:
                     if isinstance(item, Exception):
                         raise EdgeBackendError(f"edge model failed: {item}") from item
                     yield _piece(item)
