@@ -115,6 +115,19 @@ class BatchScheduler:
             self.waiting.append(seq)
             return False
 
+    def would_wait(self) -> bool:
+        """Whether a sequence submitted now would wait: others wait already, or none may join."""
+        with self.lock:
+            return bool(self.waiting) or not self._may_join()
+
+    def clear(self) -> None:
+        """Forget every waiting and running sequence (the decoder failed them), and any step."""
+        with self.lock:
+            self.waiting.clear()
+            self.running.clear()
+            self._stepping = False
+            self.changed.notify_all()
+
     def withdraw(self, seq: Sequence) -> bool:
         """Take back a waiting `seq` (its wait timed out): True if it was still waiting."""
         with self.lock:
@@ -143,11 +156,20 @@ class BatchScheduler:
     # The decoder's thread and single-sequence uses of the model take turns: a step is never
     # interrupted, and an exclusive use pauses the batch between two steps.
 
-    def next_step(self, closed: Callable[[], bool]) -> bool:
+    def next_step(self, closed: Callable[[], bool], drop: Callable[[], None] = lambda: None) -> bool:
         """Block until there is a step to run, and mark it running; False once `closed()` and no
-        sequence is left."""
+        sequence is left.
+
+        `drop` is called under the lock whenever it wakes, paused or not, before it looks for work:
+        there the decoder ends the sequences whose callers went away, so that they need not wait
+        for the batch to run again (a one-at-a-time request may hold the model for many seconds).
+        Wake it with `changed.notify_all()`.
+        """
         with self.lock:
-            while self._exclusive or not self.running:
+            while True:
+                drop()
+                if not self._exclusive and self.running:
+                    break
                 if closed() and not self.running and not self.waiting:
                     return False
                 self.changed.wait(timeout=1.0)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hyrouter.edge._batch_scheduler import BatchScheduler, Sequence, StepTimes, plan_step
+from hyrouter.edge._handoff import DONE, Handoff
 from hyrouter.edge._stop_strings import StopText
 from hyrouter.edge._token_signals import TokenSignals
 from hyrouter.router._errors import EdgeBackendError, EdgeBusy
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("hybrid_router")
 
 _ADMITTED = object()  # the worker took the sequence in (first item of a waiting request's queue)
-_DONE = object()  # the sequence left the context: nothing more comes
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,8 @@ class BatchDecoder:
         self._answers: dict[Sequence, _Answer] = {}
         self._closed = False
         self._thread: threading.Thread | None = None
+        #: why the worker thread ended on an error: every request since is refused with it
+        self._failure: EdgeBackendError | None = None
 
     @property
     def waiting(self) -> int:
@@ -157,6 +159,15 @@ class BatchDecoder:
     def running(self) -> int:
         """Sequences in the batch."""
         return len(self.scheduler.running)
+
+    @property
+    def failure(self) -> EdgeBackendError | None:
+        """Why the worker thread ended on an error (every request is refused since), or None."""
+        return self._failure
+
+    def would_wait(self) -> bool:
+        """Whether a request submitted now would wait to join the batch."""
+        return self.scheduler.would_wait()
 
     def exclusive(self) -> contextlib.AbstractContextManager[None]:
         """Hold the model alone (the one-at-a-time path): the batch pauses between two steps."""
@@ -180,48 +191,53 @@ class BatchDecoder:
     ) -> AsyncGenerator[tuple[str, str | None], None]:
         """`(text, finish_reason)` pieces of the answer to `prompt` (tokens), generated in the batch.
 
-        Raises `EdgeBackendError` (prompt too long, decode failure) or `EdgeBusy` (no room within
-        `queue_timeout_s`) before the first piece. Closing the generator drops the sequence at the
-        next step; it returns once the sequence left the context. `usage` (when given) receives the
-        prompt and completion token counts at the end.
+        Raises `EdgeBackendError` (prompt too long, decode failure, the worker thread ended) or
+        `EdgeBusy` (no room within `queue_timeout_s`) before the first piece. Closing the generator
+        drops the sequence after the current step, or at once while the batch is paused or idle; it
+        returns once the sequence left the context. `usage` (when given) receives the prompt and
+        completion token counts at the end.
         """
         if self._closed:
             raise EdgeBackendError("edge model closed")
         if len(prompt) >= self.n_ctx:
             raise EdgeBackendError(f"Requested tokens ({len(prompt)}) exceed context window of {self.n_ctx}")
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()  # unbounded: at most max_tokens pieces
 
-        def emit(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                answer.cancelled = True
+        def gone() -> None:
+            answer.cancelled = True
 
-        answer = _Answer(prompt, max_tokens, sampling, stops, signals, emit)
-        self._answers[answer.seq] = answer
-        self._start()
-        waiting = not self.scheduler.submit(answer.seq)
+        queue = Handoff(gone)  # DONE once the sequence left the context
+        answer = _Answer(prompt, max_tokens, sampling, stops, signals, queue.put)
+        with self.scheduler.lock:  # the worker fails every answer it knows of when it ends
+            if self._failure is not None:
+                raise EdgeBackendError(str(self._failure))
+            self._answers[answer.seq] = answer
+            self._start()
+            waiting = not self.scheduler.submit(answer.seq)
         item: Any = None
         try:
             if waiting:
                 try:
                     async with asyncio.timeout(queue_timeout_s):
-                        item = await queue.get()  # _ADMITTED
+                        item = await queue.get()  # _ADMITTED, or the worker's failure
                 except TimeoutError:
                     if self.scheduler.withdraw(answer.seq):
-                        item = _DONE  # never ran: nothing to wait for
+                        item = DONE  # never ran: nothing to wait for
                         raise EdgeBusy(f"edge model busy: no turn within {queue_timeout_s:g}s") from None
-            while (item := await queue.get()) is not _DONE:
+            while item is not DONE:
                 if isinstance(item, Exception):
                     raise EdgeBackendError(f"edge model failed: {item}") from item
-                if item is not _ADMITTED:
+                if item is not None and item is not _ADMITTED:
                     yield item
+                item = await queue.get()
         finally:
-            answer.cancelled = True
-            if self.scheduler.withdraw(answer.seq):  # cancelled while waiting
-                item = _DONE
-            while item is not _DONE:  # the worker drops the sequence at its next step
+            if item is not DONE:  # ended early: the caller went away, or its deadline passed
+                with self.scheduler.lock:
+                    answer.cancelled = True
+                    if self.scheduler.withdraw(answer.seq):  # still waiting: it never ran
+                        item = DONE
+                    else:  # the worker drops it when it wakes, even while the batch is paused
+                        self.scheduler.changed.notify_all()
+            while item is not DONE:  # at most the current step
                 item = await queue.get()
             self._answers.pop(answer.seq, None)
             if usage is not None:
@@ -230,23 +246,51 @@ class BatchDecoder:
     # The worker thread.
 
     def _run(self) -> None:
-        while self.scheduler.next_step(lambda: self._closed):
-            try:
-                self._step()
-            except Exception as exc:  # a bug or a llama.cpp failure: end every sequence, keep serving
-                logger.exception("edge batch step failed")
-                for seq in list(self.scheduler.running):
-                    if (answer := self._answers.get(seq)) is not None:
-                        self._end(answer, None, exc)
-            finally:
-                self.scheduler.step_done()
+        try:
+            while self.scheduler.next_step(lambda: self._closed, self._drop_cancelled):
+                try:
+                    self._step()
+                except Exception as exc:  # a bug or a llama.cpp failure: end every sequence, keep serving
+                    logger.exception("edge batch step failed")
+                    for seq in list(self.scheduler.running):
+                        if (answer := self._answers.get(seq)) is not None:
+                            self._end(answer, None, exc)
+                finally:
+                    self.scheduler.step_done()
+        except BaseException as exc:  # ending the sequences failed too: nothing would serve them
+            logger.exception("edge batch worker stopped")
+            self._fail(exc)
+
+    def _fail(self, cause: BaseException) -> None:
+        """The worker thread ends on an error: fail every running and waiting request with an
+        `EdgeBackendError` (the engine then answers elsewhere), and every later one."""
+        import llama_cpp
+
+        failure = EdgeBackendError(f"edge batch decoder stopped: {cause}")
+        with self.scheduler.lock:
+            self._failure = failure
+            answers = list(self._answers.values())
+            self._answers.clear()
+            self.scheduler.clear()
+        with contextlib.suppress(Exception):  # best effort: the context is not used again
+            llama_cpp.llama_memory_clear(self._ctx.memory, True)
+        for answer in answers:
+            if answer.sampler is not None:
+                with contextlib.suppress(Exception):
+                    llama_cpp.llama_sampler_free(answer.sampler)
+                answer.sampler = None
+            answer.emit(failure)
+            answer.emit(DONE)
+
+    def _drop_cancelled(self) -> None:
+        """Between steps, under the scheduler's lock: end the sequences whose callers went away."""
+        for seq in list(self.scheduler.running):
+            if (answer := self._answers.get(seq)) is not None and answer.cancelled:
+                self._end(answer, None)
 
     def _step(self) -> None:
         import llama_cpp
 
-        for seq in list(self.scheduler.running):
-            if self._answers[seq].cancelled:
-                self._end(self._answers[seq], None)
         plan = plan_step(list(self.scheduler.running), self.n_batch)
         if not plan:
             return
@@ -324,7 +368,7 @@ class BatchDecoder:
             answer.emit(("", reason))
         self._answers.pop(answer.seq, None)
         self.scheduler.finish(answer.seq)
-        answer.emit(_DONE)
+        answer.emit(DONE)
 
     def close(self) -> None:
         """Free the context once the running and waiting sequences are done (blocking); no new ones."""
@@ -336,7 +380,7 @@ class BatchDecoder:
         closed = EdgeBackendError("edge model closed")
         for answer in list(self._answers.values()):
             answer.emit(closed)
-            answer.emit(_DONE)
+            answer.emit(DONE)
         self._answers.clear()
         self._batch.close()  # type: ignore[no-untyped-call]
         self._ctx.close()  # type: ignore[no-untyped-call]

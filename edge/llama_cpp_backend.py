@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hyrouter.edge._batching import BatchDecoder, Sampling
+from hyrouter.edge._handoff import DONE, Handoff
 from hyrouter.edge._token_signals import TokenSignals, openai_logprobs
 from hyrouter.edge.model_files import resolve_model_path
 from hyrouter.router._backend import BackendHealth, ChatBackend, Target, approximate_tokens
@@ -48,7 +49,6 @@ logger = logging.getLogger("hybrid_router")
 
 # The empty system turn llama-cpp-python's "chatml" format writes when a conversation has none.
 _EMPTY_SYSTEM_TURN = "<|im_start|>system\n<|im_end|>\n"
-_DONE = object()  # end-of-stream marker the worker thread puts on the queue
 
 
 def chatml_turns(messages: Sequence[dict[str, str]]) -> list[str]:
@@ -349,9 +349,22 @@ class LlamaCppBackend(ChatBackend):
     def _all_waiting(self) -> int:
         return self._waiting + (self._batch.waiting if self._batch else 0)
 
+    def _refuses(self) -> bool:
+        """Whether a request arriving now would be refused: it would wait while `config.max_queue`
+        requests already wait.
+
+        It would wait while a one-at-a-time request holds the model or waits for it (the batch is
+        paused meanwhile), or while no sequence of the batch is free to it (all taken, the latency
+        floor, or earlier requests waiting; a one-at-a-time request is held back too, rather than
+        stall a full batch). A free sequence does not make it wait, whatever runs in the batch.
+        """
+        batch = self._batch
+        would_wait = self._waiting + self._running > 0 or (batch is not None and batch.would_wait())
+        return would_wait and self._all_waiting >= self.config.max_queue
+
     def _admit(self) -> None:
         """Refuse a request that would wait behind `config.max_queue` others (`EdgeBusy`)."""
-        if self.queue_depth > 0 and self._all_waiting >= self.config.max_queue:
+        if self._refuses():
             raise EdgeBusy(f"edge model busy: {self._all_waiting} requests already waiting")
 
     def load(self) -> None:
@@ -411,11 +424,15 @@ class LlamaCppBackend(ChatBackend):
         return True
 
     def health(self) -> BackendHealth:
-        """Available iff loaded; busy iff a request arriving now would be refused as the queue is full."""
+        """Available iff loaded; busy iff a request arriving now would be refused as the queue is full.
+        A batch decoder that failed is named in the detail (requests then go one at a time)."""
         if self._llm is None:
             return BackendHealth(available=False, detail="not loaded")
-        busy = self.queue_depth > 0 and self._all_waiting >= self.config.max_queue
-        return BackendHealth(available=True, busy=busy, detail=f"queue {self.queue_depth}")
+        busy = self._refuses()
+        detail = f"queue {self.queue_depth}"
+        if self._batch is not None and (failure := self._batch.failure) is not None:
+            detail += f"; batching off: {failure}"
+        return BackendHealth(available=True, busy=busy, detail=detail)
 
     def cannot_honour(self, request: ChatCompletionRequest) -> str | None:
         """Tools: this model has no tool-call template. A JSON Schema llama.cpp can turn into a grammar
@@ -487,6 +504,7 @@ class LlamaCppBackend(ChatBackend):
         completions can be taken, `handler_prompt`) and plain sampling."""
         return (
             self._batch is not None
+            and self._batch.failure is None  # after an unknown failure its context is not trusted
             and request.json_schema is None  # a grammar: the one-at-a-time path
             and not request.presence_penalty
             and not request.frequency_penalty
@@ -521,7 +539,7 @@ class LlamaCppBackend(ChatBackend):
         seed = request.seed if request.seed is not None else self.config.seed
         sampling = Sampling(
             temperature=defaults.temperature if request.temperature is None else request.temperature,
-            top_p=request.top_p or defaults.top_p,
+            top_p=defaults.top_p if request.top_p is None else request.top_p,
             seed=seed if seed >= 0 or request.seed is not None else defaults.seed,
         )
         return batch.generate(
@@ -654,7 +672,7 @@ class LlamaCppBackend(ChatBackend):
                 chunks.close()
         except Exception as exc:
             emit(exc)
-        emit(_DONE)
+        emit(DONE)
 
     def stream(
         self, request: ChatCompletionRequest, *, max_tokens: int
@@ -769,20 +787,12 @@ class LlamaCppBackend(ChatBackend):
         Waiting for the turn raises `EdgeBusy`; closing the generator stops llama at its next token.
         """
         async with self._slot() as llm, _recording(signals, llm):
-            loop = asyncio.get_running_loop()
-            queue: asyncio.Queue[Any] = asyncio.Queue()  # unbounded: at most max_tokens chunks
             cancel = threading.Event()
-
-            def emit(item: Any) -> None:
-                try:
-                    loop.call_soon_threadsafe(queue.put_nowait, item)
-                except RuntimeError:  # the loop is closed: nobody is listening any more
-                    cancel.set()
-
-            work = asyncio.to_thread(self._produce, lambda: generate(llm), cancel, emit, self._exclusive)
+            queue = Handoff(cancel.set)
+            work = asyncio.to_thread(self._produce, lambda: generate(llm), cancel, queue.put, self._exclusive)
             worker = asyncio.ensure_future(work)
             try:
-                while (item := await queue.get()) is not _DONE:
+                while (item := await queue.get()) is not DONE:
                     if isinstance(item, Exception):
                         raise EdgeBackendError(f"edge model failed: {item}") from item
                     yield _piece(item)

@@ -307,3 +307,97 @@ async def test_a_format_whose_handler_cannot_be_taken_runs_one_at_a_time(
         assert "Paris" in answer(answers[0]) and all(r.usage.completion_tokens > 0 for r in answers)
     finally:
         await edge.aclose()
+
+
+async def test_a_request_ended_while_the_batch_is_paused_leaves_at_once(batched: LlamaCppBackend) -> None:
+    decoder = batched._batch
+    assert decoder is not None
+    story = batched.stream(request(STORY, stream=True), max_tokens=300)
+    await first_content(story)
+    pending = asyncio.create_task(batched.complete(request(STORY), max_tokens=300))
+    await wait_for(lambda: decoder.running == 2, "the second request never joined")
+    hold = decoder.exclusive()  # as a one-at-a-time request holds the model for many seconds
+    await asyncio.to_thread(hold.__enter__)
+    try:
+        await asyncio.wait_for(story.aclose(), timeout=2)  # the client went away: no hang
+        pending.cancel()  # the engine's deadline
+        await asyncio.wait({pending}, timeout=2)
+        assert pending.done()
+        assert decoder.running == 0 and batched.queue_depth == 0  # their sequences are free
+    finally:
+        hold.__exit__(None, None, None)
+    assert "Paris" in answer(await batched.complete(request(QUESTIONS[0]), max_tokens=8))
+
+
+async def test_top_p_zero_is_kept_not_replaced_by_the_default(batched: LlamaCppBackend) -> None:
+    # The wire refuses top_p=0 (`gt=0`), so this reaches the batch only from within: the defaults
+    # fill in what is unset (None), never what is set falsy.
+    greedy = answer(await batched.complete(request(STORY), max_tokens=24))
+    for seed in (1, 2, 3):  # only the likeliest token is left to draw, whatever the seed
+        nucleus = request(STORY, temperature=1.5, seed=seed).model_copy(update={"top_p": 0.0})
+        assert answer(await batched.complete(nucleus, max_tokens=24)) == greedy
+
+
+async def test_with_no_queue_a_request_still_takes_a_free_sequence() -> None:
+    config = EdgeConfig(
+        n_threads=2, n_ctx=256, parallel=2, min_tokens_per_s=0, max_queue=0, queue_timeout_s=1
+    )
+    edge = LlamaCppBackend(config)
+    edge.load()
+    try:
+        story = edge.stream(request(STORY, stream=True), max_tokens=300)
+        await first_content(story)
+        assert not edge.health().busy  # a sequence is free: a request would not wait
+        assert "Paris" in answer(await edge.complete(request(QUESTIONS[0]), max_tokens=8))
+        structured = request("Give a JSON object.", response_format={"type": "json_object"})
+        assert not edge._batchable(structured)  # the one-at-a-time path pauses the batch, not waits
+        assert (await edge.complete(structured, max_tokens=8)).choices[0].message.content is not None
+        other = edge.stream(request(STORY, stream=True), max_tokens=300)
+        await first_content(other)
+        assert edge.health().busy  # both taken: the next would wait, and none may
+        with pytest.raises(EdgeBusy):
+            await edge.complete(request(QUESTIONS[0]), max_tokens=8)
+        await story.aclose()
+        await other.aclose()
+        assert not edge.health().busy
+    finally:
+        await edge.aclose()
+
+
+async def test_a_dead_batch_worker_fails_its_requests_and_the_next_ones_go_one_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = EdgeConfig(
+        n_threads=2, n_ctx=256, parallel=2, min_tokens_per_s=0, max_queue=2, queue_timeout_s=30
+    )
+    edge = LlamaCppBackend(config)
+    edge.load()
+    decoder = edge._batch
+    assert decoder is not None
+    try:
+        stories = [edge.stream(request(STORY, stream=True), max_tokens=300) for _ in range(2)]
+        for story in stories:
+            await first_content(story)
+        waiter = asyncio.create_task(edge.complete(request(QUESTIONS[0]), max_tokens=8))
+        await wait_for(lambda: decoder.waiting == 1, "the third request did not wait")
+
+        def fail(*args: Any) -> None:
+            raise RuntimeError("injected fault")
+
+        # A step fails, and so does ending its sequences: the worker thread itself ends.
+        monkeypatch.setattr(decoder, "_end", fail)
+        monkeypatch.setattr(decoder, "_step", fail)
+        for story in stories:
+            with pytest.raises(EdgeBackendError, match="injected fault"):
+                await asyncio.wait_for(text_of(story), timeout=5)
+        with pytest.raises(EdgeBackendError, match="injected fault"):
+            await asyncio.wait_for(waiter, timeout=5)
+        # The batch context cannot be trusted after an unknown failure: later requests take the
+        # one-at-a-time path on the model's own context, and the edge stays available.
+        later = await asyncio.wait_for(edge.complete(request(QUESTIONS[0]), max_tokens=8), timeout=30)
+        assert "Paris" in answer(later)
+        assert edge.queue_depth == 0
+        health = edge.health()
+        assert health.available and "injected fault" in health.detail
+    finally:
+        await asyncio.wait_for(edge.aclose(), timeout=10)

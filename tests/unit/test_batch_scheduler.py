@@ -142,3 +142,54 @@ def test_next_step_waits_while_exclusive_and_ends_once_closed_and_empty() -> Non
     s.step_done()
     s.finish(running)
     assert s.next_step(lambda: True) is False
+
+
+def test_next_step_drops_ended_sequences_while_the_batch_is_paused() -> None:
+    s = scheduler()
+    gone = seq()
+    s.submit(gone)
+    dropped = threading.Event()
+    cancelled: list[Sequence] = []
+
+    def drop() -> None:  # the decoder ends the sequences whose callers went away
+        for ended in cancelled:
+            s.finish(ended)
+            dropped.set()
+        cancelled.clear()
+
+    result: list[bool] = []
+    with s.exclusive():
+        thread = threading.Thread(target=lambda: result.append(s.next_step(lambda: True, drop)))
+        thread.start()
+        with s.lock:
+            cancelled.append(gone)
+            s.changed.notify_all()
+        assert dropped.wait(5)  # while still paused
+        assert not s.running
+    thread.join(5)
+    assert result == [False]  # closed, and nothing is left to run
+
+
+def test_would_wait_when_no_sequence_is_free_or_others_wait() -> None:
+    s = scheduler(parallel=2)
+    assert not s.would_wait()
+    s.submit(seq())
+    assert not s.would_wait()  # a sequence is free
+    s.submit(seq())
+    assert s.would_wait()
+    s.running.pop()
+    s.submit(seq())  # joins the freed sequence
+    s.running.pop()
+    s.waiting.append(seq())
+    assert s.would_wait()  # a free sequence, but the first waiting request gets it
+
+
+def test_clear_forgets_every_sequence_and_ends_the_step() -> None:
+    s = scheduler(parallel=1)
+    s.submit(seq())
+    s.submit(seq())
+    assert s.next_step(lambda: False)
+    s.clear()
+    assert not s.running and not s.waiting
+    with s.exclusive():  # not held back by the step that never ended
+        pass
