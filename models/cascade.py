@@ -29,7 +29,6 @@ with its own sha256 and the sha256 of the GGUF file whose answers it was fitted 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -43,6 +42,8 @@ import numpy.typing as npt
 from hyrouter.models.edge_answers import TASKS, read_answers
 from hyrouter.models.routing_data import SMOLLM2, EdgeModel
 from hyrouter.router import AnswerFeatures
+from hyrouter.router._confidence import CALIBRATION_FEATURES
+from hyrouter.router._onnx_estimator import file_sha256
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -51,15 +52,9 @@ CALIBRATIONS_DIR = ARTEFACTS_DIR / "calibrations"
 REGISTRY = ARTEFACTS_DIR / "registry.json"
 #: The shipped calibration is fitted on every graded task; `eval --cascade` leaves each out in turn.
 CALIBRATION_TASKS = tuple(TASKS)
-FEATURES = (
-    "mean_logprob",
-    "min_logprob",
-    "low_logprob",
-    "mean_entropy",
-    "mean_margin",
-    "first_logprob",
-    "log_tokens",
-)
+#: What a calibration is fitted on: every feature the router's calibrations may read, the token
+#: count as its log (`log_tokens`) only.
+FEATURES = tuple(name for name in CALIBRATION_FEATURES if name != "tokens")
 #: The direction each feature may move the confidence: a surer answer (likelier tokens, wider margins,
 #: less entropy, fewer tokens) is never made *less* likely right. A slope learned the other way on a
 #: few tasks is noise that does not carry to others: the feature is dropped (`fit_monotone`).
@@ -254,15 +249,6 @@ def auroc(scores: FloatArray, good: FloatArray) -> float:
         ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return float((ranks[good == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def file_sha256(path: Path) -> str:
-    """The hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fit_calibration(

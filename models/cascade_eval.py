@@ -32,11 +32,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hyrouter.models.cascade import FloatArray, apply, auroc, feature_matrix, file_sha256, fit_calibration
+from hyrouter.models.cascade import FloatArray, apply, auroc, feature_matrix, fit_calibration
 from hyrouter.models.edge_answers import TASKS, read_answers
 from hyrouter.models.quality import quality_curve, summarize
 from hyrouter.models.routing_data import SMOLLM2, EdgeModel, default_data_dir
 from hyrouter.router import ChatMessage, load_estimator
+from hyrouter.router._onnx_estimator import file_sha256
 
 #: The share of requests the two-stage router's estimator sends straight to the cloud.
 PRE_ROUTE_SHARE = 0.1

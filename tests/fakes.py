@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from hyrouter.router import (
     BackendError,
@@ -16,6 +18,7 @@ from hyrouter.router import (
     Choice,
     ChunkChoice,
     Delta,
+    OutcomeRecord,
     Target,
     TokenSignal,
     Usage,
@@ -134,3 +137,33 @@ class FakeBackend(ChatBackend):
                 id="c2", model=self.model_id, choices=[ChunkChoice(delta=Delta(content=word))]
             )
         yield ChatCompletionChunk(id="c2", model=self.model_id, choices=[ChunkChoice(finish_reason="stop")])
+
+
+def outcome_record(record_id: str = "chatcmpl-1", **fields: Any) -> OutcomeRecord:
+    """An `OutcomeRecord` of an edge answer with plain values; `fields` replace them."""
+    values: dict[str, Any] = {
+        "id": record_id,
+        "created_at": time.time(),
+        "tenant": "acme",
+        "tier": "free",
+        "target": "edge",
+        "reason": "score_below_threshold",
+        "fallback": False,
+        "score": 0.2,
+        "threshold": 0.7,
+        "estimator": "heuristic@1.0.0",
+        "model": "edge-model",
+        "status": 200,
+        "stream": False,
+        "latency_ms": 12.5,
+        "estimator_ms": 0.1,
+        "prompt_tokens": 10,
+        "completion_tokens": 2,
+        "cost_usd": 0.0,
+        "cost_saved_usd": 0.00001,
+        "error_code": None,
+        "request_id": "req-1",
+        "prompt_sha256": "0" * 64,
+        "features": [0.5, 0.25],
+    }
+    return OutcomeRecord(**{**values, **fields})

@@ -18,8 +18,8 @@ from hyrouter.router._config import TierDriftConfig
 from hyrouter.router._drift import DriftObserver, TierDrift, Window, drift_between, ks_statistic, psi
 from hyrouter.router._metrics import RequestOutcome
 from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
-from hyrouter.router._outcomes import OutcomeRecord
 from hyrouter.router._policy import Decision, RouteReason
+from tests.fakes import outcome_record
 
 
 def test_psi_and_ks_are_zero_for_the_same_sample_and_large_for_a_shift() -> None:
@@ -135,29 +135,15 @@ def write_records(path: Path, scores_by_age: list[tuple[float, float]], estimato
     records = []
     for i, (age_h, score) in enumerate(scores_by_age):
         records.append(
-            OutcomeRecord(
-                id=f"r{i}",
+            outcome_record(
+                f"r{i}",
                 created_at=now - age_h * 3600,
-                tenant="acme",
                 tier="standard",
                 target="cloud" if score >= 0.4 else "edge",
-                reason="x",
-                fallback=False,
                 score=score,
                 threshold=0.4,
                 estimator=estimator,
-                model="m",
-                status=200,
-                stream=False,
-                latency_ms=1.0,
-                estimator_ms=0.1,
-                prompt_tokens=1,
-                completion_tokens=1,
-                cost_usd=0.0,
-                cost_saved_usd=0.0,
-                error_code=None,
-                request_id=None,
-                prompt_sha256="0" * 64,
+                features=None,
             )
         )
     store.write(records)

@@ -27,6 +27,7 @@ from hyrouter.router._estimator import conversation_text
 from hyrouter.router._onnx_estimator import OnnxEstimator, read_manifest
 from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
 from hyrouter.router._outcomes import OutcomeRecord
+from tests.fakes import outcome_record
 
 DIMS = 256
 CURRENT = "static-minilm@1.1.0"
@@ -35,29 +36,14 @@ CURRENT = "static-minilm@1.1.0"
 def record(
     i: int, features: list[float], score: float, target: str = "edge", prompt_chars: int | None = None
 ) -> OutcomeRecord:
-    return OutcomeRecord(
-        id=f"chatcmpl-{i}",
+    return outcome_record(
+        f"chatcmpl-{i}",
         created_at=1_000.0 + i,
-        tenant="acme",
-        tier="free",
         target=target,
-        reason="score_below_threshold",
-        fallback=False,
         score=score,
         threshold=0.5,
         estimator=CURRENT,
-        model="m",
-        status=200,
-        stream=False,
-        latency_ms=1.0,
-        estimator_ms=1.0,
         prompt_tokens=10 + i % 7,
-        completion_tokens=5,
-        cost_usd=0.0,
-        cost_saved_usd=0.0,
-        error_code=None,
-        request_id=None,
-        prompt_sha256="x",
         features=features,
         prompt_chars=40 + 13 * (i % 11) if prompt_chars is None else prompt_chars,
     )

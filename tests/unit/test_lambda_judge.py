@@ -28,7 +28,7 @@ from hyrouter.router import (
     RoutingEngine,
 )
 from hyrouter.router._shadow import JUDGE_SYSTEM_PROMPT, ShadowJob
-from tests.fakes import FakeBackend
+from tests.fakes import FakeBackend, outcome_record
 from tests.unit.test_lambda_handler import (
     CONFIG,
     PARAMETER,
@@ -195,32 +195,8 @@ def test_the_judge_function_reports_a_cloud_answer_found_better(
     aws: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from hyrouter.cloud.aws.outcomes import DynamoDbOutcomeStore
-    from hyrouter.router._outcomes import OutcomeRecord
 
-    record = OutcomeRecord(
-        id="chatcmpl-1",
-        created_at=1.0,
-        tenant="t",
-        tier="free",
-        target="edge",
-        reason="score_below_threshold",
-        fallback=False,
-        score=0.1,
-        threshold=0.7,
-        estimator="heuristic@1.0.0",
-        model="edge-model",
-        status=200,
-        stream=False,
-        latency_ms=1.0,
-        estimator_ms=0.1,
-        prompt_tokens=5,
-        completion_tokens=1,
-        cost_usd=0.0,
-        cost_saved_usd=0.0,
-        error_code=None,
-        request_id=None,
-        prompt_sha256="x",
-    )
+    record = outcome_record("chatcmpl-1", created_at=1.0, tenant="t", score=0.1, features=None)
     DynamoDbOutcomeStore("outcomes").write([record])
     request = ChatCompletionRequest.model_validate(
         {"model": "hybrid-router", "messages": [{"role": "user", "content": "Prove Fermat's last theorem."}]}

@@ -23,7 +23,7 @@ from hyrouter.router import (
 )
 from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
 from hyrouter.router._outcomes import prompt_digest
-from tests.fakes import FakeBackend
+from tests.fakes import FakeBackend, outcome_record
 
 CONFIG = parse_config(
     {
@@ -323,31 +323,7 @@ def stored(store: SqliteOutcomeStore, record_id: str) -> dict[str, Any] | None:
 
 
 def _record(record_id: str, tenant: str) -> OutcomeRecord:
-    return OutcomeRecord(
-        id=record_id,
-        created_at=time.time(),
-        tenant=tenant,
-        tier="free",
-        target="edge",
-        reason="score_below_threshold",
-        fallback=False,
-        score=0.2,
-        threshold=0.7,
-        estimator="heuristic@1.0.0",
-        model="edge-model",
-        status=200,
-        stream=False,
-        latency_ms=12.5,
-        estimator_ms=0.1,
-        prompt_tokens=10,
-        completion_tokens=2,
-        cost_usd=0.0,
-        cost_saved_usd=0.00001,
-        error_code=None,
-        request_id="req-1",
-        prompt_sha256="0" * 64,
-        features=[0.5, 0.25],
-    )
+    return outcome_record(record_id, tenant=tenant)
 
 
 def _open_at_once(path: str, barrier: Any, errors: Any) -> None:
