@@ -185,6 +185,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Start the stand-in GPU endpoint (unless a cloud URL is set) and serve the demo config."""
     from hyrouter.cloud.standin import start_standin
 
+    _ignore_hangups_until_started()  # the stand-in's model loads first: a SIGHUP must not orphan it
     _require_server_extra(args.command)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that SIGTERM stops the stand-in too
     settings = RouterSettings.from_args(args)

@@ -130,8 +130,9 @@ class HandlerPrompt:
     stops: list[str]
 
 
-class _Completion(Exception):
-    """Carries the completion a chat handler asked for out of it, before anything is generated."""
+class _Completion(BaseException):
+    """Carries the completion a chat handler asked for out of it, before anything is generated (a
+    `BaseException`, so that a handler's own `except Exception` cannot swallow it)."""
 
     def __init__(self, prompt: HandlerPrompt | None, why: str = "") -> None:
         super().__init__(why)
@@ -165,13 +166,16 @@ class _CaptureCompletion:
         stopping_criteria: Any = None,
         grammar: Any = None,
         logit_bias: Any = None,
+        logits_processor: Any = None,
         **_: Any,
     ) -> Any:
         """Stop the handler, carrying the completion it asked for (or why it is not taken)."""
         if isinstance(prompt, str):
             raise _Completion(None, "the handler passes text, not tokens")
-        if stopping_criteria is not None or grammar is not None or logit_bias:
-            raise _Completion(None, "the handler adds stopping criteria, a grammar or a logit bias")
+        if stopping_criteria is not None or grammar is not None or logit_bias or logits_processor:
+            raise _Completion(
+                None, "the handler adds stopping criteria, a grammar, a logit bias or a logits processor"
+            )
         stops = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
         raise _Completion(HandlerPrompt(list(prompt), stops))
 

@@ -67,6 +67,7 @@ SIGNS = {
     "first_logprob": 1,
     "log_tokens": -1,
 }
+assert set(SIGNS) == set(FEATURES), "every feature fitted needs its direction"
 CALIBRATION_VERSION = "1.0.0"
 L2 = 1.0
 

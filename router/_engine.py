@@ -416,7 +416,7 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
                 return made
             return self._reserve(made, request, self._max_tokens("cloud", made))
 
-        return await asyncio.to_thread(planned)
+        return await self._off_loop_holding(tenant.name, planned, lambda made: made.reservation)
 
     async def aclose(self) -> None:
         """Write the outcome records still queued, then release every backend (models, connections)
@@ -627,7 +627,7 @@ class RoutingEngine(ResponseCaching, EdgeVerification):
         if not enforces_tenant_limits(self.policy):
             return plan
         max_tokens = self._max_tokens("cloud", plan)
-        held, reservation = await asyncio.to_thread(self._hold, plan, fallback, max_tokens)
+        held, reservation = await self._hold_off_loop(plan, fallback, max_tokens)
         if not held:
             raise failure
         return replace(plan, reservation=reservation)

@@ -55,10 +55,14 @@ class SqliteOutcomeStore:
         self._lock = threading.Lock()
         self._closed = False
         self._db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False, isolation_level=None)
-        with self._lock:
-            use_wal(self._db)
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
+        try:
+            with self._lock:
+                use_wal(self._db)
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
 
     def _migrate(self) -> None:
         """Make the table, or give a file written by an older version the columns added since (NULL
@@ -72,10 +76,11 @@ class SqliteOutcomeStore:
                 if name not in have:  # a new column cannot be NOT NULL: older rows have none
                     kind = kind.replace(" NOT NULL", "").replace(" PRIMARY KEY", "")
                     self._db.execute(f"ALTER TABLE outcomes ADD COLUMN {name} {kind}".strip())
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite may have rolled back already (a full disk, ...)
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def __repr__(self) -> str:
         return f"SqliteOutcomeStore({str(self.path)!r})"

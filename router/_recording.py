@@ -12,7 +12,9 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from hyrouter.router._accounting import (
     Budget,
@@ -33,6 +35,7 @@ from hyrouter.router._policy import Decision, Policy
 from hyrouter.router._wire import ChatCompletionRequest, RouteInfo, Usage
 
 logger = logging.getLogger("hybrid_router")
+T = TypeVar("T")
 
 
 class OutcomeRecording:
@@ -128,6 +131,39 @@ class OutcomeRecording:
             )
             return True, None
         return reservation is not None, reservation
+
+    async def _hold_off_loop(
+        self, plan: RoutePlan, decision: Decision, max_tokens: int
+    ) -> tuple[bool, Reservation | None]:
+        """`_hold` in a worker thread (a shared ledger does I/O), its hold never lost to a cancel."""
+        held: tuple[bool, Reservation | None] = await self._off_loop_holding(
+            decision.tenant, lambda: self._hold(plan, decision, max_tokens), lambda r: r[1]
+        )
+        return held
+
+    async def _off_loop_holding(
+        self, tenant: str, work: Callable[[], T], reservation_of: Callable[[T], Reservation | None]
+    ) -> T:
+        """`work` in a worker thread, where it may reserve budget (`reservation_of` its result).
+
+        The thread cannot be stopped: should the caller be cancelled meanwhile (its deadline, a
+        client gone, a shutdown), the reservation the thread still makes is released as soon as it
+        is made, rather than kept against the tenant's budget for an answer never given.
+        """
+        future = asyncio.ensure_future(asyncio.to_thread(work))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+
+            def release(done: asyncio.Future[T]) -> None:
+                if done.cancelled() or done.exception() is not None:
+                    return
+                reservation = reservation_of(done.result())
+                if reservation is not None:
+                    done.get_loop().run_in_executor(None, self._book, tenant, reservation, 0.0, 0.0)
+
+            future.add_done_callback(release)
+            raise
 
     def _record_refusal(self, exc: RouterError, plan: RoutePlan, request: ChatCompletionRequest) -> None:
         """Record a policy's refusal (no backend it allows can answer) as the decision it made."""

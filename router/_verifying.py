@@ -10,7 +10,6 @@ answer of a tier whose `verify.stream` is "hold" is judged on its first `max_edg
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -79,7 +78,7 @@ class EdgeVerification(OutcomeRecording):
             return plan, None, Verdict(confidence)
         if enforces_tenant_limits(self.policy) and plan.reservation is None:
             max_tokens = self._max_tokens("cloud", plan)
-            held, reservation = await asyncio.to_thread(self._hold, plan, escalated, max_tokens)
+            held, reservation = await self._hold_off_loop(plan, escalated, max_tokens)
             if not held:
                 return plan, None, Verdict(confidence)  # past the budget: the edge's answer stands
             plan = replace(plan, reservation=reservation)

@@ -306,3 +306,41 @@ def test_the_http_app_answers_past_the_rate_limit_with_a_429_and_retry_after() -
     assert [r.status_code for r in statuses] == [200, 429]
     assert statuses[1].json()["error"]["code"] == "rate_limit_exceeded"
     assert 1 <= int(statuses[1].headers["retry-after"]) <= 60
+
+
+class SlowLedger(CostLedger):
+    """A ledger whose reservations wait for `go`: a shared store that answers slowly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+        self.reserving = threading.Event()
+        self.reserved = threading.Event()
+
+    def reserve(self, tenant: str, budget: Budget, cost_usd: float) -> Reservation | None:
+        self.reserving.set()
+        self.go.wait(10)
+        try:
+            return super().reserve(tenant, budget, cost_usd)
+        finally:
+            self.reserved.set()
+
+
+async def test_a_request_cancelled_while_its_budget_is_held_releases_the_hold() -> None:
+    # The hold runs in a worker thread, which a cancel cannot stop: the reservation it still makes
+    # is released once made, not kept against the tenant for an answer never given.
+    ledger = SlowLedger()
+    e = engine(ledger, FakeBackend("cloud"), budget_usd=1.0)
+    task = asyncio.create_task(e.complete(request(), Tenant("acme", "free")))
+    await asyncio.to_thread(ledger.reserving.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    ledger.go.set()
+    await asyncio.to_thread(ledger.reserved.wait, 10)
+    budget = Budget(1.0, "total")  # the tier's default period
+    for _ in range(100):  # the hold made after the cancel is released, in a worker thread of its own
+        if ledger.budget_left("acme", budget) == pytest.approx(1.0):
+            break
+        await asyncio.sleep(0.02)
+    assert ledger.budget_left("acme", budget) == pytest.approx(1.0), dict(ledger._spent)

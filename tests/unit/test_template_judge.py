@@ -88,13 +88,17 @@ def test_the_router_functions_name_the_judge_and_may_invoke_it_alone() -> None:
             assert all(not a.startswith("lambda:") for _, s in _statements(props) for a in _actions(s)), name
 
 
-def test_the_judge_functions_concurrency_is_reserved_and_capped_by_a_small_parameter() -> None:
-    """Shadow load is bounded: however many answers are sampled, at most this many judge at once."""
+def test_the_judge_functions_concurrency_can_be_reserved_and_capped_and_is_not_by_default() -> None:
+    """Shadow load can be bounded (at most this many judge at once); by default nothing is reserved,
+    as AWS refuses a reservation that leaves an account under 100 unreserved executions (a new
+    account's limit may be 10), which would fail the whole deploy."""
     template: dict[str, Any] = yaml.load((ROOT / "template.yaml").read_text(), Loader=_CloudFormationLoader)
     parameter = template["Parameters"]["JudgeReservedConcurrency"]
-    assert parameter["Type"] == "Number" and parameter["MinValue"] >= 1  # 0 would switch the judge off
-    assert 1 <= parameter["Default"] <= 5
-    props = template["Resources"]["JudgeFunction"]["Properties"]
-    assert props["ReservedConcurrentExecutions"] == "JudgeReservedConcurrency"
+    assert parameter["Type"] == "Number" and parameter["MinValue"] == 0 and parameter["Default"] == 0
+    assert "unreserved" in parameter["Description"]
+    # !Not [!Equals [!Ref JudgeReservedConcurrency, 0]], as the loader reads it
+    assert template["Conditions"]["HasJudgeConcurrency"] == [["JudgeReservedConcurrency", 0]]
+    reserved = template["Resources"]["JudgeFunction"]["Properties"]["ReservedConcurrentExecutions"]
+    assert reserved == ["HasJudgeConcurrency", "JudgeReservedConcurrency", "AWS::NoValue"]
     groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
     assert any("JudgeReservedConcurrency" in g["Parameters"] for g in groups)
