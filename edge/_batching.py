@@ -192,10 +192,10 @@ class BatchDecoder:
         """`(text, finish_reason)` pieces of the answer to `prompt` (tokens), generated in the batch.
 
         Raises `EdgeBackendError` (prompt too long, decode failure, the worker thread ended) or
-        `EdgeBusy` (no room within `queue_timeout_s`) before the first piece. Closing the generator
-        drops the sequence after the current step, or at once while the batch is paused or idle; it
-        returns once the sequence left the context. `usage` (when given) receives the prompt and
-        completion token counts at the end.
+        `EdgeBusy` (no turn and first piece within `queue_timeout_s`) before the first piece. Closing
+        the generator drops the sequence after the current step, or at once while the batch is
+        paused or idle; it returns once the sequence left the context. `usage` (when given) receives
+        the prompt and completion token counts at the end.
         """
         if self._closed:
             raise EdgeBackendError("edge model closed")
@@ -215,14 +215,19 @@ class BatchDecoder:
             waiting = not self.scheduler.submit(answer.seq)
         item: Any = None
         try:
-            if waiting:
-                try:
-                    async with asyncio.timeout(queue_timeout_s):
-                        item = await queue.get()  # _ADMITTED, or the worker's failure
-                except TimeoutError:
-                    if self.scheduler.withdraw(answer.seq):
-                        item = DONE  # never ran: nothing to wait for
-                        raise EdgeBusy(f"edge model busy: no turn within {queue_timeout_s:g}s") from None
+            # Its turn, then its first piece, within `queue_timeout_s`: a free sequence in a batch
+            # that a one-at-a-time request has paused waits for that request to end, as a queued
+            # one does. Past it, the request is refused (`EdgeBusy`: the engine falls back), never
+            # left waiting on the model for as long as the other answer takes.
+            try:
+                async with asyncio.timeout(queue_timeout_s):
+                    item = await queue.get()  # _ADMITTED (it waited), a piece, or the worker's failure
+                    while item is _ADMITTED or item is None:
+                        item = await queue.get()
+            except TimeoutError:
+                if waiting and self.scheduler.withdraw(answer.seq):
+                    item = DONE  # never ran: nothing to wait for
+                raise EdgeBusy(f"edge model busy: no turn within {queue_timeout_s:g}s") from None
             while item is not DONE:
                 if isinstance(item, Exception):
                     raise EdgeBackendError(f"edge model failed: {item}") from item

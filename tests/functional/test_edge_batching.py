@@ -401,3 +401,27 @@ async def test_a_dead_batch_worker_fails_its_requests_and_the_next_ones_go_one_a
         assert health.available and "injected fault" in health.detail
     finally:
         await asyncio.wait_for(edge.aclose(), timeout=10)
+
+
+async def test_a_request_that_finds_the_batch_paused_waits_no_longer_than_the_queue_timeout() -> None:
+    # A free sequence, but a one-at-a-time request holds the model (a long JSON answer, say): the new
+    # request waits for its turn as a queued one does, and is refused past `queue_timeout_s` (the
+    # engine then falls back), rather than waiting out the other answer.
+    edge = LlamaCppBackend(
+        EdgeConfig(n_threads=2, n_ctx=256, parallel=2, min_tokens_per_s=0, queue_timeout_s=0.5)
+    )
+    edge.load()
+    decoder = edge._batch
+    assert decoder is not None
+    try:
+        hold = decoder.exclusive()
+        await asyncio.to_thread(hold.__enter__)
+        try:
+            with pytest.raises(EdgeBusy, match=r"no turn within 0\.5s"):
+                await asyncio.wait_for(edge.complete(request(QUESTIONS[0]), max_tokens=8), timeout=5)
+            assert decoder.running == 0 and edge.queue_depth == 0  # its sequence was given back
+        finally:
+            hold.__exit__(None, None, None)
+        assert "Paris" in answer(await edge.complete(request(QUESTIONS[0]), max_tokens=8))
+    finally:
+        await asyncio.wait_for(edge.aclose(), timeout=10)
