@@ -20,7 +20,7 @@ import asyncio
 import json
 import random
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,7 @@ import numpy as np
 from hyrouter.models.calibrate import threshold_for_fraction
 from hyrouter.models.drift import drift_report
 from hyrouter.router import (
-    BackendHealth,
-    ChatBackend,
-    ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatCompletionResponse,
-    Choice,
     RoutingEngine,
     Tenant,
     load_estimator,
@@ -43,33 +38,10 @@ from hyrouter.router import (
 from hyrouter.router._drift import DriftObserver, TierDrift
 from hyrouter.router._outcome_sqlite import SqliteOutcomeStore
 from hyrouter.router._outcomes import OutcomeWriter
-from hyrouter.router._wire import AssistantMessage, Usage
+from tests.fakes import FakeBackend
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llmrouter-9model" / "scores.jsonl"
 REFERENCE_TASKS = ("natural_qa", "trivia_qa", "commonsense_qa", "openbook_qa")
-
-
-class InstantBackend(ChatBackend):
-    """Answers every request at once with one word (drift looks at scores and decisions only)."""
-
-    def __init__(self, target: str) -> None:
-        self.target, self.model_id, self.context_window = target, f"{target}-instant", 1 << 20
-
-    def health(self) -> BackendHealth:
-        return BackendHealth(available=True)
-
-    async def complete(self, request: ChatCompletionRequest, *, max_tokens: int) -> ChatCompletionResponse:
-        return ChatCompletionResponse(
-            model=self.model_id,
-            choices=[Choice(message=AssistantMessage(content="ok"))],
-            usage=Usage(prompt_tokens=10, completion_tokens=1, total_tokens=11),
-        )
-
-    async def stream(
-        self, request: ChatCompletionRequest, *, max_tokens: int
-    ) -> AsyncIterator[ChatCompletionChunk]:
-        raise NotImplementedError
-        yield  # pragma: no cover
 
 
 def load_prompts(data: Path) -> dict[str, list[str]]:
@@ -124,8 +96,8 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
         engine = RoutingEngine(
             config,
             estimator=estimator,
-            edge=InstantBackend("edge"),
-            cloud=InstantBackend("cloud"),
+            edge=FakeBackend("edge", context_window=1 << 20),  # drift reads scores and decisions only
+            cloud=FakeBackend("cloud", context_window=1 << 20),
             observers=[observer],
             outcomes=writer,
             log_decisions=False,

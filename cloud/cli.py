@@ -71,7 +71,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(config: RouterConfig, args: argparse.Namespace, *, reload: Callable[[], RouterConfig]) -> int:
-    _ignore_hangups_until_started()
     _require_server_extra(args.command)
     if config.edge_needed:  # no tier may use the edge: no model, no llama.cpp
         from hyrouter.edge.llama_cpp_backend import require_llama_cpp

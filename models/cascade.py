@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hyrouter.models.edge_answers import TASKS, read_answers
+from hyrouter.models.fit import logistic_regression
 from hyrouter.models.routing_data import SMOLLM2, EdgeModel
 from hyrouter.router import AnswerFeatures
 from hyrouter.router._confidence import CALIBRATION_FEATURES
@@ -48,8 +49,6 @@ from hyrouter.router._onnx_estimator import file_sha256
 FloatArray = npt.NDArray[np.float64]
 
 ARTEFACTS_DIR = Path(__file__).with_name("artefacts")
-CALIBRATIONS_DIR = ARTEFACTS_DIR / "calibrations"
-REGISTRY = ARTEFACTS_DIR / "registry.json"
 #: The shipped calibration is fitted on every graded task; `eval --cascade` leaves each out in turn.
 CALIBRATION_TASKS = tuple(TASKS)
 #: What a calibration is fitted on: every feature the router's calibrations may read, the token
@@ -118,7 +117,7 @@ class Logistic:
 def fit_logistic(
     x: FloatArray, y: FloatArray, groups: Sequence[str] | None = None, l2: float = L2, iterations: int = 50
 ) -> Logistic:
-    """Newton's method on the L2-penalised log-likelihood (intercepts not penalised).
+    """`models.fit.logistic_regression` (Newton, L2 on standardised features, intercepts free).
 
     With `groups` (each row's task), every group gets an intercept of its own and the slopes are
     shared: they are learned *within* tasks. Pooled, tasks with different base rates and different
@@ -130,25 +129,13 @@ def fit_logistic(
     center = x.mean(axis=0)
     scale = x.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
-    names = sorted(set(groups)) if groups is not None else ["all"]
-    dummies = (
-        np.asarray([[g == n for n in names] for g in groups], dtype=np.float64)
-        if groups is not None
-        else np.ones((len(x), 1))
+    # One intercept per group: the bias, and an unpenalised indicator for each group but the first.
+    names = sorted(set(groups))[1:] if groups is not None else []
+    dummies = np.asarray([[g == n for n in names] for g in groups or ()], dtype=np.float64).reshape(
+        len(x), len(names)
     )
-    k = len(names)
-    z = np.column_stack([dummies, (x - center) / scale])
-    w = np.zeros(z.shape[1])
-    penalty = np.concatenate([np.zeros(k), np.full(x.shape[1], l2)])
-    for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-(z @ w)))
-        gradient = z.T @ (p - y) + penalty * w
-        hessian = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty) + 1e-9 * np.eye(len(w))
-        step = np.linalg.solve(hessian, gradient)
-        w -= step
-        if float(np.abs(step).max()) < 1e-8:
-            break
-    coef = w[k:]
+    head = logistic_regression(np.hstack([x, dummies]), y, l2, iterations, free=len(names))
+    coef = head.weights[: x.shape[1]] * scale  # per standardised feature, as the document keeps them
     slope_part = ((x - center) / scale) @ coef
     return Logistic(center=center, scale=scale, coef=coef, intercept=_matching_intercept(slope_part, y))
 

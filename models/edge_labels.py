@@ -269,12 +269,6 @@ def run_labels(
     return out_file
 
 
-def _answers_dir() -> Path:
-    from hyrouter.models.edge_answers import ANSWERS_DIR
-
-    return ANSWERS_DIR
-
-
 def add_labels_command(subparsers: Any) -> None:
     """Register `hybrid-router labels`."""
     p = subparsers.add_parser("labels", help="record where the edge model is right (resumable, long)")
@@ -289,7 +283,11 @@ def add_labels_command(subparsers: Any) -> None:
     p.add_argument("--per-subject", type=int, help="MMLU: the first N items of each subject")
     p.add_argument("--limit", type=int, help="at most N items")
     p.add_argument("--threads", type=int, help="CPU threads of the small model; default: all cores")
-    p.add_argument("--out-dir", type=Path, default=LABELS_DIR, help="where the labels are written")
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        help="where they are written (default: models/data/edge-labels, or edge-answers for answers)",
+    )
     p.add_argument(
         "--data-dir", type=Path, help="the benchmarks' data; default: $HYBRID_ROUTER_DATA_DIR or shared/data"
     )
@@ -298,7 +296,7 @@ def add_labels_command(subparsers: Any) -> None:
 
 def _cmd_labels(args: Any) -> int:
     if args.benchmark == "answers":
-        from hyrouter.models.edge_answers import DEFAULT_LIMIT, TASKS, run_answers
+        from hyrouter.models.edge_answers import ANSWERS_DIR, DEFAULT_LIMIT, TASKS, run_answers
 
         tasks = args.tasks.split(",") if args.tasks else None
         unknown = sorted(set(tasks or ()) - set(TASKS))
@@ -307,7 +305,7 @@ def _cmd_labels(args: Any) -> int:
         for path in run_answers(
             tasks,
             limit=args.limit or DEFAULT_LIMIT,
-            out_dir=args.out_dir if args.out_dir != LABELS_DIR else _answers_dir(),
+            out_dir=args.out_dir or ANSWERS_DIR,
             data_dir=args.data_dir,
             n_threads=args.threads,
             model=EDGE_MODELS[args.model],
@@ -316,7 +314,7 @@ def _cmd_labels(args: Any) -> int:
         return 0
     out = run_labels(
         args.benchmark,
-        out_dir=args.out_dir,
+        out_dir=args.out_dir or LABELS_DIR,
         data_dir=args.data_dir,
         per_subject=args.per_subject,
         limit=args.limit,

@@ -234,19 +234,15 @@ def decide(
 
     if tier.cloud == "never":
         decided = make("edge", RouteReason.TIER_FORBIDS_CLOUD)
-        if not facts.edge.configured:
-            raise _refused(
-                decided, "This router has no edge model (edge disabled) and this tier may not use the cloud."
-            )
-        if facts.edge_lacks is not None:
-            raise _lacking(facts.edge_lacks, "this tier may not use the cloud")
-        if needed > facts.edge_context_window:
-            raise too_long("the edge model", facts.edge_context_window)
-        if not facts.edge.available:
-            raise _refused(
-                decided,
-                f"The edge model is unavailable ({facts.edge.detail}) and this tier may not use the cloud.",
-            )
+        _edge_can_answer(
+            decided,
+            facts,
+            needed,
+            too_long,
+            why="this tier may not use the cloud",
+            no_edge="This router has no edge model (edge disabled) and this tier may not use the cloud.",
+            where="the edge model",
+        )
         return decided
 
     if tier.cloud == "forced":
@@ -304,23 +300,43 @@ def _edge_only(
 ) -> Decision:
     """Where a request that wants the cloud goes when no cloud endpoint is configured: the edge, where
     the prompt fits, the model is up and the tier allows answers there (`fallback_to_edge`)."""
-    if not facts.edge.configured:
-        raise _refused(wanted, "This router has neither an edge model nor a cloud endpoint configured.")
-    if facts.edge_lacks is not None:
-        raise _lacking(facts.edge_lacks, "no cloud endpoint is configured")
-    if needed > facts.edge_context_window:
-        raise too_long("the edge model (no cloud endpoint is configured)", facts.edge_context_window)
-    if not facts.edge.available:
-        raise _refused(
-            wanted,
-            f"The edge model is unavailable ({facts.edge.detail}) and no cloud endpoint is configured.",
-        )
+    _edge_can_answer(
+        wanted,
+        facts,
+        needed,
+        too_long,
+        why="no cloud endpoint is configured",
+        no_edge="This router has neither an edge model nor a cloud endpoint configured.",
+        where="the edge model (no cloud endpoint is configured)",
+    )
     if not tier.fallback_to_edge:
         raise _refused(
             wanted,
             "No cloud endpoint is configured and this tier does not take an edge answer in its place.",
         )
     return replace(wanted, target="edge", reason=RouteReason.CLOUD_NOT_CONFIGURED)
+
+
+def _edge_can_answer(
+    decision: Decision,
+    facts: RequestFacts,
+    needed: int,
+    too_long: Callable[[str, int], ContextLengthExceeded],
+    *,
+    why: str,
+    no_edge: str,
+    where: str,
+) -> None:
+    """Raise why the edge cannot answer where the cloud may not (`why`): no edge model (`no_edge`),
+    something it lacks, a prompt past its window (`where` names it), or the model down."""
+    if not facts.edge.configured:
+        raise _refused(decision, no_edge)
+    if facts.edge_lacks is not None:
+        raise _lacking(facts.edge_lacks, why)
+    if needed > facts.edge_context_window:
+        raise too_long(where, facts.edge_context_window)
+    if not facts.edge.available:
+        raise _refused(decision, f"The edge model is unavailable ({facts.edge.detail}) and {why}.")
 
 
 #: The request member behind each thing the edge can lack, for the error's `param`.

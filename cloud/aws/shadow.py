@@ -101,12 +101,17 @@ class JudgeFunctionDispatcher:
         return sent
 
     def client(self) -> Any:
-        """The boto3 Lambda client, made on first use (`invoke_client_config`)."""
+        """The boto3 Lambda client (`invoke_client`), made on first use when none was given."""
         if self._client is None:
-            import boto3
-
-            self._client = boto3.client("lambda", config=invoke_client_config())
+            self._client = invoke_client()
         return self._client
+
+
+def invoke_client() -> Any:
+    """A boto3 Lambda client for the Invoke calls (`invoke_client_config`)."""
+    import boto3
+
+    return boto3.client("lambda", config=invoke_client_config())
 
 
 def invoke_client_config() -> Any:
@@ -123,7 +128,11 @@ def invoke_client_config() -> Any:
 
 
 def judge_dispatcher(settings: LambdaSettings, *, client: Any = None) -> JudgeFunctionDispatcher | None:
-    """The dispatcher to the judge function `settings` name; None when they name none."""
+    """The dispatcher to the judge function `settings` name; None when they name none.
+
+    Its client is made now, at the environment's start: importing boto3 and making a client takes
+    a few hundred ms, which the first sampled answer's response would otherwise wait for.
+    """
     if not settings.judge_function:
         return None
-    return JudgeFunctionDispatcher(settings.judge_function, client=client)
+    return JudgeFunctionDispatcher(settings.judge_function, client=client or invoke_client())
